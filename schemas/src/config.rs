@@ -1,0 +1,474 @@
+//! Configuration: built-in defaults, then a TOML file, then `TRIBUTARY_<SECTION>__<KEY>` environment
+//! variables, validated once at load into a [`Config`] the layers receive explicitly.
+//!
+//! Layering rules: the `kafka`, `lake`, `batch` and `serving` sections merge key by key. `events` and
+//! `views` describe one dataset and are taken together: a file that sets either replaces both, so
+//! the demo's views never end up over someone else's fields. Environment variables override scalar
+//! keys of the sections (`TRIBUTARY_EVENTS__TIME_FIELD` included, views excluded); a value is read as
+//! the type the key has (integer keys parse as integers, everything else is a string).
+//!
+//! Validation collects every problem, each naming its key (`views[1].metrics.users`) and saying what
+//! is wrong, so `tributary config check` reports them all at once.
+
+mod view;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value as Toml};
+
+use crate::duration::parse_duration;
+use crate::event::{EventSchema, FieldDef, FieldType};
+pub use view::{FieldRef, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFilter};
+
+/// The built-in defaults: a complete local demo over a realistic clickstream.
+pub const DEFAULT_CONFIG: &str = include_str!("config/defaults.toml");
+const ENV_PREFIX: &str = "TRIBUTARY_";
+const MERGED_SECTIONS: [&str; 4] = ["kafka", "lake", "batch", "serving"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeConfig {
+    /// A local directory, `file:///abs/path`, or `s3://bucket/prefix` (resolved by the layers with
+    /// object_store).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub interval: Duration,
+    pub epoch_size: u64,
+    pub keep_versions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingConfig {
+    pub listen: SocketAddr,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub lake: LakeConfig,
+    pub events: EventSchema,
+    pub views: Vec<ViewDef>,
+    pub batch: BatchConfig,
+    pub serving: ServingConfig,
+}
+
+/// One thing wrong with a configuration: where, and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not valid TOML")]
+    Syntax {
+        origin: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// The problems found, when the configuration parsed but did not validate.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(problems) => problems,
+            _ => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Loads the built-in defaults, overlaid by `file` when given, then by the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = file
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let origin = file.map(|p| p.display().to_string());
+        Self::from_sources(text.as_deref().zip(origin.as_deref()), std::env::vars())
+    }
+
+    /// Defaults overlaid by `file` (its text and a name for messages) and `env` variables.
+    pub fn from_sources(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse = |text: &str, origin: &str| {
+            text.parse::<Table>().map_err(|source| ConfigError::Syntax {
+                origin: origin.to_owned(),
+                source: Box::new(source),
+            })
+        };
+        let mut merged = parse(DEFAULT_CONFIG, "the built-in defaults")?;
+        let mut problems = Vec::new();
+        if let Some((text, origin)) = file {
+            overlay_file(&mut merged, parse(text, origin)?, &mut problems);
+        }
+        overlay_env(&mut merged, env, &mut problems);
+        let config = validate(&merged, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    pub fn view(&self, name: &str) -> Option<&ViewDef> {
+        self.views.iter().find(|v| v.name == name)
+    }
+}
+
+fn problem(problems: &mut Vec<Problem>, key: impl Into<String>, message: impl Into<String>) {
+    problems.push(Problem {
+        key: key.into(),
+        message: message.into(),
+    });
+}
+
+fn overlay_file(merged: &mut Table, file: Table, problems: &mut Vec<Problem>) {
+    if file.contains_key("events") || file.contains_key("views") {
+        merged.remove("events");
+        merged.remove("views");
+    }
+    for (section, value) in file {
+        match (section.as_str(), value) {
+            (name, Toml::Table(keys)) if MERGED_SECTIONS.contains(&name) => {
+                let target = merged.entry(name).or_insert_with(|| Toml::Table(Table::new()));
+                if let Toml::Table(target) = target {
+                    target.extend(keys);
+                }
+            }
+            ("events" | "views", value) => {
+                merged.insert(section, value);
+            }
+            (name, _) if MERGED_SECTIONS.contains(&name) => {
+                problem(problems, name, "must be a table ([section])");
+            }
+            (name, _) => problem(
+                problems,
+                name,
+                "unknown section (expected kafka, lake, events, views, batch or serving)",
+            ),
+        }
+    }
+}
+
+fn overlay_env(merged: &mut Table, env: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<Problem>) {
+    for (name, value) in env {
+        let Some((section, key)) = name
+            .strip_prefix(ENV_PREFIX)
+            .and_then(|rest| rest.split_once("__"))
+        else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let Some(target) = merged.get_mut(&section).and_then(Toml::as_table_mut) else {
+            problem(problems, name, format!("no section [{section}] to override"));
+            continue;
+        };
+        let parsed = match target.get(&key) {
+            Some(Toml::Integer(_)) => value
+                .trim()
+                .parse()
+                .map(Toml::Integer)
+                .map_err(|_| format!("{value:?} is not an integer")),
+            Some(Toml::Boolean(_)) => value
+                .trim()
+                .parse()
+                .map(Toml::Boolean)
+                .map_err(|_| format!("{value:?} is not true or false")),
+            Some(Toml::String(_)) => Ok(Toml::String(value)),
+            Some(_) => Err(format!("{section}.{key} cannot be set from the environment")),
+            None => Err(format!(
+                "no key {section}.{key} to override (overrides are TRIBUTARY_<SECTION>__<KEY>)"
+            )),
+        };
+        match parsed {
+            Ok(parsed) => {
+                target.insert(key, parsed);
+            }
+            Err(message) => problem(problems, name, message),
+        }
+    }
+}
+
+/// Reads the keys of one table, recording a problem for each missing, mistyped or unknown key.
+struct Section<'a> {
+    path: String,
+    table: &'a Table,
+    used: Vec<&'static str>,
+}
+
+impl<'a> Section<'a> {
+    fn new(path: impl Into<String>, value: Option<&'a Toml>, problems: &mut Vec<Problem>) -> Option<Self> {
+        let path = path.into();
+        match value {
+            Some(Toml::Table(table)) => Some(Self { path, table, used: Vec::new() }),
+            Some(_) => {
+                problem(problems, path, "must be a table");
+                None
+            }
+            None => {
+                problem(problems, path, "is missing");
+                None
+            }
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Toml> {
+        self.used.push(key);
+        self.table.get(key)
+    }
+
+    fn string(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<String> {
+        match self.get(key) {
+            Some(Toml::String(s)) => Some(s.clone()),
+            Some(_) => {
+                problem(problems, self.key(key), "must be a string");
+                None
+            }
+            None => {
+                problem(problems, self.key(key), "is missing");
+                None
+            }
+        }
+    }
+
+    fn optional_string(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<String> {
+        if self.table.contains_key(key) {
+            self.string(key, problems)
+        } else {
+            self.used.push(key);
+            None
+        }
+    }
+
+    fn positive_integer(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<u64> {
+        match self.get(key) {
+            Some(Toml::Integer(i)) if *i > 0 => Some(*i as u64),
+            Some(_) => {
+                problem(problems, self.key(key), "must be a positive integer");
+                None
+            }
+            None => {
+                problem(problems, self.key(key), "is missing");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<Duration> {
+        let text = self.string(key, problems)?;
+        parse_duration(&text)
+            .map_err(|message| problem(problems, self.key(key), message))
+            .ok()
+    }
+
+    /// Records every key that no reader asked for.
+    fn finish(self, problems: &mut Vec<Problem>) {
+        for key in self.table.keys() {
+            if !self.used.contains(&key.as_str()) {
+                let known = self.used.join(", ");
+                problem(problems, self.key(key), format!("unknown key (known keys: {known})"));
+            }
+        }
+    }
+}
+
+fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
+    let kafka = validate_kafka(merged, problems);
+    let lake = validate_lake(merged, problems);
+    let batch = validate_batch(merged, problems);
+    let serving = validate_serving(merged, problems);
+    let events = validate_events(merged, problems);
+    let views = events
+        .as_ref()
+        .and_then(|events| view::validate_views(merged.get("views"), events, problems));
+    Some(Config {
+        kafka: kafka?,
+        lake: lake?,
+        events: events?,
+        views: views?,
+        batch: batch?,
+        serving: serving?,
+    })
+}
+
+fn validate_kafka(merged: &Table, problems: &mut Vec<Problem>) -> Option<KafkaConfig> {
+    let mut section = Section::new("kafka", merged.get("kafka"), problems)?;
+    let brokers = section.string("brokers", problems);
+    let topic = section.string("topic", problems);
+    let dlq_topic = section.optional_string("dlq_topic", problems);
+    section.finish(problems);
+    if brokers.as_deref().is_some_and(|b| b.split(',').any(|broker| broker.trim().is_empty())) {
+        problem(problems, "kafka.brokers", "must list host:port pairs separated by commas");
+    }
+    for (key, name) in [("kafka.topic", &topic), ("kafka.dlq_topic", &dlq_topic)] {
+        if let Some(name) = name.as_deref().filter(|n| !n.is_empty() || key == "kafka.topic") {
+            if let Err(message) = check_topic_name(name) {
+                problem(problems, key, message);
+            }
+        }
+    }
+    if topic.is_some() && topic == dlq_topic {
+        problem(problems, "kafka.dlq_topic", "must differ from kafka.topic");
+    }
+    Some(KafkaConfig {
+        brokers: brokers?,
+        topic: topic?,
+        dlq_topic: dlq_topic.filter(|t| !t.is_empty()),
+    })
+}
+
+/// Kafka's own rule for topic names.
+fn check_topic_name(name: &str) -> Result<(), String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 249 || name == "." || name == ".." || !name.chars().all(legal) {
+        return Err(format!(
+            "{name:?} is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_lake(merged: &Table, problems: &mut Vec<Problem>) -> Option<LakeConfig> {
+    let mut section = Section::new("lake", merged.get("lake"), problems)?;
+    let url = section.string("url", problems);
+    section.finish(problems);
+    let url = url?;
+    match url.split_once("://") {
+        None if !url.trim().is_empty() => {}
+        Some(("file", path)) if path.starts_with('/') => {}
+        Some(("s3", rest)) if !rest.is_empty() && !rest.starts_with('/') => {}
+        Some(("memory", _)) => {}
+        _ => {
+            problem(
+                problems,
+                "lake.url",
+                format!("{url:?} is not a lake location (write a directory, file:///absolute/path or s3://bucket/prefix)"),
+            );
+            return None;
+        }
+    }
+    Some(LakeConfig { url })
+}
+
+fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchConfig> {
+    let mut section = Section::new("batch", merged.get("batch"), problems)?;
+    let interval = section.duration("interval", problems);
+    let epoch_size = section.positive_integer("epoch_size", problems);
+    let keep_versions = section.positive_integer("keep_versions", problems);
+    section.finish(problems);
+    if interval.is_some_and(|i| i < Duration::from_secs(1)) {
+        problem(problems, "batch.interval", "must be at least 1s");
+    }
+    Some(BatchConfig {
+        interval: interval?,
+        epoch_size: epoch_size?,
+        keep_versions: usize::try_from(keep_versions?).ok()?,
+    })
+}
+
+fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<ServingConfig> {
+    let mut section = Section::new("serving", merged.get("serving"), problems)?;
+    let listen = section.string("listen", problems);
+    section.finish(problems);
+    let listen = listen?;
+    match listen.parse() {
+        Ok(listen) => Some(ServingConfig { listen }),
+        Err(_) => {
+            problem(problems, "serving.listen", format!("{listen:?} is not an address such as 127.0.0.1:8080"));
+            None
+        }
+    }
+}
+
+/// Configured field names: an identifier that does not start with `_` (reserved for the Kafka
+/// metadata columns of the master dataset).
+fn check_field_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 128 {
+        return Err(format!(
+            "{name:?} is not a valid field name (a letter, then letters, digits or '_'; names starting with '_' are reserved)"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_events(merged: &Table, problems: &mut Vec<Problem>) -> Option<EventSchema> {
+    let mut section = Section::new("events", merged.get("events"), problems)?;
+    let time_field = section.string("time_field", problems);
+    let fields = section.get("fields");
+    section.finish(problems);
+    let time_field = time_field?;
+    if let Err(message) = check_field_name(&time_field) {
+        problem(problems, "events.time_field", message);
+    }
+    let Some(Toml::Table(fields)) = fields else {
+        problem(problems, "events.fields", "must be a table of name = type");
+        return None;
+    };
+    let mut defs = Vec::with_capacity(fields.len());
+    for (name, ty) in fields {
+        let key = format!("events.fields.{name}");
+        if let Err(message) = check_field_name(name) {
+            problem(problems, &key, message);
+        } else if *name == time_field {
+            problem(problems, &key, "is the time field; list only the other fields here");
+        }
+        let types = FieldType::ALL.map(FieldType::name).join(", ");
+        match ty.as_str().and_then(FieldType::parse) {
+            Some(ty) => defs.push(FieldDef { name: name.clone(), ty }),
+            None => problem(problems, key, format!("unknown field type {ty} (expected one of {types})")),
+        }
+    }
+    Some(EventSchema { time_field, fields: defs })
+}
+
+#[cfg(test)]
+mod tests;

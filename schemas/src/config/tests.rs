@@ -1,0 +1,240 @@
+use super::*;
+use crate::aggregate::StateKind;
+
+fn load(file: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_sources(Some((file, "test.toml")), env)
+}
+
+/// The problems of an invalid configuration, each as "key: message".
+fn problems(file: &str) -> Vec<String> {
+    load(file, &[])
+        .expect_err("configuration should be invalid")
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const EVENTS: &str = r#"
+[events]
+time_field = "ts"
+[events.fields]
+user_id = "string"
+page = "string"
+latency_ms = "float64"
+"#;
+
+fn with_view(view: &str) -> String {
+    format!("{EVENTS}\n[[views]]\n{view}")
+}
+
+#[test]
+fn the_defaults_describe_a_complete_clickstream_demo() {
+    let config = Config::from_sources(None, []).unwrap();
+    assert_eq!(config.kafka.topic, "events");
+    assert_eq!(config.kafka.dlq_topic.as_deref(), Some("events.dlq"));
+    assert_eq!(config.events.time_field, "ts");
+    assert_eq!(config.batch.epoch_size, 100_000);
+    assert_eq!(config.serving.listen.to_string(), "127.0.0.1:8080");
+    let pageviews = config.view("pageviews").unwrap();
+    assert_eq!(pageviews.granularity.to_string(), "1m");
+    assert_eq!(pageviews.filter.as_ref().unwrap().sql, "page IS NOT NULL");
+    let kinds: Vec<(&str, StateKind)> = pageviews.metrics.iter().map(|m| (m.name.as_str(), m.state_kind())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("views", StateKind::Count),
+            ("users", StateKind::CountDistinct),
+            ("latency_sum", StateKind::FloatSum),
+            ("latency_min", StateKind::FloatMin),
+            ("latency_max", StateKind::FloatMax),
+            ("latency_avg", StateKind::Avg),
+            ("latency_p95", StateKind::Quantile),
+        ]
+    );
+    assert_eq!(pageviews.metric("latency_p95").unwrap().function, MetricFunction::Quantile(0.95));
+    let schema = pageviews.state_schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names[..3], ["time", "page", "country"]);
+    assert_eq!(config.view("traffic").unwrap().metric("bytes").unwrap().state_kind(), StateKind::IntSum);
+}
+
+#[test]
+fn a_file_overlays_sections_key_by_key_and_replaces_the_dataset_whole() {
+    let file = format!("[kafka]\nbrokers = \"kafka-1:9092,kafka-2:9092\"\n{}", with_view(
+        "name = \"latency\"\ngranularity = \"5m\"\n[views.metrics]\nn = \"count\"",
+    ));
+    let config = load(&file, &[]).unwrap();
+    assert_eq!(config.kafka.brokers, "kafka-1:9092,kafka-2:9092");
+    assert_eq!(config.kafka.topic, "events", "keys the file does not set keep their defaults");
+    assert_eq!(config.events.fields.len(), 3);
+    assert_eq!(config.views.len(), 1, "the demo views are not mixed into a file's dataset");
+}
+
+#[test]
+fn environment_variables_override_typed_keys() {
+    let env = [
+        ("TRIBUTARY_KAFKA__BROKERS", "10.0.0.1:9092"),
+        ("TRIBUTARY_BATCH__EPOCH_SIZE", "5000"),
+        ("TRIBUTARY_SERVING__LISTEN", "0.0.0.0:9000"),
+        ("TRIBUTARY_KAFKA__DLQ_TOPIC", ""),
+        ("TRIBUTARY_LOG", "ignored: not a section override"),
+        ("PATH", "/usr/bin"),
+    ];
+    let config = load("", &env).unwrap();
+    assert_eq!(config.kafka.brokers, "10.0.0.1:9092");
+    assert_eq!(config.batch.epoch_size, 5000);
+    assert_eq!(config.serving.listen.port(), 9000);
+    assert_eq!(config.kafka.dlq_topic, None, "an empty DLQ topic disables it");
+}
+
+#[test]
+fn bad_environment_overrides_name_the_variable() {
+    let env = [("TRIBUTARY_BATCH__EPOCH_SIZE", "lots"), ("TRIBUTARY_KAFKA__BROKER", "x:1"), ("TRIBUTARY_NOPE__X", "1")];
+    let error = load("", &env).unwrap_err();
+    let found: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "TRIBUTARY_BATCH__EPOCH_SIZE: \"lots\" is not an integer",
+            "TRIBUTARY_KAFKA__BROKER: no key kafka.broker to override (overrides are TRIBUTARY_<SECTION>__<KEY>)",
+            "TRIBUTARY_NOPE__X: no section [nope] to override",
+        ]
+    );
+}
+
+#[test]
+fn every_problem_names_its_key_and_says_what_to_fix() {
+    let cases: &[(String, &str)] = &[
+        (
+            format!("{EVENTS}clicks = \"integer\"\n[[views]]\nname = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\""),
+            "events.fields.clicks: unknown field type \"integer\" (expected one of string, int64, float64, bool, timestamp)",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\ntotal = \"sum(price)\""),
+            "views[0].metrics.total: \"price\" is not a field configured in [events.fields]",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"7m\"\n[views.metrics]\nn = \"count\""),
+            "views[0].granularity: granularity \"7m\" must divide a day evenly, from 1s to 1d (e.g. 1s, 10s, 1m, 5m, 15m, 1h, 6h, 1d)",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"page IS NOT\"\n[views.metrics]\nn = \"count\""),
+            "views[0].filter: cannot plan filter \"page IS NOT\": SQL error: ParserError(\"Expected: [NOT] NULL | TRUE | FALSE | DISTINCT | [form] NORMALIZED FROM after IS, found: EOF\")",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"pages = 'x'\"\n[views.metrics]\nn = \"count\""),
+            "views[0].filter: cannot plan filter \"pages = 'x'\": Schema error: No field named pages. Did you mean 'page'? Valid fields are ts, user_id, page, latency_ms.",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"latency_ms * 2\"\n[views.metrics]\nn = \"count\""),
+            "views[0].filter: filter \"latency_ms * 2\" must be true or false for an event, not Float64",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"random() < 0.5\"\n[views.metrics]\nn = \"count\""),
+            "views[0].filter: filter \"random() < 0.5\" uses a volatile function: the batch and speed layers would disagree",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"count(page) > 1\"\n[views.metrics]\nn = \"count\""),
+            "views[0].filter: filter \"count(page) > 1\" must be a condition on one event (no aggregates, windows or subqueries)",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\ntotal = \"sum(page)\""),
+            "views[0].metrics.total: sum(page) needs a int64 or float64 field, and \"page\" is string",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\np = \"quantile(latency_ms, 95)\""),
+            "views[0].metrics.p: quantile fraction \"95\" must be a number from 0 to 1, e.g. 0.95",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nm = \"median(latency_ms)\""),
+            "views[0].metrics.m: unknown metric \"median(latency_ms)\" (expected count, sum(f), min(f), max(f), avg(f), count_distinct(f) or quantile(f, q))",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\ndimensions = [\"ts\"]\n[views.metrics]\nn = \"count\""),
+            "views[0].dimensions: \"ts\" is the time field: views bucket it by their granularity",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\ndimensions = [\"page\"]\n[views.metrics]\npage = \"count\""),
+            "views[0].metrics.page: \"page\" clashes with the time column or a dimension",
+        ),
+        (
+            with_view("name = \"Page Views\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\""),
+            "views[0].name: \"Page Views\" is not a valid view name (a lowercase letter, then lowercase letters, digits or '_', at most 64)",
+        ),
+        (
+            with_view("name = \"v\"\ngranularity = \"1m\"\ngranularty = \"1h\"\n[views.metrics]\nn = \"count\""),
+            "views[0].granularty: unknown key (known keys: name, granularity, dimensions, filter, metrics)",
+        ),
+        (
+            "[kafka]\nbrokrs = \"x:1\"".to_owned(),
+            "kafka.brokrs: unknown key (known keys: brokers, topic, dlq_topic)",
+        ),
+        (
+            "[lake]\nurl = \"ftp://host/lake\"".to_owned(),
+            "lake.url: \"ftp://host/lake\" is not a lake location (write a directory, file:///absolute/path or s3://bucket/prefix)",
+        ),
+        (
+            "[batch]\ninterval = \"soon\"".to_owned(),
+            "batch.interval: cannot read \"soon\" as a duration (write e.g. \"15m\", \"1h30m\" or \"500ms\")",
+        ),
+        (
+            "[kafka]\ntopic = \"my topic\"".to_owned(),
+            "kafka.topic: \"my topic\" is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')",
+        ),
+        ("[metrics]\nport = 1".to_owned(), "metrics: unknown section (expected kafka, lake, events, views, batch or serving)"),
+        (EVENTS.to_owned(), "views: at least one [[views]] table is required"),
+    ];
+    for (file, expected) in cases {
+        assert_eq!(problems(file), [*expected], "for file:\n{file}");
+    }
+}
+
+#[test]
+fn duplicate_view_names_are_refused() {
+    let view = "name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\"";
+    let file = format!("{}\n[[views]]\n{view}", with_view(view));
+    assert_eq!(problems(&file), ["views[1].name: duplicate view name \"v\""]);
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let file = format!(
+        "[batch]\nepoch_size = 0\n{}",
+        with_view("name = \"v\"\ngranularity = \"2d\"\n[views.metrics]\nn = \"count(page)\"")
+    );
+    let error = load(&file, &[]).unwrap_err();
+    assert_eq!(error.problems().len(), 3, "{error}");
+    assert!(error.to_string().starts_with("invalid configuration (3 problems):\n  - "), "{error}");
+}
+
+#[test]
+fn toml_syntax_errors_say_where() {
+    let error = load("[kafka\nbrokers = 1", &[]).unwrap_err();
+    assert!(matches!(error, ConfigError::Syntax { .. }));
+    assert_eq!(error.to_string(), "test.toml is not valid TOML");
+    let source = std::error::Error::source(&error).unwrap().to_string();
+    assert!(source.contains("line 1"), "{source}");
+}
+
+#[test]
+fn the_definition_hash_changes_with_what_decides_the_states_only() {
+    let view = |filter: &str, granularity: &str| {
+        let file = with_view(&format!(
+            "name = \"v\"\ngranularity = \"{granularity}\"\nfilter = \"{filter}\"\n[views.metrics]\nn = \"count\""
+        ));
+        load(&file, &[]).unwrap().views[0].definition_hash()
+    };
+    let base = view("page IS NOT NULL", "1m");
+    assert_eq!(base.len(), 32);
+    assert_eq!(base, view("page IS NOT NULL", "60s"), "the same granularity spelled differently");
+    assert_ne!(base, view("page = 'x'", "1m"));
+    assert_ne!(base, view("page IS NOT NULL", "5m"));
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let error = Config::load(Some(Path::new("/nonexistent/tributary.toml"))).unwrap_err();
+    assert_eq!(error.to_string(), "cannot read configuration file /nonexistent/tributary.toml");
+}

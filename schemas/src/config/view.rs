@@ -1,0 +1,448 @@
+//! View definitions: what a view groups by, which events it keeps, and which metrics it holds.
+//!
+//! One [`ViewDef`] drives both layers (ARCHITECTURE.md §1): the batch layer turns it into a
+//! DataFusion plan, the speed layer into incremental updates, and both read the same dimensions,
+//! filter and metric states from it. The filter is planned by DataFusion against the event schema at
+//! load, so a filter that parses but cannot run (unknown column, `page > 3` on a string, an aggregate,
+//! a volatile function such as `random()`) is a configuration error, not a failed recompute.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::SessionContext;
+use toml::Value as Toml;
+
+use super::{Problem, Section, problem};
+use crate::aggregate::{Finalized, MetricState, STATE_FORMAT_VERSION, StateKind};
+use crate::duration::Granularity;
+use crate::event::{Event, EventSchema, FieldType, Value, timestamp_type};
+
+/// The time-bucket column of every view (bucket start, UTC).
+pub const TIME_COLUMN: &str = "time";
+
+/// A configured field a metric reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRef {
+    pub name: String,
+    /// Position in [`EventSchema::fields`] (and in [`Event::values`]).
+    pub index: usize,
+    pub ty: FieldType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetricFunction {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    CountDistinct,
+    /// The quantile to answer, in `[0, 1]`.
+    Quantile(f64),
+}
+
+/// One metric of a view: `name = "function(field)"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricDef {
+    pub name: String,
+    /// The expression as configured, e.g. `quantile(latency_ms, 0.95)`.
+    pub expression: String,
+    pub function: MetricFunction,
+    /// `None` for `count`.
+    pub field: Option<FieldRef>,
+}
+
+impl MetricDef {
+    pub fn state_kind(&self) -> StateKind {
+        let ty = self.field.as_ref().map(|f| f.ty);
+        let float = ty == Some(FieldType::Float64);
+        match self.function {
+            MetricFunction::Count => StateKind::Count,
+            MetricFunction::Sum if float => StateKind::FloatSum,
+            MetricFunction::Sum => StateKind::IntSum,
+            MetricFunction::Min if float => StateKind::FloatMin,
+            MetricFunction::Min => StateKind::IntMin,
+            MetricFunction::Max if float => StateKind::FloatMax,
+            MetricFunction::Max => StateKind::IntMax,
+            MetricFunction::Avg => StateKind::Avg,
+            MetricFunction::CountDistinct => StateKind::CountDistinct,
+            MetricFunction::Quantile(_) => StateKind::Quantile,
+        }
+    }
+
+    /// The Arrow type of the finalized metric.
+    pub fn output_type(&self) -> DataType {
+        match (self.function, &self.field) {
+            (MetricFunction::Min | MetricFunction::Max, Some(field)) => field.ty.data_type(),
+            _ => match self.state_kind() {
+                StateKind::Count | StateKind::IntSum | StateKind::CountDistinct => DataType::Int64,
+                _ => DataType::Float64,
+            },
+        }
+    }
+
+    /// The event value this metric aggregates (`NULL` for `count`, which counts events).
+    pub fn value<'e, 'a>(&self, event: &'e Event<'a>) -> &'e Value<'a> {
+        static NULL: Value<'static> = Value::Null;
+        self.field.as_ref().map_or(&NULL, |f| &event.values[f.index])
+    }
+
+    pub fn finalize(&self, state: &MetricState) -> Finalized {
+        let quantile = match self.function {
+            MetricFunction::Quantile(q) => q,
+            _ => 0.0,
+        };
+        let timestamp = self.field.as_ref().is_some_and(|f| f.ty == FieldType::Timestamp);
+        state.finalize(quantile, timestamp)
+    }
+}
+
+/// A view's filter: the SQL as configured and the DataFusion expression it plans to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewFilter {
+    pub sql: String,
+    pub expr: Expr,
+}
+
+/// A validated view definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewDef {
+    pub name: String,
+    pub granularity: Granularity,
+    pub dimensions: Vec<FieldRef>,
+    pub filter: Option<ViewFilter>,
+    pub metrics: Vec<MetricDef>,
+}
+
+impl ViewDef {
+    /// Arrow schema of stored view rows: `time`, the dimensions, then one state column per metric.
+    pub fn state_schema(&self) -> SchemaRef {
+        self.schema(|m| Field::new(&m.name, m.state_kind().data_type(), m.state_kind().nullable()))
+    }
+
+    /// Arrow schema of answered view rows: `time`, the dimensions, then finalized metrics.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.schema(|m| Field::new(&m.name, m.output_type(), true))
+    }
+
+    fn schema(&self, metric: impl Fn(&MetricDef) -> Field) -> SchemaRef {
+        let mut fields = vec![Field::new(TIME_COLUMN, timestamp_type(), false)];
+        fields.extend(self.dimensions.iter().map(|d| Field::new(&d.name, d.ty.data_type(), true)));
+        fields.extend(self.metrics.iter().map(metric));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A stable hash of everything that decides the view's stored states: a batch version whose
+    /// manifest carries another hash was computed under another definition and must be recomputed,
+    /// never merged.
+    pub fn definition_hash(&self) -> String {
+        let dimensions: Vec<_> = self.dimensions.iter().map(|d| (&d.name, d.ty.name())).collect();
+        let metrics: Vec<_> = self
+            .metrics
+            .iter()
+            .map(|m| {
+                let field = m.field.as_ref().map(|f| (&f.name, f.ty.name()));
+                (&m.name, m.state_kind().name(), field)
+            })
+            .collect();
+        let canonical = serde_json::json!({
+            "state_format": STATE_FORMAT_VERSION,
+            "name": self.name,
+            "granularity_seconds": self.granularity.seconds(),
+            "dimensions": dimensions,
+            "filter": self.filter.as_ref().map(|f| f.sql.trim()),
+            "metrics": metrics,
+        });
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(canonical.to_string().as_bytes()))
+    }
+
+    pub fn metric(&self, name: &str) -> Option<&MetricDef> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+}
+
+/// View and metric names: lowercase identifiers, usable unquoted in SQL and as lake path segments.
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || name.len() > 64 {
+        return Err(format!(
+            "{name:?} is not a valid {what} name (a lowercase letter, then lowercase letters, digits or '_', at most 64)"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn validate_views(
+    value: Option<&Toml>,
+    events: &EventSchema,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<ViewDef>> {
+    let views = match value {
+        Some(Toml::Array(views)) if !views.is_empty() => views,
+        Some(Toml::Array(_)) | None => {
+            problem(problems, "views", "at least one [[views]] table is required");
+            return None;
+        }
+        Some(_) => {
+            problem(problems, "views", "must be an array of tables ([[views]])");
+            return None;
+        }
+    };
+    let before = problems.len();
+    let mut defs: Vec<ViewDef> = Vec::with_capacity(views.len());
+    for (i, view) in views.iter().enumerate() {
+        if let Some(def) = validate_view(&format!("views[{i}]"), view, events, problems) {
+            if defs.iter().any(|d| d.name == def.name) {
+                problem(problems, format!("views[{i}].name"), format!("duplicate view name {:?}", def.name));
+            }
+            defs.push(def);
+        }
+    }
+    (problems.len() == before).then_some(defs)
+}
+
+fn validate_view(
+    path: &str,
+    value: &Toml,
+    events: &EventSchema,
+    problems: &mut Vec<Problem>,
+) -> Option<ViewDef> {
+    let mut section = Section::new(path, Some(value), problems)?;
+    let name = section.string("name", problems);
+    let granularity = section.string("granularity", problems);
+    let dimensions = section.get("dimensions");
+    let filter = section.optional_string("filter", problems);
+    let metrics = section.get("metrics");
+    section.finish(problems);
+
+    let name = name.filter(|name| {
+        check_name("view", name)
+            .map_err(|message| problem(problems, format!("{path}.name"), message))
+            .is_ok()
+    });
+    let granularity = granularity.and_then(|g| {
+        Granularity::parse(&g)
+            .map_err(|message| problem(problems, format!("{path}.granularity"), message))
+            .ok()
+    });
+    let dimensions = validate_dimensions(path, dimensions, events, problems);
+    let filter = filter.and_then(|sql| match plan_filter(&sql, events) {
+        Ok(expr) => Some(ViewFilter { sql, expr }),
+        Err(message) => {
+            problem(problems, format!("{path}.filter"), message);
+            None
+        }
+    });
+    let metrics = validate_metrics(path, metrics, dimensions.as_deref().unwrap_or(&[]), events, problems);
+    Some(ViewDef {
+        name: name?,
+        granularity: granularity?,
+        dimensions: dimensions?,
+        filter,
+        metrics: metrics?,
+    })
+}
+
+fn field_ref(name: &str, events: &EventSchema) -> Result<FieldRef, String> {
+    match events.field_index(name) {
+        Some(index) => Ok(FieldRef {
+            name: name.to_owned(),
+            index,
+            ty: events.fields[index].ty,
+        }),
+        None if name == events.time_field => Err(format!(
+            "{name:?} is the time field: views bucket it by their granularity"
+        )),
+        None => Err(format!("{name:?} is not a field configured in [events.fields]")),
+    }
+}
+
+fn validate_dimensions(
+    path: &str,
+    value: Option<&Toml>,
+    events: &EventSchema,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<FieldRef>> {
+    let key = format!("{path}.dimensions");
+    let items = match value {
+        None => return Some(Vec::new()),
+        Some(Toml::Array(items)) => items,
+        Some(_) => {
+            problem(problems, key, "must be an array of field names");
+            return None;
+        }
+    };
+    let before = problems.len();
+    let mut dimensions: Vec<FieldRef> = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(name) = item.as_str() else {
+            problem(problems, &key, format!("{item} is not a field name (a string)"));
+            continue;
+        };
+        match field_ref(name, events) {
+            Ok(_) if dimensions.iter().any(|d| d.name == name) => {
+                problem(problems, &key, format!("{name:?} is listed twice"));
+            }
+            Ok(_) if name == TIME_COLUMN => {
+                problem(problems, &key, format!("{name:?} would clash with the view's time column"));
+            }
+            Ok(field) => dimensions.push(field),
+            Err(message) => problem(problems, &key, message),
+        }
+    }
+    (problems.len() == before).then_some(dimensions)
+}
+
+fn validate_metrics(
+    path: &str,
+    value: Option<&Toml>,
+    dimensions: &[FieldRef],
+    events: &EventSchema,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<MetricDef>> {
+    let key = format!("{path}.metrics");
+    let table = match value {
+        Some(Toml::Table(table)) if !table.is_empty() => table,
+        _ => {
+            problem(problems, key, "must be a table of name = \"function(field)\" with at least one metric");
+            return None;
+        }
+    };
+    let before = problems.len();
+    let mut metrics = Vec::with_capacity(table.len());
+    for (name, expression) in table {
+        let key = format!("{key}.{name}");
+        if let Err(message) = check_name("metric", name) {
+            problem(problems, &key, message);
+        } else if name == TIME_COLUMN || dimensions.iter().any(|d| d.name == *name) {
+            problem(problems, &key, format!("{name:?} clashes with the time column or a dimension"));
+        }
+        let Some(expression) = expression.as_str() else {
+            problem(problems, &key, "must be a string such as \"count\" or \"sum(field)\"");
+            continue;
+        };
+        match parse_metric(expression, events) {
+            Ok((function, field)) => metrics.push(MetricDef {
+                name: name.clone(),
+                expression: expression.to_owned(),
+                function,
+                field,
+            }),
+            Err(message) => problem(problems, key, message),
+        }
+    }
+    (problems.len() == before).then_some(metrics)
+}
+
+const FUNCTIONS: &str = "count, sum(f), min(f), max(f), avg(f), count_distinct(f) or quantile(f, q)";
+
+/// Parses `count`, `count()`, `count(*)`, `sum(f)`, `min(f)`, `max(f)`, `avg(f)`,
+/// `count_distinct(f)` and `quantile(f, q)` (function names are case-insensitive).
+fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunction, Option<FieldRef>), String> {
+    let text = expression.trim();
+    let (function, args) = match text.split_once('(') {
+        None => (text, Vec::new()),
+        Some((function, rest)) => {
+            let inner = rest
+                .strip_suffix(')')
+                .ok_or_else(|| format!("{expression:?} is missing its closing parenthesis"))?;
+            let args = inner.split(',').map(str::trim).filter(|a| !a.is_empty() && *a != "*");
+            (function.trim(), args.collect())
+        }
+    };
+    let function = function.to_ascii_lowercase();
+    let numeric = |field: &FieldRef, allow_timestamp: bool| {
+        let fits = field.ty.is_numeric() || (allow_timestamp && field.ty == FieldType::Timestamp);
+        if fits {
+            Ok(())
+        } else {
+            let needs = if allow_timestamp { "int64, float64 or timestamp" } else { "int64 or float64" };
+            Err(format!("{function}({}) needs a {needs} field, and {:?} is {}", field.name, field.name, field.ty))
+        }
+    };
+    let one_field = |args: &[&str]| match args {
+        [field] => field_ref(field, events),
+        _ => Err(format!("{function} takes one field: {function}(field)")),
+    };
+    let parsed = match function.as_str() {
+        "count" if args.is_empty() => (MetricFunction::Count, None),
+        "count" => return Err("count takes no field: it counts events (write \"count\")".to_owned()),
+        "sum" | "avg" | "min" | "max" => {
+            let field = one_field(&args)?;
+            numeric(&field, matches!(function.as_str(), "min" | "max"))?;
+            let function = match function.as_str() {
+                "sum" => MetricFunction::Sum,
+                "avg" => MetricFunction::Avg,
+                "min" => MetricFunction::Min,
+                _ => MetricFunction::Max,
+            };
+            (function, Some(field))
+        }
+        "count_distinct" => (MetricFunction::CountDistinct, Some(one_field(&args)?)),
+        "quantile" => {
+            let [field, q] = args.as_slice() else {
+                return Err("quantile takes a field and a fraction: quantile(field, 0.95)".to_owned());
+            };
+            let field = field_ref(field, events)?;
+            numeric(&field, false)?;
+            let q: f64 = q
+                .parse()
+                .ok()
+                .filter(|q: &f64| (0.0..=1.0).contains(q))
+                .ok_or_else(|| format!("quantile fraction {q:?} must be a number from 0 to 1, e.g. 0.95"))?;
+            (MetricFunction::Quantile(q), Some(field))
+        }
+        _ => return Err(format!("unknown metric {expression:?} (expected {FUNCTIONS})")),
+    };
+    Ok(parsed)
+}
+
+/// A DataFusion error as one line, so that each configuration problem stays on one line.
+fn one_line(error: &datafusion::error::DataFusionError) -> String {
+    error.strip_backtrace().replace('\n', " ")
+}
+
+/// Plans a filter with DataFusion against the event schema and checks it is a deterministic
+/// row-level condition.
+fn plan_filter(sql: &str, events: &EventSchema) -> Result<Expr, String> {
+    let arrow_schema = events.arrow_schema();
+    let df_schema = DFSchema::try_from(arrow_schema.as_ref().clone()).map_err(|e| one_line(&e))?;
+    let context = SessionContext::new();
+    let expr = context
+        .parse_sql_expr(sql, &df_schema)
+        .map_err(|e| format!("cannot plan filter {sql:?}: {}", one_line(&e)))?;
+    let not_row_level = expr
+        .exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::AggregateFunction(_)
+                    | Expr::WindowFunction(_)
+                    | Expr::ScalarSubquery(_)
+                    | Expr::Exists(_)
+                    | Expr::InSubquery(_)
+            ))
+        })
+        .unwrap_or(true);
+    if not_row_level {
+        return Err(format!(
+            "filter {sql:?} must be a condition on one event (no aggregates, windows or subqueries)"
+        ));
+    }
+    if expr.is_volatile() {
+        return Err(format!(
+            "filter {sql:?} uses a volatile function: the batch and speed layers would disagree"
+        ));
+    }
+    let physical = context
+        .create_physical_expr(expr.clone(), &df_schema)
+        .map_err(|e| format!("cannot plan filter {sql:?}: {}", one_line(&e)))?;
+    match physical.data_type(&arrow_schema) {
+        Ok(DataType::Boolean) => Ok(expr),
+        Ok(other) => Err(format!("filter {sql:?} must be true or false for an event, not {other}")),
+        Err(e) => Err(format!("cannot plan filter {sql:?}: {}", one_line(&e))),
+    }
+}

@@ -1,0 +1,410 @@
+//! The one event decoder every layer uses, so that all of them agree on what is valid.
+//!
+//! Bytes → [`Event`]: the input must be UTF-8 JSON holding one object; the configured time field is
+//! required (RFC 3339 string or integer epoch milliseconds, years 0001–9999); configured fields are
+//! type-checked and may be absent or `null`; unconfigured fields are skipped without being
+//! materialised. A key that appears twice is an error (which value would win is ambiguous). Numbers
+//! with no fractional part are accepted for `int64` and `timestamp` fields (`3.0` is `3`), since many
+//! JSON producers cannot tell integers from floats.
+//!
+//! Every failure is a [`DecodeError`] saying what is wrong and where; the decoder never panics,
+//! whatever the bytes (property-tested below).
+//!
+//! The JSON is walked once by a serde visitor that writes straight into typed slots; unescaped
+//! strings are borrowed from the input, so a typical event costs one allocation (its value vector).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+
+use chrono::DateTime;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::event::{Event, EventSchema, FieldType, Value};
+
+/// 0001-01-01T00:00:00Z in epoch milliseconds.
+pub const MIN_TIME_MS: i64 = -62_135_596_800_000;
+/// 9999-12-31T23:59:59.999Z in epoch milliseconds.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Why an event was rejected. [`DecodeError::code`] is a stable machine-readable name for metrics,
+/// quarantine rows and DLQ headers; the `Display` text is for people.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is empty")]
+    Empty,
+    #[error("event is not valid UTF-8 (first invalid byte at offset {offset})")]
+    InvalidUtf8 { offset: usize },
+    #[error("event is not valid JSON: {detail}")]
+    NotJson { detail: String },
+    #[error("event must be a JSON object, found {found}")]
+    NotAnObject { found: &'static str },
+    #[error("event has no time field '{field}' (missing or null)")]
+    MissingTime { field: String },
+    #[error("field '{field}' must be {expected}, found {found}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("field '{field}': cannot read {value:?} as an RFC 3339 timestamp such as 2026-11-21T10:00:00Z ({reason})")]
+    BadTimestamp {
+        field: String,
+        value: String,
+        reason: String,
+    },
+    #[error("field '{field}': {value} is outside the supported time range (years 0001 to 9999)")]
+    TimeOutOfRange { field: String, value: String },
+    #[error("field '{field}' appears more than once")]
+    DuplicateField { field: String },
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
+            DecodeError::NotJson { .. } => "not_json",
+            DecodeError::NotAnObject { .. } => "not_an_object",
+            DecodeError::MissingTime { .. } => "missing_time",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::BadTimestamp { .. } => "bad_timestamp",
+            DecodeError::TimeOutOfRange { .. } => "time_out_of_range",
+            DecodeError::DuplicateField { .. } => "duplicate_field",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Time,
+    Field(usize),
+}
+
+/// Decodes events of one [`EventSchema`]. Cheap to share: decoding takes `&self`.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    schema: EventSchema,
+    slots: HashMap<String, Slot>,
+}
+
+impl Decoder {
+    pub fn new(schema: EventSchema) -> Self {
+        let mut slots: HashMap<String, Slot> = schema
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), Slot::Field(i)))
+            .collect();
+        slots.insert(schema.time_field.clone(), Slot::Time);
+        Self { schema, slots }
+    }
+
+    pub fn schema(&self) -> &EventSchema {
+        &self.schema
+    }
+
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        })?;
+        if text.trim_ascii().is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let failure = RefCell::new(None);
+        let mut json = serde_json::Deserializer::from_str(text);
+        let seed = EventSeed {
+            decoder: self,
+            failure: &failure,
+        };
+        let result = seed.deserialize(&mut json).and_then(|event| {
+            json.end()?;
+            Ok(event)
+        });
+        result.map_err(|error| {
+            failure.take().unwrap_or_else(|| DecodeError::NotJson {
+                detail: error.to_string(),
+            })
+        })
+    }
+}
+
+/// Carries a structured error out of serde, whose own errors are strings.
+type Failure = RefCell<Option<DecodeError>>;
+
+fn fail<E: de::Error>(failure: &Failure, error: DecodeError) -> E {
+    let message = error.to_string();
+    *failure.borrow_mut() = Some(error);
+    E::custom(message)
+}
+
+struct EventSeed<'d> {
+    decoder: &'d Decoder,
+    failure: &'d Failure,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = Event<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// Remembers which slots a JSON object has set, to reject duplicates without allocating for the
+/// common case of up to 128 configured fields.
+enum Seen {
+    Small(u128),
+    Large(Vec<bool>),
+}
+
+impl Seen {
+    fn new(slots: usize) -> Self {
+        if slots <= 128 {
+            Seen::Small(0)
+        } else {
+            Seen::Large(vec![false; slots])
+        }
+    }
+
+    /// Marks `slot`; false if it was already marked.
+    fn mark(&mut self, slot: usize) -> bool {
+        match self {
+            Seen::Small(bits) => {
+                let fresh = *bits & (1 << slot) == 0;
+                *bits |= 1 << slot;
+                fresh
+            }
+            Seen::Large(flags) => !std::mem::replace(&mut flags[slot], true),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = Event<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let schema = &self.decoder.schema;
+        let mut time_ms = None;
+        let mut values = vec![Value::Null; schema.fields.len()];
+        let time_slot = schema.fields.len();
+        let mut seen = Seen::new(schema.fields.len() + 1);
+        while let Some(slot) = map.next_key_seed(KeySeed(&self.decoder.slots))? {
+            let Some(slot) = slot else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let (position, name, ty) = match slot {
+                Slot::Time => (time_slot, &schema.time_field, FieldType::Timestamp),
+                Slot::Field(i) => (i, &schema.fields[i].name, schema.fields[i].ty),
+            };
+            if !seen.mark(position) {
+                let field = name.clone();
+                return Err(fail(self.failure, DecodeError::DuplicateField { field }));
+            }
+            let value = map.next_value_seed(ValueSeed {
+                field: name,
+                ty,
+                failure: self.failure,
+            })?;
+            match slot {
+                Slot::Time => time_ms = Some(value),
+                Slot::Field(i) => values[i] = value,
+            }
+        }
+        let time_ms = match time_ms {
+            Some(Value::Timestamp(ms)) => ms,
+            _ => {
+                let field = schema.time_field.clone();
+                return Err(fail(self.failure, DecodeError::MissingTime { field }));
+            }
+        };
+        Ok(Event { time_ms, values })
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(self.not_an_object("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(self.not_an_object("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(self.not_an_object("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(self.not_an_object("a number"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(self.not_an_object("a string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(self.not_an_object("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.not_an_object("an array"))
+    }
+}
+
+impl EventSeed<'_> {
+    fn not_an_object<E: de::Error>(&self, found: &'static str) -> E {
+        fail(self.failure, DecodeError::NotAnObject { found })
+    }
+}
+
+/// Resolves a key to its slot without allocating (`None` for unconfigured keys).
+struct KeySeed<'d>(&'d HashMap<String, Slot>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<Slot>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<Slot>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.get(key).copied())
+    }
+}
+
+/// Reads one configured field's value and checks it against the field's type.
+struct ValueSeed<'d> {
+    field: &'d str,
+    ty: FieldType,
+    failure: &'d Failure,
+}
+
+impl ValueSeed<'_> {
+    fn wrong_type<E: de::Error>(&self, found: String) -> E {
+        let expected = match self.ty {
+            FieldType::String => "a string",
+            FieldType::Int64 => "an integer (int64)",
+            FieldType::Float64 => "a number (float64)",
+            FieldType::Bool => "true or false",
+            FieldType::Timestamp => "an RFC 3339 string or integer epoch milliseconds",
+        };
+        let field = self.field.to_owned();
+        fail(self.failure, DecodeError::WrongType { field, expected, found })
+    }
+
+    fn timestamp<E: de::Error>(&self, ms: i64) -> Result<Value<'static>, E> {
+        if (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
+            Ok(Value::Timestamp(ms))
+        } else {
+            let (field, value) = (self.field.to_owned(), ms.to_string());
+            Err(fail(self.failure, DecodeError::TimeOutOfRange { field, value }))
+        }
+    }
+
+    fn string<'de, E: de::Error>(&self, text: Cow<'de, str>) -> Result<Value<'de>, E> {
+        match self.ty {
+            FieldType::String => Ok(Value::Str(text)),
+            FieldType::Timestamp => match DateTime::parse_from_rfc3339(&text) {
+                Ok(time) => self.timestamp(time.timestamp_millis()),
+                Err(reason) => {
+                    let field = self.field.to_owned();
+                    let value = truncate(&text);
+                    let reason = reason.to_string();
+                    Err(fail(self.failure, DecodeError::BadTimestamp { field, value, reason }))
+                }
+            },
+            _ => Err(self.wrong_type(format!("the string {:?}", truncate(&text)))),
+        }
+    }
+
+    fn integer<'de, E: de::Error>(&self, value: i64) -> Result<Value<'de>, E> {
+        match self.ty {
+            FieldType::Int64 => Ok(Value::Int(value)),
+            FieldType::Float64 => Ok(Value::Float(value as f64)),
+            FieldType::Timestamp => self.timestamp(value),
+            _ => Err(self.wrong_type(format!("the number {value}"))),
+        }
+    }
+}
+
+/// Quotes at most 64 characters of a bad value back to the caller.
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = Value<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} value", self.ty)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        self.string(Cow::Borrowed(text))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        self.string(Cow::Owned(text.to_owned()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        self.integer(value)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        match i64::try_from(value) {
+            Ok(value) => self.integer(value),
+            Err(_) if self.ty == FieldType::Float64 => Ok(Value::Float(value as f64)),
+            Err(_) => Err(self.wrong_type(format!("{value}, which is larger than int64"))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        let integral = value.fract() == 0.0 && value >= -(2f64.powi(63)) && value < 2f64.powi(63);
+        match self.ty {
+            FieldType::Float64 => Ok(Value::Float(value)),
+            FieldType::Int64 | FieldType::Timestamp if integral => self.integer(value as i64),
+            _ => Err(self.wrong_type(format!("the number {value}"))),
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        match self.ty {
+            FieldType::Bool => Ok(Value::Bool(value)),
+            _ => Err(self.wrong_type(format!("{value}"))),
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong_type("an array".to_owned()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong_type("an object".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+use std::borrow::Cow;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::FieldDef;
+
+fn schema() -> EventSchema {
+    let field = |name: &str, ty| FieldDef {
+        name: name.to_owned(),
+        ty,
+    };
+    EventSchema {
+        time_field: "ts".to_owned(),
+        fields: vec![
+            field("user_id", FieldType::String),
+            field("clicks", FieldType::Int64),
+            field("latency_ms", FieldType::Float64),
+            field("mobile", FieldType::Bool),
+            field("signup", FieldType::Timestamp),
+        ],
+    }
+}
+
+fn decode(json: &str) -> Result<Event<'_>, DecodeError> {
+    Decoder::new(schema()).decode(json.as_bytes())
+}
+
+#[test]
+fn a_full_event_decodes_to_typed_values() {
+    let event = decode(
+        r#"{"ts":"2026-11-21T10:00:00.123Z","user_id":"u1","clicks":3,"latency_ms":12.5,
+            "mobile":true,"signup":1700000000000,"ignored":{"nested":[1,2]}}"#,
+    )
+    .unwrap();
+    assert_eq!(event.time_ms, 1_795_255_200_123);
+    assert_eq!(
+        event.values,
+        vec![
+            Value::Str(Cow::Borrowed("u1")),
+            Value::Int(3),
+            Value::Float(12.5),
+            Value::Bool(true),
+            Value::Timestamp(1_700_000_000_000),
+        ]
+    );
+    assert!(matches!(event.values[0], Value::Str(Cow::Borrowed(_))), "unescaped strings are borrowed");
+}
+
+#[test]
+fn absent_and_null_fields_are_null_and_numbers_widen_where_lossless() {
+    let event = decode(r#"{"ts":1000,"clicks":null,"latency_ms":7,"signup":"2026-01-01T00:00:00+01:00"}"#).unwrap();
+    assert_eq!(event.time_ms, 1000);
+    assert_eq!(event.values[0], Value::Null);
+    assert_eq!(event.values[1], Value::Null);
+    assert_eq!(event.values[2], Value::Float(7.0));
+    assert_eq!(event.values[4], Value::Timestamp(1_767_222_000_000));
+    assert_eq!(decode(r#"{"ts":2.0e3,"clicks":4.0}"#).unwrap().values[1], Value::Int(4));
+}
+
+#[test]
+fn escaped_strings_are_unescaped() {
+    let event = decode(r#"{"ts":0,"user_id":"a\"b\u00e9"}"#).unwrap();
+    assert_eq!(event.values[0], Value::Str(Cow::Owned("a\"bé".to_owned())));
+}
+
+#[test]
+fn every_malformed_input_gets_a_precise_error() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"", "event is empty"),
+        (b"  \n", "event is empty"),
+        (b"{\"ts\":1,\"user_id\":\"\xff\"}", "event is not valid UTF-8 (first invalid byte at offset 19)"),
+        (b"{\"ts\":1,", "event is not valid JSON: EOF while parsing a value at line 1 column 8"),
+        (b"{\"ts\":1} trailing", "event is not valid JSON: trailing characters at line 1 column 10"),
+        (b"[1,2]", "event must be a JSON object, found an array"),
+        (b"\"text\"", "event must be a JSON object, found a string"),
+        (b"{\"user_id\":\"u\"}", "event has no time field 'ts' (missing or null)"),
+        (b"{\"ts\":null}", "event has no time field 'ts' (missing or null)"),
+        (b"{\"ts\":1,\"clicks\":\"3\"}", "field 'clicks' must be an integer (int64), found the string \"3\""),
+        (b"{\"ts\":1,\"clicks\":3.5}", "field 'clicks' must be an integer (int64), found the number 3.5"),
+        (
+            b"{\"ts\":1,\"clicks\":18446744073709551615}",
+            "field 'clicks' must be an integer (int64), found 18446744073709551615, which is larger than int64",
+        ),
+        (b"{\"ts\":1,\"user_id\":42}", "field 'user_id' must be a string, found the number 42"),
+        (b"{\"ts\":1,\"mobile\":\"yes\"}", "field 'mobile' must be true or false, found the string \"yes\""),
+        (b"{\"ts\":1,\"latency_ms\":[1]}", "field 'latency_ms' must be a number (float64), found an array"),
+        (b"{\"ts\":1,\"user_id\":{}}", "field 'user_id' must be a string, found an object"),
+        (
+            b"{\"ts\":\"yesterday\"}",
+            "field 'ts': cannot read \"yesterday\" as an RFC 3339 timestamp such as 2026-11-21T10:00:00Z (premature end of input)",
+        ),
+        (b"{\"ts\":true}", "field 'ts' must be an RFC 3339 string or integer epoch milliseconds, found true"),
+        (
+            b"{\"ts\":253402300800000}",
+            "field 'ts': 253402300800000 is outside the supported time range (years 0001 to 9999)",
+        ),
+        (b"{\"ts\":1,\"clicks\":1,\"clicks\":2}", "field 'clicks' appears more than once"),
+        (b"{\"ts\":1,\"ts\":2}", "field 'ts' appears more than once"),
+    ];
+    let decoder = Decoder::new(schema());
+    for (input, expected) in cases {
+        let error = decoder.decode(input).expect_err(expected);
+        assert_eq!(error.to_string(), *expected, "input {:?}", String::from_utf8_lossy(input));
+    }
+}
+
+#[test]
+fn error_codes_are_stable_names() {
+    assert_eq!(decode("{}").unwrap_err().code(), "missing_time");
+    assert_eq!(decode("nope").unwrap_err().code(), "not_json");
+    assert_eq!(decode(r#"{"ts":1,"clicks":"x"}"#).unwrap_err().code(), "wrong_type");
+}
+
+#[test]
+fn many_fields_still_detect_duplicates() {
+    let fields = (0..200)
+        .map(|i| FieldDef {
+            name: format!("f{i}"),
+            ty: FieldType::Int64,
+        })
+        .collect();
+    let decoder = Decoder::new(EventSchema {
+        time_field: "ts".to_owned(),
+        fields,
+    });
+    assert_eq!(decoder.decode(br#"{"ts":1,"f150":1}"#).unwrap().values[150], Value::Int(1));
+    assert_eq!(
+        decoder.decode(br#"{"ts":1,"f199":1,"f199":2}"#).unwrap_err(),
+        DecodeError::DuplicateField { field: "f199".to_owned() }
+    );
+}
+
+/// A JSON value of any shape, to throw at every field.
+fn any_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|v| v.into()),
+        any::<u64>().prop_map(|v| v.into()),
+        any::<f64>().prop_filter("JSON has no NaN or infinity", |v| v.is_finite()).prop_map(|v| v.into()),
+        ".{0,12}".prop_map(serde_json::Value::String),
+        Just(serde_json::Value::String("2026-11-21T10:00:00Z".into())),
+    ];
+    leaf.prop_recursive(2, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("ts|user_id|clicks|latency_ms|mobile|signup|other", inner, 0..7)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Decoder::new(schema()).decode(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics_and_errors_name_a_reason(json in any_json()) {
+        let text = json.to_string();
+        if let Err(error) = Decoder::new(schema()).decode(text.as_bytes()) {
+            prop_assert!(!error.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn well_typed_events_round_trip(
+        ts in MIN_TIME_MS..=MAX_TIME_MS,
+        user in proptest::option::of(".{0,20}"),
+        clicks in proptest::option::of(any::<i64>()),
+        latency in proptest::option::of(-1e300f64..1e300),
+        mobile in proptest::option::of(any::<bool>()),
+    ) {
+        let json = serde_json::json!({
+            "ts": ts, "user_id": user, "clicks": clicks, "latency_ms": latency, "mobile": mobile,
+        });
+        let text = json.to_string();
+        let event = Decoder::new(schema()).decode(text.as_bytes()).unwrap();
+        prop_assert_eq!(event.time_ms, ts);
+        prop_assert_eq!(&event.values[0], &user.map_or(Value::Null, |u| Value::Str(Cow::Owned(u))));
+        prop_assert_eq!(&event.values[1], &clicks.map_or(Value::Null, Value::Int));
+        prop_assert_eq!(&event.values[2], &latency.map_or(Value::Null, Value::Float));
+        prop_assert_eq!(&event.values[3], &mobile.map_or(Value::Null, Value::Bool));
+    }
+}
