@@ -1,0 +1,234 @@
+//! Starting, probing and stopping a tansu broker, and creating topics on it.
+//!
+//! tansu runs under a small `sh` watchdog in its own process group: the watchdog stops the broker
+//! when the test process that started it is gone, so even the shared broker (a `static`, never
+//! dropped) does not outlive its test binary. Dropping a [`Broker`] stops the whole group at once.
+//!
+//! Storage is `sqlite://` in a temporary directory that is the broker's working directory: with it,
+//! watermarks, seeks and consumer groups behave as in Kafka (`memory://` gets them wrong), and tansu
+//! resolves the file against its working directory (absolute paths are mishandled).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use tempfile::TempDir;
+
+const INSTALL_HINT: &str = "install it with `cargo install --locked tansu@0.6.0 --features libsql` \
+     (or point TANSU_BIN at the binary)";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("the tansu broker binary was not found; {INSTALL_HINT}")]
+    TansuMissing,
+    #[error("cannot start the broker")]
+    Spawn(#[source] std::io::Error),
+    #[error("the broker did not become ready within {timeout:?}; its log:\n{log}")]
+    NotReady { timeout: Duration, log: String },
+    #[error("Kafka admin request failed")]
+    Kafka(#[from] KafkaError),
+    #[error("creating topic {topic} failed: {message}")]
+    CreateTopic { topic: String, message: String },
+    #[error("topic {topic} did not show {partitions} partitions in metadata within {timeout:?}")]
+    TopicNotVisible {
+        topic: String,
+        partitions: i32,
+        timeout: Duration,
+    },
+    #[error("temporary directory")]
+    TempDir(#[source] std::io::Error),
+}
+
+/// A running tansu broker on a loopback port.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    address: SocketAddr,
+    dir: TempDir,
+}
+
+/// The tansu binary: `$TANSU_BIN`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
+fn tansu_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("tansu"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.or_else(|| {
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))?;
+        Some(cargo_home.join("bin/tansu")).filter(|p| p.is_file())
+    })
+}
+
+/// A port nothing listens on right now (the OS picks it; the broker binds it a moment later).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+impl Broker {
+    /// The broker shared by every test of this test binary, started on first use.
+    ///
+    /// Panics when the broker cannot start: a test that needs Kafka cannot run without it, and the
+    /// panic message says how to install tansu.
+    pub fn shared() -> &'static Broker {
+        static SHARED: OnceLock<Broker> = OnceLock::new();
+        SHARED.get_or_init(|| Broker::start().unwrap_or_else(|error| panic!("{error}")))
+    }
+
+    /// Starts a private broker, stopped when dropped.
+    pub fn start() -> Result<Broker, HarnessError> {
+        let binary = tansu_binary().ok_or(HarnessError::TansuMissing)?;
+        let dir = tempfile::Builder::new()
+            .prefix("tansu-")
+            .tempdir()
+            .map_err(HarnessError::TempDir)?;
+        let port = free_port().map_err(HarnessError::Spawn)?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let url = format!("tcp://{address}");
+        let log = std::fs::File::create(dir.path().join("broker.log")).map_err(HarnessError::Spawn)?;
+        let watchdog = r#"
+            "$TANSU_BIN_PATH" broker --listener-url "$URL" --advertised-listener-url "$URL" \
+                --storage-engine sqlite://tansu.db --cluster-id tributary-test &
+            broker=$!
+            trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
+            while kill -0 "$OWNER" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done
+            kill $broker 2>/dev/null
+            wait $broker
+        "#;
+        let child = Command::new("sh")
+            .args(["-c", watchdog])
+            .current_dir(dir.path())
+            .env("TANSU_BIN_PATH", &binary)
+            .env("URL", &url)
+            .env("OWNER", std::process::id().to_string())
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(HarnessError::Spawn)?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(HarnessError::Spawn)?;
+        let mut broker = Broker {
+            child,
+            address,
+            dir,
+        };
+        broker.wait_until_ready()?;
+        Ok(broker)
+    }
+
+    fn wait_until_ready(&mut self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            let listening = TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok();
+            if listening && self.metadata_answers() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(HarnessError::NotReady {
+            timeout: START_TIMEOUT,
+            log: self.log(),
+        })
+    }
+
+    fn metadata_answers(&self) -> bool {
+        let consumer: Result<BaseConsumer, _> = self.client_config().create();
+        consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// A client configuration pointing at this broker, to add settings to.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap_servers());
+        config
+    }
+
+    /// What the broker has printed so far (for failure messages).
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("broker.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        let tail_start = text.len().saturating_sub(8_000);
+        let tail_start = (tail_start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text[tail_start..].to_owned()
+    }
+
+    /// Creates a topic with a name no other test uses and waits until metadata shows all its
+    /// partitions. tansu does not create topics on first use.
+    pub async fn create_topic(&self, partitions: i32) -> Result<String, HarnessError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let topic = format!(
+            "test-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let new_topic = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics([&new_topic], &options).await? {
+            result.map_err(|(topic, code)| HarnessError::CreateTopic {
+                topic,
+                message: code.to_string(),
+            })?;
+        }
+        self.wait_for_topic(&topic, partitions)?;
+        Ok(topic)
+    }
+
+    fn wait_for_topic(&self, topic: &str, partitions: i32) -> Result<(), HarnessError> {
+        let timeout = Duration::from_secs(15);
+        let deadline = Instant::now() + timeout;
+        let consumer: BaseConsumer = self.client_config().create()?;
+        while Instant::now() < deadline {
+            let visible = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(2))
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len()));
+            if visible == Some(partitions as usize) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(HarnessError::TopicNotVisible {
+            topic: topic.to_owned(),
+            partitions,
+            timeout,
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // The watchdog leads its own process group: signal the group so the broker goes too.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,13 @@
+//! # tributary-testkit: real components for tests
+//!
+//! End-to-end tests speak the real Kafka protocol through rdkafka to a real broker: [`Broker`] runs
+//! `tansu` (a Kafka-compatible broker, `cargo install --locked tansu@0.6.0 --features libsql`) on a
+//! free loopback port with its own SQLite file, and [`Broker::create_topic`] gives every test a
+//! topic of its own. [`Broker::shared`] is the one broker of a test binary; [`Broker::start`] a
+//! private one a test can stop (to test a broker outage, say).
+//!
+//! A dev-dependency only: nothing in the service depends on it.
+
+mod broker;
+
+pub use broker::{Broker, HarnessError};
