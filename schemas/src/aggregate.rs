@@ -45,7 +45,9 @@ pub const STATE_FORMAT_VERSION: u8 = 1;
 pub enum StateError {
     #[error("state bytes end too early")]
     Truncated,
-    #[error("state format version {0} is not supported (this build reads version {STATE_FORMAT_VERSION})")]
+    #[error(
+        "state format version {0} is not supported (this build reads version {STATE_FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u8),
     #[error("unknown state kind tag {0}")]
     UnknownKind(u8),

@@ -173,7 +173,9 @@ fn overlay_file(merged: &mut Table, file: Table, problems: &mut Vec<Problem>) {
     for (section, value) in file {
         match (section.as_str(), value) {
             (name, Toml::Table(keys)) if MERGED_SECTIONS.contains(&name) => {
-                let target = merged.entry(name).or_insert_with(|| Toml::Table(Table::new()));
+                let target = merged
+                    .entry(name)
+                    .or_insert_with(|| Toml::Table(Table::new()));
                 if let Toml::Table(target) = target {
                     target.extend(keys);
                 }
@@ -193,7 +195,11 @@ fn overlay_file(merged: &mut Table, file: Table, problems: &mut Vec<Problem>) {
     }
 }
 
-fn overlay_env(merged: &mut Table, env: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<Problem>) {
+fn overlay_env(
+    merged: &mut Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<Problem>,
+) {
     for (name, value) in env {
         let Some((section, key)) = name
             .strip_prefix(ENV_PREFIX)
@@ -203,7 +209,11 @@ fn overlay_env(merged: &mut Table, env: impl IntoIterator<Item = (String, String
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let Some(target) = merged.get_mut(&section).and_then(Toml::as_table_mut) else {
-            problem(problems, name, format!("no section [{section}] to override"));
+            problem(
+                problems,
+                name,
+                format!("no section [{section}] to override"),
+            );
             continue;
         };
         let parsed = match target.get(&key) {
@@ -218,7 +228,9 @@ fn overlay_env(merged: &mut Table, env: impl IntoIterator<Item = (String, String
                 .map(Toml::Boolean)
                 .map_err(|_| format!("{value:?} is not true or false")),
             Some(Toml::String(_)) => Ok(Toml::String(value)),
-            Some(_) => Err(format!("{section}.{key} cannot be set from the environment")),
+            Some(_) => Err(format!(
+                "{section}.{key} cannot be set from the environment"
+            )),
             None => Err(format!(
                 "no key {section}.{key} to override (overrides are TRIBUTARY_<SECTION>__<KEY>)"
             )),
@@ -240,10 +252,18 @@ struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
-    fn new(path: impl Into<String>, value: Option<&'a Toml>, problems: &mut Vec<Problem>) -> Option<Self> {
+    fn new(
+        path: impl Into<String>,
+        value: Option<&'a Toml>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
         let path = path.into();
         match value {
-            Some(Toml::Table(table)) => Some(Self { path, table, used: Vec::new() }),
+            Some(Toml::Table(table)) => Some(Self {
+                path,
+                table,
+                used: Vec::new(),
+            }),
             Some(_) => {
                 problem(problems, path, "must be a table");
                 None
@@ -278,7 +298,11 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn optional_string(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<String> {
+    fn optional_string(
+        &mut self,
+        key: &'static str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<String> {
         if self.table.contains_key(key) {
             self.string(key, problems)
         } else {
@@ -313,7 +337,11 @@ impl<'a> Section<'a> {
         for key in self.table.keys() {
             if !self.used.contains(&key.as_str()) {
                 let known = self.used.join(", ");
-                problem(problems, self.key(key), format!("unknown key (known keys: {known})"));
+                problem(
+                    problems,
+                    self.key(key),
+                    format!("unknown key (known keys: {known})"),
+                );
             }
         }
     }
@@ -344,14 +372,23 @@ fn validate_kafka(merged: &Table, problems: &mut Vec<Problem>) -> Option<KafkaCo
     let topic = section.string("topic", problems);
     let dlq_topic = section.optional_string("dlq_topic", problems);
     section.finish(problems);
-    if brokers.as_deref().is_some_and(|b| b.split(',').any(|broker| broker.trim().is_empty())) {
-        problem(problems, "kafka.brokers", "must list host:port pairs separated by commas");
+    if brokers
+        .as_deref()
+        .is_some_and(|b| b.split(',').any(|broker| broker.trim().is_empty()))
+    {
+        problem(
+            problems,
+            "kafka.brokers",
+            "must list host:port pairs separated by commas",
+        );
     }
     for (key, name) in [("kafka.topic", &topic), ("kafka.dlq_topic", &dlq_topic)] {
-        if let Some(name) = name.as_deref().filter(|n| !n.is_empty() || key == "kafka.topic") {
-            if let Err(message) = check_topic_name(name) {
-                problem(problems, key, message);
-            }
+        // An empty DLQ topic means "no DLQ"; an empty topic is an error.
+        let checked = name
+            .as_deref()
+            .filter(|n| !n.is_empty() || key == "kafka.topic");
+        if let Some(Err(message)) = checked.map(check_topic_name) {
+            problem(problems, key, message);
         }
     }
     if topic.is_some() && topic == dlq_topic {
@@ -367,7 +404,12 @@ fn validate_kafka(merged: &Table, problems: &mut Vec<Problem>) -> Option<KafkaCo
 /// Kafka's own rule for topic names.
 fn check_topic_name(name: &str) -> Result<(), String> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > 249 || name == "." || name == ".." || !name.chars().all(legal) {
+    if name.is_empty()
+        || name.len() > 249
+        || name == "."
+        || name == ".."
+        || !name.chars().all(legal)
+    {
         return Err(format!(
             "{name:?} is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
         ));
@@ -389,7 +431,9 @@ fn validate_lake(merged: &Table, problems: &mut Vec<Problem>) -> Option<LakeConf
             problem(
                 problems,
                 "lake.url",
-                format!("{url:?} is not a lake location (write a directory, file:///absolute/path or s3://bucket/prefix)"),
+                format!(
+                    "{url:?} is not a lake location (write a directory, file:///absolute/path or s3://bucket/prefix)"
+                ),
             );
             return None;
         }
@@ -421,7 +465,11 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     match listen.parse() {
         Ok(listen) => Some(ServingConfig { listen }),
         Err(_) => {
-            problem(problems, "serving.listen", format!("{listen:?} is not an address such as 127.0.0.1:8080"));
+            problem(
+                problems,
+                "serving.listen",
+                format!("{listen:?} is not an address such as 127.0.0.1:8080"),
+            );
             None
         }
     }
@@ -459,15 +507,29 @@ fn validate_events(merged: &Table, problems: &mut Vec<Problem>) -> Option<EventS
         if let Err(message) = check_field_name(name) {
             problem(problems, &key, message);
         } else if *name == time_field {
-            problem(problems, &key, "is the time field; list only the other fields here");
+            problem(
+                problems,
+                &key,
+                "is the time field; list only the other fields here",
+            );
         }
         let types = FieldType::ALL.map(FieldType::name).join(", ");
         match ty.as_str().and_then(FieldType::parse) {
-            Some(ty) => defs.push(FieldDef { name: name.clone(), ty }),
-            None => problem(problems, key, format!("unknown field type {ty} (expected one of {types})")),
+            Some(ty) => defs.push(FieldDef {
+                name: name.clone(),
+                ty,
+            }),
+            None => problem(
+                problems,
+                key,
+                format!("unknown field type {ty} (expected one of {types})"),
+            ),
         }
     }
-    Some(EventSchema { time_field, fields: defs })
+    Some(EventSchema {
+        time_field,
+        fields: defs,
+    })
 }
 
 #[cfg(test)]

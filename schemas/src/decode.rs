@@ -48,7 +48,9 @@ pub enum DecodeError {
         expected: &'static str,
         found: String,
     },
-    #[error("field '{field}': cannot read {value:?} as an RFC 3339 timestamp such as 2026-11-21T10:00:00Z ({reason})")]
+    #[error(
+        "field '{field}': cannot read {value:?} as an RFC 3339 timestamp such as 2026-11-21T10:00:00Z ({reason})"
+    )]
     BadTimestamp {
         field: String,
         value: String,
@@ -296,7 +298,14 @@ impl ValueSeed<'_> {
             FieldType::Timestamp => "an RFC 3339 string or integer epoch milliseconds",
         };
         let field = self.field.to_owned();
-        fail(self.failure, DecodeError::WrongType { field, expected, found })
+        fail(
+            self.failure,
+            DecodeError::WrongType {
+                field,
+                expected,
+                found,
+            },
+        )
     }
 
     fn timestamp<E: de::Error>(&self, ms: i64) -> Result<Value<'static>, E> {
@@ -304,7 +313,10 @@ impl ValueSeed<'_> {
             Ok(Value::Timestamp(ms))
         } else {
             let (field, value) = (self.field.to_owned(), ms.to_string());
-            Err(fail(self.failure, DecodeError::TimeOutOfRange { field, value }))
+            Err(fail(
+                self.failure,
+                DecodeError::TimeOutOfRange { field, value },
+            ))
         }
     }
 
@@ -317,7 +329,14 @@ impl ValueSeed<'_> {
                     let field = self.field.to_owned();
                     let value = truncate(&text);
                     let reason = reason.to_string();
-                    Err(fail(self.failure, DecodeError::BadTimestamp { field, value, reason }))
+                    Err(fail(
+                        self.failure,
+                        DecodeError::BadTimestamp {
+                            field,
+                            value,
+                            reason,
+                        },
+                    ))
                 }
             },
             _ => Err(self.wrong_type(format!("the string {:?}", truncate(&text)))),

@@ -19,12 +19,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total_ms: u64 = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_len = rest[digits..]
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len() - digits);
         let (number, unit) = (&rest[..digits], &rest[digits..digits + unit_len]);
-        let bad = || format!("cannot read {text:?} as a duration (write e.g. \"15m\", \"1h30m\" or \"500ms\")");
+        let bad = || {
+            format!(
+                "cannot read {text:?} as a duration (write e.g. \"15m\", \"1h30m\" or \"500ms\")"
+            )
+        };
         let number: u64 = number.parse().map_err(|_| bad())?;
         let scale = UNITS
             .iter()
@@ -70,10 +76,12 @@ impl Granularity {
         let duration = parse_duration(text)?;
         let ms = duration.as_millis();
         if ms % 1000 != 0 || ms == 0 {
-            return Err(format!("granularity {text:?} must be a whole number of seconds, from 1s to 1d"));
+            return Err(format!(
+                "granularity {text:?} must be a whole number of seconds, from 1s to 1d"
+            ));
         }
         let seconds = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
-        if seconds > Self::DAY.seconds || Self::DAY.seconds % seconds != 0 {
+        if seconds > Self::DAY.seconds || !Self::DAY.seconds.is_multiple_of(seconds) {
             return Err(format!(
                 "granularity {text:?} must divide a day evenly, from 1s to 1d (e.g. 1s, 10s, 1m, 5m, 15m, 1h, 6h, 1d)"
             ));
@@ -96,13 +104,15 @@ impl Granularity {
 
     /// Whether buckets of `self` nest exactly inside buckets of `coarser`.
     pub fn divides(self, coarser: Granularity) -> bool {
-        coarser.seconds % self.seconds == 0
+        coarser.seconds.is_multiple_of(self.seconds)
     }
 }
 
 impl fmt::Display for Granularity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&format_duration(Duration::from_secs(u64::from(self.seconds))))
+        f.write_str(&format_duration(Duration::from_secs(u64::from(
+            self.seconds,
+        ))))
     }
 }
 

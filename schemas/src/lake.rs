@@ -82,12 +82,20 @@ pub fn partition_dir(area: Area, topic: &str, partition: i32) -> String {
 
 /// File holding offsets `range` of a partition.
 pub fn partition_file(area: Area, topic: &str, partition: i32, range: OffsetRange) -> String {
-    format!("{}/{}", partition_dir(area, topic, partition), range.file_name())
+    format!(
+        "{}/{}",
+        partition_dir(area, topic, partition),
+        range.file_name()
+    )
 }
 
 /// Reads the partition number out of a `partition=<p>` path segment.
 pub fn parse_partition_segment(segment: &str) -> Option<i32> {
-    segment.strip_prefix("partition=")?.parse().ok().filter(|p| *p >= 0)
+    segment
+        .strip_prefix("partition=")?
+        .parse()
+        .ok()
+        .filter(|p| *p >= 0)
 }
 
 pub fn view_dir(view: &str) -> String {
@@ -123,7 +131,10 @@ mod tests {
 
     #[test]
     fn paths_follow_the_contract() {
-        let range = OffsetRange { start: 100, end: 199 };
+        let range = OffsetRange {
+            start: 100,
+            end: 199,
+        };
         assert_eq!(
             partition_file(Area::Raw, "events", 2, range),
             "raw/events/partition=2/00000000000000000100-00000000000000000199.parquet"
@@ -132,18 +143,32 @@ mod tests {
             partition_file(Area::Quarantine, "events", 0, range),
             "quarantine/events/partition=0/00000000000000000100-00000000000000000199.parquet"
         );
-        assert_eq!(version_part("pageviews", 7, 3), "views/pageviews/00000000000000000007/part-00003.parquet");
-        assert_eq!(manifest_path("pageviews", 7), "views/pageviews/00000000000000000007/manifest.json");
+        assert_eq!(
+            version_part("pageviews", 7, 3),
+            "views/pageviews/00000000000000000007/part-00003.parquet"
+        );
+        assert_eq!(
+            manifest_path("pageviews", 7),
+            "views/pageviews/00000000000000000007/manifest.json"
+        );
         assert_eq!(current_path("pageviews"), "views/pageviews/_current");
         assert_eq!(range.next(), 200);
     }
 
     #[test]
     fn names_parse_back_and_strangers_are_ignored() {
-        let range = OffsetRange { start: 5, end: 9_000_000_000 };
+        let range = OffsetRange {
+            start: 5,
+            end: 9_000_000_000,
+        };
         let name = range.file_name();
         assert_eq!(OffsetRange::parse_file_name(&name), Some(range));
-        for stranger in ["5-9.parquet", "x.parquet", "00000000000000000009-00000000000000000005.parquet", ""] {
+        for stranger in [
+            "5-9.parquet",
+            "x.parquet",
+            "00000000000000000009-00000000000000000005.parquet",
+            "",
+        ] {
             assert_eq!(OffsetRange::parse_file_name(stranger), None, "{stranger}");
         }
         assert_eq!(parse_partition_segment("partition=12"), Some(12));
@@ -155,10 +180,19 @@ mod tests {
     #[test]
     fn lexicographic_order_is_numeric_order() {
         let mut names: Vec<String> = [1_000, 20, 300]
-            .map(|start| OffsetRange { start, end: start + 5 }.file_name())
+            .map(|start| {
+                OffsetRange {
+                    start,
+                    end: start + 5,
+                }
+                .file_name()
+            })
             .to_vec();
         names.sort();
-        let starts: Vec<i64> = names.iter().map(|n| OffsetRange::parse_file_name(n).unwrap().start).collect();
+        let starts: Vec<i64> = names
+            .iter()
+            .map(|n| OffsetRange::parse_file_name(n).unwrap().start)
+            .collect();
         assert_eq!(starts, [20, 300, 1_000]);
     }
 }

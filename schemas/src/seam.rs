@@ -19,7 +19,11 @@ pub fn aligned_boundary(progress: i64, epoch_size: u64) -> i64 {
 
 /// The first epoch the speed layer contributes above boundary `w`.
 pub fn first_speed_epoch(w: i64, epoch_size: u64) -> i64 {
-    debug_assert_eq!(w.rem_euclid(epoch_size as i64), 0, "boundaries are epoch-aligned");
+    debug_assert_eq!(
+        w.rem_euclid(epoch_size as i64),
+        0,
+        "boundaries are epoch-aligned"
+    );
     epoch_of(w, epoch_size)
 }
 

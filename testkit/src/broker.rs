@@ -9,8 +9,8 @@
 //! resolves the file against its working directory (absolute paths are mishandled).
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -78,7 +78,9 @@ fn tansu_binary() -> Option<PathBuf> {
 
 /// A port nothing listens on right now (the OS picks it; the broker binds it a moment later).
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 impl Broker {
@@ -101,7 +103,8 @@ impl Broker {
         let port = free_port().map_err(HarnessError::Spawn)?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let url = format!("tcp://{address}");
-        let log = std::fs::File::create(dir.path().join("broker.log")).map_err(HarnessError::Spawn)?;
+        let log =
+            std::fs::File::create(dir.path().join("broker.log")).map_err(HarnessError::Spawn)?;
         let watchdog = r#"
             "$TANSU_BIN_PATH" broker --listener-url "$URL" --advertised-listener-url "$URL" \
                 --storage-engine sqlite://tansu.db --cluster-id tributary-test &
@@ -139,7 +142,8 @@ impl Broker {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break;
             }
-            let listening = TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok();
+            let listening =
+                TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok();
             if listening && self.metadata_answers() {
                 return Ok(());
             }
@@ -175,7 +179,9 @@ impl Broker {
             let _ = file.read_to_string(&mut text);
         }
         let tail_start = text.len().saturating_sub(8_000);
-        let tail_start = (tail_start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let tail_start = (tail_start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         text[tail_start..].to_owned()
     }
 
@@ -183,7 +189,9 @@ impl Broker {
     /// partitions. tansu does not create topics on first use.
     pub async fn create_topic(&self, partitions: i32) -> Result<String, HarnessError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let topic = format!(
             "test-{}-{}-{nanos}",
             std::process::id(),

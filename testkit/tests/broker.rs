@@ -26,19 +26,30 @@ async fn produce_all(broker: &Broker, topic: &str) {
     for n in 0..PER_PARTITION {
         for partition in 0..PARTITIONS {
             let body = payload(partition, n);
-            let record = FutureRecord::<(), _>::to(topic).partition(partition).payload(&body);
+            let record = FutureRecord::<(), _>::to(topic)
+                .partition(partition)
+                .payload(&body);
             let delivery = producer
                 .send(record, Duration::from_secs(10))
                 .await
                 .unwrap_or_else(|(e, _)| panic!("delivery failed: {e}\n{}", broker.log()));
             assert_eq!(delivery.partition, partition);
-            assert_eq!(delivery.offset, n, "offsets are dense from zero in a new topic");
+            assert_eq!(
+                delivery.offset, n,
+                "offsets are dense from zero in a new topic"
+            );
         }
     }
 }
 
 /// Reads `count` messages of `partition` starting at `offset`, via assign then seek.
-fn read_from(broker: &Broker, topic: &str, partition: i32, offset: i64, count: usize) -> Vec<(i64, String)> {
+fn read_from(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    count: usize,
+) -> Vec<(i64, String)> {
     let consumer: BaseConsumer = broker
         .client_config()
         .set("group.id", format!("{topic}-reader"))
@@ -47,15 +58,21 @@ fn read_from(broker: &Broker, topic: &str, partition: i32, offset: i64, count: u
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Beginning)
+        .unwrap();
     consumer.assign(&assignment).expect("assign");
     // Seek needs the partition to be fetching: poll once, then move to the explicit offset.
     let _ = consumer.poll(Duration::from_millis(200));
     let mut seek = TopicPartitionList::new();
-    seek.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
+    seek.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
     let mut sought = false;
     for _ in 0..50 {
-        if consumer.seek_partitions(seek.clone(), Duration::from_secs(2)).is_ok() {
+        if consumer
+            .seek_partitions(seek.clone(), Duration::from_secs(2))
+            .is_ok()
+        {
             sought = true;
             break;
         }
@@ -91,7 +108,10 @@ async fn produce_then_consume_with_assign_and_seek() {
     let start = 25;
     let messages = read_from(broker, &topic, 1, start, (PER_PARTITION - start) as usize);
     let expected: Vec<(i64, String)> = (start..PER_PARTITION).map(|n| (n, payload(1, n))).collect();
-    assert_eq!(messages, expected, "seek must land on the explicit offset, in order, nothing skipped");
+    assert_eq!(
+        messages, expected,
+        "seek must land on the explicit offset, in order, nothing skipped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,7 +121,9 @@ async fn every_test_gets_its_own_topic() {
     let second = broker.create_topic(1).await.unwrap();
     assert_ne!(first, second);
     let consumer: BaseConsumer = broker.client_config().create().unwrap();
-    let (_, high) = consumer.fetch_watermarks(&second, 0, Duration::from_secs(5)).unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(&second, 0, Duration::from_secs(5))
+        .unwrap();
     assert_eq!(high, 0, "a fresh topic is empty");
 }
 
@@ -112,7 +134,10 @@ fn a_private_broker_stops_when_dropped() {
     drop(broker);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&address).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "broker still listening on {address}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker still listening on {address}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

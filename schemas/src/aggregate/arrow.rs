@@ -110,7 +110,11 @@ impl StateColumnBuilder {
 }
 
 /// Reads the state at `row` of a column written by [`StateColumnBuilder`] for `kind`.
-pub fn read_state(kind: StateKind, column: &dyn Array, row: usize) -> Result<MetricState, StateError> {
+pub fn read_state(
+    kind: StateKind,
+    column: &dyn Array,
+    row: usize,
+) -> Result<MetricState, StateError> {
     if column.data_type() != &kind.data_type() {
         return Err(StateError::Corrupt("state column has the wrong Arrow type"));
     }

@@ -77,7 +77,8 @@ impl<'a> Reader<'a> {
     /// make the caller allocate more than the input could describe.
     pub fn len(&mut self, min_bytes_per_item: usize) -> Result<usize, StateError> {
         let len = self.varint()?;
-        let len = usize::try_from(len).map_err(|_| StateError::Corrupt("length overflows usize"))?;
+        let len =
+            usize::try_from(len).map_err(|_| StateError::Corrupt("length overflows usize"))?;
         if len.saturating_mul(min_bytes_per_item) > self.bytes.len() {
             return Err(StateError::Truncated);
         }

@@ -143,8 +143,16 @@ impl DdSketch {
         self.range = Some(match self.range {
             None => (low, high),
             Some((min, max)) => (
-                if low.total_cmp(&min).is_lt() { low } else { min },
-                if high.total_cmp(&max).is_gt() { high } else { max },
+                if low.total_cmp(&min).is_lt() {
+                    low
+                } else {
+                    min
+                },
+                if high.total_cmp(&max).is_gt() {
+                    high
+                } else {
+                    max
+                },
             ),
         });
     }

@@ -293,7 +293,9 @@ impl AggregateState for Hll {
                     let rank = (entry & 0x3f) as u32;
                     let index_grew = position == 0 || (entry >> 6) > (previous >> 6);
                     if rank == 0 || rank > MAX_SPARSE_RANK || !index_grew {
-                        return Err(StateError::Corrupt("sparse HyperLogLog entries not canonical"));
+                        return Err(StateError::Corrupt(
+                            "sparse HyperLogLog entries not canonical",
+                        ));
                     }
                     entries.push(entry as u32);
                     previous = entry;
@@ -390,7 +392,11 @@ mod tests {
             let hll = sketch(0..n);
             assert!(!hll.is_sparse());
             let error = (hll.finalize() - n).abs() as f64 / n as f64;
-            assert!(error < 3.0 * 0.0081, "n={n} estimate={} error={error}", hll.finalize());
+            assert!(
+                error < 3.0 * 0.0081,
+                "n={n} estimate={} error={error}",
+                hll.finalize()
+            );
         }
     }
 

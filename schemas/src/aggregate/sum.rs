@@ -107,7 +107,10 @@ mod tests {
             naive += value;
         }
         assert_eq!(sum.finalize(), 2.0);
-        assert_ne!(naive, 2.0, "the example must defeat naive summation to prove anything");
+        assert_ne!(
+            naive, 2.0,
+            "the example must defeat naive summation to prove anything"
+        );
     }
 
     #[test]

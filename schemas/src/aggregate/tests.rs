@@ -108,14 +108,14 @@ proptest! {
     #[test]
     fn the_empty_state_is_the_identity((kind, values) in kind_and_values()) {
         let state = aggregate(kind, &values);
-        prop_assert_eq!(merged(state.clone(), &MetricState::empty(kind)), state.clone());
-        prop_assert_eq!(merged(MetricState::empty(kind), &state), state);
+        prop_assert_eq!(&merged(state.clone(), &MetricState::empty(kind)), &state);
+        prop_assert_eq!(&merged(MetricState::empty(kind), &state), &state);
     }
 
     #[test]
     fn byte_and_arrow_forms_round_trip((kind, values) in kind_and_values()) {
         let state = aggregate(kind, &values);
-        prop_assert_eq!(MetricState::from_bytes(&state.to_bytes()).unwrap(), state.clone());
+        prop_assert_eq!(&MetricState::from_bytes(&state.to_bytes()).unwrap(), &state);
 
         let mut builder = StateColumnBuilder::new(kind);
         builder.append(&MetricState::empty(kind)).unwrap();
@@ -123,7 +123,7 @@ proptest! {
         let column = builder.finish();
         prop_assert_eq!(column.data_type(), &kind.data_type());
         prop_assert_eq!(read_state(kind, &column, 0).unwrap(), MetricState::empty(kind));
-        prop_assert_eq!(read_state(kind, &column, 1).unwrap(), state);
+        prop_assert_eq!(&read_state(kind, &column, 1).unwrap(), &state);
     }
 
     #[test]
@@ -192,8 +192,13 @@ fn a_distinct_sketch_of_ten_values_serializes_to_at_most_64_bytes() {
 #[test]
 fn merging_different_kinds_is_an_error() {
     let mut count = MetricState::empty(StateKind::Count);
-    let error = count.merge(&MetricState::empty(StateKind::Avg)).unwrap_err();
-    assert_eq!(error.to_string(), "cannot merge a state of kind avg into one of kind count");
+    let error = count
+        .merge(&MetricState::empty(StateKind::Avg))
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "cannot merge a state of kind avg into one of kind count"
+    );
 }
 
 #[test]
@@ -209,8 +214,20 @@ fn states_from_a_newer_format_are_refused() {
 #[test]
 fn avg_and_empty_aggregates_finalize_like_sql() {
     let values = [Value::Int(2), Value::Null, Value::Float(4.0)];
-    assert_eq!(aggregate(StateKind::Avg, &values).finalize(0.0, false), Finalized::Float(3.0));
-    assert_eq!(aggregate(StateKind::Avg, &[]).finalize(0.0, false), Finalized::Null);
-    assert_eq!(aggregate(StateKind::FloatMax, &[Value::Null]).finalize(0.0, false), Finalized::Null);
-    assert_eq!(aggregate(StateKind::Count, &[Value::Null]).finalize(0.0, false), Finalized::Int(1));
+    assert_eq!(
+        aggregate(StateKind::Avg, &values).finalize(0.0, false),
+        Finalized::Float(3.0)
+    );
+    assert_eq!(
+        aggregate(StateKind::Avg, &[]).finalize(0.0, false),
+        Finalized::Null
+    );
+    assert_eq!(
+        aggregate(StateKind::FloatMax, &[Value::Null]).finalize(0.0, false),
+        Finalized::Null
+    );
+    assert_eq!(
+        aggregate(StateKind::Count, &[Value::Null]).finalize(0.0, false),
+        Finalized::Int(1)
+    );
 }

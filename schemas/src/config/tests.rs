@@ -40,7 +40,11 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
     let pageviews = config.view("pageviews").unwrap();
     assert_eq!(pageviews.granularity.to_string(), "1m");
     assert_eq!(pageviews.filter.as_ref().unwrap().sql, "page IS NOT NULL");
-    let kinds: Vec<(&str, StateKind)> = pageviews.metrics.iter().map(|m| (m.name.as_str(), m.state_kind())).collect();
+    let kinds: Vec<(&str, StateKind)> = pageviews
+        .metrics
+        .iter()
+        .map(|m| (m.name.as_str(), m.state_kind()))
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -53,23 +57,42 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
             ("latency_p95", StateKind::Quantile),
         ]
     );
-    assert_eq!(pageviews.metric("latency_p95").unwrap().function, MetricFunction::Quantile(0.95));
+    assert_eq!(
+        pageviews.metric("latency_p95").unwrap().function,
+        MetricFunction::Quantile(0.95)
+    );
     let schema = pageviews.state_schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names[..3], ["time", "page", "country"]);
-    assert_eq!(config.view("traffic").unwrap().metric("bytes").unwrap().state_kind(), StateKind::IntSum);
+    assert_eq!(
+        config
+            .view("traffic")
+            .unwrap()
+            .metric("bytes")
+            .unwrap()
+            .state_kind(),
+        StateKind::IntSum
+    );
 }
 
 #[test]
 fn a_file_overlays_sections_key_by_key_and_replaces_the_dataset_whole() {
-    let file = format!("[kafka]\nbrokers = \"kafka-1:9092,kafka-2:9092\"\n{}", with_view(
-        "name = \"latency\"\ngranularity = \"5m\"\n[views.metrics]\nn = \"count\"",
-    ));
+    let file = format!(
+        "[kafka]\nbrokers = \"kafka-1:9092,kafka-2:9092\"\n{}",
+        with_view("name = \"latency\"\ngranularity = \"5m\"\n[views.metrics]\nn = \"count\"",)
+    );
     let config = load(&file, &[]).unwrap();
     assert_eq!(config.kafka.brokers, "kafka-1:9092,kafka-2:9092");
-    assert_eq!(config.kafka.topic, "events", "keys the file does not set keep their defaults");
+    assert_eq!(
+        config.kafka.topic, "events",
+        "keys the file does not set keep their defaults"
+    );
     assert_eq!(config.events.fields.len(), 3);
-    assert_eq!(config.views.len(), 1, "the demo views are not mixed into a file's dataset");
+    assert_eq!(
+        config.views.len(),
+        1,
+        "the demo views are not mixed into a file's dataset"
+    );
 }
 
 #[test]
@@ -86,12 +109,19 @@ fn environment_variables_override_typed_keys() {
     assert_eq!(config.kafka.brokers, "10.0.0.1:9092");
     assert_eq!(config.batch.epoch_size, 5000);
     assert_eq!(config.serving.listen.port(), 9000);
-    assert_eq!(config.kafka.dlq_topic, None, "an empty DLQ topic disables it");
+    assert_eq!(
+        config.kafka.dlq_topic, None,
+        "an empty DLQ topic disables it"
+    );
 }
 
 #[test]
 fn bad_environment_overrides_name_the_variable() {
-    let env = [("TRIBUTARY_BATCH__EPOCH_SIZE", "lots"), ("TRIBUTARY_KAFKA__BROKER", "x:1"), ("TRIBUTARY_NOPE__X", "1")];
+    let env = [
+        ("TRIBUTARY_BATCH__EPOCH_SIZE", "lots"),
+        ("TRIBUTARY_KAFKA__BROKER", "x:1"),
+        ("TRIBUTARY_NOPE__X", "1"),
+    ];
     let error = load("", &env).unwrap_err();
     let found: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -108,11 +138,15 @@ fn bad_environment_overrides_name_the_variable() {
 fn every_problem_names_its_key_and_says_what_to_fix() {
     let cases: &[(String, &str)] = &[
         (
-            format!("{EVENTS}clicks = \"integer\"\n[[views]]\nname = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\""),
+            format!(
+                "{EVENTS}clicks = \"integer\"\n[[views]]\nname = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\""
+            ),
             "events.fields.clicks: unknown field type \"integer\" (expected one of string, int64, float64, bool, timestamp)",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\ntotal = \"sum(price)\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\ntotal = \"sum(price)\"",
+            ),
             "views[0].metrics.total: \"price\" is not a field configured in [events.fields]",
         ),
         (
@@ -120,23 +154,33 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
             "views[0].granularity: granularity \"7m\" must divide a day evenly, from 1s to 1d (e.g. 1s, 10s, 1m, 5m, 15m, 1h, 6h, 1d)",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"page IS NOT\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\nfilter = \"page IS NOT\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].filter: cannot plan filter \"page IS NOT\": SQL error: ParserError(\"Expected: [NOT] NULL | TRUE | FALSE | DISTINCT | [form] NORMALIZED FROM after IS, found: EOF\")",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"pages = 'x'\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\nfilter = \"pages = 'x'\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].filter: cannot plan filter \"pages = 'x'\": Schema error: No field named pages. Did you mean 'page'? Valid fields are ts, user_id, page, latency_ms.",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"latency_ms * 2\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\nfilter = \"latency_ms * 2\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].filter: filter \"latency_ms * 2\" must be true or false for an event, not Float64",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"random() < 0.5\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\nfilter = \"random() < 0.5\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].filter: filter \"random() < 0.5\" uses a volatile function: the batch and speed layers would disagree",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\nfilter = \"count(page) > 1\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\nfilter = \"count(page) > 1\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].filter: filter \"count(page) > 1\" must be a condition on one event (no aggregates, windows or subqueries)",
         ),
         (
@@ -144,27 +188,39 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
             "views[0].metrics.total: sum(page) needs a int64 or float64 field, and \"page\" is string",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\np = \"quantile(latency_ms, 95)\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\np = \"quantile(latency_ms, 95)\"",
+            ),
             "views[0].metrics.p: quantile fraction \"95\" must be a number from 0 to 1, e.g. 0.95",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nm = \"median(latency_ms)\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nm = \"median(latency_ms)\"",
+            ),
             "views[0].metrics.m: unknown metric \"median(latency_ms)\" (expected count, sum(f), min(f), max(f), avg(f), count_distinct(f) or quantile(f, q))",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\ndimensions = [\"ts\"]\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\ndimensions = [\"ts\"]\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].dimensions: \"ts\" is the time field: views bucket it by their granularity",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\ndimensions = [\"page\"]\n[views.metrics]\npage = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\ndimensions = [\"page\"]\n[views.metrics]\npage = \"count\"",
+            ),
             "views[0].metrics.page: \"page\" clashes with the time column or a dimension",
         ),
         (
-            with_view("name = \"Page Views\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"Page Views\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].name: \"Page Views\" is not a valid view name (a lowercase letter, then lowercase letters, digits or '_', at most 64)",
         ),
         (
-            with_view("name = \"v\"\ngranularity = \"1m\"\ngranularty = \"1h\"\n[views.metrics]\nn = \"count\""),
+            with_view(
+                "name = \"v\"\ngranularity = \"1m\"\ngranularty = \"1h\"\n[views.metrics]\nn = \"count\"",
+            ),
             "views[0].granularty: unknown key (known keys: name, granularity, dimensions, filter, metrics)",
         ),
         (
@@ -183,8 +239,14 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
             "[kafka]\ntopic = \"my topic\"".to_owned(),
             "kafka.topic: \"my topic\" is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')",
         ),
-        ("[metrics]\nport = 1".to_owned(), "metrics: unknown section (expected kafka, lake, events, views, batch or serving)"),
-        (EVENTS.to_owned(), "views: at least one [[views]] table is required"),
+        (
+            "[metrics]\nport = 1".to_owned(),
+            "metrics: unknown section (expected kafka, lake, events, views, batch or serving)",
+        ),
+        (
+            EVENTS.to_owned(),
+            "views: at least one [[views]] table is required",
+        ),
     ];
     for (file, expected) in cases {
         assert_eq!(problems(file), [*expected], "for file:\n{file}");
@@ -195,7 +257,10 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
 fn duplicate_view_names_are_refused() {
     let view = "name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\"";
     let file = format!("{}\n[[views]]\n{view}", with_view(view));
-    assert_eq!(problems(&file), ["views[1].name: duplicate view name \"v\""]);
+    assert_eq!(
+        problems(&file),
+        ["views[1].name: duplicate view name \"v\""]
+    );
 }
 
 #[test]
@@ -206,7 +271,12 @@ fn all_problems_are_reported_at_once() {
     );
     let error = load(&file, &[]).unwrap_err();
     assert_eq!(error.problems().len(), 3, "{error}");
-    assert!(error.to_string().starts_with("invalid configuration (3 problems):\n  - "), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("invalid configuration (3 problems):\n  - "),
+        "{error}"
+    );
 }
 
 #[test]
@@ -228,7 +298,11 @@ fn the_definition_hash_changes_with_what_decides_the_states_only() {
     };
     let base = view("page IS NOT NULL", "1m");
     assert_eq!(base.len(), 32);
-    assert_eq!(base, view("page IS NOT NULL", "60s"), "the same granularity spelled differently");
+    assert_eq!(
+        base,
+        view("page IS NOT NULL", "60s"),
+        "the same granularity spelled differently"
+    );
     assert_ne!(base, view("page = 'x'", "1m"));
     assert_ne!(base, view("page IS NOT NULL", "5m"));
 }
@@ -236,5 +310,8 @@ fn the_definition_hash_changes_with_what_decides_the_states_only() {
 #[test]
 fn a_missing_file_is_a_clear_error() {
     let error = Config::load(Some(Path::new("/nonexistent/tributary.toml"))).unwrap_err();
-    assert_eq!(error.to_string(), "cannot read configuration file /nonexistent/tributary.toml");
+    assert_eq!(
+        error.to_string(),
+        "cannot read configuration file /nonexistent/tributary.toml"
+    );
 }

@@ -87,7 +87,9 @@ impl MetricDef {
     /// The event value this metric aggregates (`NULL` for `count`, which counts events).
     pub fn value<'e, 'a>(&self, event: &'e Event<'a>) -> &'e Value<'a> {
         static NULL: Value<'static> = Value::Null;
-        self.field.as_ref().map_or(&NULL, |f| &event.values[f.index])
+        self.field
+            .as_ref()
+            .map_or(&NULL, |f| &event.values[f.index])
     }
 
     pub fn finalize(&self, state: &MetricState) -> Finalized {
@@ -95,7 +97,10 @@ impl MetricDef {
             MetricFunction::Quantile(q) => q,
             _ => 0.0,
         };
-        let timestamp = self.field.as_ref().is_some_and(|f| f.ty == FieldType::Timestamp);
+        let timestamp = self
+            .field
+            .as_ref()
+            .is_some_and(|f| f.ty == FieldType::Timestamp);
         state.finalize(quantile, timestamp)
     }
 }
@@ -120,7 +125,13 @@ pub struct ViewDef {
 impl ViewDef {
     /// Arrow schema of stored view rows: `time`, the dimensions, then one state column per metric.
     pub fn state_schema(&self) -> SchemaRef {
-        self.schema(|m| Field::new(&m.name, m.state_kind().data_type(), m.state_kind().nullable()))
+        self.schema(|m| {
+            Field::new(
+                &m.name,
+                m.state_kind().data_type(),
+                m.state_kind().nullable(),
+            )
+        })
     }
 
     /// Arrow schema of answered view rows: `time`, the dimensions, then finalized metrics.
@@ -130,7 +141,11 @@ impl ViewDef {
 
     fn schema(&self, metric: impl Fn(&MetricDef) -> Field) -> SchemaRef {
         let mut fields = vec![Field::new(TIME_COLUMN, timestamp_type(), false)];
-        fields.extend(self.dimensions.iter().map(|d| Field::new(&d.name, d.ty.data_type(), true)));
+        fields.extend(
+            self.dimensions
+                .iter()
+                .map(|d| Field::new(&d.name, d.ty.data_type(), true)),
+        );
         fields.extend(self.metrics.iter().map(metric));
         Arc::new(Schema::new(fields))
     }
@@ -139,7 +154,11 @@ impl ViewDef {
     /// manifest carries another hash was computed under another definition and must be recomputed,
     /// never merged.
     pub fn definition_hash(&self) -> String {
-        let dimensions: Vec<_> = self.dimensions.iter().map(|d| (&d.name, d.ty.name())).collect();
+        let dimensions: Vec<_> = self
+            .dimensions
+            .iter()
+            .map(|d| (&d.name, d.ty.name()))
+            .collect();
         let metrics: Vec<_> = self
             .metrics
             .iter()
@@ -156,7 +175,10 @@ impl ViewDef {
             "filter": self.filter.as_ref().map(|f| f.sql.trim()),
             "metrics": metrics,
         });
-        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(canonical.to_string().as_bytes()))
+        format!(
+            "{:032x}",
+            xxhash_rust::xxh3::xxh3_128(canonical.to_string().as_bytes())
+        )
     }
 
     pub fn metric(&self, name: &str) -> Option<&MetricDef> {
@@ -168,7 +190,10 @@ impl ViewDef {
 fn check_name(what: &str, name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || name.len() > 64 {
+    if !first_ok
+        || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || name.len() > 64
+    {
         return Err(format!(
             "{name:?} is not a valid {what} name (a lowercase letter, then lowercase letters, digits or '_', at most 64)"
         ));
@@ -184,7 +209,11 @@ pub(super) fn validate_views(
     let views = match value {
         Some(Toml::Array(views)) if !views.is_empty() => views,
         Some(Toml::Array(_)) | None => {
-            problem(problems, "views", "at least one [[views]] table is required");
+            problem(
+                problems,
+                "views",
+                "at least one [[views]] table is required",
+            );
             return None;
         }
         Some(_) => {
@@ -197,7 +226,11 @@ pub(super) fn validate_views(
     for (i, view) in views.iter().enumerate() {
         if let Some(def) = validate_view(&format!("views[{i}]"), view, events, problems) {
             if defs.iter().any(|d| d.name == def.name) {
-                problem(problems, format!("views[{i}].name"), format!("duplicate view name {:?}", def.name));
+                problem(
+                    problems,
+                    format!("views[{i}].name"),
+                    format!("duplicate view name {:?}", def.name),
+                );
             }
             defs.push(def);
         }
@@ -237,7 +270,13 @@ fn validate_view(
             None
         }
     });
-    let metrics = validate_metrics(path, metrics, dimensions.as_deref().unwrap_or(&[]), events, problems);
+    let metrics = validate_metrics(
+        path,
+        metrics,
+        dimensions.as_deref().unwrap_or(&[]),
+        events,
+        problems,
+    );
     Some(ViewDef {
         name: name?,
         granularity: granularity?,
@@ -257,7 +296,9 @@ fn field_ref(name: &str, events: &EventSchema) -> Result<FieldRef, String> {
         None if name == events.time_field => Err(format!(
             "{name:?} is the time field: views bucket it by their granularity"
         )),
-        None => Err(format!("{name:?} is not a field configured in [events.fields]")),
+        None => Err(format!(
+            "{name:?} is not a field configured in [events.fields]"
+        )),
     }
 }
 
@@ -280,7 +321,11 @@ fn validate_dimensions(
     let mut dimensions: Vec<FieldRef> = Vec::with_capacity(items.len());
     for item in items {
         let Some(name) = item.as_str() else {
-            problem(problems, &key, format!("{item} is not a field name (a string)"));
+            problem(
+                problems,
+                &key,
+                format!("{item} is not a field name (a string)"),
+            );
             continue;
         };
         match field_ref(name, events) {
@@ -288,7 +333,11 @@ fn validate_dimensions(
                 problem(problems, &key, format!("{name:?} is listed twice"));
             }
             Ok(_) if name == TIME_COLUMN => {
-                problem(problems, &key, format!("{name:?} would clash with the view's time column"));
+                problem(
+                    problems,
+                    &key,
+                    format!("{name:?} would clash with the view's time column"),
+                );
             }
             Ok(field) => dimensions.push(field),
             Err(message) => problem(problems, &key, message),
@@ -308,7 +357,11 @@ fn validate_metrics(
     let table = match value {
         Some(Toml::Table(table)) if !table.is_empty() => table,
         _ => {
-            problem(problems, key, "must be a table of name = \"function(field)\" with at least one metric");
+            problem(
+                problems,
+                key,
+                "must be a table of name = \"function(field)\" with at least one metric",
+            );
             return None;
         }
     };
@@ -319,10 +372,18 @@ fn validate_metrics(
         if let Err(message) = check_name("metric", name) {
             problem(problems, &key, message);
         } else if name == TIME_COLUMN || dimensions.iter().any(|d| d.name == *name) {
-            problem(problems, &key, format!("{name:?} clashes with the time column or a dimension"));
+            problem(
+                problems,
+                &key,
+                format!("{name:?} clashes with the time column or a dimension"),
+            );
         }
         let Some(expression) = expression.as_str() else {
-            problem(problems, &key, "must be a string such as \"count\" or \"sum(field)\"");
+            problem(
+                problems,
+                &key,
+                "must be a string such as \"count\" or \"sum(field)\"",
+            );
             continue;
         };
         match parse_metric(expression, events) {
@@ -338,11 +399,15 @@ fn validate_metrics(
     (problems.len() == before).then_some(metrics)
 }
 
-const FUNCTIONS: &str = "count, sum(f), min(f), max(f), avg(f), count_distinct(f) or quantile(f, q)";
+const FUNCTIONS: &str =
+    "count, sum(f), min(f), max(f), avg(f), count_distinct(f) or quantile(f, q)";
 
 /// Parses `count`, `count()`, `count(*)`, `sum(f)`, `min(f)`, `max(f)`, `avg(f)`,
 /// `count_distinct(f)` and `quantile(f, q)` (function names are case-insensitive).
-fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunction, Option<FieldRef>), String> {
+fn parse_metric(
+    expression: &str,
+    events: &EventSchema,
+) -> Result<(MetricFunction, Option<FieldRef>), String> {
     let text = expression.trim();
     let (function, args) = match text.split_once('(') {
         None => (text, Vec::new()),
@@ -350,7 +415,10 @@ fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunctio
             let inner = rest
                 .strip_suffix(')')
                 .ok_or_else(|| format!("{expression:?} is missing its closing parenthesis"))?;
-            let args = inner.split(',').map(str::trim).filter(|a| !a.is_empty() && *a != "*");
+            let args = inner
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty() && *a != "*");
             (function.trim(), args.collect())
         }
     };
@@ -360,8 +428,15 @@ fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunctio
         if fits {
             Ok(())
         } else {
-            let needs = if allow_timestamp { "int64, float64 or timestamp" } else { "int64 or float64" };
-            Err(format!("{function}({}) needs a {needs} field, and {:?} is {}", field.name, field.name, field.ty))
+            let needs = if allow_timestamp {
+                "int64, float64 or timestamp"
+            } else {
+                "int64 or float64"
+            };
+            Err(format!(
+                "{function}({}) needs a {needs} field, and {:?} is {}",
+                field.name, field.name, field.ty
+            ))
         }
     };
     let one_field = |args: &[&str]| match args {
@@ -370,7 +445,9 @@ fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunctio
     };
     let parsed = match function.as_str() {
         "count" if args.is_empty() => (MetricFunction::Count, None),
-        "count" => return Err("count takes no field: it counts events (write \"count\")".to_owned()),
+        "count" => {
+            return Err("count takes no field: it counts events (write \"count\")".to_owned());
+        }
         "sum" | "avg" | "min" | "max" => {
             let field = one_field(&args)?;
             numeric(&field, matches!(function.as_str(), "min" | "max"))?;
@@ -385,7 +462,9 @@ fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunctio
         "count_distinct" => (MetricFunction::CountDistinct, Some(one_field(&args)?)),
         "quantile" => {
             let [field, q] = args.as_slice() else {
-                return Err("quantile takes a field and a fraction: quantile(field, 0.95)".to_owned());
+                return Err(
+                    "quantile takes a field and a fraction: quantile(field, 0.95)".to_owned(),
+                );
             };
             let field = field_ref(field, events)?;
             numeric(&field, false)?;
@@ -393,10 +472,16 @@ fn parse_metric(expression: &str, events: &EventSchema) -> Result<(MetricFunctio
                 .parse()
                 .ok()
                 .filter(|q: &f64| (0.0..=1.0).contains(q))
-                .ok_or_else(|| format!("quantile fraction {q:?} must be a number from 0 to 1, e.g. 0.95"))?;
+                .ok_or_else(|| {
+                    format!("quantile fraction {q:?} must be a number from 0 to 1, e.g. 0.95")
+                })?;
             (MetricFunction::Quantile(q), Some(field))
         }
-        _ => return Err(format!("unknown metric {expression:?} (expected {FUNCTIONS})")),
+        _ => {
+            return Err(format!(
+                "unknown metric {expression:?} (expected {FUNCTIONS})"
+            ));
+        }
     };
     Ok(parsed)
 }
@@ -442,7 +527,9 @@ fn plan_filter(sql: &str, events: &EventSchema) -> Result<Expr, String> {
         .map_err(|e| format!("cannot plan filter {sql:?}: {}", one_line(&e)))?;
     match physical.data_type(&arrow_schema) {
         Ok(DataType::Boolean) => Ok(expr),
-        Ok(other) => Err(format!("filter {sql:?} must be true or false for an event, not {other}")),
+        Ok(other) => Err(format!(
+            "filter {sql:?} must be true or false for an event, not {other}"
+        )),
         Err(e) => Err(format!("cannot plan filter {sql:?}: {}", one_line(&e))),
     }
 }

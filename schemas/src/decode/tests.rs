@@ -44,18 +44,26 @@ fn a_full_event_decodes_to_typed_values() {
             Value::Timestamp(1_700_000_000_000),
         ]
     );
-    assert!(matches!(event.values[0], Value::Str(Cow::Borrowed(_))), "unescaped strings are borrowed");
+    assert!(
+        matches!(event.values[0], Value::Str(Cow::Borrowed(_))),
+        "unescaped strings are borrowed"
+    );
 }
 
 #[test]
 fn absent_and_null_fields_are_null_and_numbers_widen_where_lossless() {
-    let event = decode(r#"{"ts":1000,"clicks":null,"latency_ms":7,"signup":"2026-01-01T00:00:00+01:00"}"#).unwrap();
+    let event =
+        decode(r#"{"ts":1000,"clicks":null,"latency_ms":7,"signup":"2026-01-01T00:00:00+01:00"}"#)
+            .unwrap();
     assert_eq!(event.time_ms, 1000);
     assert_eq!(event.values[0], Value::Null);
     assert_eq!(event.values[1], Value::Null);
     assert_eq!(event.values[2], Value::Float(7.0));
     assert_eq!(event.values[4], Value::Timestamp(1_767_222_000_000));
-    assert_eq!(decode(r#"{"ts":2.0e3,"clicks":4.0}"#).unwrap().values[1], Value::Int(4));
+    assert_eq!(
+        decode(r#"{"ts":2.0e3,"clicks":4.0}"#).unwrap().values[1],
+        Value::Int(4)
+    );
 }
 
 #[test]
@@ -69,39 +77,83 @@ fn every_malformed_input_gets_a_precise_error() {
     let cases: &[(&[u8], &str)] = &[
         (b"", "event is empty"),
         (b"  \n", "event is empty"),
-        (b"{\"ts\":1,\"user_id\":\"\xff\"}", "event is not valid UTF-8 (first invalid byte at offset 19)"),
-        (b"{\"ts\":1,", "event is not valid JSON: EOF while parsing a value at line 1 column 8"),
-        (b"{\"ts\":1} trailing", "event is not valid JSON: trailing characters at line 1 column 10"),
+        (
+            b"{\"ts\":1,\"user_id\":\"\xff\"}",
+            "event is not valid UTF-8 (first invalid byte at offset 19)",
+        ),
+        (
+            b"{\"ts\":1,",
+            "event is not valid JSON: EOF while parsing a value at line 1 column 8",
+        ),
+        (
+            b"{\"ts\":1} trailing",
+            "event is not valid JSON: trailing characters at line 1 column 10",
+        ),
         (b"[1,2]", "event must be a JSON object, found an array"),
         (b"\"text\"", "event must be a JSON object, found a string"),
-        (b"{\"user_id\":\"u\"}", "event has no time field 'ts' (missing or null)"),
-        (b"{\"ts\":null}", "event has no time field 'ts' (missing or null)"),
-        (b"{\"ts\":1,\"clicks\":\"3\"}", "field 'clicks' must be an integer (int64), found the string \"3\""),
-        (b"{\"ts\":1,\"clicks\":3.5}", "field 'clicks' must be an integer (int64), found the number 3.5"),
+        (
+            b"{\"user_id\":\"u\"}",
+            "event has no time field 'ts' (missing or null)",
+        ),
+        (
+            b"{\"ts\":null}",
+            "event has no time field 'ts' (missing or null)",
+        ),
+        (
+            b"{\"ts\":1,\"clicks\":\"3\"}",
+            "field 'clicks' must be an integer (int64), found the string \"3\"",
+        ),
+        (
+            b"{\"ts\":1,\"clicks\":3.5}",
+            "field 'clicks' must be an integer (int64), found the number 3.5",
+        ),
         (
             b"{\"ts\":1,\"clicks\":18446744073709551615}",
             "field 'clicks' must be an integer (int64), found 18446744073709551615, which is larger than int64",
         ),
-        (b"{\"ts\":1,\"user_id\":42}", "field 'user_id' must be a string, found the number 42"),
-        (b"{\"ts\":1,\"mobile\":\"yes\"}", "field 'mobile' must be true or false, found the string \"yes\""),
-        (b"{\"ts\":1,\"latency_ms\":[1]}", "field 'latency_ms' must be a number (float64), found an array"),
-        (b"{\"ts\":1,\"user_id\":{}}", "field 'user_id' must be a string, found an object"),
+        (
+            b"{\"ts\":1,\"user_id\":42}",
+            "field 'user_id' must be a string, found the number 42",
+        ),
+        (
+            b"{\"ts\":1,\"mobile\":\"yes\"}",
+            "field 'mobile' must be true or false, found the string \"yes\"",
+        ),
+        (
+            b"{\"ts\":1,\"latency_ms\":[1]}",
+            "field 'latency_ms' must be a number (float64), found an array",
+        ),
+        (
+            b"{\"ts\":1,\"user_id\":{}}",
+            "field 'user_id' must be a string, found an object",
+        ),
         (
             b"{\"ts\":\"yesterday\"}",
             "field 'ts': cannot read \"yesterday\" as an RFC 3339 timestamp such as 2026-11-21T10:00:00Z (premature end of input)",
         ),
-        (b"{\"ts\":true}", "field 'ts' must be an RFC 3339 string or integer epoch milliseconds, found true"),
+        (
+            b"{\"ts\":true}",
+            "field 'ts' must be an RFC 3339 string or integer epoch milliseconds, found true",
+        ),
         (
             b"{\"ts\":253402300800000}",
             "field 'ts': 253402300800000 is outside the supported time range (years 0001 to 9999)",
         ),
-        (b"{\"ts\":1,\"clicks\":1,\"clicks\":2}", "field 'clicks' appears more than once"),
+        (
+            b"{\"ts\":1,\"clicks\":1,\"clicks\":2}",
+            "field 'clicks' appears more than once",
+        ),
         (b"{\"ts\":1,\"ts\":2}", "field 'ts' appears more than once"),
     ];
     let decoder = Decoder::new(schema());
     for (input, expected) in cases {
         let error = decoder.decode(input).expect_err(expected);
-        assert_eq!(error.to_string(), *expected, "input {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            error.to_string(),
+            *expected,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -109,7 +161,10 @@ fn every_malformed_input_gets_a_precise_error() {
 fn error_codes_are_stable_names() {
     assert_eq!(decode("{}").unwrap_err().code(), "missing_time");
     assert_eq!(decode("nope").unwrap_err().code(), "not_json");
-    assert_eq!(decode(r#"{"ts":1,"clicks":"x"}"#).unwrap_err().code(), "wrong_type");
+    assert_eq!(
+        decode(r#"{"ts":1,"clicks":"x"}"#).unwrap_err().code(),
+        "wrong_type"
+    );
 }
 
 #[test]
@@ -124,10 +179,17 @@ fn many_fields_still_detect_duplicates() {
         time_field: "ts".to_owned(),
         fields,
     });
-    assert_eq!(decoder.decode(br#"{"ts":1,"f150":1}"#).unwrap().values[150], Value::Int(1));
     assert_eq!(
-        decoder.decode(br#"{"ts":1,"f199":1,"f199":2}"#).unwrap_err(),
-        DecodeError::DuplicateField { field: "f199".to_owned() }
+        decoder.decode(br#"{"ts":1,"f150":1}"#).unwrap().values[150],
+        Value::Int(1)
+    );
+    assert_eq!(
+        decoder
+            .decode(br#"{"ts":1,"f199":1,"f199":2}"#)
+            .unwrap_err(),
+        DecodeError::DuplicateField {
+            field: "f199".to_owned()
+        }
     );
 }
 
@@ -138,15 +200,21 @@ fn any_json() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(serde_json::Value::Bool),
         any::<i64>().prop_map(|v| v.into()),
         any::<u64>().prop_map(|v| v.into()),
-        any::<f64>().prop_filter("JSON has no NaN or infinity", |v| v.is_finite()).prop_map(|v| v.into()),
+        any::<f64>()
+            .prop_filter("JSON has no NaN or infinity", |v| v.is_finite())
+            .prop_map(|v| v.into()),
         ".{0,12}".prop_map(serde_json::Value::String),
         Just(serde_json::Value::String("2026-11-21T10:00:00Z".into())),
     ];
     leaf.prop_recursive(2, 16, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
-            proptest::collection::btree_map("ts|user_id|clicks|latency_ms|mobile|signup|other", inner, 0..7)
-                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map(
+                "ts|user_id|clicks|latency_ms|mobile|signup|other",
+                inner,
+                0..7
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
         ]
     })
 }

@@ -27,8 +27,16 @@ pub fn raw_schema(schema: &EventSchema) -> SchemaRef {
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(Field::new(PARTITION_COLUMN, arrow::datatypes::DataType::Int32, false));
-    fields.push(Field::new(OFFSET_COLUMN, arrow::datatypes::DataType::Int64, false));
+    fields.push(Field::new(
+        PARTITION_COLUMN,
+        arrow::datatypes::DataType::Int32,
+        false,
+    ));
+    fields.push(Field::new(
+        OFFSET_COLUMN,
+        arrow::datatypes::DataType::Int64,
+        false,
+    ));
     fields.push(Field::new(KAFKA_TS_COLUMN, timestamp_type(), true));
     Arc::new(Schema::new(fields))
 }
@@ -167,19 +175,32 @@ mod tests {
         let schema = EventSchema {
             time_field: "ts".to_owned(),
             fields: vec![
-                FieldDef { name: "page".to_owned(), ty: FieldType::String },
-                FieldDef { name: "latency_ms".to_owned(), ty: FieldType::Float64 },
+                FieldDef {
+                    name: "page".to_owned(),
+                    ty: FieldType::String,
+                },
+                FieldDef {
+                    name: "latency_ms".to_owned(),
+                    ty: FieldType::Float64,
+                },
             ],
         };
         let decoder = Decoder::new(schema.clone());
         let mut builder = RawBatchBuilder::new(&schema);
         let inputs = [
-            (r#"{"ts":"2026-11-21T10:00:00Z","page":"/home","latency_ms":12.5}"#, Some(1_795_255_200_500)),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","page":"/home","latency_ms":12.5}"#,
+                Some(1_795_255_200_500),
+            ),
             (r#"{"ts":1795255201000,"page":null}"#, None),
         ];
         for (offset, (json, kafka_ts)) in inputs.iter().enumerate() {
             let event = decoder.decode(json.as_bytes()).unwrap();
-            let position = KafkaPosition { partition: 2, offset: 40 + offset as i64, timestamp_ms: *kafka_ts };
+            let position = KafkaPosition {
+                partition: 2,
+                offset: 40 + offset as i64,
+                timestamp_ms: *kafka_ts,
+            };
             builder.append(&event, position);
         }
         assert_eq!(builder.len(), 2);

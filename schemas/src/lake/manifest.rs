@@ -83,7 +83,9 @@ mod tests {
             view: "pageviews".to_owned(),
             definition_hash: "00ff".to_owned(),
             version: 3,
-            created_at: DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().into(),
+            created_at: DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z")
+                .unwrap()
+                .into(),
             row_count: 42,
             files: vec![ManifestFile {
                 path: "views/pageviews/00000000000000000003/part-00000.parquet".to_owned(),
@@ -95,17 +97,30 @@ mod tests {
         };
         let json = manifest.to_json();
         let text = std::str::from_utf8(&json).unwrap();
-        assert!(text.contains("\"boundary\": {\n    \"0\": 300,\n    \"2\": 100\n  }"), "{text}");
-        assert!(text.contains("\"created_at\": \"2026-11-21T10:00:00Z\""), "{text}");
+        assert!(
+            text.contains("\"boundary\": {\n    \"0\": 300,\n    \"2\": 100\n  }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"created_at\": \"2026-11-21T10:00:00Z\""),
+            "{text}"
+        );
         assert_eq!(Manifest::from_json(&json).unwrap(), manifest);
         assert!(manifest.boundary.covers(0, 299));
         assert!(!manifest.boundary.covers(0, 300));
-        assert!(!manifest.boundary.covers(1, 0), "an absent partition is not covered");
+        assert!(
+            !manifest.boundary.covers(1, 0),
+            "an absent partition is not covered"
+        );
     }
 
     #[test]
     fn unknown_manifest_keys_are_refused() {
-        let error = serde_json::from_str::<CurrentPointer>(r#"{"version":1,"extra":2}"#).unwrap_err();
-        assert!(error.to_string().contains("unknown field `extra`"), "{error}");
+        let error =
+            serde_json::from_str::<CurrentPointer>(r#"{"version":1,"extra":2}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `extra`"),
+            "{error}"
+        );
     }
 }

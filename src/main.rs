@@ -1,0 +1,31 @@
+//! # tributary: the binary
+//!
+//! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7). Today it loads
+//! and checks configuration; `serve`, `batch`, `gen` and `demo` arrive with the issues that build
+//! those layers. Configuration is loaded once here and passed explicitly to whatever runs.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.run() {
+        Ok(code) => code,
+        Err(error) => {
+            // The CLI's own output, not a log line: one plain sentence with its causes.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
