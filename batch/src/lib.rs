@@ -1,8 +1,13 @@
 //! # tributary-batch: the batch layer
 //!
-//! Will hold the archiver (Kafka → raw Parquet master dataset, progress kept in the lake's file
-//! names) and the DataFusion recompute that writes immutable, versioned view states and publishes
-//! them through a manifest and the `_current` pointer (ARCHITECTURE.md §4–§5).
+//! - [`archiver`]: consumes every partition of the topic and appends decoded events to the master
+//!   dataset (`raw/<topic>/partition=<p>/<start>-<end>.parquet`), malformed ones to quarantine. Its
+//!   progress lives in the lake's file names, so it needs no other state to resume exactly.
+//! - The DataFusion recompute of versioned views (manifest, boundary, `_current` swap) is the next
+//!   part of the batch-layer issue and is not built yet.
 //!
-//! Nothing is implemented here yet: the batch-layer issue builds it on the contract in
-//! `tributary-schemas` (lake paths, manifest, view definitions, aggregate states).
+//! Everything here reads the shared contract from `tributary-schemas`: the decoder, the raw schema,
+//! lake paths and the seam arithmetic.
+
+pub mod archiver;
+pub mod parquet_io;

@@ -26,7 +26,7 @@ pub use view::{FieldRef, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFi
 /// The built-in defaults: a complete local demo over a realistic clickstream.
 pub const DEFAULT_CONFIG: &str = include_str!("config/defaults.toml");
 const ENV_PREFIX: &str = "TRIBUTARY_";
-const MERGED_SECTIONS: [&str; 4] = ["kafka", "lake", "batch", "serving"];
+const MERGED_SECTIONS: [&str; 5] = ["kafka", "lake", "archiver", "batch", "serving"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
@@ -40,6 +40,14 @@ pub struct LakeConfig {
     /// A local directory, `file:///abs/path`, or `s3://bucket/prefix` (resolved by the layers with
     /// object_store).
     pub url: String,
+}
+
+/// When the archiver rolls a raw file: small enough to bound memory and delay, large enough to avoid
+/// a lake of tiny files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiverConfig {
+    pub max_file_rows: usize,
+    pub max_file_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +69,7 @@ pub struct Config {
     pub lake: LakeConfig,
     pub events: EventSchema,
     pub views: Vec<ViewDef>,
+    pub archiver: ArchiverConfig,
     pub batch: BatchConfig,
     pub serving: ServingConfig,
 }
@@ -189,7 +198,7 @@ fn overlay_file(merged: &mut Table, file: Table, problems: &mut Vec<Problem>) {
             (name, _) => problem(
                 problems,
                 name,
-                "unknown section (expected kafka, lake, events, views, batch or serving)",
+                "unknown section (expected kafka, lake, events, views, archiver, batch or serving)",
             ),
         }
     }
@@ -350,6 +359,7 @@ impl<'a> Section<'a> {
 fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
     let kafka = validate_kafka(merged, problems);
     let lake = validate_lake(merged, problems);
+    let archiver = validate_archiver(merged, problems);
     let batch = validate_batch(merged, problems);
     let serving = validate_serving(merged, problems);
     let events = validate_events(merged, problems);
@@ -361,6 +371,7 @@ fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
         lake: lake?,
         events: events?,
         views: views?,
+        archiver: archiver?,
         batch: batch?,
         serving: serving?,
     })
@@ -439,6 +450,20 @@ fn validate_lake(merged: &Table, problems: &mut Vec<Problem>) -> Option<LakeConf
         }
     }
     Some(LakeConfig { url })
+}
+
+fn validate_archiver(merged: &Table, problems: &mut Vec<Problem>) -> Option<ArchiverConfig> {
+    let mut section = Section::new("archiver", merged.get("archiver"), problems)?;
+    let max_file_rows = section.positive_integer("max_file_rows", problems);
+    let max_file_age = section.duration("max_file_age", problems);
+    section.finish(problems);
+    if max_file_age.is_some_and(|age| age < Duration::from_millis(10)) {
+        problem(problems, "archiver.max_file_age", "must be at least 10ms");
+    }
+    Some(ArchiverConfig {
+        max_file_rows: usize::try_from(max_file_rows?).ok()?,
+        max_file_age: max_file_age?,
+    })
 }
 
 fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchConfig> {

@@ -14,8 +14,10 @@
 //! them onto an object_store location.
 
 mod manifest;
+mod store;
 
 pub use manifest::{Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile};
+pub use store::{StoreError, open_store};
 
 use std::fmt;
 

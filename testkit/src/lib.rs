@@ -4,10 +4,12 @@
 //! `tansu` (a Kafka-compatible broker, `cargo install --locked tansu@0.6.0 --features libsql`) on a
 //! free loopback port with its own SQLite file, and [`Broker::create_topic`] gives every test a
 //! topic of its own. [`Broker::shared`] is the one broker of a test binary; [`Broker::start`] a
-//! private one a test can stop (to test a broker outage, say).
+//! private one a test can stop (to test a broker outage, say). [`stream`] produces a reproducible
+//! mix of valid and malformed events and records where each landed.
 //!
 //! A dev-dependency only: nothing in the service depends on it.
 
 mod broker;
+pub mod stream;
 
 pub use broker::{Broker, HarnessError};

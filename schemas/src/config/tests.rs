@@ -36,6 +36,8 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
     assert_eq!(config.kafka.dlq_topic.as_deref(), Some("events.dlq"));
     assert_eq!(config.events.time_field, "ts");
     assert_eq!(config.batch.epoch_size, 100_000);
+    assert_eq!(config.archiver.max_file_rows, 500_000);
+    assert_eq!(config.archiver.max_file_age, Duration::from_secs(120));
     assert_eq!(config.serving.listen.to_string(), "127.0.0.1:8080");
     let pageviews = config.view("pageviews").unwrap();
     assert_eq!(pageviews.granularity.to_string(), "1m");
@@ -241,7 +243,7 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
         ),
         (
             "[metrics]\nport = 1".to_owned(),
-            "metrics: unknown section (expected kafka, lake, events, views, batch or serving)",
+            "metrics: unknown section (expected kafka, lake, events, views, archiver, batch or serving)",
         ),
         (
             EVENTS.to_owned(),

@@ -1,0 +1,443 @@
+//! The archiver: Kafka → the master dataset (ARCHITECTURE.md §4).
+//!
+//! It assigns every partition of the topic (no consumer-group rebalancing) at the offset the lake
+//! says comes next, decodes each message with the shared decoder, and buffers per partition until a
+//! file rolls (`[archiver] max_file_rows` or `max_file_age`). A roll writes, in this order:
+//! 1. the rejected messages to the DLQ topic, if configured, waiting for delivery (at least once);
+//! 2. the quarantine file, if any message was malformed;
+//! 3. the raw file, named by the offset range it covers — this put is the commit.
+//!
+//! A kill at any moment therefore loses nothing and duplicates nothing: buffered messages are
+//! consumed again, a quarantine file without its raw file is deleted on restart (see [`progress`]),
+//! and object puts are atomic. Malformed events never stop a partition.
+//!
+//! Before consuming, it compares the lake with the broker: a partition whose archived offsets run past
+//! the broker's end means the topic's offsets restarted (recreated topic, new cluster), which the
+//! archiver refuses to mix into existing files ([`ArchiverError::OffsetsRestarted`]); offsets deleted
+//! by retention before they were archived are counted as lost and logged, never papered over.
+
+pub mod audit;
+mod partition;
+pub mod progress;
+pub mod quarantine;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tributary_schemas::config::Config;
+use tributary_schemas::decode::Decoder;
+use tributary_schemas::event::EventSchema;
+use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::lake::{self, Area};
+
+use partition::{PartitionBuffer, PendingFile};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiverError {
+    #[error("Kafka request failed")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {topic} does not exist or has no partitions")]
+    TopicMissing { topic: String },
+    #[error(
+        "partition {partition} of {topic} ends at offset {broker_end} but the lake already holds \
+         offsets up to {archived_end}: the topic's offsets restarted (recreated topic or new \
+         cluster); archive it under another topic name or move the old raw files aside"
+    )]
+    OffsetsRestarted {
+        topic: String,
+        partition: i32,
+        broker_end: i64,
+        archived_end: i64,
+    },
+    #[error("lake request failed")]
+    Store(#[from] object_store::Error),
+}
+
+/// How a running archiver should stop.
+#[derive(Debug, Default)]
+pub struct StopSignal(AtomicU8);
+
+// 0 (the default) is "running".
+const GRACEFUL: u8 = 1;
+const ABANDON: u8 = 2;
+
+impl StopSignal {
+    /// Write every buffered event, then return.
+    pub fn stop(&self) {
+        self.0.store(GRACEFUL, Ordering::SeqCst);
+    }
+
+    /// Return at once, dropping buffered events as a crash would (they are consumed again on restart).
+    pub fn abandon(&self) {
+        self.0.store(ABANDON, Ordering::SeqCst);
+    }
+
+    fn state(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Counters for `/v1/status` and metrics.
+#[derive(Debug, Default)]
+pub struct ArchiverStats {
+    pub archived: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub files: AtomicU64,
+    /// Offsets deleted by retention before they could be archived.
+    pub lost_offsets: AtomicU64,
+    pub dlq_failures: AtomicU64,
+    pub store_errors: AtomicU64,
+    progress: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl ArchiverStats {
+    /// Per partition, the first offset not yet in the lake.
+    pub fn progress(&self) -> BTreeMap<i32, i64> {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn set_progress(&self, partition: i32, next_offset: i64) {
+        if let Ok(mut progress) = self.progress.lock() {
+            progress.insert(partition, next_offset);
+        }
+    }
+}
+
+/// What the archiver needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ArchiverSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: Option<String>,
+    pub max_file_rows: usize,
+    pub max_file_age: Duration,
+    pub events: EventSchema,
+}
+
+impl ArchiverSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            brokers: config.kafka.brokers.clone(),
+            topic: config.kafka.topic.clone(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            max_file_rows: config.archiver.max_file_rows,
+            max_file_age: config.archiver.max_file_age,
+            events: config.events.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Archiver {
+    settings: ArchiverSettings,
+    decoder: Decoder,
+    store: Arc<dyn ObjectStore>,
+    stats: Arc<ArchiverStats>,
+}
+
+impl Archiver {
+    pub fn new(settings: ArchiverSettings, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            decoder: Decoder::new(settings.events.clone()),
+            settings,
+            store,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ArchiverStats> {
+        self.stats.clone()
+    }
+
+    /// Archives until `stop` says otherwise. Blocking: run it on a thread of its own; `runtime` serves
+    /// the object-store requests.
+    pub fn run(&self, runtime: &Handle, stop: &StopSignal) -> Result<(), ArchiverError> {
+        let topic = &self.settings.topic;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("group.id", format!("tributary-archiver-{topic}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Never let librdkafka silently jump to another offset: the lake decides where to resume.
+            .set("auto.offset.reset", "error")
+            .create()?;
+        let partitions = self.partitions(&consumer)?;
+        let resume = runtime.block_on(progress::resume_points(
+            self.store.as_ref(),
+            topic,
+            &partitions,
+        ))?;
+
+        let mut assignment = TopicPartitionList::new();
+        let mut buffers = BTreeMap::new();
+        for (&partition, progress) in &resume {
+            for hole in &progress.holes {
+                tracing::error!(partition, %hole, "raw files are missing from the lake; those offsets are not archived");
+            }
+            let removed = runtime.block_on(progress::remove_orphan_quarantine(
+                self.store.as_ref(),
+                topic,
+                partition,
+                progress.next_offset,
+            ))?;
+            if removed > 0 {
+                tracing::info!(
+                    partition,
+                    removed,
+                    "removed quarantine files of an interrupted run"
+                );
+            }
+            let start = self.check_against_broker(&consumer, partition, progress.next_offset)?;
+            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            buffers.insert(
+                partition,
+                PartitionBuffer::new(partition, progress.next_offset, &self.settings.events),
+            );
+            self.stats.set_progress(partition, progress.next_offset);
+        }
+        consumer.assign(&assignment)?;
+        tracing::info!(topic, ?resume, "archiver started");
+
+        let dlq = self.dlq_producer()?;
+        loop {
+            match stop.state() {
+                ABANDON => return Ok(()),
+                GRACEFUL => {
+                    for buffer in buffers.values_mut() {
+                        self.flush(runtime, buffer, dlq.as_ref(), stop)?;
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let position = KafkaPosition {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        timestamp_ms: message.timestamp().to_millis(),
+                    };
+                    if let Some(buffer) = buffers.get_mut(&position.partition) {
+                        let valid = buffer.push(&self.decoder, position, message.payload());
+                        let counter = if valid {
+                            &self.stats.archived
+                        } else {
+                            &self.stats.quarantined
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                    return Err(ArchiverError::Kafka(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::OffsetOutOfRange,
+                    )));
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Kafka consumer error (librdkafka retries)");
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            for buffer in buffers.values_mut() {
+                if buffer.due(now, self.settings.max_file_rows, self.settings.max_file_age) {
+                    self.flush(runtime, buffer, dlq.as_ref(), stop)?;
+                }
+            }
+        }
+    }
+
+    fn partitions(&self, consumer: &BaseConsumer) -> Result<Vec<i32>, ArchiverError> {
+        let topic = &self.settings.topic;
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(ArchiverError::TopicMissing {
+                topic: topic.clone(),
+            });
+        }
+        Ok(partitions)
+    }
+
+    /// Checks the lake's next offset against the broker's log; returns where to start consuming.
+    fn check_against_broker(
+        &self,
+        consumer: &BaseConsumer,
+        partition: i32,
+        next: i64,
+    ) -> Result<i64, ArchiverError> {
+        let topic = &self.settings.topic;
+        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        if next > high {
+            return Err(ArchiverError::OffsetsRestarted {
+                topic: topic.clone(),
+                partition,
+                broker_end: high,
+                archived_end: next - 1,
+            });
+        }
+        if next < low {
+            let lost = low - next;
+            self.stats
+                .lost_offsets
+                .fetch_add(lost as u64, Ordering::Relaxed);
+            tracing::error!(
+                partition,
+                from = next,
+                to = low - 1,
+                lost,
+                "offsets were deleted by retention before they were archived"
+            );
+            return Ok(low);
+        }
+        Ok(next)
+    }
+
+    fn dlq_producer(&self) -> Result<Option<ThreadedProducer<DefaultProducerContext>>, KafkaError> {
+        let Some(_) = &self.settings.dlq_topic else {
+            return Ok(None);
+        };
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()?;
+        Ok(Some(producer))
+    }
+
+    /// Writes the buffer's open file (DLQ, quarantine, then raw), retrying the lake until it answers
+    /// or the archiver is told to stop.
+    fn flush(
+        &self,
+        runtime: &Handle,
+        buffer: &mut PartitionBuffer,
+        dlq: Option<&ThreadedProducer<DefaultProducerContext>>,
+        stop: &StopSignal,
+    ) -> Result<(), ArchiverError> {
+        let Some(file) = buffer.take().map_err(|e| object_store::Error::Generic {
+            store: "archiver",
+            source: Box::new(e),
+        })?
+        else {
+            return Ok(());
+        };
+        if let (Some(producer), Some(topic)) = (dlq, &self.settings.dlq_topic) {
+            self.send_to_dlq(producer, topic, &file);
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match runtime.block_on(self.write(&file)) {
+                Ok(()) => break,
+                Err(error) if stop.state() == ABANDON => return Err(error),
+                Err(error) => {
+                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, partition = file.partition, range = %file.range, "writing to the lake failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.stats.files.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_progress(file.partition, file.range.next());
+        Ok(())
+    }
+
+    async fn write(&self, file: &PendingFile) -> Result<(), ArchiverError> {
+        let topic = &self.settings.topic;
+        let encode = |batch: &arrow::array::RecordBatch| {
+            crate::parquet_io::encode(std::slice::from_ref(batch)).map_err(|e| {
+                object_store::Error::Generic {
+                    store: "archiver",
+                    source: Box::new(e),
+                }
+            })
+        };
+        if let Some(quarantine) = &file.quarantine {
+            let path = Path::from(lake::partition_file(
+                Area::Quarantine,
+                topic,
+                file.partition,
+                file.range,
+            ));
+            self.store
+                .put(&path, PutPayload::from(encode(quarantine)?))
+                .await?;
+        }
+        let path = Path::from(lake::partition_file(
+            Area::Raw,
+            topic,
+            file.partition,
+            file.range,
+        ));
+        self.store
+            .put(&path, PutPayload::from(encode(&file.raw)?))
+            .await?;
+        Ok(())
+    }
+
+    /// Sends the file's rejected messages to the DLQ with their reason in headers, and waits for
+    /// delivery. A DLQ failure is counted and logged: the quarantine file is the durable record, and a
+    /// DLQ outage must not stop archiving.
+    fn send_to_dlq(
+        &self,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        topic: &str,
+        file: &PendingFile,
+    ) {
+        for rejected in &file.rejected {
+            let partition = rejected.position.partition.to_string();
+            let offset = rejected.position.offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "tributary.error.code",
+                    value: Some(rejected.code),
+                })
+                .insert(Header {
+                    key: "tributary.error",
+                    value: Some(rejected.error.as_str()),
+                })
+                .insert(Header {
+                    key: "tributary.source.topic",
+                    value: Some(self.settings.topic.as_str()),
+                })
+                .insert(Header {
+                    key: "tributary.source.partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "tributary.source.offset",
+                    value: Some(offset.as_str()),
+                });
+            let mut record = BaseRecord::<(), [u8]>::to(topic).headers(headers);
+            if let Some(payload) = &rejected.payload {
+                record = record.payload(payload.as_slice());
+            }
+            if let Err((error, _)) = producer.send(record) {
+                self.stats.dlq_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "could not queue a rejected event for the DLQ");
+            }
+        }
+        if !file.rejected.is_empty() && producer.flush(Duration::from_secs(10)).is_err() {
+            self.stats.dlq_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic, "DLQ delivery did not complete within 10s");
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Parquet encoding for every file the batch layer writes: zstd level 1 (fast to write, ~4x smaller
+//! than plain), page statistics so DataFusion can prune, one buffer per file put atomically.
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+
+fn properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("level 1 is valid"),
+        ))
+        .build()
+}
+
+/// Encodes `batches` (all of one schema) as one Parquet file.
+pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
+    let schema = match batches.first() {
+        Some(batch) => batch.schema(),
+        None => return Err(ParquetError::General("no batch to encode".to_owned())),
+    };
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(properties()))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.close()?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Decodes a whole Parquet file held in memory.
+pub fn decode(bytes: Bytes) -> Result<Vec<RecordBatch>, ParquetError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ParquetError::External(Box::new(e)))
+}

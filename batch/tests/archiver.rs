@@ -1,0 +1,288 @@
+//! The archiver against a real broker (tansu) and a real local lake: every valid offset lands in
+//! the master dataset exactly once and every malformed one in quarantine, across crashes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::runtime::Runtime;
+use tributary_batch::archiver::audit::audit;
+use tributary_batch::archiver::{Archiver, ArchiverError, ArchiverSettings, StopSignal};
+use tributary_schemas::config::Config;
+use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
+use tributary_testkit::Broker;
+use tributary_testkit::stream::{Expected, produce_mixed};
+
+const PARTITIONS: i32 = 3;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn settings(
+    broker: &Broker,
+    topic: &str,
+    max_file_rows: usize,
+    max_file_age: Duration,
+) -> ArchiverSettings {
+    let defaults = Config::from_sources(None, []).unwrap();
+    ArchiverSettings {
+        brokers: broker.bootstrap_servers(),
+        topic: topic.to_owned(),
+        dlq_topic: None,
+        max_file_rows,
+        max_file_age,
+        events: defaults.events,
+    }
+}
+
+fn high_watermarks(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = broker.client_config().create().unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            (
+                p,
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .unwrap()
+                    .1,
+            )
+        })
+        .collect()
+}
+
+/// Runs an archiver until `done` holds for its progress (then stops it gracefully) or `stop_after`
+/// passes (then abandons it, as a crash would).
+fn run_archiver(
+    runtime: &Runtime,
+    archiver: &Archiver,
+    stop_after: Option<Duration>,
+    target: &BTreeMap<i32, i64>,
+) -> Result<(), ArchiverError> {
+    let stop = StopSignal::default();
+    let handle = runtime.handle().clone();
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| archiver.run(&handle, &stop));
+        let started = Instant::now();
+        let stats = archiver.stats();
+        loop {
+            if worker.is_finished() {
+                break;
+            }
+            if let Some(limit) = stop_after {
+                if started.elapsed() >= limit {
+                    stop.abandon();
+                    break;
+                }
+            } else if stats.progress() == *target {
+                stop.stop();
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "archiver made no progress: {:?}",
+                stats.progress()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        worker.join().unwrap()
+    })
+}
+
+async fn assert_exactly_once(store: &dyn ObjectStore, topic: &str, expected: &Expected) {
+    let partitions: Vec<i32> = (0..PARTITIONS).collect();
+    let problems = audit(store, topic, &partitions)
+        .await
+        .unwrap()
+        .discrepancies(expected);
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+}
+
+#[test]
+fn archives_every_event_exactly_once_across_crashes() {
+    let runtime = runtime();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+
+    let mut truth = Expected::new();
+    runtime.block_on(produce_mixed(
+        broker, &topic, PARTITIONS, 0, 60_000, &mut truth,
+    ));
+    // Small files and a short age so that crashes land between, during and after file writes.
+    let settings = settings(broker, &topic, 2_000, Duration::from_millis(30));
+    let target = high_watermarks(broker, &topic);
+    // A simple deterministic sequence of crash times (ms): short, long, and in between.
+    for (round, crash_ms) in [40u64, 350, 5, 900, 120].into_iter().enumerate() {
+        let archiver = Archiver::new(settings.clone(), store.clone());
+        run_archiver(
+            &runtime,
+            &archiver,
+            Some(Duration::from_millis(crash_ms)),
+            &target,
+        )
+        .unwrap();
+        if round == 2 {
+            // More events arrive while the archiver is down.
+            runtime.block_on(produce_mixed(
+                broker, &topic, PARTITIONS, 60_000, 45_000, &mut truth,
+            ));
+        }
+    }
+    let target = high_watermarks(broker, &topic);
+    let archiver = Archiver::new(settings, store.clone());
+    run_archiver(&runtime, &archiver, None, &target).unwrap();
+
+    assert!(truth.len() >= 100_000);
+    let malformed = truth.values().filter(|e| e.is_some()).count();
+    assert!(malformed > 500, "about 1% malformed: {malformed}");
+    runtime.block_on(assert_exactly_once(store.as_ref(), &topic, &truth));
+}
+
+#[test]
+fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
+    let runtime = runtime();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let mut truth = Expected::new();
+    runtime.block_on(produce_mixed(
+        broker, &topic, PARTITIONS, 0, 3_000, &mut truth,
+    ));
+    let settings = settings(broker, &topic, 100_000, Duration::from_millis(50));
+    let target = high_watermarks(broker, &topic);
+
+    // A previous run wrote partition 0's quarantine file and died before its raw file (the commit).
+    let orphan = runtime.block_on(async {
+        let range = OffsetRange { start: 0, end: 499 };
+        let path = Path::from(lake::partition_file(Area::Quarantine, &topic, 0, range));
+        store
+            .put(&path, PutPayload::from_static(b"partial run"))
+            .await
+            .unwrap();
+        path
+    });
+    let archiver = Archiver::new(settings, store.clone());
+    run_archiver(&runtime, &archiver, None, &target).unwrap();
+    assert!(
+        runtime.block_on(store.head(&orphan)).is_err(),
+        "the orphan quarantine file must be removed"
+    );
+    runtime.block_on(assert_exactly_once(store.as_ref(), &topic, &truth));
+    assert_eq!(
+        archiver
+            .stats()
+            .quarantined
+            .load(std::sync::atomic::Ordering::Relaxed) as usize,
+        truth.values().filter(|e| e.is_some()).count()
+    );
+}
+
+#[test]
+fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
+    let runtime = runtime();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    // The lake already holds offsets 0..=999 of partition 1, but the (new) topic is empty.
+    let range = OffsetRange { start: 0, end: 999 };
+    let path = Path::from(lake::partition_file(Area::Raw, &topic, 1, range));
+    runtime
+        .block_on(store.put(&path, PutPayload::from_static(b"earlier generation")))
+        .unwrap();
+
+    let archiver = Archiver::new(settings(broker, &topic, 100, Duration::from_secs(1)), store);
+    let error = run_archiver(
+        &runtime,
+        &archiver,
+        Some(Duration::from_secs(30)),
+        &BTreeMap::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ArchiverError::OffsetsRestarted {
+                partition: 1,
+                broker_end: 0,
+                archived_end: 999,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("the topic's offsets restarted"),
+        "{error}"
+    );
+}
+
+#[test]
+fn rejected_events_go_to_the_dlq_with_their_reason() {
+    let runtime = runtime();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let dlq = runtime.block_on(broker.create_topic(1)).unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let mut truth = Expected::new();
+    runtime.block_on(produce_mixed(
+        broker, &topic, PARTITIONS, 0, 600, &mut truth,
+    ));
+    let mut settings = settings(broker, &topic, 100_000, Duration::from_millis(50));
+    settings.dlq_topic = Some(dlq.clone());
+    let archiver = Archiver::new(settings, store);
+    run_archiver(&runtime, &archiver, None, &high_watermarks(broker, &topic)).unwrap();
+
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", format!("{dlq}-check"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq.as_str()]).unwrap();
+    let expected: BTreeMap<(i32, i64), &str> = truth
+        .iter()
+        .filter_map(|(k, e)| e.as_deref().map(|code| (*k, code)))
+        .collect();
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < expected.len() && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        use rdkafka::message::{Headers, Message};
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+                .unwrap()
+        };
+        let key = (
+            header("tributary.source.partition").parse().unwrap(),
+            header("tributary.source.offset").parse().unwrap(),
+        );
+        seen.insert(key, header("tributary.error.code"));
+    }
+    let seen: BTreeMap<(i32, i64), &str> = seen.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(seen, expected);
+}

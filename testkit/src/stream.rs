@@ -1,0 +1,78 @@
+//! A reproducible event stream for tests: valid clickstream events (matching the default
+//! configuration) with about 1% malformed ones of several kinds, produced to explicit partitions so
+//! that the test knows where each one landed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::Broker;
+
+/// Per (partition, offset), what a correct consumer must conclude: `None` for a valid event, else
+/// the decoder's error code.
+pub type Expected = BTreeMap<(i32, i64), Option<String>>;
+
+/// Event number `n`: its payload and, if malformed, the decoder's error code for it.
+pub fn mixed_event(n: u64) -> (Vec<u8>, Option<&'static str>) {
+    let valid = format!(
+        r#"{{"ts":{},"user_id":"u{}","page":"/p/{}","country":"NL","latency_ms":{}.5}}"#,
+        1_795_000_000_000 + n * 37,
+        n % 1000,
+        n % 50,
+        n % 300
+    );
+    match n % 100 {
+        13 => (b"{\"ts\":1,".to_vec(), Some("not_json")),
+        42 => (b"{\"user_id\":\"u\"}".to_vec(), Some("missing_time")),
+        77 if n % 200 == 77 => (
+            b"{\"ts\":1,\"latency_ms\":\"slow\"}".to_vec(),
+            Some("wrong_type"),
+        ),
+        77 => (vec![b'{', 0xff, b'}'], Some("invalid_utf8")),
+        _ => (valid.into_bytes(), None),
+    }
+}
+
+/// Produces events `from..from + count` round-robin over `partitions` (acks=all, idempotent) and
+/// records where each landed in `expected`.
+pub async fn produce_mixed(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    from: u64,
+    count: u64,
+    expected: &mut Expected,
+) {
+    let producer: FutureProducer = broker
+        .client_config()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::new();
+    for n in from..from + count {
+        let (payload, code) = mixed_event(n);
+        let partition = (n % partitions as u64) as i32;
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        pending.push(async move {
+            let record = FutureRecord::<(), _>::to(&topic)
+                .partition(partition)
+                .payload(&payload);
+            let delivery = producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|(error, _)| panic!("delivery failed: {error}"));
+            (
+                (delivery.partition, delivery.offset),
+                code.map(str::to_owned),
+            )
+        });
+        if pending.len() == 2000 {
+            expected.extend(futures::future::join_all(pending.drain(..)).await);
+        }
+    }
+    expected.extend(futures::future::join_all(pending).await);
+}
