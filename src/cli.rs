@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use tributary_schemas::config::{Config, ConfigError};
 use tributary_schemas::duration::format_duration;
 
+use crate::serve::{self, Role};
+
 /// Exact, fresh analytics over event streams: a Lambda architecture on Kafka, Parquet and DataFusion.
 #[derive(Debug, Parser)]
 #[command(name = "tributary", version)]
@@ -27,6 +29,12 @@ enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the service: every role in one process by default (ARCHITECTURE.md §7).
+    Serve {
+        /// Roles to run, comma-separated: archiver, speed, serving, batch.
+        #[arg(long, value_delimiter = ',', default_values_t = Role::ALL)]
+        roles: Vec<Role>,
+    },
     /// Run the local demo (broker, service and generator).
     Demo,
 }
@@ -62,6 +70,11 @@ impl Cli {
             }
             Command::Config(ConfigCommand::Defaults) => {
                 write!(out, "{}", tributary_schemas::config::DEFAULT_CONFIG)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Serve { roles } => {
+                let config = Config::load(self.config.as_deref())?;
+                serve::serve(&config, &roles)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo => {

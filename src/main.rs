@@ -1,10 +1,12 @@
 //! # tributary: the binary
 //!
-//! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7). Today it loads
-//! and checks configuration; `serve`, `batch`, `gen` and `demo` arrive with the issues that build
-//! those layers. Configuration is loaded once here and passed explicitly to whatever runs.
+//! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7). Today it checks
+//! configuration and serves the archiver role; the other roles, `batch`, `gen` and `demo` arrive with
+//! the issues that build those layers. Configuration is loaded once here and passed explicitly to
+//! whatever runs.
 
 mod cli;
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
