@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_batch::archiver::audit::audit;
 use tributary_batch::archiver::progress::partition_progress;
 use tributary_schemas::lake::open_store;
@@ -36,21 +35,6 @@ fn start_archiver(broker: &Broker, topic: &str, lake: &Path, log: &Path) -> Chil
         .stderr(log)
         .spawn()
         .expect("start tributary")
-}
-
-fn high_watermarks(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = broker.client_config().create().unwrap();
-    (0..PARTITIONS)
-        .map(|p| {
-            (
-                p,
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(5))
-                    .unwrap()
-                    .1,
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -114,7 +98,7 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
         .into_iter()
         .enumerate()
     {
-        let goal = (total(&high_watermarks(broker, &topic)) as f64 * share) as i64;
+        let goal = (total(&broker.high_watermarks(&topic, PARTITIONS).unwrap()) as f64 * share) as i64;
         let mut child = start_archiver(broker, &topic, &lake, &log);
         run_until(&mut child, &|now| total(now) >= goal);
         std::thread::sleep(Duration::from_millis(jitter_ms));
@@ -134,7 +118,7 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
     }
 
     // A last run until the lake has caught up with the broker, then a clean SIGTERM.
-    let target = high_watermarks(broker, &topic);
+    let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
     assert!(
         seen_at_kill.windows(2).all(|w| w[0] < w[1])
             && *seen_at_kill.last().unwrap() < total(&target),

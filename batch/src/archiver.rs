@@ -17,7 +17,7 @@
 //! by retention before they were archived are counted as lost and logged, never papered over.
 
 pub mod audit;
-mod partition;
+pub mod partition;
 pub mod progress;
 pub mod quarantine;
 

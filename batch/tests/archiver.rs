@@ -43,21 +43,6 @@ fn settings(
     }
 }
 
-fn high_watermarks(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = broker.client_config().create().unwrap();
-    (0..PARTITIONS)
-        .map(|p| {
-            (
-                p,
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(5))
-                    .unwrap()
-                    .1,
-            )
-        })
-        .collect()
-}
-
 /// Runs an archiver until `done` holds for its progress (then stops it gracefully) or `stop_after`
 /// passes (then abandons it, as a crash would).
 fn run_archiver(
@@ -112,11 +97,7 @@ async fn assert_exactly_once(store: &dyn ObjectStore, topic: &str, expected: &Ex
 
 #[test]
 fn archives_every_event_exactly_once_across_crashes() {
-    let runtime = runtime();
-    let broker = Broker::shared();
-    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
 
     let mut truth = Expected::new();
     runtime.block_on(produce_mixed(
@@ -124,7 +105,7 @@ fn archives_every_event_exactly_once_across_crashes() {
     ));
     // Small files and a short age so that crashes land between, during and after file writes.
     let settings = settings(broker, &topic, 2_000, Duration::from_millis(30));
-    let target = high_watermarks(broker, &topic);
+    let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
     // A simple deterministic sequence of crash times (ms): short, long, and in between.
     for (round, crash_ms) in [40u64, 350, 5, 900, 120].into_iter().enumerate() {
         let archiver = Archiver::new(settings.clone(), store.clone());
@@ -142,7 +123,7 @@ fn archives_every_event_exactly_once_across_crashes() {
             ));
         }
     }
-    let target = high_watermarks(broker, &topic);
+    let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
     let archiver = Archiver::new(settings, store.clone());
     run_archiver(&runtime, &archiver, None, &target).unwrap();
 
@@ -154,17 +135,13 @@ fn archives_every_event_exactly_once_across_crashes() {
 
 #[test]
 fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
-    let runtime = runtime();
-    let broker = Broker::shared();
-    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
     let mut truth = Expected::new();
     runtime.block_on(produce_mixed(
         broker, &topic, PARTITIONS, 0, 3_000, &mut truth,
     ));
     let settings = settings(broker, &topic, 100_000, Duration::from_millis(50));
-    let target = high_watermarks(broker, &topic);
+    let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
 
     // A previous run wrote partition 0's quarantine file and died before its raw file (the commit).
     let orphan = runtime.block_on(async {
@@ -194,11 +171,7 @@ fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
 
 #[test]
 fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
-    let runtime = runtime();
-    let broker = Broker::shared();
-    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
     // The lake already holds offsets 0..=999 of partition 1, but the (new) topic is empty.
     let range = OffsetRange { start: 0, end: 999 };
     let path = Path::from(lake::partition_file(Area::Raw, &topic, 1, range));
@@ -234,12 +207,8 @@ fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
 
 #[test]
 fn rejected_events_go_to_the_dlq_with_their_reason() {
-    let runtime = runtime();
-    let broker = Broker::shared();
-    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
     let dlq = runtime.block_on(broker.create_topic(1)).unwrap();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = open_store(lake_dir.path().to_str().unwrap()).unwrap();
     let mut truth = Expected::new();
     runtime.block_on(produce_mixed(
         broker, &topic, PARTITIONS, 0, 600, &mut truth,
@@ -247,7 +216,7 @@ fn rejected_events_go_to_the_dlq_with_their_reason() {
     let mut settings = settings(broker, &topic, 100_000, Duration::from_millis(50));
     settings.dlq_topic = Some(dlq.clone());
     let archiver = Archiver::new(settings, store);
-    run_archiver(&runtime, &archiver, None, &high_watermarks(broker, &topic)).unwrap();
+    run_archiver(&runtime, &archiver, None, &broker.high_watermarks(&topic, PARTITIONS).unwrap()).unwrap();
 
     let consumer: BaseConsumer = broker
         .client_config()

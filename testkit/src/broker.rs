@@ -8,6 +8,7 @@
 //! watermarks, seeks and consumer groups behave as in Kafka (`memory://` gets them wrong), and tansu
 //! resolves the file against its working directory (absolute paths are mishandled).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -183,6 +184,14 @@ impl Broker {
             .find(|i| text.is_char_boundary(*i))
             .unwrap_or(0);
         text[tail_start..].to_owned()
+    }
+
+    /// The high watermark (next offset to be written) of partitions `0..partitions` of `topic`.
+    pub fn high_watermarks(&self, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>, HarnessError> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        (0..partitions)
+            .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?.1)))
+            .collect()
     }
 
     /// Creates a topic with a name no other test uses and waits until metadata shows all its
