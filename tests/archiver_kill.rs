@@ -98,7 +98,8 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
         .into_iter()
         .enumerate()
     {
-        let goal = (total(&broker.high_watermarks(&topic, PARTITIONS).unwrap()) as f64 * share) as i64;
+        let goal =
+            (total(&broker.high_watermarks(&topic, PARTITIONS).unwrap()) as f64 * share) as i64;
         let mut child = start_archiver(broker, &topic, &lake, &log);
         run_until(&mut child, &|now| total(now) >= goal);
         std::thread::sleep(Duration::from_millis(jitter_ms));

@@ -22,7 +22,14 @@ fn clickstream(n: usize) -> Vec<u8> {
     if n % 100 == 42 {
         return br#"{"user_id":"u1","page":"/missing-time"}"#.to_vec();
     }
-    let pages = ["/", "/pricing", "/docs/start", "/blog/lambda", "/signup", "/docs/api"];
+    let pages = [
+        "/",
+        "/pricing",
+        "/docs/start",
+        "/blog/lambda",
+        "/signup",
+        "/docs/api",
+    ];
     let countries = ["NL", "US", "DE", "IN", "BR", "JP"];
     let devices = ["mobile", "desktop", "tablet"];
     format!(
@@ -50,22 +57,36 @@ fn archive(c: &mut Criterion) {
     let bytes: usize = messages.iter().map(Vec::len).sum();
     let mut group = c.benchmark_group("archiver");
     group.throughput(Throughput::Elements(EVENTS as u64));
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
-    group.bench_function(format!("decode+parquet {EVENTS} events ({} MB JSON)", bytes / 1_000_000), |b| {
-        b.iter(|| {
-            let mut buffer = PartitionBuffer::new(0, 0, &config.events);
-            let mut written = 0;
-            for (offset, message) in messages.iter().enumerate() {
-                let position = KafkaPosition { partition: 0, offset: offset as i64, timestamp_ms: Some(1) };
-                buffer.push(&decoder, position, Some(message));
-                if buffer.rows() >= FILE_ROWS {
-                    let file = buffer.take().unwrap().unwrap();
-                    written += parquet_io::encode(std::slice::from_ref(&file.raw)).unwrap().len();
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function(
+        format!(
+            "decode+parquet {EVENTS} events ({} MB JSON)",
+            bytes / 1_000_000
+        ),
+        |b| {
+            b.iter(|| {
+                let mut buffer = PartitionBuffer::new(0, 0, &config.events);
+                let mut written = 0;
+                for (offset, message) in messages.iter().enumerate() {
+                    let position = KafkaPosition {
+                        partition: 0,
+                        offset: offset as i64,
+                        timestamp_ms: Some(1),
+                    };
+                    buffer.push(&decoder, position, Some(message));
+                    if buffer.rows() >= FILE_ROWS {
+                        let file = buffer.take().unwrap().unwrap();
+                        written += parquet_io::encode(std::slice::from_ref(&file.raw))
+                            .unwrap()
+                            .len();
+                    }
                 }
-            }
-            black_box(written)
-        });
-    });
+                black_box(written)
+            });
+        },
+    );
     group.finish();
 }
 

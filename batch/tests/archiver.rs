@@ -97,7 +97,13 @@ async fn assert_exactly_once(store: &dyn ObjectStore, topic: &str, expected: &Ex
 
 #[test]
 fn archives_every_event_exactly_once_across_crashes() {
-    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
+    let Fixture {
+        runtime,
+        broker,
+        topic,
+        store,
+        _lake_dir,
+    } = fixture();
 
     let mut truth = Expected::new();
     runtime.block_on(produce_mixed(
@@ -135,7 +141,13 @@ fn archives_every_event_exactly_once_across_crashes() {
 
 #[test]
 fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
-    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
+    let Fixture {
+        runtime,
+        broker,
+        topic,
+        store,
+        _lake_dir,
+    } = fixture();
     let mut truth = Expected::new();
     runtime.block_on(produce_mixed(
         broker, &topic, PARTITIONS, 0, 3_000, &mut truth,
@@ -171,7 +183,13 @@ fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
 
 #[test]
 fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
-    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
+    let Fixture {
+        runtime,
+        broker,
+        topic,
+        store,
+        _lake_dir,
+    } = fixture();
     // The lake already holds offsets 0..=999 of partition 1, but the (new) topic is empty.
     let range = OffsetRange { start: 0, end: 999 };
     let path = Path::from(lake::partition_file(Area::Raw, &topic, 1, range));
@@ -207,7 +225,13 @@ fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
 
 #[test]
 fn rejected_events_go_to_the_dlq_with_their_reason() {
-    let Fixture { runtime, broker, topic, store, _lake_dir } = fixture();
+    let Fixture {
+        runtime,
+        broker,
+        topic,
+        store,
+        _lake_dir,
+    } = fixture();
     let dlq = runtime.block_on(broker.create_topic(1)).unwrap();
     let mut truth = Expected::new();
     runtime.block_on(produce_mixed(
@@ -216,7 +240,13 @@ fn rejected_events_go_to_the_dlq_with_their_reason() {
     let mut settings = settings(broker, &topic, 100_000, Duration::from_millis(50));
     settings.dlq_topic = Some(dlq.clone());
     let archiver = Archiver::new(settings, store);
-    run_archiver(&runtime, &archiver, None, &broker.high_watermarks(&topic, PARTITIONS).unwrap()).unwrap();
+    run_archiver(
+        &runtime,
+        &archiver,
+        None,
+        &broker.high_watermarks(&topic, PARTITIONS).unwrap(),
+    )
+    .unwrap();
 
     let consumer: BaseConsumer = broker
         .client_config()

@@ -187,10 +187,21 @@ impl Broker {
     }
 
     /// The high watermark (next offset to be written) of partitions `0..partitions` of `topic`.
-    pub fn high_watermarks(&self, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>, HarnessError> {
+    pub fn high_watermarks(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<BTreeMap<i32, i64>, HarnessError> {
         let consumer: BaseConsumer = self.client_config().create()?;
         (0..partitions)
-            .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?.1)))
+            .map(|p| {
+                Ok((
+                    p,
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(5))?
+                        .1,
+                ))
+            })
             .collect()
     }
 
