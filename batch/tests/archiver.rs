@@ -18,12 +18,32 @@ use tributary_testkit::stream::{Expected, produce_mixed};
 
 const PARTITIONS: i32 = 3;
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// A runtime, a fresh topic on the shared broker, and an empty local lake.
+struct Fixture {
+    runtime: Runtime,
+    broker: &'static Broker,
+    topic: String,
+    store: Arc<dyn ObjectStore>,
+    _lake_dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    Fixture {
+        runtime,
+        broker,
+        topic,
+        store,
+        _lake_dir: lake_dir,
+    }
 }
 
 fn settings(
