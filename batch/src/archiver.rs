@@ -65,6 +65,27 @@ pub enum ArchiverError {
     },
     #[error("lake request failed")]
     Store(#[from] object_store::Error),
+    #[error("cannot build a raw or quarantine batch")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("cannot encode a raw or quarantine file as Parquet")]
+    Encode(#[from] parquet::errors::ParquetError),
+}
+
+/// A file's Parquet bytes, encoded once however often the puts are retried (`Bytes` clones share).
+#[derive(Debug)]
+struct EncodedFile {
+    raw: bytes::Bytes,
+    quarantine: Option<bytes::Bytes>,
+}
+
+impl EncodedFile {
+    fn new(file: &PendingFile) -> Result<Self, parquet::errors::ParquetError> {
+        let encode = |batch| crate::parquet_io::encode(std::slice::from_ref(batch));
+        Ok(Self {
+            raw: encode(&file.raw)?,
+            quarantine: file.quarantine.as_ref().map(encode).transpose()?,
+        })
+    }
 }
 
 /// How a running archiver should stop.
@@ -332,21 +353,19 @@ impl Archiver {
         dlq: Option<&ThreadedProducer<DefaultProducerContext>>,
         stop: &StopSignal,
     ) -> Result<(), ArchiverError> {
-        let Some(file) = buffer.take().map_err(|e| object_store::Error::Generic {
-            store: "archiver",
-            source: Box::new(e),
-        })?
-        else {
+        let Some(file) = buffer.take()? else {
             return Ok(());
         };
         if let (Some(producer), Some(topic)) = (dlq, &self.settings.dlq_topic) {
             self.send_to_dlq(producer, topic, &file);
         }
+        // Encoding is deterministic: do it once, and retry only what can fail transiently (the puts).
+        let encoded = EncodedFile::new(&file)?;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match runtime.block_on(self.write(&file)) {
+            match runtime.block_on(self.write(&file, &encoded)) {
                 Ok(()) => break,
-                Err(error) if stop.state() == ABANDON => return Err(error),
+                Err(error) if stop.state() == ABANDON => return Err(error.into()),
                 Err(error) => {
                     self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%error, partition = file.partition, range = %file.range, "writing to the lake failed; retrying");
@@ -360,17 +379,14 @@ impl Archiver {
         Ok(())
     }
 
-    async fn write(&self, file: &PendingFile) -> Result<(), ArchiverError> {
+    /// Puts the quarantine file (if any), then the raw file: the raw put is the commit.
+    async fn write(
+        &self,
+        file: &PendingFile,
+        encoded: &EncodedFile,
+    ) -> Result<(), object_store::Error> {
         let topic = &self.settings.topic;
-        let encode = |batch: &arrow::array::RecordBatch| {
-            crate::parquet_io::encode(std::slice::from_ref(batch)).map_err(|e| {
-                object_store::Error::Generic {
-                    store: "archiver",
-                    source: Box::new(e),
-                }
-            })
-        };
-        if let Some(quarantine) = &file.quarantine {
+        if let Some(quarantine) = &encoded.quarantine {
             let path = Path::from(lake::partition_file(
                 Area::Quarantine,
                 topic,
@@ -378,7 +394,7 @@ impl Archiver {
                 file.range,
             ));
             self.store
-                .put(&path, PutPayload::from(encode(quarantine)?))
+                .put(&path, PutPayload::from(quarantine.clone()))
                 .await?;
         }
         let path = Path::from(lake::partition_file(
@@ -388,7 +404,7 @@ impl Archiver {
             file.range,
         ));
         self.store
-            .put(&path, PutPayload::from(encode(&file.raw)?))
+            .put(&path, PutPayload::from(encoded.raw.clone()))
             .await?;
         Ok(())
     }
