@@ -26,6 +26,7 @@ mod ddsketch;
 mod extremum;
 pub mod hll;
 mod sum;
+pub mod udaf;
 
 pub use avg::Avg;
 pub use count::Count;

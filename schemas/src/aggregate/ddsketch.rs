@@ -157,6 +157,12 @@ impl DdSketch {
         });
     }
 
+    /// Bytes held on the heap (for memory accounting of many sketches).
+    pub fn heap_size(&self) -> usize {
+        (self.positive.buckets.capacity() + self.negative.buckets.capacity())
+            * size_of::<(i32, u64)>()
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -138,6 +138,14 @@ impl Hll {
         }
     }
 
+    /// Bytes held on the heap (for memory accounting of many sketches).
+    pub fn heap_size(&self) -> usize {
+        match &self.repr {
+            Repr::Sparse(entries) => entries.capacity() * size_of::<u32>(),
+            Repr::Dense(registers) => registers.len(),
+        }
+    }
+
     pub fn is_sparse(&self) -> bool {
         matches!(self.repr, Repr::Sparse(_))
     }

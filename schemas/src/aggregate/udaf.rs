@@ -1,0 +1,776 @@
+//! The algebra as DataFusion aggregate functions, so that plans compute exactly the states the
+//! speed layer computes event by event.
+//!
+//! Every [`StateKind`] has two functions:
+//! - **update** ([`Phase::Update`], named `state_<kind>`): aggregates raw event values (one column of
+//!   the master dataset) into the kind's state. The batch layer's recompute uses these.
+//! - **merge** ([`Phase::Merge`], named `merge_<kind>`): merges state columns (the Arrow form of
+//!   [`super::arrow`]) into one state. The serving layer uses these to re-aggregate batch and speed
+//!   rows, and to roll a 1m view up to hours or days.
+//!
+//! Both return the Arrow form of the state, and both use the state as their intermediate form, so
+//! DataFusion's two-phase (partial → final) aggregation, spilling and skipped partial aggregation
+//! all go through the same merge as everything else. The per-group work is done by
+//! [`GroupsAccumulator`]s over one `Vec` of states per function (no per-row dispatch or allocation
+//! beyond what a sketch itself needs).
+//!
+//! Input values are read exactly as [`MetricState::update`] reads an event [`Value`](crate::event::Value):
+//! `count` counts every row (nulls included), the other kinds skip nulls; `sum`/`avg`/`quantile`
+//! over `int64` add the value as `f64` where the state is a float; `count_distinct` hashes with
+//! [`super::hash_value`]'s functions (strings by their UTF-8 bytes, timestamps as their `i64`
+//! milliseconds).
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::buffer::{BooleanBuffer, NullBuffer};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
+
+use super::{
+    AggregateState, Avg, Count, DdSketch, FloatSum, Hll, IntSum, Max, MetricState, Min, StateKind,
+    hll,
+};
+
+/// Which side of the algebra a function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Raw values → state.
+    Update,
+    /// States → state.
+    Merge,
+}
+
+/// The DataFusion aggregate function of one state kind and phase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateUdaf {
+    kind: StateKind,
+    phase: Phase,
+    name: String,
+    signature: Signature,
+}
+
+impl StateUdaf {
+    pub fn new(kind: StateKind, phase: Phase) -> Self {
+        let suffix = kind.name().replace(' ', "_");
+        let name = match phase {
+            Phase::Update => format!("state_{suffix}"),
+            Phase::Merge => format!("merge_{suffix}"),
+        };
+        Self {
+            kind,
+            phase,
+            name,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    /// The function as a DataFusion [`AggregateUDF`]; call it with one argument.
+    pub fn udaf(kind: StateKind, phase: Phase) -> AggregateUDF {
+        AggregateUDF::from(Self::new(kind, phase))
+    }
+
+    fn check_input(&self, input: &DataType) -> Result<()> {
+        let accepted = match self.phase {
+            Phase::Merge => state_input_type(self.kind, input),
+            Phase::Update => update_input_type(self.kind, input),
+        };
+        if accepted.is_none() {
+            return plan_err!(
+                "{}() cannot take an argument of type {input} (the {} state needs {})",
+                self.name,
+                self.kind,
+                match self.phase {
+                    Phase::Merge => self.kind.data_type().to_string(),
+                    Phase::Update => "a field type the view definition allows".to_owned(),
+                }
+            );
+        }
+        Ok(())
+    }
+
+    fn groups(&self, input: &DataType) -> Result<Box<dyn GroupsAccumulator + Sync>> {
+        self.check_input(input)?;
+        let (kind, phase) = (self.kind, self.phase);
+        Ok(match kind {
+            StateKind::Count => Box::new(States::<Count>::new(kind, phase)),
+            StateKind::IntSum => Box::new(States::<IntSum>::new(kind, phase)),
+            StateKind::FloatSum => Box::new(States::<FloatSum>::new(kind, phase)),
+            StateKind::IntMin => Box::new(States::<Min<i64>>::new(kind, phase)),
+            StateKind::IntMax => Box::new(States::<Max<i64>>::new(kind, phase)),
+            StateKind::FloatMin => Box::new(States::<Min<f64>>::new(kind, phase)),
+            StateKind::FloatMax => Box::new(States::<Max<f64>>::new(kind, phase)),
+            StateKind::Avg => Box::new(States::<Avg>::new(kind, phase)),
+            StateKind::CountDistinct => Box::new(States::<Hll>::new(kind, phase)),
+            StateKind::Quantile => Box::new(States::<DdSketch>::new(kind, phase)),
+        })
+    }
+}
+
+/// The canonical type an update input is read as, if the kind accepts `input`.
+fn update_input_type(kind: StateKind, input: &DataType) -> Option<DataType> {
+    let integer = matches!(input, DataType::Int64 | DataType::Timestamp(..));
+    let numeric = matches!(input, DataType::Int64 | DataType::Float64);
+    let string = matches!(
+        input,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    match kind {
+        StateKind::Count => Some(input.clone()),
+        StateKind::IntSum | StateKind::IntMin | StateKind::IntMax => {
+            integer.then_some(DataType::Int64)
+        }
+        StateKind::FloatSum | StateKind::FloatMin | StateKind::FloatMax => {
+            (*input == DataType::Float64).then_some(DataType::Float64)
+        }
+        StateKind::Avg | StateKind::Quantile => numeric.then_some(DataType::Float64),
+        StateKind::CountDistinct if string || *input == DataType::Boolean => Some(input.clone()),
+        StateKind::CountDistinct => (integer || *input == DataType::Float64).then(|| match input {
+            DataType::Float64 => DataType::Float64,
+            _ => DataType::Int64,
+        }),
+    }
+}
+
+/// The canonical type a merge input is read as, if `input` holds states of `kind`.
+fn state_input_type(kind: StateKind, input: &DataType) -> Option<DataType> {
+    let want = kind.data_type();
+    let binary = matches!(
+        input,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    );
+    (*input == want || (want == DataType::Binary && binary)).then_some(want)
+}
+
+impl AggregateUDFImpl for StateUdaf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        if let [input] = arg_types {
+            self.check_input(input)?;
+        }
+        Ok(self.kind.data_type())
+    }
+
+    fn is_nullable(&self) -> bool {
+        self.kind.nullable()
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format!("{}[state]", args.name),
+            self.kind.data_type(),
+            true,
+        ))])
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let input = args.expr_fields[0].data_type();
+        Ok(Box::new(SingleGroup {
+            kind: self.kind,
+            groups: self.groups(input)?,
+        }))
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(self.groups(args.expr_fields[0].data_type())?)
+    }
+
+    fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
+        let empty = state_column(&MetricState::empty(self.kind))?;
+        ScalarValue::try_from_array(&empty, 0)
+    }
+}
+
+/// The rows of a batch that take part: those passing the aggregate's `FILTER` and, when `nulls` is
+/// given, not null. `None` means every row.
+fn selected_rows(
+    len: usize,
+    nulls: Option<&NullBuffer>,
+    filter: Option<&BooleanArray>,
+) -> Option<BooleanBuffer> {
+    let filter = filter.map(|f| match f.nulls() {
+        Some(valid) => f.values() & valid.inner(),
+        None => f.values().clone(),
+    });
+    match (nulls.filter(|n| n.null_count() > 0), filter) {
+        (None, None) => None,
+        (Some(n), None) => Some(n.inner().clone()),
+        (None, Some(f)) => Some(f),
+        (Some(n), Some(f)) => Some(n.inner() & &f),
+    }
+    .filter(|mask| mask.count_set_bits() < len)
+}
+
+fn for_each_row(len: usize, rows: Option<&BooleanBuffer>, mut f: impl FnMut(usize)) {
+    match rows {
+        None => (0..len).for_each(f),
+        Some(mask) => mask.set_indices().for_each(&mut f),
+    }
+}
+
+/// One state type's vectorised operations: how it reads a raw column, how it reads and writes its
+/// Arrow form.
+trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'static {
+    /// Folds the selected rows of `values` (already cast to the update input type) into `states`.
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    );
+
+    /// Whether update skips null values (all but `count`).
+    const SKIPS_NULLS: bool = true;
+
+    /// Whether states grow on the heap (the sketches), so memory accounting must follow them.
+    const GROWS: bool = false;
+
+    /// Heap bytes beyond `size_of::<Self>()`; only sketches have any.
+    fn heap_size(&self) -> usize {
+        0
+    }
+
+    fn wrap(self) -> MetricState;
+
+    /// The inverse of [`ColumnState::wrap`]: `None` for a state of another kind.
+    fn unwrap(state: MetricState) -> Option<Self>;
+}
+
+fn ints(values: &dyn Array) -> &[i64] {
+    values.as_primitive::<Int64Type>().values()
+}
+
+fn floats(values: &dyn Array) -> &[f64] {
+    values.as_primitive::<Float64Type>().values()
+}
+
+impl ColumnState for Count {
+    const SKIPS_NULLS: bool = false;
+
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        for_each_row(values.len(), rows, |row| states[groups[row]].update());
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::Count(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::Count(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for IntSum {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = ints(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::IntSum(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::IntSum(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for FloatSum {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = floats(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::FloatSum(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::FloatSum(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for Min<i64> {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = ints(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::IntMin(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::IntMin(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for Max<i64> {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = ints(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::IntMax(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::IntMax(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for Min<f64> {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = floats(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::FloatMin(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::FloatMin(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for Max<f64> {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = floats(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::FloatMax(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::FloatMax(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for Avg {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = floats(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::Avg(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::Avg(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for DdSketch {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let values = floats(values);
+        for_each_row(values.len(), rows, |row| {
+            states[groups[row]].update(values[row])
+        });
+    }
+
+    const GROWS: bool = true;
+
+    fn heap_size(&self) -> usize {
+        DdSketch::heap_size(self)
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::Quantile(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::Quantile(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnState for Hll {
+    fn update_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+    ) {
+        let len = values.len();
+        let mut insert = |hash: &dyn Fn(usize) -> u64| {
+            for_each_row(len, rows, |row| states[groups[row]].insert_hash(hash(row)));
+        };
+        match values.data_type() {
+            DataType::Utf8 => {
+                let strings = values.as_string::<i32>();
+                insert(&|row| hll::hash_str(strings.value(row)));
+            }
+            DataType::LargeUtf8 => {
+                let strings = values.as_string::<i64>();
+                insert(&|row| hll::hash_str(strings.value(row)));
+            }
+            DataType::Utf8View => {
+                let strings = values.as_string_view();
+                insert(&|row| hll::hash_str(strings.value(row)));
+            }
+            DataType::Boolean => {
+                let bools = values.as_boolean();
+                insert(&|row| hll::hash_bool(bools.value(row)));
+            }
+            DataType::Float64 => {
+                let values = floats(values);
+                insert(&|row| hll::hash_f64(values[row]));
+            }
+            _ => {
+                let values = ints(values);
+                insert(&|row| hll::hash_i64(values[row]));
+            }
+        }
+    }
+
+    const GROWS: bool = true;
+
+    fn heap_size(&self) -> usize {
+        Hll::heap_size(self)
+    }
+
+    fn wrap(self) -> MetricState {
+        MetricState::CountDistinct(self)
+    }
+
+    fn unwrap(state: MetricState) -> Option<Self> {
+        match state {
+            MetricState::CountDistinct(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A [`GroupsAccumulator`] holding one state per group.
+#[derive(Debug)]
+struct States<S> {
+    kind: StateKind,
+    phase: Phase,
+    states: Vec<S>,
+    /// Sum of [`ColumnState::heap_size`] over `states`, kept up to date as sketches grow.
+    heap_bytes: usize,
+}
+
+impl<S: ColumnState> States<S> {
+    fn new(kind: StateKind, phase: Phase) -> Self {
+        Self {
+            kind,
+            phase,
+            states: Vec::new(),
+            heap_bytes: 0,
+        }
+    }
+
+    fn grow(&mut self, total_num_groups: usize) {
+        if self.states.len() < total_num_groups {
+            self.states.resize_with(total_num_groups, S::default);
+        }
+    }
+
+    /// Runs `f` on the states, keeping `heap_bytes` current for types whose states grow.
+    fn tracked(&mut self, groups: &[usize], f: impl FnOnce(&mut [S])) {
+        if !S::GROWS {
+            f(&mut self.states);
+            return;
+        }
+        let before: usize = groups.iter().map(|&g| self.states[g].heap_size()).sum();
+        f(&mut self.states);
+        let after: usize = groups.iter().map(|&g| self.states[g].heap_size()).sum();
+        self.heap_bytes = (self.heap_bytes + after).saturating_sub(before);
+    }
+
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[usize],
+        filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        let Some(input_type) = update_input_type(self.kind, values.data_type()) else {
+            return exec_err!("{} state cannot read {}", self.kind, values.data_type());
+        };
+        let values = cast(values, &input_type)?;
+        let nulls = if S::SKIPS_NULLS {
+            values.logical_nulls()
+        } else {
+            None
+        };
+        let rows = selected_rows(values.len(), nulls.as_ref(), filter);
+        let rows = rows.as_ref();
+        self.tracked(groups, |states| {
+            S::update_rows(states, &values, groups, rows)
+        });
+        Ok(())
+    }
+
+    fn merge(
+        &mut self,
+        states: &ArrayRef,
+        groups: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        let kind = self.kind;
+        let Some(state_type) = state_input_type(kind, states.data_type()) else {
+            return exec_err!("{} states cannot be read from {}", kind, states.data_type());
+        };
+        let column = cast(states, &state_type)?;
+        let mut result = Ok(());
+        self.tracked(groups, |mine| {
+            result = groups.iter().enumerate().try_for_each(|(row, &group)| {
+                let theirs = super::arrow::read_state(kind, &column, row)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let theirs = S::unwrap(theirs).expect("read_state checks the kind");
+                mine[group].merge(&theirs);
+                Ok(())
+            });
+        });
+        result
+    }
+
+    fn emit(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let taken = emit_to.take_needed(&mut self.states);
+        if S::GROWS {
+            self.heap_bytes = self.states.iter().map(S::heap_size).sum();
+        }
+        let mut builder = super::arrow::StateColumnBuilder::new(self.kind);
+        for state in taken {
+            builder
+                .append(&state.wrap())
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        }
+        Ok(builder.finish())
+    }
+}
+
+/// A one-row column holding `state`.
+fn state_column(state: &MetricState) -> Result<ArrayRef> {
+    let mut builder = super::arrow::StateColumnBuilder::new(state.kind());
+    builder
+        .append(state)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(builder.finish())
+}
+
+impl<S: ColumnState> GroupsAccumulator for States<S> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        match self.phase {
+            Phase::Update => self.update(&values[0], group_indices, opt_filter, total_num_groups),
+            Phase::Merge => {
+                let values = match opt_filter {
+                    Some(filter) => arrow::compute::filter(&values[0], filter)?,
+                    None => Arc::clone(&values[0]),
+                };
+                let groups: Vec<usize> = match opt_filter {
+                    Some(filter) => group_indices
+                        .iter()
+                        .zip(filter.iter())
+                        .filter(|(_, keep)| *keep == Some(true))
+                        .map(|(g, _)| *g)
+                        .collect(),
+                    None => group_indices.to_vec(),
+                };
+                self.merge(&values, &groups, total_num_groups)
+            }
+        }
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.emit(emit_to)
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.emit(emit_to)?])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.merge(&values[0], group_indices, total_num_groups)
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Every row becomes its own group.
+        let rows = values[0].len();
+        let mut single = Self::new(self.kind, self.phase);
+        let groups: Vec<usize> = (0..rows).collect();
+        single.update_batch(values, &groups, opt_filter, rows)?;
+        Ok(vec![single.emit(EmitTo::All)?])
+    }
+
+    fn size(&self) -> usize {
+        self.states.capacity() * size_of::<S>() + self.heap_bytes
+    }
+}
+
+/// The [`Accumulator`] DataFusion asks for in plans without grouping: one group of the same
+/// [`GroupsAccumulator`].
+struct SingleGroup {
+    kind: StateKind,
+    groups: Box<dyn GroupsAccumulator + Sync>,
+}
+
+impl Debug for SingleGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleGroup")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Accumulator for SingleGroup {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let groups = vec![0; values[0].len()];
+        self.groups.update_batch(values, &groups, None, 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        // Emitting resets a groups accumulator: put the state back for later calls.
+        let column = self.groups.evaluate(EmitTo::All)?;
+        if column.is_empty() {
+            return ScalarValue::try_from_array(&state_column(&MetricState::empty(self.kind))?, 0);
+        }
+        self.groups.merge_batch(&[Arc::clone(&column)], &[0], 1)?;
+        ScalarValue::try_from_array(&column, 0)
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>() + self.groups.size()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let groups = vec![0; states[0].len()];
+        self.groups.merge_batch(states, &groups, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests;
