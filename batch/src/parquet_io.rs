@@ -19,12 +19,31 @@ fn properties() -> WriterProperties {
 
 /// Encodes `batches` (all of one schema) as one Parquet file.
 pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
+    encode_with(batches, properties())
+}
+
+/// Encodes one part of a batch view: sorted rows in row groups of `row_group_rows`, so that a scan
+/// of a time range reads only the row groups whose `time` statistics overlap it.
+pub fn encode_view(batches: &[RecordBatch], row_group_rows: usize) -> Result<Bytes, ParquetError> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("level 1 is valid"),
+        ))
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .build();
+    encode_with(batches, properties)
+}
+
+fn encode_with(
+    batches: &[RecordBatch],
+    properties: WriterProperties,
+) -> Result<Bytes, ParquetError> {
     let schema = match batches.first() {
         Some(batch) => batch.schema(),
         None => return Err(ParquetError::General("no batch to encode".to_owned())),
     };
     let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(properties()))?;
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(properties))?;
     for batch in batches {
         writer.write(batch)?;
     }

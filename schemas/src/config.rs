@@ -55,6 +55,11 @@ pub struct BatchConfig {
     pub interval: Duration,
     pub epoch_size: u64,
     pub keep_versions: usize,
+    /// DataFusion's memory pool for a recompute; past it, sorts and aggregations spill to disk.
+    pub memory_limit_mb: usize,
+    /// Threads of the recompute's own runtime; 0 means half the cores (at least one), so that a big
+    /// recompute never takes the cores the speed layer and HTTP server need.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +339,24 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn non_negative_integer(
+        &mut self,
+        key: &'static str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<u64> {
+        match self.get(key) {
+            Some(Toml::Integer(i)) if *i >= 0 => Some(*i as u64),
+            Some(_) => {
+                problem(problems, self.key(key), "must be an integer >= 0");
+                None
+            }
+            None => {
+                problem(problems, self.key(key), "is missing");
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<Duration> {
         let text = self.string(key, problems)?;
         parse_duration(&text)
@@ -471,6 +494,8 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
     let interval = section.duration("interval", problems);
     let epoch_size = section.positive_integer("epoch_size", problems);
     let keep_versions = section.positive_integer("keep_versions", problems);
+    let memory_limit_mb = section.positive_integer("memory_limit_mb", problems);
+    let threads = section.non_negative_integer("threads", problems);
     section.finish(problems);
     if interval.is_some_and(|i| i < Duration::from_secs(1)) {
         problem(problems, "batch.interval", "must be at least 1s");
@@ -479,6 +504,8 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
         interval: interval?,
         epoch_size: epoch_size?,
         keep_versions: usize::try_from(keep_versions?).ok()?,
+        memory_limit_mb: usize::try_from(memory_limit_mb?).ok()?,
+        threads: usize::try_from(threads?).ok()?,
     })
 }
 

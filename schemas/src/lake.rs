@@ -15,6 +15,7 @@
 
 mod manifest;
 mod store;
+pub mod versions;
 
 pub use manifest::{Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile};
 pub use store::{StoreError, open_store};

@@ -131,10 +131,8 @@ fn update_input_type(kind: StateKind, input: &DataType) -> Option<DataType> {
         }
         StateKind::Avg | StateKind::Quantile => numeric.then_some(DataType::Float64),
         StateKind::CountDistinct if string || *input == DataType::Boolean => Some(input.clone()),
-        StateKind::CountDistinct => (integer || *input == DataType::Float64).then(|| match input {
-            DataType::Float64 => DataType::Float64,
-            _ => DataType::Int64,
-        }),
+        StateKind::CountDistinct if *input == DataType::Float64 => Some(DataType::Float64),
+        StateKind::CountDistinct => integer.then_some(DataType::Int64),
     }
 }
 
@@ -264,6 +262,22 @@ fn floats(values: &dyn Array) -> &[f64] {
     values.as_primitive::<Float64Type>().values()
 }
 
+/// `wrap`/`unwrap` between a state type and its [`MetricState`] variant.
+macro_rules! variant {
+    ($variant:ident) => {
+        fn wrap(self) -> MetricState {
+            MetricState::$variant(self)
+        }
+
+        fn unwrap(state: MetricState) -> Option<Self> {
+            match state {
+                MetricState::$variant(s) => Some(s),
+                _ => None,
+            }
+        }
+    };
+}
+
 impl ColumnState for Count {
     const SKIPS_NULLS: bool = false;
 
@@ -276,192 +290,37 @@ impl ColumnState for Count {
         for_each_row(values.len(), rows, |row| states[groups[row]].update());
     }
 
-    fn wrap(self) -> MetricState {
-        MetricState::Count(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::Count(s) => Some(s),
-            _ => None,
-        }
-    }
+    variant!(Count);
 }
 
-impl ColumnState for IntSum {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = ints(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
+/// A state updated with one native value per row, read from an `Int64` or `Float64` column.
+macro_rules! numeric_state {
+    ($state:ty, $variant:ident, $read:ident) => {
+        impl ColumnState for $state {
+            fn update_rows(
+                states: &mut [Self],
+                values: &dyn Array,
+                groups: &[usize],
+                rows: Option<&BooleanBuffer>,
+            ) {
+                let values = $read(values);
+                for_each_row(values.len(), rows, |row| {
+                    states[groups[row]].update(values[row]);
+                });
+            }
 
-    fn wrap(self) -> MetricState {
-        MetricState::IntSum(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::IntSum(s) => Some(s),
-            _ => None,
+            variant!($variant);
         }
-    }
+    };
 }
 
-impl ColumnState for FloatSum {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = floats(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
-
-    fn wrap(self) -> MetricState {
-        MetricState::FloatSum(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::FloatSum(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnState for Min<i64> {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = ints(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
-
-    fn wrap(self) -> MetricState {
-        MetricState::IntMin(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::IntMin(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnState for Max<i64> {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = ints(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
-
-    fn wrap(self) -> MetricState {
-        MetricState::IntMax(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::IntMax(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnState for Min<f64> {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = floats(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
-
-    fn wrap(self) -> MetricState {
-        MetricState::FloatMin(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::FloatMin(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnState for Max<f64> {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = floats(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
-
-    fn wrap(self) -> MetricState {
-        MetricState::FloatMax(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::FloatMax(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnState for Avg {
-    fn update_rows(
-        states: &mut [Self],
-        values: &dyn Array,
-        groups: &[usize],
-        rows: Option<&BooleanBuffer>,
-    ) {
-        let values = floats(values);
-        for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
-        });
-    }
-
-    fn wrap(self) -> MetricState {
-        MetricState::Avg(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::Avg(s) => Some(s),
-            _ => None,
-        }
-    }
-}
+numeric_state!(IntSum, IntSum, ints);
+numeric_state!(FloatSum, FloatSum, floats);
+numeric_state!(Min<i64>, IntMin, ints);
+numeric_state!(Max<i64>, IntMax, ints);
+numeric_state!(Min<f64>, FloatMin, floats);
+numeric_state!(Max<f64>, FloatMax, floats);
+numeric_state!(Avg, Avg, floats);
 
 impl ColumnState for DdSketch {
     fn update_rows(
@@ -472,7 +331,7 @@ impl ColumnState for DdSketch {
     ) {
         let values = floats(values);
         for_each_row(values.len(), rows, |row| {
-            states[groups[row]].update(values[row])
+            states[groups[row]].update(values[row]);
         });
     }
 
@@ -482,16 +341,7 @@ impl ColumnState for DdSketch {
         DdSketch::heap_size(self)
     }
 
-    fn wrap(self) -> MetricState {
-        MetricState::Quantile(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::Quantile(s) => Some(s),
-            _ => None,
-        }
-    }
+    variant!(Quantile);
 }
 
 impl ColumnState for Hll {
@@ -539,16 +389,7 @@ impl ColumnState for Hll {
         Hll::heap_size(self)
     }
 
-    fn wrap(self) -> MetricState {
-        MetricState::CountDistinct(self)
-    }
-
-    fn unwrap(state: MetricState) -> Option<Self> {
-        match state {
-            MetricState::CountDistinct(s) => Some(s),
-            _ => None,
-        }
-    }
+    variant!(CountDistinct);
 }
 
 /// A [`GroupsAccumulator`] holding one state per group.
@@ -609,7 +450,7 @@ impl<S: ColumnState> States<S> {
         let rows = selected_rows(values.len(), nulls.as_ref(), filter);
         let rows = rows.as_ref();
         self.tracked(groups, |states| {
-            S::update_rows(states, &values, groups, rows)
+            S::update_rows(states, &values, groups, rows);
         });
         Ok(())
     }

@@ -1,0 +1,711 @@
+//! The recompute: DataFusion turns the master dataset below the boundary into a new, immutable
+//! version of each view, published atomically (ARCHITECTURE.md §4-§5).
+//!
+//! A run, per view:
+//! 1. choose the boundary `W[p]` from the archiver's progress and list the raw files below it
+//!    ([`plan::select_input`]); if the live version already has this boundary and definition, the
+//!    view is **unchanged** and nothing is written;
+//! 2. plan and run the aggregation on the batch runtime ([`plan::view_frame`]), streaming the sorted
+//!    result into Parquet parts of [`BatchSettings::part_rows`] rows under a **new** version
+//!    directory (numbers are never reused, so leftovers of a crashed run are never overwritten);
+//! 3. write `manifest.json`, then replace `_current`: the only step that changes what readers see.
+//!    A crash before it leaves the previous version live and intact;
+//! 4. garbage-collect: keep the live version and the newest `keep_versions` complete ones; delete
+//!    the rest and any incomplete version left by a crashed run (manifest first, so a half-deleted
+//!    version never looks complete).
+//!
+//! **Resources**: DataFusion runs on the recompute's own Tokio runtime (`[batch] threads`), so the
+//! HTTP server and the speed layer keep their cores, with a [`FairSpillPool`] of
+//! `[batch] memory_limit_mb`: aggregations and sorts spill to local disk past it instead of growing.
+//!
+//! **One run at a time**: in a process, a second [`Batch::run`] is refused while one is running;
+//! across processes, the lake's [`lock::RunLock`] refuses it.
+
+pub mod lock;
+pub mod plan;
+pub mod progress;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use chrono::Utc;
+use datafusion::common::DataFusionError;
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryLimit, MemoryPool, MemoryReservation,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::errors::ParquetError;
+use tributary_schemas::config::{Config, ViewDef};
+use tributary_schemas::event::EventSchema;
+use tributary_schemas::lake::versions::{
+    VersionError, list_versions, live_manifest, read_current, read_manifest, version_objects,
+};
+use tributary_schemas::lake::{
+    CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile, current_path, manifest_path,
+    version_part,
+};
+
+use crate::parquet_io;
+use lock::{LockError, RunLock};
+use plan::Input;
+use progress::{ProgressSink, RunProgress};
+
+/// How the batch layer runs.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    pub topic: String,
+    pub epoch_size: u64,
+    pub keep_versions: usize,
+    pub memory_limit_bytes: usize,
+    pub threads: usize,
+    /// Rows per view Parquet part (each part's row groups hold [`ROW_GROUP_ROWS`]).
+    pub part_rows: usize,
+    /// Lease of the lake's run lock (renewed every quarter of it while a run lives).
+    pub lock_lease: Duration,
+}
+
+/// Row group size of view parts: big enough for fast scans, small enough that a time-range query
+/// prunes most of a part by the row groups' `time` statistics.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+impl BatchSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let threads = match config.batch.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        };
+        Self {
+            topic: config.kafka.topic.clone(),
+            epoch_size: config.batch.epoch_size,
+            keep_versions: config.batch.keep_versions,
+            memory_limit_bytes: config.batch.memory_limit_mb.saturating_mul(1 << 20),
+            threads,
+            part_rows: 1_000_000,
+            lock_lease: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("a recompute is already running in this process")]
+    AlreadyRunning,
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("there is no view named {name:?} (configured views: {available})")]
+    UnknownView { name: String, available: String },
+    #[error("view {view:?} has no version {version} with a manifest (versions: {available})")]
+    UnknownVersion {
+        view: String,
+        version: u64,
+        available: String,
+    },
+    #[error(
+        "version {version} of view {view:?} was computed with another definition of the view (hash {found}, configured {expected}); run a recompute instead"
+    )]
+    DefinitionChanged {
+        view: String,
+        version: u64,
+        found: String,
+        expected: String,
+    },
+    #[error("version {version} of view {view:?} is missing its file {path}")]
+    MissingFile {
+        view: String,
+        version: u64,
+        path: String,
+    },
+    #[error("cannot access the lake")]
+    Store(#[from] object_store::Error),
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    #[error("the recompute query failed")]
+    Query(#[from] DataFusionError),
+    #[error("cannot encode a view part")]
+    Parquet(#[from] ParquetError),
+    #[error("cannot start the batch runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("the recompute task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a run did to one view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Published(Manifest),
+    /// The live version already has this boundary and definition.
+    Unchanged(Manifest),
+    /// No partition has archived a whole epoch yet.
+    NothingArchived,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewRun {
+    pub view: String,
+    pub outcome: Outcome,
+    /// Raw rows the scan read (0 when nothing was computed).
+    pub rows_read: u64,
+    pub elapsed: Duration,
+    /// Largest DataFusion memory reservation during the run.
+    pub peak_memory_bytes: usize,
+    /// Versions removed by garbage collection after publishing.
+    pub removed_versions: Vec<u64>,
+}
+
+/// One view's versions, for `tributary batch list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewVersions {
+    pub view: String,
+    pub current: Option<u64>,
+    /// Complete versions (with a manifest), ascending.
+    pub versions: Vec<Manifest>,
+    /// Version directories without a manifest (a run in progress or a crashed one).
+    pub incomplete: Vec<u64>,
+}
+
+/// The batch layer's recompute service: owns its runtime and runs one recompute at a time.
+#[derive(Debug)]
+pub struct Batch {
+    settings: BatchSettings,
+    events: EventSchema,
+    views: Vec<ViewDef>,
+    store: Arc<dyn ObjectStore>,
+    runtime: Option<tokio::runtime::Runtime>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; this may run inside another runtime (the server's).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Batch {
+    pub fn new(
+        settings: BatchSettings,
+        events: EventSchema,
+        views: Vec<ViewDef>,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Self, BatchError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads.max(1))
+            .thread_name("tributary-batch")
+            .enable_all()
+            .build()
+            .map_err(BatchError::Runtime)?;
+        Ok(Self {
+            settings,
+            events,
+            views,
+            store,
+            runtime: Some(runtime),
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn settings(&self) -> &BatchSettings {
+        &self.settings
+    }
+
+    fn view(&self, name: &str) -> Result<&ViewDef, BatchError> {
+        self.views
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| BatchError::UnknownView {
+                name: name.to_owned(),
+                available: self
+                    .views
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Recomputes every view (or only `only`), one after the other.
+    pub async fn run(
+        &self,
+        only: Option<&str>,
+        progress: ProgressSink,
+    ) -> Result<Vec<ViewRun>, BatchError> {
+        let views: Vec<ViewDef> = match only {
+            Some(name) => vec![self.view(name)?.clone()],
+            None => self.views.clone(),
+        };
+        let _in_process = self
+            .running
+            .try_lock()
+            .map_err(|_| BatchError::AlreadyRunning)?;
+        let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as Batch");
+        let mut runs = Vec::with_capacity(views.len());
+        let mut failure = None;
+        for view in views {
+            let job = ViewJob {
+                settings: self.settings.clone(),
+                events: self.events.clone(),
+                view,
+                store: Arc::clone(&self.store),
+                progress: Arc::clone(&progress),
+            };
+            match runtime.spawn(job.run()).await {
+                Ok(Ok(run)) => runs.push(run),
+                Ok(Err(error)) => {
+                    failure = Some(error);
+                    break;
+                }
+                Err(error) => {
+                    failure = Some(error.into());
+                    break;
+                }
+            }
+        }
+        if let Err(error) = lock.release().await {
+            tracing::warn!(error = %error, "cannot release the recompute lock; it expires on its own");
+        }
+        failure.map_or(Ok(runs), Err)
+    }
+
+    /// Every view's versions.
+    pub async fn list(&self) -> Result<Vec<ViewVersions>, BatchError> {
+        let mut out = Vec::new();
+        for view in &self.views {
+            let store = self.store.as_ref();
+            let mut versions = Vec::new();
+            let mut incomplete = Vec::new();
+            for version in list_versions(store, &view.name).await? {
+                match read_manifest(store, &view.name, version).await? {
+                    Some(manifest) => versions.push(manifest),
+                    None => incomplete.push(version),
+                }
+            }
+            out.push(ViewVersions {
+                view: view.name.clone(),
+                current: read_current(store, &view.name).await?,
+                versions,
+                incomplete,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes `version` of `view` live again. Refused for a version computed under another view
+    /// definition, or with files missing.
+    pub async fn rollback(&self, view: &str, version: u64) -> Result<Manifest, BatchError> {
+        let definition = self.view(view)?;
+        let _in_process = self
+            .running
+            .try_lock()
+            .map_err(|_| BatchError::AlreadyRunning)?;
+        let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
+        let result = self.rollback_locked(definition, version).await;
+        if let Err(error) = lock.release().await {
+            tracing::warn!(error = %error, "cannot release the recompute lock; it expires on its own");
+        }
+        result
+    }
+
+    async fn rollback_locked(&self, view: &ViewDef, version: u64) -> Result<Manifest, BatchError> {
+        let store = self.store.as_ref();
+        let Some(manifest) = read_manifest(store, &view.name, version).await? else {
+            let mut available = Vec::new();
+            for v in list_versions(store, &view.name).await? {
+                if read_manifest(store, &view.name, v).await?.is_some() {
+                    available.push(v.to_string());
+                }
+            }
+            return Err(BatchError::UnknownVersion {
+                view: view.name.clone(),
+                version,
+                available: if available.is_empty() {
+                    "none".to_owned()
+                } else {
+                    available.join(", ")
+                },
+            });
+        };
+        let expected = view.definition_hash();
+        if manifest.definition_hash != expected {
+            return Err(BatchError::DefinitionChanged {
+                view: view.name.clone(),
+                version,
+                found: manifest.definition_hash,
+                expected,
+            });
+        }
+        for file in &manifest.files {
+            if let Err(object_store::Error::NotFound { .. }) =
+                store.head(&Path::from(file.path.as_str())).await
+            {
+                return Err(BatchError::MissingFile {
+                    view: view.name.clone(),
+                    version,
+                    path: file.path.clone(),
+                });
+            }
+        }
+        write_current(store, &view.name, version).await?;
+        tracing::info!(view = view.name, version, "rolled back");
+        Ok(manifest)
+    }
+}
+
+async fn write_current(
+    store: &dyn ObjectStore,
+    view: &str,
+    version: u64,
+) -> Result<(), object_store::Error> {
+    let pointer = serde_json::to_vec(&CurrentPointer { version }).expect("a pointer serializes");
+    store
+        .put(&Path::from(current_path(view)), PutPayload::from(pointer))
+        .await?;
+    Ok(())
+}
+
+/// A test hook: `TRIBUTARY_BATCH_CRASH_AT=<point>` aborts the process at that point of a publish,
+/// as a kill -9 would, so tests can prove each point leaves the lake consistent. Points:
+/// `after_parts` (parts written, no manifest) and `before_current` (manifest written, `_current`
+/// not replaced).
+fn crash_point(point: &str) {
+    if std::env::var("TRIBUTARY_BATCH_CRASH_AT").is_ok_and(|wanted| wanted == point) {
+        tracing::error!(point, "TRIBUTARY_BATCH_CRASH_AT: aborting the process");
+        std::process::abort();
+    }
+}
+
+/// One view's recompute, run on the batch runtime.
+struct ViewJob {
+    settings: BatchSettings,
+    events: EventSchema,
+    view: ViewDef,
+    store: Arc<dyn ObjectStore>,
+    progress: ProgressSink,
+}
+
+impl ViewJob {
+    async fn run(self) -> Result<ViewRun, BatchError> {
+        let started = Instant::now();
+        let store = self.store.as_ref();
+        let name = self.view.name.clone();
+        let input =
+            plan::select_input(store, &self.settings.topic, self.settings.epoch_size).await?;
+        let live = live_manifest(store, &name).await?;
+        let definition_hash = self.view.definition_hash();
+        let finished = |outcome, rows_read, peak_memory_bytes, removed_versions| ViewRun {
+            view: name.clone(),
+            outcome,
+            rows_read,
+            elapsed: started.elapsed(),
+            peak_memory_bytes,
+            removed_versions,
+        };
+        if let Some(live) = live
+            && live.definition_hash == definition_hash
+            && live.boundary == input.boundary
+        {
+            tracing::info!(view = name, version = live.version, boundary = ?live.boundary.0, "unchanged since the live version");
+            return Ok(finished(Outcome::Unchanged(live), 0, 0, Vec::new()));
+        }
+        if input.files.is_empty() {
+            tracing::info!(
+                view = name,
+                "nothing to recompute: no partition has archived a whole epoch yet"
+            );
+            return Ok(finished(Outcome::NothingArchived, 0, 0, Vec::new()));
+        }
+        let version = list_versions(store, &name)
+            .await?
+            .last()
+            .map_or(1, |v| v + 1);
+        tracing::info!(
+            view = name,
+            version,
+            input = plan::describe(&input),
+            "recompute started"
+        );
+
+        let (files, rows_read, peak) = self.compute(&input, version, started).await?;
+        crash_point("after_parts");
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            view: name.clone(),
+            definition_hash,
+            version,
+            created_at: Utc::now(),
+            row_count: files.iter().map(|f| f.rows).sum(),
+            files,
+            epoch_size: self.settings.epoch_size,
+            boundary: input.boundary.clone(),
+        };
+        store
+            .put(
+                &Path::from(manifest_path(&name, version)),
+                PutPayload::from(manifest.to_json()),
+            )
+            .await?;
+        crash_point("before_current");
+        write_current(store, &name, version).await?;
+        tracing::info!(
+            view = name,
+            version,
+            rows = manifest.row_count,
+            rows_read,
+            seconds = started.elapsed().as_secs_f64(),
+            "published"
+        );
+        let removed = collect_garbage(store, &name, self.settings.keep_versions).await?;
+        Ok(finished(
+            Outcome::Published(manifest),
+            rows_read,
+            peak,
+            removed,
+        ))
+    }
+
+    fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {
+        let pool = Arc::new(PeakPool::new(self.settings.memory_limit_bytes));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
+            .build_arc()?;
+        runtime.register_object_store(plan::lake_url().as_ref(), Arc::clone(&self.store));
+        let config = SessionConfig::new()
+            .with_target_partitions(self.settings.threads.max(1))
+            .with_batch_size(8192);
+        Ok((SessionContext::new_with_config_rt(config, runtime), pool))
+    }
+
+    /// Runs the plan and writes the parts; returns them, the rows read and the peak memory.
+    async fn compute(
+        &self,
+        input: &Input,
+        version: u64,
+        started: Instant,
+    ) -> Result<(Vec<ManifestFile>, u64, usize), BatchError> {
+        let (ctx, pool) = self.session()?;
+        let frame = plan::view_frame(&ctx, &self.events, &self.view, input).await?;
+        let physical = frame.create_physical_plan().await?;
+        let rows_total = progress::scan_total_rows(physical.as_ref());
+        let report = |finished: bool| {
+            let (files_done, rows_done) = progress::scan_counts(physical.as_ref());
+            (self.progress)(&RunProgress {
+                view: self.view.name.clone(),
+                files_done,
+                files_total: input.files.len(),
+                rows_done,
+                rows_total,
+                elapsed: started.elapsed(),
+                finished,
+            });
+            rows_done
+        };
+        let mut stream = execute_stream(Arc::clone(&physical), ctx.task_ctx())?;
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut parts = PartWriter::new(&self.view.name, version, self.settings.part_rows);
+        loop {
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(batch) => parts.push(batch?, self.store.as_ref()).await?,
+                    None => break,
+                },
+                _ = ticker.tick() => { report(false); }
+            }
+        }
+        let files = parts.finish(self.store.as_ref()).await?;
+        let rows_read = report(true);
+        Ok((files, rows_read, pool.peak()))
+    }
+}
+
+/// Streams sorted view rows into parts of at most `part_rows` rows.
+struct PartWriter {
+    view: String,
+    version: u64,
+    part_rows: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    written: Vec<ManifestFile>,
+}
+
+impl PartWriter {
+    fn new(view: &str, version: u64, part_rows: usize) -> Self {
+        Self {
+            view: view.to_owned(),
+            version,
+            part_rows: part_rows.max(1),
+            pending: Vec::new(),
+            pending_rows: 0,
+            written: Vec::new(),
+        }
+    }
+
+    async fn push(
+        &mut self,
+        batch: RecordBatch,
+        store: &dyn ObjectStore,
+    ) -> Result<(), BatchError> {
+        let mut batch = batch;
+        while self.pending_rows + batch.num_rows() >= self.part_rows {
+            let take = self.part_rows - self.pending_rows;
+            self.pending.push(batch.slice(0, take));
+            self.pending_rows += take;
+            batch = batch.slice(take, batch.num_rows() - take);
+            self.flush(store).await?;
+        }
+        if batch.num_rows() > 0 {
+            self.pending_rows += batch.num_rows();
+            self.pending.push(batch);
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, store: &dyn ObjectStore) -> Result<(), BatchError> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let bytes = parquet_io::encode_view(&self.pending, ROW_GROUP_ROWS)?;
+        let path = version_part(&self.view, self.version, self.written.len());
+        let size = bytes.len() as u64;
+        store
+            .put(&Path::from(path.as_str()), PutPayload::from(bytes))
+            .await?;
+        self.written.push(ManifestFile {
+            path,
+            rows: self.pending_rows as u64,
+            bytes: size,
+        });
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(())
+    }
+
+    async fn finish(mut self, store: &dyn ObjectStore) -> Result<Vec<ManifestFile>, BatchError> {
+        self.flush(store).await?;
+        Ok(self.written)
+    }
+}
+
+/// Keeps the live version and the newest `keep` complete versions; deletes the rest, and the
+/// incomplete versions crashed runs left behind. Call only while holding the run lock.
+async fn collect_garbage(
+    store: &dyn ObjectStore,
+    view: &str,
+    keep: usize,
+) -> Result<Vec<u64>, BatchError> {
+    let current = read_current(store, view).await?;
+    let mut complete = Vec::new();
+    let mut incomplete = Vec::new();
+    for version in list_versions(store, view).await? {
+        if read_manifest(store, view, version).await?.is_some() {
+            complete.push(version);
+        } else {
+            incomplete.push(version);
+        }
+    }
+    let old_complete = complete.len().saturating_sub(keep);
+    let doomed: Vec<u64> = complete[..old_complete]
+        .iter()
+        .chain(&incomplete)
+        .copied()
+        .filter(|v| Some(*v) != current)
+        .collect();
+    for &version in &doomed {
+        // Manifest first: a version whose deletion is interrupted no longer looks complete.
+        match store
+            .delete(&Path::from(manifest_path(view, version)))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        for object in version_objects(store, view, version).await? {
+            store.delete(&object).await?;
+        }
+        tracing::info!(view, version, "removed an old or incomplete version");
+    }
+    Ok(doomed)
+}
+
+/// [`FairSpillPool`] that remembers its largest reservation (reported per run and in benchmarks).
+#[derive(Debug)]
+struct PeakPool {
+    inner: FairSpillPool,
+    peak: AtomicUsize,
+}
+
+impl PeakPool {
+    fn new(limit: usize) -> Self {
+        Self {
+            inner: FairSpillPool::new(limit),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self) {
+        self.peak
+            .fetch_max(self.inner.reserved(), Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for PeakPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (peak {} bytes)", self.inner, self.peak())
+    }
+}
+
+impl MemoryPool for PeakPool {
+    fn name(&self) -> &str {
+        "tributary_peak_fair_spill"
+    }
+
+    fn register(&self, consumer: &datafusion::execution::memory_pool::MemoryConsumer) {
+        self.inner.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &datafusion::execution::memory_pool::MemoryConsumer) {
+        self.inner.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.observe();
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::common::Result<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.observe();
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}

@@ -1,0 +1,184 @@
+//! What a recompute reads and how DataFusion computes a view from it.
+//!
+//! **Boundary** (ARCHITECTURE.md §5): for each partition, `W[p]` is the archiver's contiguous progress
+//! (one past the end of the partition's last raw file) aligned down to a multiple of the epoch size.
+//! The archiver only ever publishes whole files, so every offset below `W[p]` that the broker still
+//! had is in the lake; the recompute reads the files that start below `W[p]` and keeps rows with
+//! `_offset < W[p]` (the last file may straddle it).
+//!
+//! **Plan**: a Parquet scan of those files, the boundary and the view's filter, then
+//! `GROUP BY time_bucket, dimensions` with the state functions of [`StateUdaf`], sorted by time
+//! then dimensions. The time bucket is integer arithmetic on epoch milliseconds that floors like
+//! [`tributary_schemas::duration::Granularity::bucket_start`], also before 1970.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, SortExpr, cast, ident, lit};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use tributary_schemas::aggregate::udaf::{Phase, StateUdaf};
+use tributary_schemas::config::{TIME_COLUMN, ViewDef};
+use tributary_schemas::event::batch::{OFFSET_COLUMN, PARTITION_COLUMN, raw_schema};
+use tributary_schemas::event::{EventSchema, timestamp_type};
+use tributary_schemas::lake::{self, Area, Boundary, OffsetRange};
+use tributary_schemas::seam::aligned_boundary;
+
+use crate::archiver::progress::list_ranges;
+
+/// The URL DataFusion knows the lake by; paths under it are the lake's own relative paths.
+pub const LAKE_URL: &str = "tributary-lake://lake/";
+
+pub fn lake_url() -> ObjectStoreUrl {
+    ObjectStoreUrl::parse(LAKE_URL).expect("a valid object store URL")
+}
+
+/// One raw file a recompute reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    pub partition: i32,
+    pub range: OffsetRange,
+    pub path: Path,
+}
+
+/// What one recompute covers: the boundary and the raw files below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Input {
+    pub boundary: Boundary,
+    pub files: Vec<InputFile>,
+}
+
+/// The partitions the lake holds raw files for.
+pub async fn archived_partitions(
+    store: &dyn ObjectStore,
+    topic: &str,
+) -> Result<Vec<i32>, object_store::Error> {
+    let prefix = Path::from(format!("raw/{topic}"));
+    let listing = store.list_with_delimiter(Some(&prefix)).await?;
+    let mut partitions: Vec<i32> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| lake::parse_partition_segment(p.filename()?))
+        .collect();
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+/// Chooses the boundary from the archiver's progress and lists the files below it.
+pub async fn select_input(
+    store: &dyn ObjectStore,
+    topic: &str,
+    epoch_size: u64,
+) -> Result<Input, object_store::Error> {
+    let mut input = Input::default();
+    for partition in archived_partitions(store, topic).await? {
+        let ranges = list_ranges(store, Area::Raw, topic, partition).await?;
+        let progress = ranges.last().map_or(0, |(range, _)| range.next());
+        let w = aligned_boundary(progress, epoch_size);
+        if w == 0 {
+            continue;
+        }
+        input.boundary.0.insert(partition, w);
+        input
+            .files
+            .extend(ranges.into_iter().filter(|(range, _)| range.start < w).map(
+                |(range, path)| InputFile {
+                    partition,
+                    range,
+                    path,
+                },
+            ));
+    }
+    Ok(input)
+}
+
+/// `(_partition = p0 AND _offset < W0) OR …`: the rows a version covers.
+fn boundary_predicate(boundary: &Boundary) -> Expr {
+    boundary
+        .0
+        .iter()
+        .map(|(&partition, &w)| {
+            ident(PARTITION_COLUMN)
+                .eq(lit(partition))
+                .and(ident(OFFSET_COLUMN).lt(lit(w)))
+        })
+        .reduce(Expr::or)
+        .unwrap_or(lit(false))
+}
+
+/// The bucket start of the event time: `t - ((t % g) + g) % g` on epoch milliseconds.
+fn time_bucket(time_field: &str, granularity_ms: i64) -> Expr {
+    let t = cast(ident(time_field), DataType::Int64);
+    let g = lit(granularity_ms);
+    let bucket = t.clone() - ((t % g.clone() + g.clone()) % g);
+    cast(bucket, timestamp_type()).alias(TIME_COLUMN)
+}
+
+/// The DataFrame computing `view`'s states over `input` (which must hold at least one file).
+pub async fn view_frame(
+    ctx: &SessionContext,
+    events: &EventSchema,
+    view: &ViewDef,
+    input: &Input,
+) -> DfResult<DataFrame> {
+    let schema = raw_schema(events);
+    let paths: Vec<String> = input
+        .files
+        .iter()
+        .map(|f| format!("{LAKE_URL}{}", f.path))
+        .collect();
+    let options = ParquetReadOptions::default().schema(&schema);
+    let mut frame = ctx
+        .read_parquet(paths, options)
+        .await?
+        .filter(boundary_predicate(&input.boundary))?;
+    if let Some(filter) = &view.filter {
+        frame = frame.filter(filter.expr.clone())?;
+    }
+    let mut group_by = vec![time_bucket(&events.time_field, view.granularity.millis())];
+    group_by.extend(view.dimensions.iter().map(|d| ident(&d.name)));
+    let aggregates = view
+        .metrics
+        .iter()
+        .map(|metric| {
+            let argument = metric
+                .field
+                .as_ref()
+                .map_or(lit(true), |field| ident(&field.name));
+            StateUdaf::udaf(metric.state_kind(), Phase::Update)
+                .call(vec![argument])
+                .alias(&metric.name)
+        })
+        .collect();
+    let state_schema = view.state_schema();
+    // Cast to the stored schema (scans may produce view types such as Utf8View).
+    let columns = state_schema
+        .fields()
+        .iter()
+        .map(|field| cast(ident(field.name()), field.data_type().clone()).alias(field.name()))
+        .collect::<Vec<_>>();
+    let order: Vec<SortExpr> = std::iter::once(TIME_COLUMN)
+        .chain(view.dimensions.iter().map(|d| d.name.as_str()))
+        .map(|name| ident(name).sort(true, true))
+        .collect();
+    frame
+        .aggregate(group_by, aggregates)?
+        .select(columns)?
+        .sort(order)
+}
+
+/// A stable identity for the planning inputs (used in tests and logs).
+pub fn describe(input: &Input) -> String {
+    let partitions: Vec<String> = input
+        .boundary
+        .0
+        .iter()
+        .map(|(p, w)| format!("{p}<{w}"))
+        .collect();
+    format!(
+        "{} files, W = {{{}}}",
+        input.files.len(),
+        partitions.join(", ")
+    )
+}
