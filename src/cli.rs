@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tributary_schemas::config::{Config, ConfigError};
 use tributary_schemas::duration::format_duration;
 
+use crate::batch;
 use crate::serve::{self, Role};
 
 /// Exact, fresh analytics over event streams: a Lambda architecture on Kafka, Parquet and DataFusion.
@@ -35,8 +36,25 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = Role::ALL)]
         roles: Vec<Role>,
     },
+    /// Batch views: recompute now, list versions, roll back.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Run the local demo (broker, service and generator).
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchCommand {
+    /// Recompute views once and exit: 0 when done, 3 when another run holds the lake, 1 on failure.
+    Run {
+        /// Only this view (default: every configured view).
+        #[arg(long)]
+        view: Option<String>,
+    },
+    /// List every view's versions; `*` marks the live one.
+    List,
+    /// Make an earlier version of a view live again.
+    Rollback { view: String, version: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +94,16 @@ impl Cli {
                 let config = Config::load(self.config.as_deref())?;
                 serve::serve(&config, &roles)?;
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Batch(command) => {
+                let config = Config::load(self.config.as_deref())?;
+                match command {
+                    BatchCommand::Run { view } => batch::run(&config, view.as_deref()),
+                    BatchCommand::List => batch::list(&config),
+                    BatchCommand::Rollback { view, version } => {
+                        batch::rollback(&config, &view, version)
+                    }
+                }
             }
             Command::Demo => {
                 writeln!(

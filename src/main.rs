@@ -1,10 +1,11 @@
 //! # tributary: the binary
 //!
 //! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7). Today it checks
-//! configuration and serves the archiver role; the other roles, `batch`, `gen` and `demo` arrive with
-//! the issues that build those layers. Configuration is loaded once here and passed explicitly to
+//! configuration, serves the archiver and batch roles, and runs, lists and rolls back batch views;
+//! the speed and serving roles, `gen` and `demo` arrive with the issues that build those layers. Configuration is loaded once here and passed explicitly to
 //! whatever runs.
 
+mod batch;
 mod cli;
 mod serve;
 

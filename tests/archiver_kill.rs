@@ -163,7 +163,7 @@ fn serve_refuses_roles_that_are_not_built_yet() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(
-            "the speed role(s) are not built yet; run `tributary serve --roles archiver`"
+            "the speed role(s) are not built yet; run `tributary serve --roles archiver,batch`"
         ),
         "{stderr}"
     );

@@ -97,6 +97,10 @@ impl BatchSettings {
 pub enum BatchError {
     #[error("a recompute is already running in this process")]
     AlreadyRunning,
+    #[error(
+        "the recompute was cancelled (shutting down); its unpublished files are collected by the next run"
+    )]
+    Cancelled,
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("there is no view named {name:?} (configured views: {available})")]
@@ -179,6 +183,7 @@ pub struct Batch {
     store: Arc<dyn ObjectStore>,
     runtime: Option<tokio::runtime::Runtime>,
     running: tokio::sync::Mutex<()>,
+    cancel: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Batch {
@@ -210,11 +215,18 @@ impl Batch {
             store,
             runtime: Some(runtime),
             running: tokio::sync::Mutex::new(()),
+            cancel: tokio::sync::watch::Sender::new(false),
         })
     }
 
     pub fn settings(&self) -> &BatchSettings {
         &self.settings
+    }
+
+    /// Stops a run in progress (and refuses new ones): for shutdown. The run's version is never
+    /// published and its files are collected by the next run; the lock is released.
+    pub fn cancel(&self) {
+        self.cancel.send_replace(true);
     }
 
     fn view(&self, name: &str) -> Result<&ViewDef, BatchError> {

@@ -5,7 +5,9 @@
 //! atomic create-if-absent on local disks and on S3), holding who took it and until when. The holder
 //! renews the lease while it runs; a holder that died (kill -9, lost machine) stops renewing, and
 //! once its lease has expired the next run takes the lock over. The lease is long compared to the
-//! renewal period, so a live holder is never taken over because of a slow renewal.
+//! renewal period, so a live holder is never taken over because of a slow renewal. A holder on the
+//! same host whose process no longer exists (checked in `/proc`) is known dead, and its lock is
+//! taken over at once rather than after the lease: a crashed cron run does not block the next one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,14 +50,30 @@ pub struct RunLock {
     renewer: JoinHandle<()>,
 }
 
-fn owner() -> String {
-    let host = std::env::var("HOSTNAME")
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_owned());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+fn owner() -> String {
+    format!("{}:{}", host(), std::process::id())
+}
+
+/// Whether `holder` is a process of this host that no longer exists.
+fn holder_is_dead(holder: &LockHolder) -> bool {
+    let Some((host, pid)) = holder.owner.rsplit_once(':') else {
+        return false;
+    };
+    let proc_fs = std::path::Path::new("/proc/self").exists();
+    proc_fs
+        && host == self::host()
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
 }
 
 fn token() -> String {
@@ -115,13 +133,15 @@ impl RunLock {
                     let Some(current) = read_holder(store.as_ref()).await? else {
                         continue; // released between our put and our read
                     };
-                    if current.expires_at > Utc::now() {
+                    let dead = holder_is_dead(&current);
+                    if current.expires_at > Utc::now() && !dead {
                         return Err(LockError::Held(current));
                     }
                     tracing::warn!(
                         owner = current.owner,
-                        expired_at = %current.expires_at,
-                        "taking over an expired recompute lock (its holder stopped renewing it)"
+                        expires_at = %current.expires_at,
+                        holder_process_gone = dead,
+                        "taking over the recompute lock of a run that died"
                     );
                     store.delete(&path).await?;
                 }
@@ -224,6 +244,44 @@ mod tests {
         RunLock::acquire(store, Duration::from_secs(60))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_lock_of_a_dead_process_on_this_host_is_taken_over_at_once() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let now = Utc::now();
+        let dead = LockHolder {
+            owner: format!("{}:{dead_pid}", host()),
+            token: "dead".to_owned(),
+            acquired_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+        };
+        store
+            .put(&Path::from(LOCK_PATH), body(&dead))
+            .await
+            .unwrap();
+        let taken = RunLock::acquire(Arc::clone(&store), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_ne!(taken.holder().token, "dead");
+
+        // A live process elsewhere (another host) keeps its lock until its lease ends.
+        taken.release().await.unwrap();
+        let remote = LockHolder {
+            owner: format!("another-host:{dead_pid}"),
+            ..dead
+        };
+        store
+            .put(&Path::from(LOCK_PATH), body(&remote))
+            .await
+            .unwrap();
+        assert!(matches!(
+            RunLock::acquire(store, Duration::from_secs(60)).await,
+            Err(LockError::Held(_))
+        ));
     }
 
     #[tokio::test]

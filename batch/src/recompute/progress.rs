@@ -80,7 +80,15 @@ pub fn quiet() -> ProgressSink {
 /// One updating line on a terminal (stderr), or an `info` log line every 10 s when stderr is not a
 /// terminal (a cron job, a container log).
 pub fn for_humans() -> ProgressSink {
-    let terminal = std::io::stderr().is_terminal();
+    sink(std::io::stderr().is_terminal())
+}
+
+/// Always log lines (a long-running service whose stderr also carries its logs).
+pub fn logged() -> ProgressSink {
+    sink(false)
+}
+
+fn sink(terminal: bool) -> ProgressSink {
     let last_log: Mutex<Option<Instant>> = Mutex::new(None);
     Arc::new(move |progress: &RunProgress| {
         if terminal {

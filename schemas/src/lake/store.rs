@@ -1,7 +1,8 @@
 //! Opening the lake: a [`ObjectStore`] rooted at the configured location, so every other path in
 //! this module is relative and every layer reads and writes the same objects.
 //!
-//! Local directories (plain paths or `file:///abs/path`) are created when missing; object_store
+//! Local directories (plain paths or `file:///abs/path`) are created when missing, and emptied
+//! directories removed; object_store
 //! writes a local object to a temporary file and renames it, so a put is atomic there as on S3.
 //! `s3://bucket/prefix` takes credentials and region from the usual `AWS_*` environment variables.
 //! `memory://` is an in-process store for tests.
@@ -46,7 +47,9 @@ fn local(path: &Path) -> Result<Arc<dyn ObjectStore>, StoreError> {
         url: absolute.display().to_string(),
         source,
     })?;
-    Ok(Arc::new(store))
+    // Deleting a version's last object removes its directory, as on S3 (where prefixes are not
+    // objects): otherwise a listing would keep showing collected versions.
+    Ok(Arc::new(store.with_automatic_cleanup(true)))
 }
 
 /// Opens the lake at `url` (see [`crate::config::LakeConfig`]).

@@ -1,0 +1,139 @@
+//! `tributary batch run | list | rollback`: the batch layer from the command line, for operators and
+//! for schedulers (cron, Kubernetes CronJob, ECS scheduled tasks).
+//!
+//! Exit codes of `batch run`: 0 when every view was published or is unchanged, 3 when another run
+//! holds the lake (nothing was done; try again later), 1 on any other failure.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tributary_batch::recompute::progress::for_humans;
+use tributary_batch::recompute::{Batch, BatchError, BatchSettings, Outcome, ViewRun};
+use tributary_schemas::config::Config;
+use tributary_schemas::lake::{Boundary, open_store};
+
+/// Exit code of `batch run` when another run holds the lake.
+pub const EXIT_ALREADY_RUNNING: u8 = 3;
+
+pub fn open(config: &Config) -> anyhow::Result<Batch> {
+    let store = open_store(&config.lake.url).context("opening the lake")?;
+    Batch::new(
+        BatchSettings::from_config(config),
+        config.events.clone(),
+        config.views.clone(),
+        store,
+    )
+    .context("starting the batch layer")
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn boundary_text(boundary: &Boundary) -> String {
+    let parts: Vec<String> = boundary
+        .0
+        .iter()
+        .map(|(p, w)| format!("{p}: {w}"))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// One line per view, for people and logs.
+pub fn describe(run: &ViewRun) -> String {
+    match &run.outcome {
+        Outcome::Published(manifest) => format!(
+            "{}: published version {} ({} rows in {} files from {} raw rows in {:.1}s, peak memory {} MiB; W = {})",
+            run.view,
+            manifest.version,
+            manifest.row_count,
+            manifest.files.len(),
+            run.rows_read,
+            run.elapsed.as_secs_f64(),
+            run.peak_memory_bytes >> 20,
+            boundary_text(&manifest.boundary)
+        ),
+        Outcome::Unchanged(manifest) => format!(
+            "{}: unchanged, version {} already covers W = {}",
+            run.view,
+            manifest.version,
+            boundary_text(&manifest.boundary)
+        ),
+        Outcome::NothingArchived => format!(
+            "{}: nothing to compute yet (no partition has archived a whole epoch)",
+            run.view
+        ),
+    }
+}
+
+pub fn run(config: &Config, view: Option<&str>) -> anyhow::Result<ExitCode> {
+    let batch = open(config)?;
+    let result = runtime()?.block_on(batch.run(view, for_humans()));
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(runs) => {
+            for run in &runs {
+                writeln!(out, "{}", describe(run))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error @ (BatchError::Lock(_) | BatchError::AlreadyRunning)) => {
+            let _ = writeln!(std::io::stderr(), "error: {error}");
+            Ok(ExitCode::from(EXIT_ALREADY_RUNNING))
+        }
+        Err(error) => Err(error).context("the recompute failed"),
+    }
+}
+
+pub fn list(config: &Config) -> anyhow::Result<ExitCode> {
+    let batch = open(config)?;
+    let views = runtime()?.block_on(batch.list())?;
+    let mut out = std::io::stdout().lock();
+    for view in views {
+        writeln!(out, "{}", view.view)?;
+        if view.versions.is_empty() {
+            writeln!(out, "  no version yet")?;
+        }
+        for manifest in view.versions.iter().rev() {
+            let live = if view.current == Some(manifest.version) {
+                "*"
+            } else {
+                " "
+            };
+            writeln!(
+                out,
+                "  {live} {:>4}  {}  {:>9} rows  {:>3} files  W = {}",
+                manifest.version,
+                manifest.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                manifest.row_count,
+                manifest.files.len(),
+                boundary_text(&manifest.boundary)
+            )?;
+        }
+        if !view.incomplete.is_empty() {
+            let numbers: Vec<String> = view.incomplete.iter().map(u64::to_string).collect();
+            writeln!(
+                out,
+                "    incomplete (running, or left by a crashed run; collected by the next run): {}",
+                numbers.join(", ")
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rollback(config: &Config, view: &str, version: u64) -> anyhow::Result<ExitCode> {
+    let batch = open(config)?;
+    let manifest = runtime()?.block_on(batch.rollback(view, version))?;
+    writeln!(
+        std::io::stdout(),
+        "{view}: version {} is live again (W = {})",
+        manifest.version,
+        boundary_text(&manifest.boundary)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,307 @@
+//! The batch layer through the real binary, a real broker and a real local lake: the scheduler in
+//! `tributary serve`, `tributary batch run | list | rollback`, the single-run lock, and publish
+//! atomicity: a recompute killed after writing its files but before swapping `_current` leaves the
+//! previous version live and intact, and the next run succeeds.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use tributary_batch::archiver::progress::partition_progress;
+use tributary_batch::parquet_io;
+use tributary_schemas::lake::versions::{live_manifest, read_current, read_manifest};
+use tributary_schemas::lake::{Manifest, open_store};
+use tributary_testkit::Broker;
+use tributary_testkit::stream::{Expected, produce_mixed};
+
+const PARTITIONS: i32 = 3;
+
+struct Setup {
+    broker: &'static Broker,
+    topic: String,
+    lake: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Setup {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        command
+            .args(args)
+            .env("TRIBUTARY_KAFKA__BROKERS", self.broker.bootstrap_servers())
+            .env("TRIBUTARY_KAFKA__TOPIC", &self.topic)
+            .env("TRIBUTARY_KAFKA__DLQ_TOPIC", "")
+            .env("TRIBUTARY_LAKE__URL", &self.lake)
+            .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "700")
+            .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "100ms")
+            .env("TRIBUTARY_BATCH__INTERVAL", "1s")
+            .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
+            .env("TRIBUTARY_BATCH__KEEP_VERSIONS", "3")
+            .env("TRIBUTARY_BATCH__THREADS", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut command = self.command(args);
+        command.envs(envs.iter().copied());
+        command.output().expect("run tributary")
+    }
+
+    fn serve(&self, roles: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.command(&["serve", "--roles", roles])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tributary serve")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn terminate(child: &mut Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must stop serve cleanly: {status}"
+    );
+}
+
+fn wait_for(setup: &Setup, child: &mut Child, what: &str, done: &mut dyn FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "serve exited early:\n{}",
+            setup.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            setup.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every part of the version is there and holds the rows its manifest says.
+async fn assert_intact(store: &dyn object_store::ObjectStore, manifest: &Manifest) {
+    let mut rows = 0;
+    for file in &manifest.files {
+        let bytes = store
+            .get(&ObjectPath::from(file.path.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        rows += parquet_io::decode(bytes)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows() as u64)
+            .sum::<u64>();
+    }
+    assert_eq!(
+        rows, manifest.row_count,
+        "version {} intact",
+        manifest.version
+    );
+}
+
+#[test]
+fn scheduled_and_one_shot_recomputes_publish_atomically() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        broker,
+        topic: topic.clone(),
+        lake: dir.path().join("lake"),
+        log: dir.path().join("serve.log"),
+    };
+    let store = open_store(setup.lake.to_str().unwrap()).unwrap();
+    let mut expected = Expected::new();
+    runtime.block_on(produce_mixed(
+        broker,
+        &topic,
+        PARTITIONS,
+        0,
+        6_000,
+        &mut expected,
+    ));
+
+    // 1. `serve` archives and its scheduler publishes version 1 of both views.
+    let mut child = setup.serve("archiver,batch");
+    wait_for(&setup, &mut child, "the scheduled recompute", &mut || {
+        ["pageviews", "traffic"].iter().all(|view| {
+            runtime
+                .block_on(read_current(store.as_ref(), view))
+                .unwrap()
+                .is_some()
+        })
+    });
+    terminate(&mut child);
+    assert!(
+        setup.log_text().contains("pageviews: published version 1"),
+        "{}",
+        setup.log_text()
+    );
+    let first = runtime
+        .block_on(live_manifest(store.as_ref(), "pageviews"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.version, 1);
+
+    // More events, archived only (no scheduler), so the next run has a new boundary.
+    runtime.block_on(produce_mixed(
+        broker,
+        &topic,
+        PARTITIONS,
+        6_000,
+        3_000,
+        &mut expected,
+    ));
+    let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
+    let mut child = setup.serve("archiver");
+    let progress = || -> BTreeMap<i32, i64> {
+        (0..PARTITIONS)
+            .map(|p| {
+                let next = runtime
+                    .block_on(partition_progress(store.as_ref(), &topic, p))
+                    .unwrap()
+                    .next_offset;
+                (p, next)
+            })
+            .collect()
+    };
+    wait_for(&setup, &mut child, "the archiver", &mut || {
+        progress() == target
+    });
+    terminate(&mut child);
+
+    // 2. Killed after writing parts and manifest, before `_current`: version 1 stays live, intact.
+    for (point, version) in [("before_current", 2u64), ("after_parts", 3)] {
+        let crashed = setup.run(
+            &["batch", "run", "--view", "pageviews"],
+            &[("TRIBUTARY_BATCH_CRASH_AT", point)],
+        );
+        assert!(
+            !crashed.status.success() && crashed.status.code().is_none(),
+            "the crash hook must kill the process: {}",
+            text(&crashed)
+        );
+        let live = runtime
+            .block_on(live_manifest(store.as_ref(), "pageviews"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            live, first,
+            "after a crash at {point}, version 1 is still live"
+        );
+        runtime.block_on(assert_intact(store.as_ref(), &live));
+        let left = runtime
+            .block_on(read_manifest(store.as_ref(), "pageviews", version))
+            .unwrap();
+        assert_eq!(left.is_some(), point == "before_current", "{point}");
+    }
+    let listed = setup.run(&["batch", "list"], &[]);
+    let listing = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listing.contains("incomplete (running, or left by a crashed run"),
+        "{listing}"
+    );
+
+    // 3. Another run holds the lake: refused with exit code 3, nothing done.
+    let lock = runtime
+        .block_on(tributary_batch::recompute::lock::RunLock::acquire(
+            std::sync::Arc::clone(&store),
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+    let refused = setup.run(&["batch", "run"], &[]);
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("a recompute is already running (lock held by "),
+        "{}",
+        text(&refused)
+    );
+    runtime.block_on(lock.release()).unwrap();
+
+    // 4. The next run succeeds and collects the crashed run's incomplete version.
+    let ok = setup.run(&["batch", "run"], &[]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("pageviews: published version 4 ("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("traffic: published version 2 ("),
+        "{stdout}"
+    );
+    let live = runtime
+        .block_on(live_manifest(store.as_ref(), "pageviews"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.version, 4);
+    assert!(live.boundary.0.values().sum::<i64>() > first.boundary.0.values().sum::<i64>());
+    runtime.block_on(assert_intact(store.as_ref(), &live));
+    assert!(
+        !setup
+            .lake
+            .join("views/pageviews/00000000000000000003")
+            .exists(),
+        "the incomplete version is collected"
+    );
+    let again = setup.run(&["batch", "run"], &[]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("pageviews: unchanged, version 4"),
+        "{}",
+        text(&again)
+    );
+
+    // 5. Rollback, and a rollback to a version that does not exist.
+    let rolled = setup.run(&["batch", "rollback", "pageviews", "1"], &[]);
+    assert!(rolled.status.success(), "{}", text(&rolled));
+    assert_eq!(
+        runtime
+            .block_on(read_current(store.as_ref(), "pageviews"))
+            .unwrap(),
+        Some(1)
+    );
+    let listing = String::from_utf8_lossy(&setup.run(&["batch", "list"], &[]).stdout).to_string();
+    assert!(listing.contains("  *    1  "), "{listing}");
+    let missing = setup.run(&["batch", "rollback", "pageviews", "3"], &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing)
+            .contains("view \"pageviews\" has no version 3 with a manifest (versions: 1, 2, 4)"),
+        "{}",
+        text(&missing)
+    );
+}
