@@ -47,7 +47,7 @@ pub fn boundary_text(boundary: &Boundary) -> String {
 pub fn describe(run: &ViewRun) -> String {
     match &run.outcome {
         Outcome::Published(manifest) => format!(
-            "{}: published version {} ({} rows in {} files from {} raw rows in {:.1}s, peak memory {} MiB; W = {})",
+            "{}: published version {} ({} rows in {} files from {} raw rows in {:.1}s, peak memory {} MiB, spilled {} MiB; W = {})",
             run.view,
             manifest.version,
             manifest.row_count,
@@ -55,6 +55,7 @@ pub fn describe(run: &ViewRun) -> String {
             run.rows_read,
             run.elapsed.as_secs_f64(),
             run.peak_memory_bytes >> 20,
+            run.spilled_bytes >> 20,
             boundary_text(&manifest.boundary)
         ),
         Outcome::Unchanged(manifest) => format!(

@@ -7,7 +7,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 fn properties() -> WriterProperties {
     WriterProperties::builder()
@@ -24,14 +25,34 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
 
 /// Encodes one part of a batch view: sorted rows in row groups of `row_group_rows`, so that a scan
 /// of a time range reads only the row groups whose `time` statistics overlap it.
-pub fn encode_view(batches: &[RecordBatch], row_group_rows: usize) -> Result<Bytes, ParquetError> {
-    let properties = WriterProperties::builder()
+///
+/// Only the dimension columns (`dictionary_columns`) repeat enough to be worth dictionary encoding;
+/// the time and state columns are written plain. Sketch columns (`Binary`) are nearly all distinct
+/// and never filtered on, so they carry no statistics either.
+pub fn encode_view(
+    batches: &[RecordBatch],
+    row_group_rows: usize,
+    dictionary_columns: &[&str],
+) -> Result<Bytes, ParquetError> {
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("level 1 is valid"),
         ))
         .set_max_row_group_row_count(Some(row_group_rows))
-        .build();
-    encode_with(batches, properties)
+        .set_dictionary_enabled(false);
+    for column in dictionary_columns {
+        properties = properties.set_column_dictionary_enabled(ColumnPath::from(*column), true);
+    }
+    if let Some(batch) = batches.first() {
+        for field in batch.schema().fields() {
+            if field.data_type() == &arrow::datatypes::DataType::Binary {
+                let column = ColumnPath::from(field.name().as_str());
+                properties =
+                    properties.set_column_statistics_enabled(column, EnabledStatistics::None);
+            }
+        }
+    }
+    encode_with(batches, properties.build())
 }
 
 fn encode_with(

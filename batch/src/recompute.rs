@@ -159,6 +159,8 @@ pub struct ViewRun {
     pub elapsed: Duration,
     /// Largest DataFusion memory reservation during the run.
     pub peak_memory_bytes: usize,
+    /// Bytes spilled to local disk because the memory pool was full.
+    pub spilled_bytes: u64,
     /// Versions removed by garbage collection after publishing.
     pub removed_versions: Vec<u64>,
 }
@@ -416,12 +418,13 @@ impl ViewJob {
             plan::select_input(store, &self.settings.topic, self.settings.epoch_size).await?;
         let live = live_manifest(store, &name).await?;
         let definition_hash = self.view.definition_hash();
-        let finished = |outcome, rows_read, peak_memory_bytes, removed_versions| ViewRun {
+        let finished = |outcome, computed: Computed, removed_versions| ViewRun {
             view: name.clone(),
             outcome,
-            rows_read,
+            rows_read: computed.rows_read,
             elapsed: started.elapsed(),
-            peak_memory_bytes,
+            peak_memory_bytes: computed.peak_memory_bytes,
+            spilled_bytes: computed.spilled_bytes,
             removed_versions,
         };
         if let Some(live) = live
@@ -429,14 +432,22 @@ impl ViewJob {
             && live.boundary == input.boundary
         {
             tracing::info!(view = name, version = live.version, boundary = ?live.boundary.0, "unchanged since the live version");
-            return Ok(finished(Outcome::Unchanged(live), 0, 0, Vec::new()));
+            return Ok(finished(
+                Outcome::Unchanged(live),
+                Computed::default(),
+                Vec::new(),
+            ));
         }
         if input.files.is_empty() {
             tracing::info!(
                 view = name,
                 "nothing to recompute: no partition has archived a whole epoch yet"
             );
-            return Ok(finished(Outcome::NothingArchived, 0, 0, Vec::new()));
+            return Ok(finished(
+                Outcome::NothingArchived,
+                Computed::default(),
+                Vec::new(),
+            ));
         }
         let version = list_versions(store, &name)
             .await?
@@ -449,7 +460,7 @@ impl ViewJob {
             "recompute started"
         );
 
-        let (files, rows_read, peak) = self.compute(&input, version, started).await?;
+        let computed = self.compute(&input, version, started).await?;
         crash_point("after_parts");
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -457,8 +468,8 @@ impl ViewJob {
             definition_hash,
             version,
             created_at: Utc::now(),
-            row_count: files.iter().map(|f| f.rows).sum(),
-            files,
+            row_count: computed.files.iter().map(|f| f.rows).sum(),
+            files: computed.files.clone(),
             epoch_size: self.settings.epoch_size,
             boundary: input.boundary.clone(),
         };
@@ -474,17 +485,13 @@ impl ViewJob {
             view = name,
             version,
             rows = manifest.row_count,
-            rows_read,
+            rows_read = computed.rows_read,
+            spilled_bytes = computed.spilled_bytes,
             seconds = started.elapsed().as_secs_f64(),
             "published"
         );
         let removed = collect_garbage(store, &name, self.settings.keep_versions).await?;
-        Ok(finished(
-            Outcome::Published(manifest),
-            rows_read,
-            peak,
-            removed,
-        ))
+        Ok(finished(Outcome::Published(manifest), computed, removed))
     }
 
     fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {
@@ -499,13 +506,13 @@ impl ViewJob {
         Ok((SessionContext::new_with_config_rt(config, runtime), pool))
     }
 
-    /// Runs the plan and writes the parts; returns them, the rows read and the peak memory.
+    /// Runs the plan and writes the parts.
     async fn compute(
         &self,
         input: &Input,
         version: u64,
         started: Instant,
-    ) -> Result<(Vec<ManifestFile>, u64, usize), BatchError> {
+    ) -> Result<Computed, BatchError> {
         let (ctx, pool) = self.session()?;
         let frame = plan::view_frame(&ctx, &self.events, &self.view, input).await?;
         let physical = frame.create_physical_plan().await?;
@@ -525,7 +532,7 @@ impl ViewJob {
         };
         let mut stream = execute_stream(Arc::clone(&physical), ctx.task_ctx())?;
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        let mut parts = PartWriter::new(&self.view.name, version, self.settings.part_rows);
+        let mut parts = PartWriter::new(&self.view, version, self.settings.part_rows);
         loop {
             tokio::select! {
                 next = stream.next() => match next {
@@ -536,14 +543,34 @@ impl ViewJob {
             }
         }
         let files = parts.finish(self.store.as_ref()).await?;
+        tracing::debug!(
+            view = self.view.name,
+            plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(physical.as_ref()).indent(true),
+            "recompute plan with metrics"
+        );
         let rows_read = report(true);
-        Ok((files, rows_read, pool.peak()))
+        Ok(Computed {
+            files,
+            rows_read,
+            peak_memory_bytes: pool.peak(),
+            spilled_bytes: progress::spilled_bytes(physical.as_ref()),
+        })
     }
+}
+
+/// What computing a version produced.
+#[derive(Debug, Default)]
+struct Computed {
+    files: Vec<ManifestFile>,
+    rows_read: u64,
+    peak_memory_bytes: usize,
+    spilled_bytes: u64,
 }
 
 /// Streams sorted view rows into parts of at most `part_rows` rows.
 struct PartWriter {
     view: String,
+    dimensions: Vec<String>,
     version: u64,
     part_rows: usize,
     pending: Vec<RecordBatch>,
@@ -552,9 +579,10 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    fn new(view: &str, version: u64, part_rows: usize) -> Self {
+    fn new(view: &ViewDef, version: u64, part_rows: usize) -> Self {
         Self {
-            view: view.to_owned(),
+            view: view.name.clone(),
+            dimensions: view.dimensions.iter().map(|d| d.name.clone()).collect(),
             version,
             part_rows: part_rows.max(1),
             pending: Vec::new(),
@@ -587,7 +615,8 @@ impl PartWriter {
         if self.pending_rows == 0 {
             return Ok(());
         }
-        let bytes = parquet_io::encode_view(&self.pending, ROW_GROUP_ROWS)?;
+        let dimensions: Vec<&str> = self.dimensions.iter().map(String::as_str).collect();
+        let bytes = parquet_io::encode_view(&self.pending, ROW_GROUP_ROWS, &dimensions)?;
         let path = version_part(&self.view, self.version, self.written.len());
         let size = bytes.len() as u64;
         store

@@ -274,9 +274,15 @@ impl MetricState {
 
     /// The versioned byte form: `[STATE_FORMAT_VERSION, kind tag, payload…]`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![STATE_FORMAT_VERSION, self.kind().tag()];
-        each_state!(self, s => s.encode_payload(&mut out));
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Appends the byte form to `out` (reuse one buffer to encode many states without allocating).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[STATE_FORMAT_VERSION, self.kind().tag()]);
+        each_state!(self, s => s.encode_payload(out));
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {

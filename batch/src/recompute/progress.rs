@@ -131,6 +131,16 @@ pub fn scan_counts(plan: &dyn ExecutionPlan) -> (usize, u64) {
     counts
 }
 
+/// Bytes the plan's operators spilled to disk (aggregation and sort past the memory pool).
+pub fn spilled_bytes(plan: &dyn ExecutionPlan) -> u64 {
+    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64;
+    own + plan
+        .children()
+        .into_iter()
+        .map(|child| spilled_bytes(child.as_ref()))
+        .sum::<u64>()
+}
+
 /// Rows the plan's scans will read, when the Parquet footers give an exact count.
 pub fn scan_total_rows(plan: &dyn ExecutionPlan) -> Option<u64> {
     if plan.name() == "DataSourceExec" {

@@ -57,6 +57,8 @@ pub struct StateColumnBuilder {
     ints: Int64Builder,
     floats: Float64Builder,
     binary: BinaryBuilder,
+    /// Reused to encode sketches without an allocation each.
+    scratch: Vec<u8>,
 }
 
 impl StateColumnBuilder {
@@ -66,6 +68,7 @@ impl StateColumnBuilder {
             ints: Int64Builder::new(),
             floats: Float64Builder::new(),
             binary: BinaryBuilder::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -89,7 +92,9 @@ impl StateColumnBuilder {
                 self.ints.append_value(s.count());
             }
             MetricState::CountDistinct(_) | MetricState::Quantile(_) => {
-                self.binary.append_value(state.to_bytes());
+                self.scratch.clear();
+                state.encode_into(&mut self.scratch);
+                self.binary.append_value(&self.scratch);
             }
         }
         Ok(())

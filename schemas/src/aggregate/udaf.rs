@@ -400,6 +400,9 @@ struct States<S> {
     states: Vec<S>,
     /// Sum of [`ColumnState::heap_size`] over `states`, kept up to date as sketches grow.
     heap_bytes: usize,
+    /// Per group, the last pass of [`States::touched_heap_size`] that counted it.
+    marks: Vec<u32>,
+    mark: u32,
 }
 
 impl<S: ColumnState> States<S> {
@@ -409,6 +412,8 @@ impl<S: ColumnState> States<S> {
             phase,
             states: Vec::new(),
             heap_bytes: 0,
+            marks: Vec::new(),
+            mark: 0,
         }
     }
 
@@ -424,10 +429,28 @@ impl<S: ColumnState> States<S> {
             f(&mut self.states);
             return;
         }
-        let before: usize = groups.iter().map(|&g| self.states[g].heap_size()).sum();
+        let before = self.touched_heap_size(groups);
         f(&mut self.states);
-        let after: usize = groups.iter().map(|&g| self.states[g].heap_size()).sum();
+        let after = self.touched_heap_size(groups);
         self.heap_bytes = (self.heap_bytes + after).saturating_sub(before);
+    }
+
+    /// Heap bytes of the distinct groups in `groups` (a batch names a group once per row).
+    fn touched_heap_size(&mut self, groups: &[usize]) -> usize {
+        self.marks.resize(self.states.len(), 0);
+        self.mark = self.mark.wrapping_add(1);
+        if self.mark == 0 {
+            self.marks.fill(0);
+            self.mark = 1;
+        }
+        let mut bytes = 0;
+        for &group in groups {
+            if self.marks[group] != self.mark {
+                self.marks[group] = self.mark;
+                bytes += self.states[group].heap_size();
+            }
+        }
+        bytes
     }
 
     fn update(
@@ -482,6 +505,7 @@ impl<S: ColumnState> States<S> {
 
     fn emit(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let taken = emit_to.take_needed(&mut self.states);
+        self.marks.clear();
         if S::GROWS {
             self.heap_bytes = self.states.iter().map(S::heap_size).sum();
         }
@@ -564,7 +588,7 @@ impl<S: ColumnState> GroupsAccumulator for States<S> {
     }
 
     fn size(&self) -> usize {
-        self.states.capacity() * size_of::<S>() + self.heap_bytes
+        self.states.capacity() * size_of::<S>() + self.marks.capacity() * 4 + self.heap_bytes
     }
 }
 

@@ -31,14 +31,22 @@ fn normalize(kind: StateKind, values: Vec<Value<'static>>) -> Vec<Value<'static>
         .collect()
 }
 
-fn column(values: &[Value<'_>]) -> ArrayRef {
-    if values.iter().any(|v| matches!(v, Value::Str(_))) {
+/// The column type follows the kind (as a view's field type does), not the values drawn.
+fn column(kind: StateKind, values: &[Value<'_>]) -> ArrayRef {
+    if kind == StateKind::CountDistinct {
         return Arc::new(StringArray::from_iter(values.iter().map(|v| match v {
             Value::Str(s) => Some(s.to_string()),
             _ => None,
         })));
     }
-    if values.iter().any(|v| matches!(v, Value::Float(_))) {
+    if matches!(
+        kind,
+        StateKind::FloatSum
+            | StateKind::FloatMin
+            | StateKind::FloatMax
+            | StateKind::Avg
+            | StateKind::Quantile
+    ) {
         return Arc::new(Float64Array::from_iter(values.iter().map(Value::as_f64)));
     }
     Arc::new(Int64Array::from_iter(values.iter().map(|v| match v {
@@ -111,7 +119,7 @@ proptest! {
     ) {
         let values = normalize(kind, values);
         let groups = &keys[..values.len()];
-        let rows = runtime().block_on(run(StateUdaf::udaf(kind, Phase::Update), groups, column(&values)));
+        let rows = runtime().block_on(run(StateUdaf::udaf(kind, Phase::Update), groups, column(kind, &values)));
 
         let expected = |wanted: &dyn Fn(i64) -> bool| {
             let picked: Vec<_> = values.iter().zip(groups).filter(|(_, g)| wanted(**g)).map(|(v, _)| v.clone()).collect();
@@ -177,4 +185,19 @@ fn an_aggregate_without_groups_of_nothing_is_the_empty_state() {
     });
     let state = read_state(StateKind::Quantile, rows[0].column(0), 0).unwrap();
     assert_eq!(state, MetricState::empty(StateKind::Quantile));
+}
+
+#[test]
+fn memory_accounting_counts_each_sketch_once_however_many_rows_it_takes() {
+    let udaf = StateUdaf::new(StateKind::CountDistinct, Phase::Update);
+    let mut groups = udaf.groups(&DataType::Utf8).unwrap();
+    let values: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..50_000).map(|i| format!("user-{i}")),
+    ));
+    groups
+        .update_batch(&[values], &vec![0; 50_000], None, 1)
+        .unwrap();
+    let size = groups.size();
+    // One dense sketch: 16 KiB of registers, plus the state itself.
+    assert!((16_384..20_000).contains(&size), "{size}");
 }

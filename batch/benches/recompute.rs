@@ -1,0 +1,221 @@
+//! Recompute throughput and memory: the default `pageviews` view (1m buckets by page and country;
+//! count, count_distinct, sum, min, max, avg, quantile) over 10 million raw events in Parquet on a
+//! local lake, through the real [`Batch::run`] (scan, boundary and view filter, aggregation into
+//! states, sort, Parquet parts, manifest, `_current`).
+//!
+//! Data: one day of clickstream, 3 partitions of 500 000-event files (the archiver's default
+//! roll), 100 pages with a power-law popularity, 20 countries, 200 000 users, log-normal-ish
+//! latencies, 2% of pages null (filtered out by the view).
+//!
+//! A multi-second run is measured as a whole a few times rather than sampled by criterion:
+//! `cargo bench -p tributary-batch --bench recompute` (set `RECOMPUTE_EVENTS` for a smaller run).
+//! Target (issue 3): >= 5M raw rows/s per core, peak memory reported.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tributary_batch::parquet_io;
+use tributary_batch::recompute::progress::quiet;
+use tributary_batch::recompute::{Batch, BatchSettings, Outcome};
+use tributary_schemas::config::Config;
+use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder};
+use tributary_schemas::event::{Event, Value};
+use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
+
+const PARTITIONS: i32 = 3;
+const FILE_ROWS: usize = 500_000;
+const ROUNDS: usize = 3;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Event `n` of the day: times spread over 24 h in offset order, with a little jitter.
+fn event(rng: &mut Rng, n: usize, total: usize, config: &Config) -> Event<'static> {
+    let day_start = 1_795_046_400_000i64; // 2026-11-18T00:00:00Z
+    let time_ms = day_start + (n as i64 * 86_400_000 / total as i64) + (rng.next() % 5_000) as i64;
+    // Power law: page k with probability ~ 1/(k+1).
+    let page = ((101f64).powf(rng.unit()) - 1.0) as u64;
+    let page = if rng.next().is_multiple_of(50) {
+        Value::Null
+    } else {
+        Value::Str(format!("/page/{page}").into())
+    };
+    let country = ((21f64).powf(rng.unit()) - 1.0) as u64;
+    let user = rng.next() % 200_000;
+    let latency = (rng.unit() * 6.0).exp() * 3.0;
+    let values = config
+        .events
+        .fields
+        .iter()
+        .map(|field| match field.name.as_str() {
+            "user_id" => Value::Str(format!("user-{user}").into()),
+            "session_id" => Value::Str(format!("s-{}", user * 7 + (n as u64 / 40_000)).into()),
+            "page" => page.clone(),
+            "referrer" => Value::Str(["google", "direct", "news", "social"][n % 4].into()),
+            "country" => Value::Str(format!("C{country:02}").into()),
+            "device" => Value::Str(["mobile", "desktop", "tablet"][n % 3].into()),
+            "latency_ms" => Value::Float(latency),
+            "bytes" => Value::Int((rng.next() % 100_000) as i64),
+            other => panic!("unexpected field {other}"),
+        })
+        .collect();
+    Event { time_ms, values }
+}
+
+async fn write_lake(store: &dyn ObjectStore, config: &Config, events: usize) {
+    let mut rng = Rng(7);
+    let per_partition = events / PARTITIONS as usize;
+    for partition in 0..PARTITIONS {
+        let mut offset = 0i64;
+        while (offset as usize) < per_partition {
+            let rows = FILE_ROWS.min(per_partition - offset as usize);
+            let mut builder = RawBatchBuilder::new(&config.events);
+            let mut batches = Vec::new();
+            for i in 0..rows {
+                let n = (offset as usize + i) * PARTITIONS as usize + partition as usize;
+                let event = event(&mut rng, n, events, config);
+                let position = KafkaPosition {
+                    partition,
+                    offset: offset + i as i64,
+                    timestamp_ms: Some(event.time_ms),
+                };
+                builder.append(&event, position);
+                if builder.len() == 65_536 {
+                    batches.push(builder.finish().expect("raw batch"));
+                }
+            }
+            if !builder.is_empty() {
+                batches.push(builder.finish().expect("raw batch"));
+            }
+            let range = OffsetRange {
+                start: offset,
+                end: offset + rows as i64 - 1,
+            };
+            let bytes = parquet_io::encode(&batches).expect("encode");
+            let path = lake::partition_file(Area::Raw, "events", partition, range);
+            store
+                .put(&Path::from(path), PutPayload::from(bytes))
+                .await
+                .expect("put");
+            offset += rows as i64;
+        }
+    }
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[allow(clippy::print_stdout)]
+fn main() {
+    // `cargo bench` passes `--bench`; a plain `cargo test` of the bench target passes nothing and
+    // should not spend minutes here.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let events: usize = std::env::var("RECOMPUTE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let config = Config::from_sources(None, []).expect("default config");
+    let view = config.view("pageviews").expect("default view").clone();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // RECOMPUTE_LAKE=<dir> keeps the generated lake there and reuses it on the next run.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kept = std::env::var("RECOMPUTE_LAKE").ok();
+    let root = kept
+        .clone()
+        .unwrap_or_else(|| dir.path().to_str().expect("utf-8 path").to_owned());
+    let reuse = kept.is_some_and(|d| std::path::Path::new(&d).join("raw").exists());
+    let store = open_store(&root).expect("lake");
+    if !reuse {
+        let started = Instant::now();
+        runtime.block_on(write_lake(store.as_ref(), &config, events));
+        println!(
+            "wrote {events} raw events in {:.1}s (rss peak so far {} MiB)",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
+    }
+
+    let thread_counts: Vec<usize> = std::env::var("RECOMPUTE_THREADS")
+        .ok()
+        .map_or(vec![1, 2], |v| {
+            v.split(',').filter_map(|t| t.parse().ok()).collect()
+        });
+    for threads in thread_counts {
+        let mut seconds = Vec::new();
+        for _ in 0..ROUNDS {
+            // A fresh lake view each round: delete the previous versions by using a new view dir.
+            let batch = Batch::new(
+                BatchSettings {
+                    topic: "events".to_owned(),
+                    epoch_size: 1,
+                    keep_versions: 1,
+                    memory_limit_bytes: std::env::var("RECOMPUTE_MEMORY_MB")
+                        .ok()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .map_or(2 << 30, |mb| mb << 20),
+                    threads,
+                    part_rows: 1_000_000,
+                    lock_lease: Duration::from_secs(600),
+                },
+                config.events.clone(),
+                vec![view.clone()],
+                Arc::clone(&store),
+            )
+            .expect("batch");
+            // Remove `_current` so the run is not "unchanged".
+            runtime
+                .block_on(store.delete(&Path::from(lake::current_path("pageviews"))))
+                .ok();
+            let runs = runtime
+                .block_on(batch.run(None, quiet()))
+                .expect("recompute");
+            let run = &runs[0];
+            let Outcome::Published(manifest) = &run.outcome else {
+                panic!("not published: {run:?}");
+            };
+            assert_eq!(run.rows_read as usize, events / 3 * 3);
+            seconds.push(run.elapsed.as_secs_f64());
+            println!(
+                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), {} view rows, pool peak {} MiB, rss peak {} MiB",
+                run.elapsed.as_secs_f64(),
+                run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6,
+                run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6 / threads as f64,
+                manifest.row_count,
+                run.peak_memory_bytes >> 20,
+                peak_rss_mib()
+            );
+        }
+        seconds.sort_by(f64::total_cmp);
+        let median = seconds[seconds.len() / 2];
+        println!(
+            "threads {threads}: median {median:.2}s = {:.2}M raw rows/s",
+            events as f64 / median / 1e6
+        );
+    }
+}
