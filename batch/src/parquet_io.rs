@@ -24,7 +24,9 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
 }
 
 /// Encodes one part of a batch view: sorted rows in row groups of `row_group_rows`, so that a scan
-/// of a time range reads only the row groups whose `time` statistics overlap it.
+/// of a time range reads only the row groups whose `time` statistics overlap it. Views are written
+/// once and scanned by every query, and their sketch bytes barely compress, so they use LZ4 (fast
+/// both ways) rather than zstd: zstd took 10% of a recompute for ~no gain on sketches.
 ///
 /// Only the dimension columns (`dictionary_columns`) repeat enough to be worth dictionary encoding;
 /// the time and state columns are written plain. Sketch columns (`Binary`) are nearly all distinct
@@ -35,9 +37,7 @@ pub fn encode_view(
     dictionary_columns: &[&str],
 ) -> Result<Bytes, ParquetError> {
     let mut properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("level 1 is valid"),
-        ))
+        .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_dictionary_enabled(false);
     for column in dictionary_columns {
