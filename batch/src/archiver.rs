@@ -11,10 +11,14 @@
 //! consumed again, a quarantine file without its raw file is deleted on restart (see [`progress`]),
 //! and object puts are atomic. Malformed events never stop a partition.
 //!
-//! Before consuming, it compares the lake with the broker: a partition whose archived offsets run past
-//! the broker's end means the topic's offsets restarted (recreated topic, new cluster), which the
-//! archiver refuses to mix into existing files ([`ArchiverError::OffsetsRestarted`]); offsets deleted
-//! by retention before they were archived are counted as lost and logged, never papered over.
+//! Before consuming, it compares the lake with the broker. A partition whose archived offsets run
+//! past the broker's end means the topic's offsets restarted (recreated topic, new cluster, restarted
+//! ephemeral broker): the archiver closes the archived generation and archives the new log as the
+//! next one (see [`tributary_schemas::lake::generations`]), so nothing archived is lost or mixed
+//! with the new offsets. (A committed offset is never truncated on a correctly configured cluster,
+//! where unclean leader election is off, so a log shorter than the lake is a new log.) Offsets
+//! deleted by retention before they were archived are counted as lost and logged, never papered
+//! over.
 
 pub mod audit;
 pub mod partition;
@@ -24,7 +28,7 @@ pub mod quarantine;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use object_store::path::Path;
@@ -40,6 +44,8 @@ use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::EventSchema;
 use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::lake::generations::{read_generations, write_generations};
+use tributary_schemas::lake::versions::VersionError;
 use tributary_schemas::lake::{self, Area};
 
 use partition::{PartitionBuffer, PendingFile};
@@ -53,16 +59,18 @@ pub enum ArchiverError {
     #[error("topic {topic} does not exist or has no partitions")]
     TopicMissing { topic: String },
     #[error(
-        "partition {partition} of {topic} ends at offset {broker_end} but the lake already holds \
-         offsets up to {archived_end}: the topic's offsets restarted (recreated topic or new \
-         cluster); archive it under another topic name or move the old raw files aside"
+        "partition {partition} of {topic} ends at offset {broker_end} but generation {generation} of \
+         the lake holds offsets up to {archived_end}, which a new generation cannot explain"
     )]
     OffsetsRestarted {
         topic: String,
         partition: i32,
+        generation: u32,
         broker_end: i64,
         archived_end: i64,
     },
+    #[error("cannot read the lake's generations of the topic")]
+    Generations(#[from] VersionError),
     #[error("lake request failed")]
     Store(#[from] object_store::Error),
     #[error("cannot build a raw or quarantine batch")]
@@ -168,6 +176,8 @@ pub struct Archiver {
     decoder: Decoder,
     store: Arc<dyn ObjectStore>,
     stats: Arc<ArchiverStats>,
+    /// The generation being archived (set when `run` starts).
+    generation: AtomicU32,
 }
 
 impl Archiver {
@@ -177,6 +187,7 @@ impl Archiver {
             settings,
             store,
             stats: Arc::default(),
+            generation: AtomicU32::new(0),
         }
     }
 
@@ -197,11 +208,27 @@ impl Archiver {
             .set("auto.offset.reset", "error")
             .create()?;
         let partitions = self.partitions(&consumer)?;
-        let resume = runtime.block_on(progress::resume_points(
-            self.store.as_ref(),
-            topic,
-            &partitions,
-        ))?;
+        let store = self.store.as_ref();
+        let mut generations = runtime.block_on(read_generations(store, topic))?;
+        let mut lake_topic = generations.current_topic(topic);
+        let mut resume =
+            runtime.block_on(progress::resume_points(store, &lake_topic, &partitions))?;
+        if let Some(reason) = self.offsets_restarted(&consumer, generations.current, &resume)? {
+            let next_offsets = resume.iter().map(|(p, r)| (*p, r.next_offset)).collect();
+            generations.close_current(next_offsets, reason.clone());
+            runtime.block_on(write_generations(store, topic, &generations))?;
+            tracing::warn!(
+                topic,
+                closed = generations.current - 1,
+                current = generations.current,
+                reason,
+                "the topic's offsets restarted: the archived generation is closed (kept and batched \
+                 whole); archiving the new log as the next generation"
+            );
+            lake_topic = generations.current_topic(topic);
+            resume = runtime.block_on(progress::resume_points(store, &lake_topic, &partitions))?;
+        }
+        self.generation.store(generations.current, Ordering::SeqCst);
 
         let mut assignment = TopicPartitionList::new();
         let mut buffers = BTreeMap::new();
@@ -210,8 +237,8 @@ impl Archiver {
                 tracing::error!(partition, %hole, "raw files are missing from the lake; those offsets are not archived");
             }
             let removed = runtime.block_on(progress::remove_orphan_quarantine(
-                self.store.as_ref(),
-                topic,
+                store,
+                &lake_topic,
                 partition,
                 progress.next_offset,
             ))?;
@@ -231,7 +258,12 @@ impl Archiver {
             self.stats.set_progress(partition, progress.next_offset);
         }
         consumer.assign(&assignment)?;
-        tracing::info!(topic, ?resume, "archiver started");
+        tracing::info!(
+            topic,
+            generation = generations.current,
+            ?resume,
+            "archiver started"
+        );
 
         let dlq = self.dlq_producer()?;
         loop {
@@ -298,6 +330,27 @@ impl Archiver {
         Ok(partitions)
     }
 
+    /// Why the broker's log cannot be the one `generation` archived, if it cannot: a partition whose
+    /// log ends before the offsets the lake already holds.
+    fn offsets_restarted(
+        &self,
+        consumer: &BaseConsumer,
+        generation: u32,
+        resume: &BTreeMap<i32, progress::PartitionProgress>,
+    ) -> Result<Option<String>, ArchiverError> {
+        for (&partition, progress) in resume {
+            let (_, high) =
+                consumer.fetch_watermarks(&self.settings.topic, partition, METADATA_TIMEOUT)?;
+            if progress.next_offset > high {
+                return Ok(Some(format!(
+                    "partition {partition} ends at offset {high} but generation {generation} holds offsets up to {}",
+                    progress.next_offset - 1
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Checks the lake's next offset against the broker's log; returns where to start consuming.
     fn check_against_broker(
         &self,
@@ -308,9 +361,11 @@ impl Archiver {
         let topic = &self.settings.topic;
         let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
         if next > high {
+            // The log shrank between the generation check and now.
             return Err(ArchiverError::OffsetsRestarted {
                 topic: topic.clone(),
                 partition,
+                generation: self.generation.load(Ordering::SeqCst),
                 broker_end: high,
                 archived_end: next - 1,
             });
@@ -385,7 +440,10 @@ impl Archiver {
         file: &PendingFile,
         encoded: &EncodedFile,
     ) -> Result<(), object_store::Error> {
-        let topic = &self.settings.topic;
+        let topic = &lake::generations::generation_topic(
+            &self.settings.topic,
+            self.generation.load(Ordering::SeqCst),
+        );
         if let Some(quarantine) = &encoded.quarantine {
             let path = Path::from(lake::partition_file(
                 Area::Quarantine,

@@ -430,6 +430,8 @@ impl ViewJob {
         if let Some(live) = live
             && live.definition_hash == definition_hash
             && live.boundary == input.boundary
+            && live.generation == input.generation
+            && live.closed_generations == input.closed_generations
         {
             tracing::info!(view = name, version = live.version, boundary = ?live.boundary.0, "unchanged since the live version");
             return Ok(finished(
@@ -438,7 +440,7 @@ impl ViewJob {
                 Vec::new(),
             ));
         }
-        if input.files.is_empty() {
+        if input.is_empty() {
             tracing::info!(
                 view = name,
                 "nothing to recompute: no partition has archived a whole epoch yet"
@@ -471,6 +473,8 @@ impl ViewJob {
             row_count: computed.files.iter().map(|f| f.rows).sum(),
             files: computed.files.clone(),
             epoch_size: self.settings.epoch_size,
+            generation: input.generation,
+            closed_generations: input.closed_generations.clone(),
             boundary: input.boundary.clone(),
         };
         store
@@ -522,7 +526,7 @@ impl ViewJob {
             (self.progress)(&RunProgress {
                 view: self.view.name.clone(),
                 files_done,
-                files_total: input.files.len(),
+                files_total: input.files.len() + input.closed_files.len(),
                 rows_done,
                 rows_total,
                 elapsed: started.elapsed(),

@@ -202,7 +202,7 @@ fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
 }
 
 #[test]
-fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
+fn a_topic_whose_offsets_restarted_is_archived_as_a_new_generation() {
     let Fixture {
         runtime,
         broker,
@@ -210,37 +210,62 @@ fn a_topic_whose_offsets_restarted_is_refused_not_mixed_in() {
         store,
         _lake_dir,
     } = fixture();
-    // The lake already holds offsets 0..=999 of partition 1, but the (new) topic is empty.
+    // The lake already holds offsets 0..=999 of partition 1, but the (new) topic is shorter.
     let range = OffsetRange { start: 0, end: 999 };
-    let path = Path::from(lake::partition_file(Area::Raw, &topic, 1, range));
+    let old = Path::from(lake::partition_file(Area::Raw, &topic, 1, range));
     runtime
-        .block_on(store.put(&path, PutPayload::from_static(b"earlier generation")))
+        .block_on(store.put(&old, PutPayload::from_static(b"earlier generation")))
         .unwrap();
+    let mut expected = Expected::new();
+    runtime.block_on(produce_mixed(
+        broker,
+        &topic,
+        PARTITIONS,
+        0,
+        300,
+        &mut expected,
+    ));
 
-    let archiver = Archiver::new(settings(broker, &topic, 100, Duration::from_secs(1)), store);
-    let error = run_archiver(
-        &runtime,
-        &archiver,
-        Some(Duration::from_secs(30)),
-        &BTreeMap::new(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            ArchiverError::OffsetsRestarted {
-                partition: 1,
-                broker_end: 0,
-                archived_end: 999,
-                ..
-            }
-        ),
-        "{error}"
+    let archiver = Archiver::new(
+        settings(broker, &topic, 100, Duration::from_millis(50)),
+        Arc::clone(&store),
     );
-    assert!(
-        error.to_string().contains("the topic's offsets restarted"),
-        "{error}"
+    let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
+    run_archiver(&runtime, &archiver, None, &target).unwrap();
+
+    let generations = runtime
+        .block_on(lake::generations::read_generations(store.as_ref(), &topic))
+        .unwrap();
+    assert_eq!(generations.current, 1);
+    let closed = &generations.closed[0];
+    assert_eq!(closed.generation, 0);
+    assert_eq!(closed.next_offsets, [(0, 0), (1, 1000), (2, 0)].into());
+    assert_eq!(
+        closed.reason,
+        "partition 1 ends at offset 100 but generation 0 holds offsets up to 999"
     );
+    // The old file is untouched, the new log is archived exactly once under `<topic>@1`.
+    let kept = runtime.block_on(store.get(&old)).unwrap();
+    assert_eq!(
+        &runtime.block_on(kept.bytes()).unwrap()[..],
+        b"earlier generation"
+    );
+    runtime.block_on(assert_exactly_once(
+        store.as_ref(),
+        &format!("{topic}@1"),
+        &expected,
+    ));
+
+    // A restart stays in generation 1.
+    let again = Archiver::new(
+        settings(broker, &topic, 100, Duration::from_millis(50)),
+        Arc::clone(&store),
+    );
+    run_archiver(&runtime, &again, None, &target).unwrap();
+    let generations = runtime
+        .block_on(lake::generations::read_generations(store.as_ref(), &topic))
+        .unwrap();
+    assert_eq!(generations.current, 1);
 }
 
 #[test]

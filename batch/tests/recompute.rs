@@ -177,44 +177,56 @@ async fn write_raw(
 
 /// The view's states computed event by event with the algebra, over events below `boundary`.
 fn truth(view: &ViewDef, stream: &Stream, boundary: &lake::Boundary) -> Truth {
+    truth_of(view, &[(stream, boundary)])
+}
+
+/// The truth over several streams (generations), each below its own boundary.
+fn truth_of(view: &ViewDef, parts: &[(&Stream, &lake::Boundary)]) -> Truth {
     let mut rows: BTreeMap<String, (Vec<MetricState>, Vec<f64>)> = BTreeMap::new();
-    for (&partition, events) in stream {
-        for (offset, event) in events {
-            if !boundary.covers(partition, *offset) {
-                continue;
-            }
-            if let Some(filter) = &view.filter {
-                // The default views' only filter is understood here: `page IS NOT NULL`.
-                assert_eq!(filter.sql, "page IS NOT NULL");
-                let page = view.dimensions.iter().find(|d| d.name == "page").unwrap();
-                if event.values[page.index].is_null() {
+    for (stream, boundary) in parts {
+        for (&partition, events) in *stream {
+            for (offset, event) in events {
+                if !boundary.covers(partition, *offset) {
                     continue;
                 }
-            }
-            let key: Key = (
-                view.granularity.bucket_start(event.time_ms),
-                view.dimensions
-                    .iter()
-                    .map(|d| event.values[d.index].clone())
-                    .collect(),
-            );
-            let (states, magnitudes) = rows.entry(key_string(&key)).or_insert_with(|| {
-                (
-                    view.metrics
+                if let Some(filter) = &view.filter {
+                    // The default views' only filter is understood here: `page IS NOT NULL`.
+                    assert_eq!(filter.sql, "page IS NOT NULL");
+                    let page = view.dimensions.iter().find(|d| d.name == "page").unwrap();
+                    if event.values[page.index].is_null() {
+                        continue;
+                    }
+                }
+                let key: Key = (
+                    view.granularity.bucket_start(event.time_ms),
+                    view.dimensions
                         .iter()
-                        .map(|m| MetricState::empty(m.state_kind()))
+                        .map(|d| event.values[d.index].clone())
                         .collect(),
-                    vec![0.0; view.metrics.len()],
-                )
-            });
-            for (i, metric) in view.metrics.iter().enumerate() {
-                let value = metric.value(event);
-                states[i].update(value);
-                magnitudes[i] += value.as_f64().map_or(0.0, f64::abs);
+                );
+                let (states, magnitudes) = rows.entry(key_string(&key)).or_insert_with(|| {
+                    (
+                        view.metrics
+                            .iter()
+                            .map(|m| MetricState::empty(m.state_kind()))
+                            .collect(),
+                        vec![0.0; view.metrics.len()],
+                    )
+                });
+                for (i, metric) in view.metrics.iter().enumerate() {
+                    let value = metric.value(event);
+                    states[i].update(value);
+                    magnitudes[i] += value.as_f64().map_or(0.0, f64::abs);
+                }
             }
         }
     }
     rows
+}
+
+/// A boundary covering every offset (a closed generation is batched whole).
+fn everything(stream: &Stream) -> lake::Boundary {
+    lake::Boundary(stream.keys().map(|&p| (p, i64::MAX)).collect())
 }
 
 /// Reads a version back: per key, the states in its rows; asserts parts are sorted by time.
@@ -672,4 +684,163 @@ fn a_small_memory_pool_spills_and_stays_exact() {
     );
     let got = rt.block_on(read_version(store.as_ref(), &view, manifest));
     assert_same_states(&view, &got, &truth(&view, &stream, &manifest.boundary));
+}
+
+/// A broker replaced by an empty one (same topic name, offsets from 0 again): the archiver closes
+/// the archived generation and archives the new log as the next; the recompute counts the closed
+/// generation whole and the new one below its boundary, nothing lost, nothing twice.
+#[test]
+fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
+    const PARTITIONS: i32 = 2;
+    let config = defaults();
+    let rt = runtime();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let topic = "clicks";
+    let archive = |broker: &Broker, expected: &Expected| {
+        let archiver = Archiver::new(
+            ArchiverSettings {
+                brokers: broker.bootstrap_servers(),
+                topic: topic.to_owned(),
+                dlq_topic: None,
+                max_file_rows: 700,
+                max_file_age: Duration::from_millis(200),
+                events: config.events.clone(),
+            },
+            Arc::clone(&store),
+        );
+        let target: BTreeMap<i32, i64> = (0..PARTITIONS)
+            .map(|p| {
+                (
+                    p,
+                    expected
+                        .keys()
+                        .filter(|(q, _)| *q == p)
+                        .map(|(_, o)| o + 1)
+                        .max()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let stop = StopSignal::default();
+        let handle = rt.handle().clone();
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| archiver.run(&handle, &stop));
+            let started = std::time::Instant::now();
+            while archiver.stats().progress() != target {
+                assert!(!worker.is_finished(), "archiver stopped early");
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "archiver stuck at {:?}",
+                    archiver.stats().progress()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.stop();
+            worker.join().unwrap().unwrap();
+        });
+    };
+    let decode_stream = |expected: &Expected, first_event: u64| -> Stream {
+        let decoder = Decoder::new(config.events.clone());
+        let mut stream = Stream::new();
+        for partition in 0..PARTITIONS {
+            let offsets: Vec<i64> = expected
+                .keys()
+                .filter(|(p, _)| *p == partition)
+                .map(|(_, o)| *o)
+                .collect();
+            let events = stream.entry(partition).or_default();
+            for (k, offset) in offsets.into_iter().enumerate() {
+                let n = first_event + k as u64 * PARTITIONS as u64 + partition as u64;
+                let (payload, _) = mixed_event(n);
+                if let Ok(event) = decoder.decode(&payload) {
+                    let values = event.values.into_iter().map(Value::into_owned).collect();
+                    events.push((
+                        offset,
+                        Event {
+                            time_ms: event.time_ms,
+                            values,
+                        },
+                    ));
+                }
+            }
+        }
+        stream
+    };
+
+    // Generation 0 on the first broker.
+    let first = Broker::start().unwrap();
+    rt.block_on(first.create_named_topic(topic, PARTITIONS))
+        .unwrap();
+    let mut expected_first = Expected::new();
+    rt.block_on(produce_mixed(
+        &first,
+        topic,
+        PARTITIONS,
+        0,
+        3000,
+        &mut expected_first,
+    ));
+    archive(&first, &expected_first);
+    drop(first);
+
+    // The broker is replaced: same name, empty log, fewer events than the lake already holds.
+    let second = Broker::start().unwrap();
+    rt.block_on(second.create_named_topic(topic, PARTITIONS))
+        .unwrap();
+    let mut expected_second = Expected::new();
+    rt.block_on(produce_mixed(
+        &second,
+        topic,
+        PARTITIONS,
+        100_000,
+        1000,
+        &mut expected_second,
+    ));
+    archive(&second, &expected_second);
+
+    let generations = rt
+        .block_on(lake::generations::read_generations(store.as_ref(), topic))
+        .unwrap();
+    assert_eq!(generations.current, 1);
+    assert_eq!(
+        generations.closed[0].next_offsets,
+        [(0, 1500), (1, 1500)].into()
+    );
+    assert!(
+        generations.closed[0].reason.contains("ends at offset 500"),
+        "{:?}",
+        generations.closed[0]
+    );
+
+    let epoch_size = 100;
+    let batch = Batch::new(
+        settings(topic, epoch_size, 3),
+        config.events.clone(),
+        config.views.clone(),
+        Arc::clone(&store),
+    )
+    .unwrap();
+    let runs = rt.block_on(batch.run(None, quiet())).unwrap();
+    let (old, new) = (
+        decode_stream(&expected_first, 0),
+        decode_stream(&expected_second, 100_000),
+    );
+    for (run, view) in runs.iter().zip(&config.views) {
+        let manifest = published(run);
+        assert_eq!(
+            (manifest.generation, manifest.closed_generations.clone()),
+            (1, vec![0])
+        );
+        assert_eq!(
+            manifest.boundary,
+            lake::Boundary([(0, 500), (1, 500)].into())
+        );
+        let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+        let want = truth_of(
+            view,
+            &[(&old, &everything(&old)), (&new, &manifest.boundary)],
+        );
+        assert_same_states(view, &got, &want);
+    }
 }

@@ -13,6 +13,7 @@
 //! stores return) is also the numeric order. Paths are relative to the lake root; the layers join
 //! them onto an object_store location.
 
+pub mod generations;
 mod manifest;
 mod store;
 pub mod versions;

@@ -217,8 +217,19 @@ impl Broker {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        self.create_named_topic(&topic, partitions).await?;
+        Ok(topic)
+    }
+
+    /// Creates `topic` (for tests that need the same name on another broker, as after a cluster
+    /// replacement) and waits until metadata shows all its partitions.
+    pub async fn create_named_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), HarnessError> {
         let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let new_topic = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics([&new_topic], &options).await? {
             result.map_err(|(topic, code)| HarnessError::CreateTopic {
@@ -226,8 +237,7 @@ impl Broker {
                 message: code.to_string(),
             })?;
         }
-        self.wait_for_topic(&topic, partitions)?;
-        Ok(topic)
+        self.wait_for_topic(topic, partitions)
     }
 
     fn wait_for_topic(&self, topic: &str, partitions: i32) -> Result<(), HarnessError> {

@@ -6,12 +6,15 @@
 //! had is in the lake; the recompute reads the files that start below `W[p]` and keeps rows with
 //! `_offset < W[p]` (the last file may straddle it).
 //!
+//! **Generations**: files of closed generations (see [`tributary_schemas::lake::generations`])
+//! are read whole; the boundary applies to the current generation only.
+//!
 //! **Plan**: a Parquet scan of those files, the boundary and the view's filter, then
 //! `GROUP BY time_bucket, dimensions` with the state functions of [`StateUdaf`], sorted by time. The time bucket is integer arithmetic on epoch milliseconds that floors like
 //! [`tributary_schemas::duration::Granularity::bucket_start`], also before 1970.
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::Result as DfResult;
+use datafusion::common::{Result as DfResult, plan_err};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, SortExpr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
@@ -21,6 +24,8 @@ use tributary_schemas::aggregate::udaf::{Phase, StateUdaf};
 use tributary_schemas::config::{TIME_COLUMN, ViewDef};
 use tributary_schemas::event::batch::{OFFSET_COLUMN, PARTITION_COLUMN, raw_schema};
 use tributary_schemas::event::{EventSchema, timestamp_type};
+use tributary_schemas::lake::generations::{generation_topic, read_generations};
+use tributary_schemas::lake::versions::VersionError;
 use tributary_schemas::lake::{self, Area, Boundary, OffsetRange};
 use tributary_schemas::seam::aligned_boundary;
 
@@ -41,11 +46,22 @@ pub struct InputFile {
     pub path: Path,
 }
 
-/// What one recompute covers: the boundary and the raw files below it.
+/// What one recompute covers: the boundary and the raw files below it in the current generation,
+/// and every file of the closed generations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Input {
+    pub generation: u32,
     pub boundary: Boundary,
     pub files: Vec<InputFile>,
+    pub closed_generations: Vec<u32>,
+    /// Files of closed generations: read whole, no boundary.
+    pub closed_files: Vec<InputFile>,
+}
+
+impl Input {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.closed_files.is_empty()
+    }
 }
 
 /// The partitions the lake holds raw files for.
@@ -64,15 +80,35 @@ pub async fn archived_partitions(
     Ok(partitions)
 }
 
-/// Chooses the boundary from the archiver's progress and lists the files below it.
+/// Chooses the boundary from the archiver's progress and lists the files below it, plus every
+/// file of the closed generations.
 pub async fn select_input(
     store: &dyn ObjectStore,
     topic: &str,
     epoch_size: u64,
-) -> Result<Input, object_store::Error> {
-    let mut input = Input::default();
-    for partition in archived_partitions(store, topic).await? {
-        let ranges = list_ranges(store, Area::Raw, topic, partition).await?;
+) -> Result<Input, VersionError> {
+    let generations = read_generations(store, topic).await?;
+    let mut input = Input {
+        generation: generations.current,
+        ..Input::default()
+    };
+    for closed in &generations.closed {
+        let lake_topic = generation_topic(topic, closed.generation);
+        input.closed_generations.push(closed.generation);
+        for partition in archived_partitions(store, &lake_topic).await? {
+            let ranges = list_ranges(store, Area::Raw, &lake_topic, partition).await?;
+            input
+                .closed_files
+                .extend(ranges.into_iter().map(|(range, path)| InputFile {
+                    partition,
+                    range,
+                    path,
+                }));
+        }
+    }
+    let lake_topic = generations.current_topic(topic);
+    for partition in archived_partitions(store, &lake_topic).await? {
+        let ranges = list_ranges(store, Area::Raw, &lake_topic, partition).await?;
         let progress = ranges.last().map_or(0, |(range, _)| range.next());
         let w = aligned_boundary(progress, epoch_size);
         if w == 0 {
@@ -115,6 +151,8 @@ fn time_bucket(time_field: &str, granularity_ms: i64) -> Expr {
 }
 
 /// The DataFrame computing `view`'s states over `input` (which must hold at least one file).
+/// Closed generations' files are read whole and unioned with the current generation's rows below
+/// the boundary.
 pub async fn view_frame(
     ctx: &SessionContext,
     events: &EventSchema,
@@ -122,16 +160,31 @@ pub async fn view_frame(
     input: &Input,
 ) -> DfResult<DataFrame> {
     let schema = raw_schema(events);
-    let paths: Vec<String> = input
-        .files
-        .iter()
-        .map(|f| format!("{LAKE_URL}{}", f.path))
-        .collect();
-    let options = ParquetReadOptions::default().schema(&schema);
-    let mut frame = ctx
-        .read_parquet(paths, options)
-        .await?
-        .filter(boundary_predicate(&input.boundary))?;
+    let paths = |files: &[InputFile]| -> Vec<String> {
+        files
+            .iter()
+            .map(|f| format!("{LAKE_URL}{}", f.path))
+            .collect()
+    };
+    let read =
+        |files: Vec<String>| ctx.read_parquet(files, ParquetReadOptions::default().schema(&schema));
+    let current = match input.files.is_empty() {
+        true => None,
+        false => Some(
+            read(paths(&input.files))
+                .await?
+                .filter(boundary_predicate(&input.boundary))?,
+        ),
+    };
+    let closed = match input.closed_files.is_empty() {
+        true => None,
+        false => Some(read(paths(&input.closed_files)).await?),
+    };
+    let mut frame = match (current, closed) {
+        (Some(current), Some(closed)) => current.union(closed)?,
+        (Some(frame), None) | (None, Some(frame)) => frame,
+        (None, None) => return plan_err!("a recompute needs at least one raw file"),
+    };
     if let Some(filter) = &view.filter {
         frame = frame.filter(filter.expr.clone())?;
     }

@@ -52,6 +52,13 @@ pub struct Manifest {
     pub files: Vec<ManifestFile>,
     /// The epoch size the boundary was aligned to.
     pub epoch_size: u64,
+    /// The generation of the topic's offsets the boundary refers to (see
+    /// [`super::generations`]). A speed layer reading a later generation's log starts it at 0.
+    #[serde(default)]
+    pub generation: u32,
+    /// Closed generations included whole.
+    #[serde(default)]
+    pub closed_generations: Vec<u32>,
     pub boundary: Boundary,
 }
 
@@ -93,6 +100,8 @@ mod tests {
                 bytes: 4096,
             }],
             epoch_size: 100,
+            generation: 0,
+            closed_generations: Vec::new(),
             boundary: Boundary([(0, 300), (2, 100)].into()),
         };
         let json = manifest.to_json();
