@@ -14,41 +14,10 @@ use tributary_batch::parquet_io;
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::batch::KafkaPosition;
+use tributary_testkit::stream::clickstream;
 
 const EVENTS: usize = 200_000;
 const FILE_ROWS: usize = 100_000;
-
-fn clickstream(n: usize) -> Vec<u8> {
-    if n % 100 == 42 {
-        return br#"{"user_id":"u1","page":"/missing-time"}"#.to_vec();
-    }
-    let pages = [
-        "/",
-        "/pricing",
-        "/docs/start",
-        "/blog/lambda",
-        "/signup",
-        "/docs/api",
-    ];
-    let countries = ["NL", "US", "DE", "IN", "BR", "JP"];
-    let devices = ["mobile", "desktop", "tablet"];
-    format!(
-        r#"{{"ts":"2026-11-21T10:{:02}:{:02}.{:03}Z","user_id":"user-{}","session_id":"s-{}","page":"{}","referrer":"https://search.example/q?{}","country":"{}","device":"{}","latency_ms":{}.{},"bytes":{}}}"#,
-        (n / 60_000) % 60,
-        (n / 1000) % 60,
-        n % 1000,
-        n % 50_000,
-        n / 7,
-        pages[n % pages.len()],
-        n % 97,
-        countries[n % countries.len()],
-        devices[n % devices.len()],
-        20 + n % 400,
-        n % 10,
-        500 + n * 13 % 90_000
-    )
-    .into_bytes()
-}
 
 fn archive(c: &mut Criterion) {
     let config = Config::from_sources(None, []).expect("default config");

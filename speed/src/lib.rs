@@ -1,8 +1,12 @@
 //! # tributary-speed: the speed layer
 //!
-//! Will consume every partition from the live manifest's boundary and keep aggregate states per
-//! (partition, offset epoch), exposing consistent snapshots to the serving layer
-//! (ARCHITECTURE.md §5).
+//! Keeps aggregate states per (partition, offset epoch) of what the live batch version does not
+//! cover, and exposes snapshots above a boundary for the serving layer to merge (ARCHITECTURE.md
+//! §5).
 //!
-//! Nothing is implemented here yet: the speed/serving issue builds it on `tributary-schemas`
-//! (decoder, view definitions, aggregate states, seam arithmetic).
+//! - [`aggregator`]: the incremental aggregation (decode once, the view filter as the batch
+//!   layer's DataFusion expression, the shared states), built and tested;
+//! - the Kafka consumer (assign every partition, seek to the live manifest's boundary) and the
+//!   snapshot handover to serving are the next part of the speed/serving issue.
+
+pub mod aggregator;

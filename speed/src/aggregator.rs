@@ -1,0 +1,320 @@
+//! The speed layer's incremental aggregation: every view's states per `(partition, epoch)`
+//! (ARCHITECTURE.md §5), updated a poll's worth of messages at a time.
+//!
+//! Semantics are the batch layer's, from the same definitions: the shared [`Decoder`] decides what
+//! is an event, the view filter is the *same DataFusion expression* evaluated over an Arrow batch
+//! of the poll's events (so `NULL` handling, casts and functions cannot drift from the recompute),
+//! buckets use [`Granularity::bucket_start`] (the batch plan's floor arithmetic), and states are
+//! the shared [`MetricState`]s, so a speed epoch's row merges with a batch row into exactly the
+//! state of the union.
+//!
+//! The hot path decodes each message once for all views, and allocates only when a new row key
+//! appears in an epoch: dimension values are interned per view (a string is copied once per
+//! distinct value), and row keys are looked up with a reused buffer.
+//!
+//! [`Granularity::bucket_start`]: tributary_schemas::duration::Granularity::bucket_start
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use datafusion::common::DFSchema;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use tributary_schemas::aggregate::MetricState;
+use tributary_schemas::config::ViewDef;
+use tributary_schemas::decode::Decoder;
+use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder, raw_schema};
+use tributary_schemas::event::{Event, EventSchema, Value};
+use tributary_schemas::lake::Boundary;
+use tributary_schemas::seam::{epoch_of, first_speed_epoch};
+
+/// One distinct value of one dimension, owned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DimValue {
+    Null,
+    Str(Box<str>),
+    /// Ints, timestamps (epoch ms), bools (0/1) and floats (IEEE bits), tagged by kind.
+    Scalar(u8, u64),
+}
+
+/// Interns one dimension's values: ids are dense, 0 is `NULL`.
+#[derive(Debug, Default)]
+struct Dictionary {
+    strings: HashMap<Box<str>, u32>,
+    scalars: HashMap<(u8, u64), u32>,
+    values: Vec<DimValue>,
+}
+
+impl Dictionary {
+    fn new() -> Self {
+        Self {
+            values: vec![DimValue::Null],
+            ..Self::default()
+        }
+    }
+
+    fn id(&mut self, value: &Value<'_>) -> u32 {
+        let next = self.values.len() as u32;
+        let scalar = match value {
+            Value::Null => return 0,
+            Value::Str(s) => {
+                if let Some(&id) = self.strings.get(s.as_ref()) {
+                    return id;
+                }
+                self.strings.insert(s.as_ref().into(), next);
+                self.values.push(DimValue::Str(s.as_ref().into()));
+                return next;
+            }
+            Value::Int(v) => (1, *v as u64),
+            Value::Timestamp(v) => (2, *v as u64),
+            Value::Bool(v) => (3, u64::from(*v)),
+            Value::Float(v) => (4, v.to_bits()),
+        };
+        *self.scalars.entry(scalar).or_insert_with(|| {
+            self.values.push(DimValue::Scalar(scalar.0, scalar.1));
+            next
+        })
+    }
+
+    fn value(&self, id: u32) -> Value<'static> {
+        match &self.values[id as usize] {
+            DimValue::Null => Value::Null,
+            DimValue::Str(s) => Value::Str(s.to_string().into()),
+            DimValue::Scalar(1, v) => Value::Int(*v as i64),
+            DimValue::Scalar(2, v) => Value::Timestamp(*v as i64),
+            DimValue::Scalar(3, v) => Value::Bool(*v != 0),
+            DimValue::Scalar(_, v) => Value::Float(f64::from_bits(*v)),
+        }
+    }
+}
+
+/// The states of one view in one `(partition, epoch)`.
+#[derive(Debug, Default)]
+pub struct EpochStates {
+    /// Row key (`[bucket, dimension ids…]`) → index into `states`.
+    index: HashMap<Box<[u64]>, usize>,
+    keys: Vec<Box<[u64]>>,
+    /// One state per metric per row, row-major.
+    states: Vec<MetricState>,
+    /// Events counted (after the filter).
+    pub events: u64,
+    /// Largest event time counted, epoch ms.
+    pub newest_event_ms: Option<i64>,
+}
+
+impl EpochStates {
+    pub fn rows(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// One row of a speed snapshot: the bucket, the dimension values and one state per metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeedRow {
+    pub bucket_ms: i64,
+    pub dimensions: Vec<Value<'static>>,
+    pub states: Vec<MetricState>,
+}
+
+/// One view's speed-layer states.
+#[derive(Debug)]
+pub struct ViewStates {
+    view: ViewDef,
+    epoch_size: u64,
+    dictionaries: Vec<Dictionary>,
+    epochs: BTreeMap<(i32, i64), EpochStates>,
+    key: Vec<u64>,
+}
+
+impl ViewStates {
+    fn new(view: ViewDef, epoch_size: u64) -> Self {
+        Self {
+            dictionaries: view.dimensions.iter().map(|_| Dictionary::new()).collect(),
+            view,
+            epoch_size,
+            epochs: BTreeMap::new(),
+            key: Vec::new(),
+        }
+    }
+
+    pub fn view(&self) -> &ViewDef {
+        &self.view
+    }
+
+    fn add(&mut self, position: KafkaPosition, event: &Event<'_>) {
+        let epoch = epoch_of(position.offset, self.epoch_size);
+        self.key.clear();
+        self.key
+            .push(self.view.granularity.bucket_start(event.time_ms) as u64);
+        for (dimension, dictionary) in self.view.dimensions.iter().zip(&mut self.dictionaries) {
+            self.key
+                .push(u64::from(dictionary.id(&event.values[dimension.index])));
+        }
+        let metrics = &self.view.metrics;
+        let epoch_states = self.epochs.entry((position.partition, epoch)).or_default();
+        let row = match epoch_states.index.get(self.key.as_slice()) {
+            Some(&row) => row,
+            None => {
+                let row = epoch_states.keys.len();
+                let key: Box<[u64]> = self.key.as_slice().into();
+                epoch_states.index.insert(key.clone(), row);
+                epoch_states.keys.push(key);
+                epoch_states
+                    .states
+                    .extend(metrics.iter().map(|m| MetricState::empty(m.state_kind())));
+                row
+            }
+        };
+        let states = &mut epoch_states.states[row * metrics.len()..(row + 1) * metrics.len()];
+        for (state, metric) in states.iter_mut().zip(metrics) {
+            state.update(metric.value(event));
+        }
+        epoch_states.events += 1;
+        epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(event.time_ms));
+    }
+
+    /// Drops the epochs a batch version with `boundary` covers (call once no query still uses an
+    /// older version).
+    pub fn drop_below(&mut self, boundary: &Boundary) {
+        self.epochs.retain(|&(partition, epoch), _| {
+            epoch >= first_speed_epoch(boundary.get(partition), self.epoch_size)
+        });
+    }
+
+    /// Rows of the epochs above `boundary`: what a query pinned to that batch version merges.
+    pub fn snapshot(&self, boundary: &Boundary) -> Vec<SpeedRow> {
+        let mut rows = Vec::new();
+        let width = self.view.metrics.len();
+        for (&(partition, epoch), states) in &self.epochs {
+            if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
+                continue;
+            }
+            for (row, key) in states.keys.iter().enumerate() {
+                rows.push(SpeedRow {
+                    bucket_ms: key[0] as i64,
+                    dimensions: key[1..]
+                        .iter()
+                        .zip(&self.dictionaries)
+                        .map(|(&id, dictionary)| dictionary.value(id as u32))
+                        .collect(),
+                    states: states.states[row * width..(row + 1) * width].to_vec(),
+                });
+            }
+        }
+        rows
+    }
+
+    pub fn epochs(&self) -> &BTreeMap<(i32, i64), EpochStates> {
+        &self.epochs
+    }
+}
+
+/// What one [`Aggregator::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub events: u64,
+    /// Messages the decoder rejected (the archiver quarantines them; the speed layer skips them).
+    pub malformed: u64,
+}
+
+/// Every view's speed states, fed a poll's messages at a time.
+#[derive(Debug)]
+pub struct Aggregator {
+    decoder: Decoder,
+    views: Vec<ViewStates>,
+    /// Per view, its filter planned against the raw schema (`None`: keeps every event).
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    batch: RawBatchBuilder,
+    /// Per partition, one past the last offset applied.
+    pub next_offsets: BTreeMap<i32, i64>,
+}
+
+impl Aggregator {
+    pub fn new(
+        events: &EventSchema,
+        views: &[ViewDef],
+        epoch_size: u64,
+    ) -> Result<Self, DataFusionError> {
+        let schema = raw_schema(events);
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let context = SessionContext::new();
+        let filters = views
+            .iter()
+            .map(|view| {
+                view.filter
+                    .as_ref()
+                    .map(|f| context.create_physical_expr(f.expr.clone(), &df_schema))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            decoder: Decoder::new(events.clone()),
+            views: views
+                .iter()
+                .map(|v| ViewStates::new(v.clone(), epoch_size))
+                .collect(),
+            filters,
+            batch: RawBatchBuilder::new(events),
+            next_offsets: BTreeMap::new(),
+        })
+    }
+
+    pub fn views(&self) -> &[ViewStates] {
+        &self.views
+    }
+
+    pub fn views_mut(&mut self) -> &mut [ViewStates] {
+        &mut self.views
+    }
+
+    /// Decodes `messages` once and adds every valid event to every view whose filter keeps it.
+    pub fn apply(
+        &mut self,
+        messages: &[(KafkaPosition, &[u8])],
+    ) -> Result<Applied, DataFusionError> {
+        let mut applied = Applied::default();
+        let mut decoded = Vec::with_capacity(messages.len());
+        for (position, payload) in messages {
+            match self.decoder.decode(payload) {
+                Ok(event) => decoded.push((*position, event)),
+                Err(_) => applied.malformed += 1,
+            }
+            let next = self.next_offsets.entry(position.partition).or_default();
+            *next = (*next).max(position.offset + 1);
+        }
+        applied.events = decoded.len() as u64;
+        let needs_batch = self.filters.iter().any(Option::is_some);
+        let batch = if needs_batch && !decoded.is_empty() {
+            for (position, event) in &decoded {
+                self.batch.append(event, *position);
+            }
+            Some(self.batch.finish()?)
+        } else {
+            None
+        };
+        for (view, filter) in self.views.iter_mut().zip(&self.filters) {
+            match (filter, &batch) {
+                (Some(filter), Some(batch)) => {
+                    let keep = filter.evaluate(batch)?.into_array(batch.num_rows())?;
+                    let keep = keep.as_boolean();
+                    for (row, (position, event)) in decoded.iter().enumerate() {
+                        if keep.is_valid(row) && keep.value(row) {
+                            view.add(*position, event);
+                        }
+                    }
+                }
+                _ => {
+                    for (position, event) in &decoded {
+                        view.add(*position, event);
+                    }
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests;

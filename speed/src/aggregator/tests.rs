@@ -1,0 +1,191 @@
+//! The speed states against the algebra applied event by event, and the seam: epochs below a
+//! boundary are excluded from snapshots and dropped.
+
+use std::collections::BTreeMap;
+
+use tributary_schemas::aggregate::MetricState;
+use tributary_schemas::config::Config;
+use tributary_testkit::stream::mixed_event;
+
+use super::*;
+
+fn defaults() -> Config {
+    Config::from_sources(None, []).unwrap()
+}
+
+/// Event `n` of the test stream: the shared mixed stream (1% malformed), with every 7th event
+/// missing its page (so `pageviews`' filter drops it) and a few late ones.
+fn payload(n: u64) -> Vec<u8> {
+    let (payload, _) = mixed_event(n);
+    let text = String::from_utf8_lossy(&payload).to_string();
+    let text = if n % 7 == 3 {
+        text.replace(&format!("\"page\":\"/p/{}\",", n % 50), "")
+    } else {
+        text
+    };
+    if n % 11 == 5 {
+        text.replace("\"ts\":1795", "\"ts\":1794")
+    } else {
+        text
+    }
+    .into_bytes()
+}
+
+/// Per row key, the algebra over the events of `positions` the view keeps.
+fn truth(
+    config: &Config,
+    view: &ViewDef,
+    messages: &[(KafkaPosition, Vec<u8>)],
+) -> BTreeMap<(i64, Vec<String>), Vec<MetricState>> {
+    let decoder = Decoder::new(config.events.clone());
+    let mut rows = BTreeMap::new();
+    for (_, payload) in messages {
+        let Ok(event) = decoder.decode(payload) else {
+            continue;
+        };
+        if view.filter.is_some() {
+            let page = config.events.field_index("page").unwrap();
+            if event.values[page].is_null() {
+                continue;
+            }
+        }
+        let key = (
+            view.granularity.bucket_start(event.time_ms),
+            view.dimensions
+                .iter()
+                .map(|d| format!("{:?}", event.values[d.index]))
+                .collect(),
+        );
+        let states = rows.entry(key).or_insert_with(|| {
+            view.metrics
+                .iter()
+                .map(|m| MetricState::empty(m.state_kind()))
+                .collect::<Vec<_>>()
+        });
+        for (state, metric) in states.iter_mut().zip(&view.metrics) {
+            state.update(metric.value(&event));
+        }
+    }
+    rows
+}
+
+/// Speed rows merged across epochs, by row key.
+fn merged(rows: Vec<SpeedRow>) -> BTreeMap<(i64, Vec<String>), Vec<MetricState>> {
+    let mut out: BTreeMap<(i64, Vec<String>), Vec<MetricState>> = BTreeMap::new();
+    for row in rows {
+        let key = (
+            row.bucket_ms,
+            row.dimensions.iter().map(|v| format!("{v:?}")).collect(),
+        );
+        match out.get_mut(&key) {
+            Some(states) => {
+                for (mine, theirs) in states.iter_mut().zip(&row.states) {
+                    mine.merge(theirs).unwrap();
+                }
+            }
+            None => {
+                out.insert(key, row.states);
+            }
+        }
+    }
+    out
+}
+
+fn messages(count: u64, partitions: i32) -> Vec<(KafkaPosition, Vec<u8>)> {
+    (0..count)
+        .map(|n| {
+            let partition = (n % partitions as u64) as i32;
+            let position = KafkaPosition {
+                partition,
+                offset: (n / partitions as u64) as i64,
+                timestamp_ms: None,
+            };
+            (position, payload(n))
+        })
+        .collect()
+}
+
+fn apply_in_polls(aggregator: &mut Aggregator, messages: &[(KafkaPosition, Vec<u8>)]) -> Applied {
+    let mut total = Applied::default();
+    for poll in messages.chunks(137) {
+        let borrowed: Vec<(KafkaPosition, &[u8])> =
+            poll.iter().map(|(p, m)| (*p, m.as_slice())).collect();
+        let applied = aggregator.apply(&borrowed).unwrap();
+        total.events += applied.events;
+        total.malformed += applied.malformed;
+    }
+    total
+}
+
+/// Float sums add in another order than the truth: compare them within 1e-9 relative.
+fn assert_equivalent(
+    got: &BTreeMap<(i64, Vec<String>), Vec<MetricState>>,
+    want: &BTreeMap<(i64, Vec<String>), Vec<MetricState>>,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (key, states) in want {
+        for (a, b) in got[key].iter().zip(states) {
+            match (a, b) {
+                (MetricState::FloatSum(x), MetricState::FloatSum(y)) => {
+                    assert!(
+                        (x.finalize() - y.finalize()).abs() <= 1e-9 * y.finalize().abs().max(1.0)
+                    );
+                }
+                (MetricState::Avg(x), MetricState::Avg(y)) => {
+                    assert_eq!(x.count(), y.count());
+                    assert!((x.sum() - y.sum()).abs() <= 1e-9 * y.sum().abs().max(1.0));
+                }
+                _ => assert_eq!(a, b, "{key:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn speed_states_equal_the_algebra_over_the_same_events() {
+    let config = defaults();
+    let all = messages(20_000, 3);
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
+    let applied = apply_in_polls(&mut aggregator, &all);
+    assert_eq!(applied.events + applied.malformed, 20_000);
+    assert_eq!(
+        applied.malformed,
+        20_000 / 100 * 3,
+        "three malformed kinds per 100"
+    );
+    assert_eq!(
+        aggregator.next_offsets,
+        [(0, 6667), (1, 6667), (2, 6666)].into()
+    );
+    for (states, view) in aggregator.views().iter().zip(&config.views) {
+        let got = merged(states.snapshot(&Boundary::default()));
+        assert_equivalent(&got, &truth(&config, view, &all));
+    }
+}
+
+#[test]
+fn snapshots_take_only_epochs_above_the_boundary_and_dropping_frees_them() {
+    let config = defaults();
+    let all = messages(9_000, 3);
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 500).unwrap();
+    apply_in_polls(&mut aggregator, &all);
+    // The batch version covers offsets below 1500 of partition 0 and 1000 of partition 2.
+    let boundary = Boundary([(0, 1500), (2, 1000)].into());
+    let above: Vec<_> = all
+        .iter()
+        .filter(|(p, _)| !boundary.covers(p.partition, p.offset))
+        .cloned()
+        .collect();
+    let view = &config.views[0];
+    let got = merged(aggregator.views()[0].snapshot(&boundary));
+    assert_equivalent(&got, &truth(&config, view, &above));
+
+    let before = aggregator.views()[0].epochs().len();
+    aggregator.views_mut()[0].drop_below(&boundary);
+    assert_eq!(aggregator.views()[0].epochs().len(), before - 3 - 2);
+    let after = merged(aggregator.views()[0].snapshot(&Boundary::default()));
+    assert_equivalent(&after, &truth(&config, view, &above));
+}
