@@ -5,8 +5,12 @@
 //! §5).
 //!
 //! - [`aggregator`]: the incremental aggregation (decode once, the view filter as the batch
-//!   layer's DataFusion expression, the shared states), built and tested;
-//! - the Kafka consumer (assign every partition, seek to the live manifest's boundary) and the
-//!   snapshot handover to serving are the next part of the speed/serving issue.
+//!   layer's DataFusion expression, the shared states);
+//! - [`consumer`]: the Kafka consumer (assign every partition, seek to the live version's boundary,
+//!   aggregate per poll, drop what a newer version covers, per-partition lag).
+//!
+//! Wiring into `tributary serve` (following `_current`, pinning versions per query) comes with the
+//! serving layer.
 
 pub mod aggregator;
+pub mod consumer;

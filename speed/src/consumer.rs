@@ -1,0 +1,214 @@
+//! The speed layer's Kafka consumer: assigns every partition (no consumer group rebalancing),
+//! seeks each to the live batch version's boundary `W[p]`, and feeds the [`Aggregator`] a poll's
+//! worth of messages at a time (ARCHITECTURE.md §5).
+//!
+//! Its state derives only from (boundary, Kafka log), so it needs no checkpoint: after a restart it
+//! seeks to the boundary again. When a new batch version goes live, [`SpeedLayer::advance`] drops
+//! the epochs it covers. A boundary of an older generation of the topic's offsets (see
+//! `tributary_schemas::lake::generations`) says nothing about the current log, which is then read
+//! from its start.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::lake::Boundary;
+
+use crate::aggregator::{Aggregator, ViewStates};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeedError {
+    #[error("Kafka request failed")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {topic} does not exist or has no partitions")]
+    TopicMissing { topic: String },
+    #[error("cannot evaluate a view filter")]
+    Filter(#[from] datafusion::error::DataFusionError),
+}
+
+#[derive(Debug, Clone)]
+pub struct SpeedSettings {
+    pub brokers: String,
+    pub topic: String,
+    /// Most messages per aggregation step.
+    pub poll_batch: usize,
+    /// Longest wait to fill a step before aggregating what arrived.
+    pub poll_wait: Duration,
+}
+
+/// Per partition: where consumption started, how far it got, and the broker's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub start: i64,
+    pub next: i64,
+    pub high_watermark: i64,
+}
+
+/// The running speed layer: the aggregator behind a lock that queries read and the consumer
+/// writes once per poll step.
+#[derive(Debug)]
+pub struct SpeedLayer {
+    settings: SpeedSettings,
+    states: Arc<RwLock<Aggregator>>,
+    boundary: RwLock<Boundary>,
+    lag: RwLock<BTreeMap<i32, PartitionLag>>,
+    /// Offsets deleted by retention before the speed layer read them (and not in the batch view).
+    pub lost_offsets: std::sync::atomic::AtomicU64,
+}
+
+impl SpeedLayer {
+    /// `boundary` is the live version's, or empty when there is none (or it belongs to an older
+    /// generation of the topic's offsets).
+    pub fn new(settings: SpeedSettings, aggregator: Aggregator, boundary: Boundary) -> Self {
+        Self {
+            settings,
+            states: Arc::new(RwLock::new(aggregator)),
+            boundary: RwLock::new(boundary),
+            lag: RwLock::default(),
+            lost_offsets: Default::default(),
+        }
+    }
+
+    /// Reads the states (a query's snapshot is taken under this read lock).
+    pub fn with_views<T>(&self, f: impl FnOnce(&[ViewStates]) -> T) -> T {
+        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
+        f(states.views())
+    }
+
+    /// Per partition, the next offset to aggregate.
+    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
+        states.next_offsets.clone()
+    }
+
+    pub fn lag(&self) -> BTreeMap<i32, PartitionLag> {
+        self.lag.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// A new batch version with `boundary` is live and no query uses an older one: drop the epochs
+    /// it covers.
+    pub fn advance(&self, boundary: Boundary) {
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        for view in states.views_mut() {
+            view.drop_below(&boundary);
+        }
+        *self.boundary.write().unwrap_or_else(|e| e.into_inner()) = boundary;
+    }
+
+    /// Consumes until `stop` is set. Blocking: run it on a thread of its own.
+    pub fn run(&self, stop: &AtomicBool) -> Result<(), SpeedError> {
+        let topic = &self.settings.topic;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("group.id", format!("tributary-speed-{topic}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(SpeedError::TopicMissing {
+                topic: topic.clone(),
+            });
+        }
+        let boundary = self.boundary.read().map(|b| b.clone()).unwrap_or_default();
+        let mut assignment = TopicPartitionList::new();
+        let mut lag = BTreeMap::new();
+        for &partition in &partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            let w = boundary.get(partition);
+            let start = if w < low {
+                let lost = low - w;
+                self.lost_offsets.fetch_add(lost as u64, Ordering::Relaxed);
+                tracing::error!(
+                    partition,
+                    from = w,
+                    to = low - 1,
+                    "offsets above the batch boundary were deleted by retention before the speed layer read them"
+                );
+                low
+            } else {
+                w
+            };
+            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            lag.insert(
+                partition,
+                PartitionLag {
+                    start,
+                    next: start,
+                    high_watermark: high,
+                },
+            );
+        }
+        consumer.assign(&assignment)?;
+        *self.lag.write().unwrap_or_else(|e| e.into_inner()) = lag;
+        tracing::info!(topic, boundary = ?boundary.0, "speed layer started");
+
+        let mut last_watermarks = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let deadline = Instant::now() + self.settings.poll_wait;
+            let mut messages = Vec::with_capacity(self.settings.poll_batch);
+            while messages.len() < self.settings.poll_batch {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match consumer.poll(wait) {
+                    Some(Ok(message)) => messages.push(message),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "Kafka consumer error (librdkafka retries)");
+                    }
+                    None => break,
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+            if !messages.is_empty() {
+                let batch: Vec<(KafkaPosition, &[u8])> = messages
+                    .iter()
+                    .map(|m| {
+                        let position = KafkaPosition {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis(),
+                        };
+                        (position, m.payload().unwrap_or_default())
+                    })
+                    .collect();
+                let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+                states.apply(&batch)?;
+                let next = states.next_offsets.clone();
+                drop(states);
+                let mut lag = self.lag.write().unwrap_or_else(|e| e.into_inner());
+                for (partition, next) in next {
+                    lag.entry(partition).or_default().next = next;
+                }
+            }
+            if last_watermarks.elapsed() >= Duration::from_secs(1) {
+                last_watermarks = Instant::now();
+                for &partition in &partitions {
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(topic, partition, Duration::from_secs(1))
+                    {
+                        let mut lag = self.lag.write().unwrap_or_else(|e| e.into_inner());
+                        lag.entry(partition).or_default().high_watermark = high;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
