@@ -22,7 +22,7 @@ use tributary_schemas::event::batch::KafkaPosition;
 use tributary_schemas::lake::{Manifest, open_store};
 use tributary_speed::aggregator::Aggregator;
 use tributary_testkit::Broker;
-use tributary_testkit::stream::{Expected, mixed_event, produce_mixed};
+use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
 
 const PARTITIONS: i32 = 3;
 const EVENTS: u64 = 12_000;
@@ -155,23 +155,17 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
     // The speed layer reads the whole log (as after a restart at offset 0); its snapshot above W
     // is what a query pinned to this version merges.
     let mut aggregator = Aggregator::new(&config.events, &config.views, 700).unwrap();
-    let mut log: Vec<(KafkaPosition, Vec<u8>)> = Vec::new();
-    for partition in 0..PARTITIONS {
-        let offsets: Vec<i64> = expected
-            .keys()
-            .filter(|(p, _)| *p == partition)
-            .map(|(_, o)| *o)
-            .collect();
-        for (k, offset) in offsets.into_iter().enumerate() {
-            let n = k as u64 * PARTITIONS as u64 + partition as u64;
+    let log: Vec<(KafkaPosition, Vec<u8>)> = produced_payloads(&expected, PARTITIONS, 0)
+        .into_iter()
+        .map(|((partition, offset), payload, _)| {
             let position = KafkaPosition {
                 partition,
                 offset,
                 timestamp_ms: None,
             };
-            log.push((position, mixed_event(n).0));
-        }
-    }
+            (position, payload)
+        })
+        .collect();
     for poll in log.chunks(250) {
         let borrowed: Vec<(KafkaPosition, &[u8])> =
             poll.iter().map(|(p, m)| (*p, m.as_slice())).collect();

@@ -287,9 +287,7 @@ impl Batch {
                 }
             }
         }
-        if let Err(error) = lock.release().await {
-            tracing::warn!(error = %error, "cannot release the recompute lock; it expires on its own");
-        }
+        release(lock).await;
         failure.map_or(Ok(runs), Err)
     }
 
@@ -298,14 +296,7 @@ impl Batch {
         let mut out = Vec::new();
         for view in &self.views {
             let store = self.store.as_ref();
-            let mut versions = Vec::new();
-            let mut incomplete = Vec::new();
-            for version in list_versions(store, &view.name).await? {
-                match read_manifest(store, &view.name, version).await? {
-                    Some(manifest) => versions.push(manifest),
-                    None => incomplete.push(version),
-                }
-            }
+            let (versions, incomplete) = versions_of(store, &view.name).await?;
             out.push(ViewVersions {
                 view: view.name.clone(),
                 current: read_current(store, &view.name).await?,
@@ -326,21 +317,15 @@ impl Batch {
             .map_err(|_| BatchError::AlreadyRunning)?;
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let result = self.rollback_locked(definition, version).await;
-        if let Err(error) = lock.release().await {
-            tracing::warn!(error = %error, "cannot release the recompute lock; it expires on its own");
-        }
+        release(lock).await;
         result
     }
 
     async fn rollback_locked(&self, view: &ViewDef, version: u64) -> Result<Manifest, BatchError> {
         let store = self.store.as_ref();
         let Some(manifest) = read_manifest(store, &view.name, version).await? else {
-            let mut available = Vec::new();
-            for v in list_versions(store, &view.name).await? {
-                if read_manifest(store, &view.name, v).await?.is_some() {
-                    available.push(v.to_string());
-                }
-            }
+            let (complete, _) = versions_of(store, &view.name).await?;
+            let available: Vec<String> = complete.iter().map(|m| m.version.to_string()).collect();
             return Err(BatchError::UnknownVersion {
                 view: view.name.clone(),
                 version,
@@ -642,6 +627,30 @@ impl PartWriter {
     }
 }
 
+/// A view's version directories, ascending: the complete ones (with their manifests) and the
+/// numbers of those without a manifest (being written, or left by a crashed run).
+async fn versions_of(
+    store: &dyn ObjectStore,
+    view: &str,
+) -> Result<(Vec<Manifest>, Vec<u64>), BatchError> {
+    let mut complete = Vec::new();
+    let mut incomplete = Vec::new();
+    for version in list_versions(store, view).await? {
+        match read_manifest(store, view, version).await? {
+            Some(manifest) => complete.push(manifest),
+            None => incomplete.push(version),
+        }
+    }
+    Ok((complete, incomplete))
+}
+
+/// Releases the run lock; a failure only delays the next run until the lease expires.
+async fn release(lock: RunLock) {
+    if let Err(error) = lock.release().await {
+        tracing::warn!(error = %error, "cannot release the recompute lock; it expires on its own");
+    }
+}
+
 /// Keeps the live version and the newest `keep` complete versions; deletes the rest, and the
 /// incomplete versions crashed runs left behind. Call only while holding the run lock.
 async fn collect_garbage(
@@ -650,18 +659,11 @@ async fn collect_garbage(
     keep: usize,
 ) -> Result<Vec<u64>, BatchError> {
     let current = read_current(store, view).await?;
-    let mut complete = Vec::new();
-    let mut incomplete = Vec::new();
-    for version in list_versions(store, view).await? {
-        if read_manifest(store, view, version).await?.is_some() {
-            complete.push(version);
-        } else {
-            incomplete.push(version);
-        }
-    }
+    let (complete, incomplete) = versions_of(store, view).await?;
     let old_complete = complete.len().saturating_sub(keep);
     let doomed: Vec<u64> = complete[..old_complete]
         .iter()
+        .map(|m| &m.version)
         .chain(&incomplete)
         .copied()
         .filter(|v| Some(*v) != current)

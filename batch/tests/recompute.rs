@@ -25,7 +25,7 @@ use tributary_schemas::lake::versions::read_current;
 use tributary_schemas::lake::{self, Area, Manifest, OffsetRange, open_store};
 use tributary_schemas::seam::aligned_boundary;
 use tributary_testkit::Broker;
-use tributary_testkit::stream::{Expected, mixed_event, produce_mixed};
+use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
 
 /// A row's identity in a view: bucket start (ms) and the dimension values.
 type Key = (i64, Vec<Value<'static>>);
@@ -598,32 +598,18 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
         worker.join().unwrap().unwrap();
     });
 
-    // The truth: decode what was produced, exactly as the archiver does. produce_mixed sends event
-    // n to partition n % PARTITIONS, in order (idempotent producer), so the k-th offset of a
-    // partition holds event k * PARTITIONS + partition.
+    // The truth: decode what was produced, exactly as the archiver does.
     let decoder = Decoder::new(config.events.clone());
     let mut stream = Stream::new();
-    for partition in 0..PARTITIONS {
-        let offsets: Vec<i64> = expected
-            .keys()
-            .filter(|(p, _)| *p == partition)
-            .map(|(_, o)| *o)
-            .collect();
-        let events = stream.entry(partition).or_default();
-        for (k, offset) in offsets.into_iter().enumerate() {
-            let n = k as u64 * PARTITIONS as u64 + partition as u64;
-            let (payload, code) = mixed_event(n);
-            assert_eq!(code.map(str::to_owned), expected[&(partition, offset)]);
-            if let Ok(event) = decoder.decode(&payload) {
-                let values = event.values.into_iter().map(Value::into_owned).collect();
-                events.push((
-                    offset,
-                    Event {
-                        time_ms: event.time_ms,
-                        values,
-                    },
-                ));
-            }
+    for ((partition, offset), payload, code) in produced_payloads(&expected, PARTITIONS, 0) {
+        assert_eq!(code.map(str::to_owned), expected[&(partition, offset)]);
+        if let Ok(event) = decoder.decode(&payload) {
+            let values = event.values.into_iter().map(Value::into_owned).collect();
+            let event = Event {
+                time_ms: event.time_ms,
+                values,
+            };
+            stream.entry(partition).or_default().push((offset, event));
         }
     }
 
@@ -743,26 +729,16 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
     let decode_stream = |expected: &Expected, first_event: u64| -> Stream {
         let decoder = Decoder::new(config.events.clone());
         let mut stream = Stream::new();
-        for partition in 0..PARTITIONS {
-            let offsets: Vec<i64> = expected
-                .keys()
-                .filter(|(p, _)| *p == partition)
-                .map(|(_, o)| *o)
-                .collect();
-            let events = stream.entry(partition).or_default();
-            for (k, offset) in offsets.into_iter().enumerate() {
-                let n = first_event + k as u64 * PARTITIONS as u64 + partition as u64;
-                let (payload, _) = mixed_event(n);
-                if let Ok(event) = decoder.decode(&payload) {
-                    let values = event.values.into_iter().map(Value::into_owned).collect();
-                    events.push((
-                        offset,
-                        Event {
-                            time_ms: event.time_ms,
-                            values,
-                        },
-                    ));
-                }
+        for ((partition, offset), payload, _) in
+            produced_payloads(expected, PARTITIONS, first_event)
+        {
+            if let Ok(event) = decoder.decode(&payload) {
+                let values = event.values.into_iter().map(Value::into_owned).collect();
+                let event = Event {
+                    time_ms: event.time_ms,
+                    values,
+                };
+                stream.entry(partition).or_default().push((offset, event));
             }
         }
         stream

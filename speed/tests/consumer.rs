@@ -12,7 +12,7 @@ use tributary_schemas::lake::Boundary;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
 use tributary_testkit::Broker;
-use tributary_testkit::stream::{Expected, mixed_event, produce_mixed};
+use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
 
 const PARTITIONS: i32 = 3;
 
@@ -26,24 +26,16 @@ fn expected_views(
     let view = config.view("pageviews").unwrap();
     let page = config.events.field_index("page").unwrap();
     let mut counts = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let offsets: Vec<i64> = expected
-            .keys()
-            .filter(|(p, _)| *p == partition)
-            .map(|(_, o)| *o)
-            .collect();
-        for (k, offset) in offsets.into_iter().enumerate() {
-            if boundary.covers(partition, offset) {
-                continue;
-            }
-            let n = k as u64 * PARTITIONS as u64 + partition as u64;
-            if let Ok(event) = decoder.decode(&mixed_event(n).0) {
-                let key = (
-                    view.granularity.bucket_start(event.time_ms),
-                    format!("{:?}", event.values[page]),
-                );
-                *counts.entry(key).or_default() += 1;
-            }
+    for ((partition, offset), payload, _) in produced_payloads(expected, PARTITIONS, 0) {
+        if boundary.covers(partition, offset) {
+            continue;
+        }
+        if let Ok(event) = decoder.decode(&payload) {
+            let key = (
+                view.granularity.bucket_start(event.time_ms),
+                format!("{:?}", event.values[page]),
+            );
+            *counts.entry(key).or_default() += 1;
         }
     }
     counts

@@ -77,6 +77,27 @@ pub async fn produce_mixed(
     expected.extend(futures::future::join_all(pending).await);
 }
 
+/// One produced message: `(partition, offset)`, its payload, and its error code if malformed.
+pub type Produced = ((i32, i64), Vec<u8>, Option<&'static str>);
+
+/// What [`produce_mixed`] wrote at each `(partition, offset)` of `expected`: the payload and, if
+/// malformed, its error code, in (partition, offset) order. `from` is the `from` it was called with.
+/// The producer is idempotent and sends event `n` to partition `n % partitions` in order, so the
+/// k-th offset of a partition holds event `from + k * partitions + partition`.
+pub fn produced_payloads(expected: &Expected, partitions: i32, from: u64) -> Vec<Produced> {
+    let mut seen: BTreeMap<i32, u64> = BTreeMap::new();
+    expected
+        .keys()
+        .map(|&(partition, offset)| {
+            let k = seen.entry(partition).or_default();
+            let n = from + *k * partitions as u64 + partition as u64;
+            *k += 1;
+            let (payload, code) = mixed_event(n);
+            ((partition, offset), payload, code)
+        })
+        .collect()
+}
+
 /// Clickstream message `n` for benchmarks: a default-configuration event (~200 bytes of JSON, all
 /// eight fields, RFC 3339 time), 1% malformed (no time).
 pub fn clickstream(n: usize) -> Vec<u8> {
