@@ -23,40 +23,26 @@ use tributary_schemas::config::Config;
 use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::event::{Event, Value};
 use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
+use tributary_testkit::rng::Rng;
 
 const PARTITIONS: i32 = 3;
 const FILE_ROWS: usize = 500_000;
 const ROUNDS: usize = 3;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Event `n` of the day: times spread over 24 h in offset order, with a little jitter.
 fn event(rng: &mut Rng, n: usize, total: usize, config: &Config) -> Event<'static> {
     let day_start = 1_795_046_400_000i64; // 2026-11-18T00:00:00Z
-    let time_ms = day_start + (n as i64 * 86_400_000 / total as i64) + (rng.next() % 5_000) as i64;
+    let time_ms =
+        day_start + (n as i64 * 86_400_000 / total as i64) + (rng.next_u64() % 5_000) as i64;
     // Power law: page k with probability ~ 1/(k+1).
     let page = ((101f64).powf(rng.unit()) - 1.0) as u64;
-    let page = if rng.next().is_multiple_of(50) {
+    let page = if rng.next_u64().is_multiple_of(50) {
         Value::Null
     } else {
         Value::Str(format!("/page/{page}").into())
     };
     let country = ((21f64).powf(rng.unit()) - 1.0) as u64;
-    let user = rng.next() % 200_000;
+    let user = rng.next_u64() % 200_000;
     let latency = (rng.unit() * 6.0).exp() * 3.0;
     let values = config
         .events
@@ -70,7 +56,7 @@ fn event(rng: &mut Rng, n: usize, total: usize, config: &Config) -> Event<'stati
             "country" => Value::Str(format!("C{country:02}").into()),
             "device" => Value::Str(["mobile", "desktop", "tablet"][n % 3].into()),
             "latency_ms" => Value::Float(latency),
-            "bytes" => Value::Int((rng.next() % 100_000) as i64),
+            "bytes" => Value::Int((rng.next_u64() % 100_000) as i64),
             other => panic!("unexpected field {other}"),
         })
         .collect();

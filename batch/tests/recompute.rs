@@ -25,6 +25,7 @@ use tributary_schemas::lake::versions::read_current;
 use tributary_schemas::lake::{self, Area, Manifest, OffsetRange, open_store};
 use tributary_schemas::seam::aligned_boundary;
 use tributary_testkit::Broker;
+use tributary_testkit::rng::Rng;
 use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
 
 /// A row's identity in a view: bucket start (ms) and the dimension values.
@@ -36,27 +37,6 @@ type Truth = BTreeMap<String, (Vec<MetricState>, Vec<f64>)>;
 
 fn key_string(key: &Key) -> String {
     format!("{:?}", key)
-}
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 fn defaults() -> Config {

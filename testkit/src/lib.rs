@@ -10,6 +10,7 @@
 //! A dev-dependency only: nothing in the service depends on it.
 
 mod broker;
+pub mod rng;
 pub mod stream;
 
 pub use broker::{Broker, HarnessError};
