@@ -1,17 +1,27 @@
 //! `tributary serve`: runs the chosen roles in one process until SIGTERM or SIGINT, then stops them
-//! cleanly: the archiver writes what it has buffered (nothing is half-written) and a running
-//! recompute is cancelled before it publishes (its files are collected by the next run). If a role
+//! cleanly: the HTTP server stops accepting and lets in-flight requests finish, the archiver writes
+//! what it has buffered (nothing is half-written) and a running recompute is cancelled before it
+//! publishes (its files are collected by the next run). The speed and serving roles run together:
+//! queries merge the speed layer's in-memory states. If a role
 //! fails, the process stops with its error so that a supervisor restarts it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use anyhow::{Context, bail};
-use tributary_batch::archiver::{Archiver, ArchiverSettings, StopSignal};
+use object_store::ObjectStore;
+use tributary_batch::archiver::{Archiver, ArchiverSettings, ArchiverStats, StopSignal};
 use tributary_batch::recompute::progress::logged;
-use tributary_batch::recompute::{Batch, BatchError};
+use tributary_batch::recompute::{Batch, BatchError, Outcome};
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::open_store;
+use tributary_serving::api::{self, App};
+use tributary_serving::live::Live;
+use tributary_serving::metrics::Metrics;
+use tributary_serving::query::Engine;
+use tributary_speed::aggregator::Aggregator;
+use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -38,15 +48,10 @@ impl std::fmt::Display for Role {
 }
 
 pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
-    let unbuilt: Vec<String> = roles
-        .iter()
-        .filter(|r| matches!(r, Role::Speed | Role::Serving))
-        .map(Role::to_string)
-        .collect();
-    if !unbuilt.is_empty() {
+    let serving = roles.contains(&Role::Serving);
+    if serving != roles.contains(&Role::Speed) {
         bail!(
-            "the {} role(s) are not built yet; run `tributary serve --roles archiver,batch`",
-            unbuilt.join(", ")
+            "the speed and serving roles run together: queries merge the speed layer's in-memory states, so run `--roles speed,serving` (with archiver and batch as you like)"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -58,9 +63,15 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
     let stop = Arc::new(StopSignal::default());
     let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
 
+    let mut archiver_stats = None;
     let archiver = if roles.contains(&Role::Archiver) {
         let archiver = Archiver::new(ArchiverSettings::from_config(config), Arc::clone(&store));
-        let (handle, stop, failed) = (runtime.handle().clone(), Arc::clone(&stop), failed_tx);
+        archiver_stats = Some(archiver.stats());
+        let (handle, stop, failed) = (
+            runtime.handle().clone(),
+            Arc::clone(&stop),
+            failed_tx.clone(),
+        );
         let worker = thread::Builder::new()
             .name("archiver".to_owned())
             .spawn(move || {
@@ -77,17 +88,62 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
     };
 
     let batch = if roles.contains(&Role::Batch) {
-        let batch = Arc::new(crate::batch::open(config)?);
-        runtime.spawn(schedule(Arc::clone(&batch), config.batch.interval));
-        Some(batch)
+        Some(Arc::new(crate::batch::open(config)?))
     } else {
         None
     };
+    let metrics = Arc::new(Metrics::default());
+    let speed_stop = Arc::new(AtomicBool::new(false));
+    let (http_stop, mut http_stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    let mut http = None;
+    if serving {
+        let app = runtime.block_on(start_serving(
+            config,
+            &store,
+            batch.clone(),
+            archiver_stats,
+            Arc::clone(&metrics),
+        ))?;
+        let speed = Arc::clone(app.engine.live().speed());
+        let (stop, failed) = (Arc::clone(&speed_stop), failed_tx.clone());
+        workers.push(
+            thread::Builder::new()
+                .name("speed".to_owned())
+                .spawn(move || {
+                    if let Err(error) = speed.run(&stop) {
+                        let _ = failed
+                            .send(anyhow::Error::new(error).context("the speed layer stopped"));
+                    }
+                })
+                .context("starting the speed layer thread")?,
+        );
+        runtime.spawn(follow_versions(
+            Arc::clone(app.engine.live()),
+            config.serving.refresh,
+        ));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.serving.listen))
+            .with_context(|| format!("listening on {}", config.serving.listen))?;
+        tracing::info!("serving http://{}", config.serving.listen);
+        let router = api::router(app);
+        http = Some(runtime.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+        }));
+    }
+    if let Some(batch) = &batch {
+        runtime.spawn(schedule(Arc::clone(batch), config.batch.interval, metrics));
+    }
+    drop(failed_tx);
 
     runtime.block_on(async {
         tokio::select! {
             _ = wait_for_shutdown_signal() => {
-                tracing::info!("shutting down: writing buffered events, cancelling a running recompute");
+                tracing::info!("shutting down: finishing requests, writing buffered events, cancelling a running recompute");
                 Ok(())
             }
             Some(error) = failed.recv() => Err(error),
@@ -95,7 +151,17 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
     })
     .inspect_err(|error| tracing::error!("{error:#}; shutting down"))
     .ok();
+    let _ = http_stop.send(true);
+    if let Some(http) = http {
+        match runtime.block_on(async { tokio::time::timeout(api::DRAIN, http).await }) {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the HTTP server stopped with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "the HTTP server task failed"),
+            Err(_) => tracing::warn!("requests still running after {:?} were cut", api::DRAIN),
+        }
+    }
     stop.stop();
+    speed_stop.store(true, Ordering::SeqCst);
     if let Some(batch) = &batch {
         batch.cancel();
     }
@@ -104,22 +170,89 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
         Some(Ok(Err(error))) => Err(anyhow::Error::new(error).context("the archiver stopped")),
         Some(Err(_)) => Err(anyhow::anyhow!("the archiver thread panicked")),
     };
+    for worker in workers {
+        let _ = worker.join();
+    }
     // Give a cancelled recompute a moment to release the lake's lock.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     archived
 }
 
+/// Loads the live versions, builds the speed layer at their boundary, and the HTTP app over both.
+async fn start_serving(
+    config: &Config,
+    store: &Arc<dyn ObjectStore>,
+    batch: Option<Arc<Batch>>,
+    archiver: Option<Arc<ArchiverStats>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<App>> {
+    let serving = &config.serving;
+    let budget = serving.memory_budget_mb << 20;
+    let topic = &config.kafka.topic;
+    let versions = Live::load_versions(store.as_ref(), topic, &config.views, budget)
+        .await
+        .context("loading the live batch versions")?;
+    let aggregator = Aggregator::new(&config.events, &config.views, config.batch.epoch_size)
+        .context("planning the view filters for the speed layer")?;
+    let settings = SpeedSettings {
+        brokers: config.kafka.brokers.clone(),
+        topic: topic.clone(),
+        poll_batch: 2000,
+        poll_wait: std::time::Duration::from_millis(20),
+    };
+    let speed = SpeedLayer::new(settings, aggregator, Live::speed_start(&versions));
+    let live = Live::new(
+        Arc::clone(store),
+        topic.clone(),
+        config.views.clone(),
+        budget,
+        versions,
+        Arc::new(speed),
+    );
+    let engine = Engine::new(Arc::new(live), serving.max_rows, serving.query_timeout)
+        .context("starting the query engine")?;
+    Ok(Arc::new(App {
+        engine,
+        batch,
+        archiver,
+        metrics,
+    }))
+}
+
+/// Checks for newly published versions every `every` (the recompute may run in another process).
+async fn follow_versions(live: Arc<Live>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = live.refresh().await {
+            tracing::warn!(
+                "cannot check for new batch versions (retrying): {:#}",
+                anyhow::Error::new(error)
+            );
+        }
+    }
+}
+
 /// Runs a recompute every `interval` (the first one interval after start). A run still going when
 /// the next is due delays it rather than overlapping it.
-async fn schedule(batch: Arc<Batch>, interval: std::time::Duration) {
+async fn schedule(batch: Arc<Batch>, interval: std::time::Duration, metrics: Arc<Metrics>) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         match batch.run(None, logged()).await {
-            Ok(runs) => runs
-                .iter()
-                .for_each(|run| tracing::info!("{}", crate::batch::describe(run))),
+            Ok(runs) => {
+                for run in &runs {
+                    tracing::info!("{}", crate::batch::describe(run));
+                    let outcome = match run.outcome {
+                        Outcome::Published(_) => "published",
+                        Outcome::Unchanged(_) => "unchanged",
+                        Outcome::NothingArchived => "nothing_archived",
+                    };
+                    metrics.batch_run(outcome, run.elapsed);
+                }
+            }
             Err(BatchError::Cancelled) => return,
             Err(error @ (BatchError::Lock(_) | BatchError::AlreadyRunning)) => {
                 tracing::info!("scheduled recompute skipped: {error}");

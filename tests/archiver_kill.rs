@@ -154,7 +154,7 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn serve_refuses_roles_that_are_not_built_yet() {
+fn serve_runs_speed_and_serving_only_together() {
     let output = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["serve", "--roles", "archiver,speed"])
         .output()
@@ -162,9 +162,7 @@ fn serve_refuses_roles_that_are_not_built_yet() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(
-            "the speed role(s) are not built yet; run `tributary serve --roles archiver,batch`"
-        ),
+        stderr.contains("the speed and serving roles run together"),
         "{stderr}"
     );
 }

@@ -65,6 +65,14 @@ pub struct BatchConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingConfig {
     pub listen: SocketAddr,
+    /// A live batch version up to this size is held in memory; a bigger one is scanned from Parquet.
+    pub memory_budget_mb: usize,
+    /// Longest a query (structured or SQL) may run before it is cancelled.
+    pub query_timeout: Duration,
+    /// Most rows one reply carries; past it the reply is cut and says so (`meta.truncated`).
+    pub max_rows: usize,
+    /// How often the live version pointers (`_current`) are checked for a newly published version.
+    pub refresh: Duration,
 }
 
 /// A validated configuration.
@@ -512,10 +520,26 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
 fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<ServingConfig> {
     let mut section = Section::new("serving", merged.get("serving"), problems)?;
     let listen = section.string("listen", problems);
+    let memory_budget_mb = section.non_negative_integer("memory_budget_mb", problems);
+    let query_timeout = section.duration("query_timeout", problems);
+    let max_rows = section.positive_integer("max_rows", problems);
+    let refresh = section.duration("refresh", problems);
     section.finish(problems);
+    if refresh.is_some_and(|r| r < Duration::from_millis(10)) {
+        problem(problems, "serving.refresh", "must be at least 10ms");
+    }
+    if query_timeout.is_some_and(|t| t < Duration::from_millis(1)) {
+        problem(problems, "serving.query_timeout", "must be at least 1ms");
+    }
     let listen = listen?;
     match listen.parse() {
-        Ok(listen) => Some(ServingConfig { listen }),
+        Ok(listen) => Some(ServingConfig {
+            listen,
+            memory_budget_mb: usize::try_from(memory_budget_mb?).ok()?,
+            query_timeout: query_timeout?,
+            max_rows: usize::try_from(max_rows?).ok()?,
+            refresh: refresh?,
+        }),
         Err(_) => {
             problem(
                 problems,

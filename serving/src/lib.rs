@@ -1,7 +1,15 @@
 //! # tributary-serving: the serving layer
 //!
-//! Will answer queries over HTTP by merging the pinned batch view version with the speed layer's
-//! states (ARCHITECTURE.md §6), through small traits the binary wires (a view reader, a speed
-//! snapshot) rather than batch or speed internals.
-//!
-//! Nothing is implemented here yet: the speed/serving issue builds it on `tributary-schemas`.
+//! Answers queries by merging each view's pinned batch version with the speed layer's states above
+//! its boundary (ARCHITECTURE.md §5-§6):
+//! - [`live`] follows the published versions and keeps the speed layer in step with them;
+//! - [`query`] plans one DataFusion query over batch ∪ speed rows, re-aggregated with the merge
+//!   functions, rolled up and finalized ([`finalize`]);
+//! - [`api`] is the HTTP API (axum), with [`metrics`] for Prometheus and [`json`] for answers.
+
+pub mod api;
+pub mod finalize;
+pub mod json;
+pub mod live;
+pub mod metrics;
+pub mod query;

@@ -14,6 +14,7 @@
 //!
 //! [`Granularity::bucket_start`]: tributary_schemas::duration::Granularity::bucket_start
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Hash maps of the hot path: xxh3 instead of SipHash (keys are our own data, not an attacker's;
@@ -21,15 +22,19 @@ use std::collections::BTreeMap;
 type HashMap<K, V> = std::collections::HashMap<K, V, xxhash_rust::xxh3::Xxh3DefaultBuilder>;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondBuilder};
+use arrow::error::ArrowError;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use tributary_schemas::aggregate::MetricState;
+use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder, raw_schema};
+use tributary_schemas::event::batch::{
+    KafkaPosition, RawBatchBuilder, ValueColumnBuilder, raw_schema,
+};
 use tributary_schemas::event::{Event, EventSchema, Value};
 use tributary_schemas::lake::Boundary;
 use tributary_schemas::seam::{epoch_of, first_speed_epoch};
@@ -82,6 +87,14 @@ impl Dictionary {
         })
     }
 
+    /// The value of `id`, borrowing the interned string.
+    fn borrowed(&self, id: u32) -> Value<'_> {
+        match &self.values[id as usize] {
+            DimValue::Str(s) => Value::Str(Cow::Borrowed(s)),
+            _ => self.value(id),
+        }
+    }
+
     fn value(&self, id: u32) -> Value<'static> {
         match &self.values[id as usize] {
             DimValue::Null => Value::Null,
@@ -120,6 +133,17 @@ pub struct SpeedRow {
     pub bucket_ms: i64,
     pub dimensions: Vec<Value<'static>>,
     pub states: Vec<MetricState>,
+}
+
+/// A view's speed rows above a boundary in the stored-state Arrow form ([`ViewDef::state_schema`]),
+/// ready to be merged with batch rows.
+#[derive(Debug, Clone)]
+pub struct SpeedSnapshot {
+    pub batch: RecordBatch,
+    /// Events counted in the epochs taken.
+    pub events: u64,
+    /// Largest event time counted in the epochs taken, epoch ms.
+    pub newest_event_ms: Option<i64>,
 }
 
 /// One view's speed-layer states.
@@ -208,6 +232,56 @@ impl ViewStates {
             }
         }
         rows
+    }
+
+    /// [`Self::snapshot`] straight into Arrow: one row per (epoch, row key), without copying states.
+    /// Rows of several epochs with the same key stay apart; the serving layer's merge folds them.
+    pub fn snapshot_batch(&self, boundary: &Boundary) -> Result<SpeedSnapshot, ArrowError> {
+        let mut time = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        let mut dimensions: Vec<_> = (self.view.dimensions.iter())
+            .map(|d| ValueColumnBuilder::new(d.ty))
+            .collect();
+        let mut metrics: Vec<_> = (self.view.metrics.iter())
+            .map(|m| StateColumnBuilder::new(m.state_kind()))
+            .collect();
+        let (mut events, mut newest_event_ms) = (0, None);
+        let width = self.view.metrics.len();
+        for (&(partition, epoch), states) in &self.epochs {
+            if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
+                continue;
+            }
+            events += states.events;
+            newest_event_ms = newest_event_ms.max(states.newest_event_ms);
+            for (row, key) in states.keys.iter().enumerate() {
+                time.append_value(key[0] as i64);
+                for ((column, &id), dictionary) in
+                    dimensions.iter_mut().zip(&key[1..]).zip(&self.dictionaries)
+                {
+                    column.append(&dictionary.borrowed(id as u32));
+                }
+                for (column, state) in metrics
+                    .iter_mut()
+                    .zip(&states.states[row * width..(row + 1) * width])
+                {
+                    column
+                        .append(state)
+                        .map_err(|e| ArrowError::ComputeError(e.to_string()))?;
+                }
+            }
+        }
+        let mut columns = vec![Arc::new(time.finish()) as _];
+        columns.extend(dimensions.iter_mut().map(ValueColumnBuilder::finish));
+        columns.extend(metrics.iter_mut().map(StateColumnBuilder::finish));
+        Ok(SpeedSnapshot {
+            batch: RecordBatch::try_new(self.view.state_schema(), columns)?,
+            events,
+            newest_event_ms,
+        })
+    }
+
+    /// Forgets every epoch (before the consumer re-reads the log from a lower boundary).
+    pub fn clear(&mut self) {
+        self.epochs.clear();
     }
 
     pub fn epochs(&self) -> &BTreeMap<(i32, i64), EpochStates> {

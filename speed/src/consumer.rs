@@ -9,7 +9,7 @@
 //! from its start.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,8 +61,17 @@ pub struct SpeedLayer {
     states: Arc<RwLock<Aggregator>>,
     boundary: RwLock<Boundary>,
     lag: RwLock<BTreeMap<i32, PartitionLag>>,
+    /// Per partition, the broker's end offset when consumption (re)started: caught up past it, the
+    /// speed layer is ready.
+    start_heads: RwLock<BTreeMap<i32, i64>>,
+    /// Bumped by [`SpeedLayer::restart_at`]; a poll read before a restart is discarded.
+    restarts: AtomicU64,
     /// Offsets deleted by retention before the speed layer read them (and not in the batch view).
-    pub lost_offsets: std::sync::atomic::AtomicU64,
+    pub lost_offsets: AtomicU64,
+    /// Valid events aggregated, and messages the decoder rejected (skipped here, quarantined by the
+    /// archiver), since start.
+    pub events: AtomicU64,
+    pub malformed: AtomicU64,
 }
 
 impl SpeedLayer {
@@ -74,7 +83,52 @@ impl SpeedLayer {
             states: Arc::new(RwLock::new(aggregator)),
             boundary: RwLock::new(boundary),
             lag: RwLock::default(),
-            lost_offsets: Default::default(),
+            start_heads: RwLock::default(),
+            restarts: AtomicU64::new(0),
+            lost_offsets: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        }
+    }
+
+    /// The boundary the consumer seeks to: what the speed layer's states start at.
+    pub fn boundary(&self) -> Boundary {
+        self.boundary.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Whether every partition has been read up to the end it had when consumption (re)started.
+    pub fn caught_up(&self) -> bool {
+        let heads = self.start_heads.read().unwrap_or_else(|e| e.into_inner());
+        let lag = self.lag.read().unwrap_or_else(|e| e.into_inner());
+        !heads.is_empty()
+            && heads
+                .iter()
+                .all(|(p, &head)| lag.get(p).is_some_and(|l| l.next >= head))
+    }
+
+    /// Forgets every state and re-reads the log from `boundary`: for a live version whose boundary
+    /// is *lower* than what the states start at (a rollback, a definition change, a new offset
+    /// generation), since dropped epochs cannot come back otherwise.
+    pub fn restart_at(&self, boundary: Boundary) {
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        for view in states.views_mut() {
+            view.clear();
+        }
+        states.next_offsets.clear();
+        *self.boundary.write().unwrap_or_else(|e| e.into_inner()) = boundary;
+        self.start_heads
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Drops one view's epochs below `boundary` (its new live version covers them); the consumer's
+    /// position is unchanged.
+    pub fn drop_below(&self, view: usize, boundary: &Boundary) {
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(view) = states.views_mut().get_mut(view) {
+            view.drop_below(boundary);
         }
     }
 
@@ -82,6 +136,12 @@ impl SpeedLayer {
     pub fn with_views<T>(&self, f: impl FnOnce(&[ViewStates]) -> T) -> T {
         let states = self.states.read().unwrap_or_else(|e| e.into_inner());
         f(states.views())
+    }
+
+    /// Reads the aggregator (its states and offsets agree: a poll step applies under one write lock).
+    pub fn read<T>(&self, f: impl FnOnce(&Aggregator) -> T) -> T {
+        let states = self.states.read().unwrap_or_else(|e| e.into_inner());
+        f(&states)
     }
 
     /// Per partition, the next offset to aggregate.
@@ -126,41 +186,14 @@ impl SpeedLayer {
                 topic: topic.clone(),
             });
         }
-        let boundary = self.boundary.read().map(|b| b.clone()).unwrap_or_default();
-        let mut assignment = TopicPartitionList::new();
-        let mut lag = BTreeMap::new();
-        for &partition in &partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-            let w = boundary.get(partition);
-            let start = if w < low {
-                let lost = low - w;
-                self.lost_offsets.fetch_add(lost as u64, Ordering::Relaxed);
-                tracing::error!(
-                    partition,
-                    from = w,
-                    to = low - 1,
-                    "offsets above the batch boundary were deleted by retention before the speed layer read them"
-                );
-                low
-            } else {
-                w
-            };
-            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-            lag.insert(
-                partition,
-                PartitionLag {
-                    start,
-                    next: start,
-                    high_watermark: high,
-                },
-            );
-        }
-        consumer.assign(&assignment)?;
-        *self.lag.write().unwrap_or_else(|e| e.into_inner()) = lag;
-        tracing::info!(topic, boundary = ?boundary.0, "speed layer started");
-
+        let mut restarts = self.restarts.load(Ordering::SeqCst);
+        self.assign(&consumer, &partitions)?;
         let mut last_watermarks = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            if self.restarts.load(Ordering::SeqCst) != restarts {
+                restarts = self.restarts.load(Ordering::SeqCst);
+                self.assign(&consumer, &partitions)?;
+            }
             let deadline = Instant::now() + self.settings.poll_wait;
             let mut messages = Vec::with_capacity(self.settings.poll_batch);
             while messages.len() < self.settings.poll_batch {
@@ -189,8 +222,14 @@ impl SpeedLayer {
                     })
                     .collect();
                 let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-                states.apply(&batch)?;
+                if self.restarts.load(Ordering::SeqCst) != restarts {
+                    continue; // read from before a restart: the next step re-seeks
+                }
+                let applied = states.apply(&batch)?;
                 let next = states.next_offsets.clone();
+                self.events.fetch_add(applied.events, Ordering::Relaxed);
+                self.malformed
+                    .fetch_add(applied.malformed, Ordering::Relaxed);
                 drop(states);
                 let mut lag = self.lag.write().unwrap_or_else(|e| e.into_inner());
                 for (partition, next) in next {
@@ -209,6 +248,47 @@ impl SpeedLayer {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Assigns every partition at the boundary (or the low watermark where retention deleted
+    /// offsets above it, counting them as lost).
+    fn assign(&self, consumer: &BaseConsumer, partitions: &[i32]) -> Result<(), SpeedError> {
+        let topic = &self.settings.topic;
+        let boundary = self.boundary();
+        let mut assignment = TopicPartitionList::new();
+        let mut lag = BTreeMap::new();
+        for &partition in partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            let w = boundary.get(partition);
+            let start = if w < low {
+                let lost = low - w;
+                self.lost_offsets.fetch_add(lost as u64, Ordering::Relaxed);
+                tracing::error!(
+                    partition,
+                    from = w,
+                    to = low - 1,
+                    "offsets above the batch boundary were deleted by retention before the speed layer read them"
+                );
+                low
+            } else {
+                w
+            };
+            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            lag.insert(
+                partition,
+                PartitionLag {
+                    start,
+                    next: start,
+                    high_watermark: high,
+                },
+            );
+        }
+        consumer.assign(&assignment)?;
+        *self.start_heads.write().unwrap_or_else(|e| e.into_inner()) =
+            lag.iter().map(|(&p, l)| (p, l.high_watermark)).collect();
+        *self.lag.write().unwrap_or_else(|e| e.into_inner()) = lag;
+        tracing::info!(topic, boundary = ?boundary.0, "speed layer reading from the batch boundary");
         Ok(())
     }
 }

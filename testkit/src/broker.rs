@@ -78,7 +78,8 @@ fn tansu_binary() -> Option<PathBuf> {
 }
 
 /// A port nothing listens on right now (the OS picks it; the broker binds it a moment later).
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port nothing listens on (for a server a test starts).
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())

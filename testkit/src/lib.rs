@@ -10,7 +10,8 @@
 //! A dev-dependency only: nothing in the service depends on it.
 
 mod broker;
+pub mod http;
 pub mod rng;
 pub mod stream;
 
-pub use broker::{Broker, HarnessError};
+pub use broker::{Broker, HarnessError, free_port};

@@ -54,8 +54,9 @@ fn timestamps() -> TimestampMillisecondBuilder {
     TimestampMillisecondBuilder::new().with_timezone("UTC")
 }
 
+/// Builds one Arrow column of a configured field's values (the type [`FieldType::data_type`] names).
 #[derive(Debug)]
-enum Column {
+pub enum ValueColumnBuilder {
     Str(StringBuilder),
     Int(Int64Builder),
     Float(Float64Builder),
@@ -63,40 +64,40 @@ enum Column {
     Timestamp(TimestampMillisecondBuilder),
 }
 
-impl Column {
-    fn new(ty: FieldType) -> Self {
+impl ValueColumnBuilder {
+    pub fn new(ty: FieldType) -> Self {
         match ty {
-            FieldType::String => Column::Str(StringBuilder::new()),
-            FieldType::Int64 => Column::Int(Int64Builder::new()),
-            FieldType::Float64 => Column::Float(Float64Builder::new()),
-            FieldType::Bool => Column::Bool(BooleanBuilder::new()),
-            FieldType::Timestamp => Column::Timestamp(timestamps()),
+            FieldType::String => Self::Str(StringBuilder::new()),
+            FieldType::Int64 => Self::Int(Int64Builder::new()),
+            FieldType::Float64 => Self::Float(Float64Builder::new()),
+            FieldType::Bool => Self::Bool(BooleanBuilder::new()),
+            FieldType::Timestamp => Self::Timestamp(timestamps()),
         }
     }
 
     /// Appends `value`, or `NULL` where it is null (the decoder only yields values of the column's type).
-    fn append(&mut self, value: &Value<'_>) {
+    pub fn append(&mut self, value: &Value<'_>) {
         match (self, value) {
-            (Column::Str(b), Value::Str(v)) => b.append_value(v),
-            (Column::Int(b), Value::Int(v)) => b.append_value(*v),
-            (Column::Float(b), Value::Float(v)) => b.append_value(*v),
-            (Column::Bool(b), Value::Bool(v)) => b.append_value(*v),
-            (Column::Timestamp(b), Value::Timestamp(v)) => b.append_value(*v),
-            (Column::Str(b), _) => b.append_null(),
-            (Column::Int(b), _) => b.append_null(),
-            (Column::Float(b), _) => b.append_null(),
-            (Column::Bool(b), _) => b.append_null(),
-            (Column::Timestamp(b), _) => b.append_null(),
+            (Self::Str(b), Value::Str(v)) => b.append_value(v),
+            (Self::Int(b), Value::Int(v)) => b.append_value(*v),
+            (Self::Float(b), Value::Float(v)) => b.append_value(*v),
+            (Self::Bool(b), Value::Bool(v)) => b.append_value(*v),
+            (Self::Timestamp(b), Value::Timestamp(v)) => b.append_value(*v),
+            (Self::Str(b), _) => b.append_null(),
+            (Self::Int(b), _) => b.append_null(),
+            (Self::Float(b), _) => b.append_null(),
+            (Self::Bool(b), _) => b.append_null(),
+            (Self::Timestamp(b), _) => b.append_null(),
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    pub fn finish(&mut self) -> ArrayRef {
         match self {
-            Column::Str(b) => Arc::new(b.finish()),
-            Column::Int(b) => Arc::new(b.finish()),
-            Column::Float(b) => Arc::new(b.finish()),
-            Column::Bool(b) => Arc::new(b.finish()),
-            Column::Timestamp(b) => Arc::new(b.finish()),
+            Self::Str(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -106,7 +107,7 @@ impl Column {
 pub struct RawBatchBuilder {
     schema: SchemaRef,
     time: TimestampMillisecondBuilder,
-    fields: Vec<Column>,
+    fields: Vec<ValueColumnBuilder>,
     partition: Int32Builder,
     offset: Int64Builder,
     kafka_ts: TimestampMillisecondBuilder,
@@ -118,7 +119,11 @@ impl RawBatchBuilder {
         Self {
             schema: raw_schema(schema),
             time: timestamps(),
-            fields: schema.fields.iter().map(|f| Column::new(f.ty)).collect(),
+            fields: schema
+                .fields
+                .iter()
+                .map(|f| ValueColumnBuilder::new(f.ty))
+                .collect(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
             kafka_ts: timestamps(),
@@ -153,7 +158,7 @@ impl RawBatchBuilder {
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.fields.len() + 4);
         columns.push(Arc::new(self.time.finish()));
-        columns.extend(self.fields.iter_mut().map(Column::finish));
+        columns.extend(self.fields.iter_mut().map(ValueColumnBuilder::finish));
         columns.push(Arc::new(self.partition.finish()));
         columns.push(Arc::new(self.offset.finish()));
         columns.push(Arc::new(self.kafka_ts.finish()));

@@ -1,0 +1,539 @@
+//! The HTTP API (ARCHITECTURE.md §6), with axum.
+//!
+//! Every error is `{"error": {"code", "message"}}`: 4xx for the caller's mistakes, with a message that
+//! says what to fix; 5xx only for ours, with a generic message (the cause is logged, never sent).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tributary_batch::archiver::ArchiverStats;
+use tributary_batch::recompute::progress::quiet;
+use tributary_batch::recompute::{Batch, BatchError, Outcome};
+use tributary_schemas::config::ViewDef;
+
+use crate::json::{self, timestamp};
+use crate::live::Pinned;
+use crate::metrics::{Metrics, header as family, sample};
+use crate::query::{Answer, Engine, QueryError, QueryRequest};
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct App {
+    pub engine: Engine,
+    /// The recompute service, when this process runs the batch role.
+    pub batch: Option<Arc<Batch>>,
+    /// The archiver's counters, when this process runs the archiver role.
+    pub archiver: Option<Arc<ArchiverStats>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An error reply.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(what: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::error!("{what}: {cause}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{what} failed on the server; the cause is in its log"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::Invalid { code, message } => {
+                ApiError::new(StatusCode::BAD_REQUEST, code, message)
+            }
+            timeout @ QueryError::Timeout(_) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "query_timeout",
+                timeout.to_string(),
+            ),
+            QueryError::Internal(cause) => ApiError::internal("the query", cause),
+        }
+    }
+}
+
+/// The router of every route.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/views", get(views))
+        .route("/v1/query", post(query))
+        .route("/v1/sql", post(sql))
+        .route("/v1/batch/run", post(batch_run))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            count_requests,
+        ))
+        .with_state(app)
+}
+
+async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = match request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+    {
+        Some("/v1/views") => "/v1/views",
+        Some("/v1/query") => "/v1/query",
+        Some("/v1/sql") => "/v1/sql",
+        Some("/v1/batch/run") => "/v1/batch/run",
+        Some("/v1/status") => "/v1/status",
+        Some("/metrics") => "/metrics",
+        Some("/livez") => "/livez",
+        Some("/readyz") => "/readyz",
+        Some("/openapi.json") => "/openapi.json",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    app.metrics.request(route, response.status().as_u16());
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "there is no route {} {}; /openapi.json lists them",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {}; /openapi.json lists each route's method",
+            request.uri().path(),
+            request.method()
+        ),
+    )
+}
+
+/// Parses a JSON body, or says what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_data() {
+            "the request's fields are wrong"
+        } else {
+            "the body is not valid JSON"
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("{what}: {e}"))
+    })
+}
+
+fn view_json(view: &ViewDef) -> Value {
+    json!({
+        "name": view.name,
+        "granularity": view.granularity.to_string(),
+        "dimensions": view.dimensions.iter()
+            .map(|d| json!({"name": d.name, "type": d.ty.name()}))
+            .collect::<Vec<_>>(),
+        "metrics": view.metrics.iter()
+            .map(|m| json!({
+                "name": m.name,
+                "expression": m.expression,
+                "type": json::type_name(&m.output_type()),
+            }))
+            .collect::<Vec<_>>(),
+        "filter": view.filter.as_ref().map(|f| f.sql.clone()),
+    })
+}
+
+async fn views(State(app): State<Arc<App>>) -> Result<axum::Json<Value>, ApiError> {
+    let live = app.engine.live();
+    let mut out = Vec::new();
+    for (index, view) in live.views().iter().enumerate() {
+        let pinned = live
+            .pin(index)
+            .map_err(|e| ApiError::internal("reading the views", e))?;
+        let mut entry = view_json(view);
+        entry["batch"] = batch_meta(&pinned);
+        entry["freshness"] = freshness(&pinned);
+        out.push(entry);
+    }
+    Ok(axum::Json(json!({"views": out})))
+}
+
+fn batch_meta(pinned: &Pinned) -> Value {
+    match &pinned.version {
+        None => Value::Null,
+        Some(version) => json!({
+            "version": version.manifest.version,
+            "created_at": version.manifest.created_at,
+            "rows": version.manifest.row_count,
+            "generation": version.manifest.generation,
+            "boundary": version.manifest.boundary.0,
+            "in_memory": version.in_memory(),
+        }),
+    }
+}
+
+fn freshness(pinned: &Pinned) -> Value {
+    let newest = pinned.speed.newest_event_ms;
+    json!({
+        "newest_event": newest.map_or(Value::Null, timestamp),
+        "age_ms": newest.map(|t| Utc::now().timestamp_millis() - t),
+    })
+}
+
+fn merged_meta(view: &str, pinned: &Pinned) -> Value {
+    json!({
+        "view": view,
+        "batch": batch_meta(pinned),
+        "speed": {
+            "from": pinned.speed_from.0,
+            "next_offsets": pinned.speed_next,
+            "events": pinned.speed.events,
+            "rows": pinned.speed.batch.num_rows(),
+        },
+        "freshness": freshness(pinned),
+    })
+}
+
+fn reply(answer: &Answer, mut meta: Value) -> Result<axum::Json<Value>, ApiError> {
+    let mut rows = Vec::new();
+    for batch in &answer.batches {
+        json::rows(batch, &mut rows).map_err(|e| ApiError::internal("writing the answer", e))?;
+    }
+    meta["rows"] = json!(rows.len());
+    meta["truncated"] = json!(answer.truncated);
+    meta["elapsed_ms"] = json!(answer.elapsed.as_secs_f64() * 1e3);
+    Ok(axum::Json(json!({
+        "columns": json::columns(&answer.schema),
+        "rows": rows,
+        "meta": meta,
+    })))
+}
+
+async fn query(State(app): State<Arc<App>>, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
+    let request: QueryRequest = parse(&body)?;
+    let answer = app.engine.query(&request).await?;
+    app.metrics.query("/v1/query", answer.elapsed);
+    let merged = &answer.merged[0];
+    reply(&answer, merged_meta(&merged.view, &merged.pinned))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+async fn sql(State(app): State<Arc<App>>, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
+    let request: SqlRequest = parse(&body)?;
+    let answer = app.engine.sql(&request.sql).await?;
+    app.metrics.query("/v1/sql", answer.elapsed);
+    let views: Vec<Value> = (answer.merged.iter())
+        .map(|m| merged_meta(&m.view, &m.pinned))
+        .collect();
+    reply(&answer, json!({"views": views}))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    view: Option<String>,
+}
+
+async fn batch_run(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let request: RunRequest = match body.is_empty() {
+        true => RunRequest::default(),
+        false => parse(&body)?,
+    };
+    let Some(batch) = &app.batch else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "batch_not_here",
+            "this process does not run the batch role; run `tributary batch run` or call a process started with --roles including batch",
+        ));
+    };
+    if let Some(view) = &request.view
+        && !app.engine.live().views().iter().any(|v| &v.name == view)
+    {
+        let names: Vec<_> = app
+            .engine
+            .live()
+            .views()
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_view",
+            format!(
+                "there is no view {view:?}; the views are: {}",
+                names.join(", ")
+            ),
+        ));
+    }
+    let runs = run_batch(&app, batch, request.view.as_deref()).await?;
+    Ok(axum::Json(json!({"views": runs})))
+}
+
+/// Runs a recompute, records it, and makes what it published live before returning.
+pub async fn run_batch(
+    app: &App,
+    batch: &Batch,
+    only: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    let started = Instant::now();
+    let runs = match batch.run(only, quiet()).await {
+        Ok(runs) => runs,
+        Err(error @ (BatchError::AlreadyRunning | BatchError::Lock(_))) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "batch_running",
+                error.to_string(),
+            ));
+        }
+        Err(error) => {
+            app.metrics.batch_run("failed", started.elapsed());
+            return Err(ApiError::internal("the recompute", error));
+        }
+    };
+    app.engine
+        .live()
+        .refresh()
+        .await
+        .map_err(|e| ApiError::internal("loading the new versions", format!("{e:#}")))?;
+    let mut out = Vec::new();
+    for run in &runs {
+        let (outcome, manifest) = match &run.outcome {
+            Outcome::Published(m) => ("published", Some(m)),
+            Outcome::Unchanged(m) => ("unchanged", Some(m)),
+            Outcome::NothingArchived => ("nothing_archived", None),
+        };
+        app.metrics.batch_run(outcome, run.elapsed);
+        out.push(json!({
+            "view": run.view,
+            "outcome": outcome,
+            "version": manifest.map(|m| m.version),
+            "boundary": manifest.map(|m| m.boundary.0.clone()),
+            "rows_read": run.rows_read,
+            "elapsed_ms": run.elapsed.as_secs_f64() * 1e3,
+        }));
+    }
+    Ok(out)
+}
+
+async fn status(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    let live = app.engine.live();
+    let speed = live.speed();
+    let batch: Vec<Value> = (live.views().iter())
+        .zip(live.versions())
+        .map(|(view, version)| {
+            json!({
+                "view": view.name,
+                "version": version.as_ref().map(|v| v.manifest.version),
+                "created_at": version.as_ref().map(|v| v.manifest.created_at),
+                "boundary": version.as_ref().map(|v| v.manifest.boundary.0.clone()),
+                "in_memory": version.as_ref().map(|v| v.in_memory()),
+            })
+        })
+        .collect();
+    let lag: Vec<Value> = (speed.lag().into_iter())
+        .map(|(partition, l)| {
+            json!({
+                "partition": partition,
+                "start": l.start,
+                "next": l.next,
+                "high_watermark": l.high_watermark,
+                "lag": (l.high_watermark - l.next).max(0),
+            })
+        })
+        .collect();
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    let archiver = app.archiver.as_ref().map(|stats| {
+        json!({
+            "archived": stats.archived.load(ordering),
+            "quarantined": stats.quarantined.load(ordering),
+            "files": stats.files.load(ordering),
+            "lost_offsets": stats.lost_offsets.load(ordering),
+            "dlq_failures": stats.dlq_failures.load(ordering),
+            "progress": stats.progress(),
+        })
+    });
+    axum::Json(json!({
+        "batch": {"views": batch, "role": app.batch.is_some()},
+        "speed": {
+            "ready": speed.caught_up(),
+            "from": speed.boundary().0,
+            "events": speed.events.load(ordering),
+            "malformed": speed.malformed.load(ordering),
+            "lost_offsets": speed.lost_offsets.load(ordering),
+            "partitions": lag,
+        },
+        "archiver": archiver,
+    }))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let speed = app.engine.live().speed();
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    let counters = [
+        (
+            "tributary_speed_events_total",
+            "events aggregated by the speed layer",
+            speed.events.load(ordering),
+        ),
+        (
+            "tributary_speed_malformed_total",
+            "messages the speed layer skipped as malformed",
+            speed.malformed.load(ordering),
+        ),
+        (
+            "tributary_speed_lost_offsets_total",
+            "offsets deleted by retention before the speed layer read them",
+            speed.lost_offsets.load(ordering),
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], value as f64);
+    }
+    family(
+        &mut out,
+        "tributary_speed_lag_messages",
+        "gauge",
+        "messages between the broker's end and the speed layer, per partition",
+    );
+    for (partition, lag) in speed.lag() {
+        let value = (lag.high_watermark - lag.next).max(0) as f64;
+        sample(
+            &mut out,
+            "tributary_speed_lag_messages",
+            &[("partition", partition.to_string())],
+            value,
+        );
+    }
+    family(
+        &mut out,
+        "tributary_freshness_seconds",
+        "gauge",
+        "age of the newest event counted, per view",
+    );
+    family(
+        &mut out,
+        "tributary_batch_version",
+        "gauge",
+        "live batch version per view (0: none)",
+    );
+    let live = app.engine.live();
+    for (index, view) in live.views().iter().enumerate() {
+        if let Ok(pinned) = live.pin(index) {
+            let labels = [("view", view.name.clone())];
+            if let Some(newest) = pinned.speed.newest_event_ms {
+                let age = (Utc::now().timestamp_millis() - newest) as f64 / 1e3;
+                sample(&mut out, "tributary_freshness_seconds", &labels, age);
+            }
+            let version = pinned.version.as_ref().map_or(0, |v| v.manifest.version);
+            sample(&mut out, "tributary_batch_version", &labels, version as f64);
+        }
+    }
+    if let Some(stats) = &app.archiver {
+        let counters = [
+            (
+                "tributary_archiver_events_total",
+                "events written to the master dataset",
+                stats.archived.load(ordering),
+            ),
+            (
+                "tributary_archiver_quarantined_total",
+                "malformed events written to quarantine",
+                stats.quarantined.load(ordering),
+            ),
+            (
+                "tributary_archiver_dlq_failures_total",
+                "malformed events the DLQ topic did not take",
+                stats.dlq_failures.load(ordering),
+            ),
+        ];
+        for (name, help, value) in counters {
+            family(&mut out, name, "counter", help);
+            sample(&mut out, name, &[], value as f64);
+        }
+    }
+    app.metrics.render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn livez() -> axum::Json<Value> {
+    axum::Json(json!({"status": "live"}))
+}
+
+/// Ready once the live versions are loaded (they are before the server starts) and the speed layer
+/// has read every partition up to the end it saw when it started.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let speed = app.engine.live().speed();
+    if speed.caught_up() {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        let behind: Vec<Value> = (speed.lag().into_iter())
+            .map(|(p, l)| json!({"partition": p, "next": l.next, "high_watermark": l.high_watermark}))
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "catching_up", "partitions": behind})),
+        )
+            .into_response()
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+/// How long the server waits for in-flight requests at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(10);

@@ -1,0 +1,143 @@
+//! Scalar functions that turn a merged state column into its answer, so that a whole query (merge,
+//! roll-up, finalize, filter, order) is one DataFusion plan.
+//!
+//! Only the kinds whose Arrow state is not already the answer need one: `avg` (a `{sum, count}`
+//! struct), `count_distinct` (an HLL sketch) and `quantile` (a DDSketch). Each reads states with the
+//! shared algebra ([`MetricState::finalize`]), so the answer is the one every layer would give.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::common::{Result, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use tributary_schemas::aggregate::{Avg, Finalized, MetricState};
+
+/// The finalizing function of one metric kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Finalize {
+    kind: Kind,
+    name: String,
+    signature: Signature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Avg,
+    CountDistinct,
+    /// The quantile's bits (`f64` is neither `Eq` nor `Hash`).
+    Quantile(u64),
+}
+
+impl Finalize {
+    /// `avg`: `{sum, count}` → `sum / count` (`NULL` when nothing was counted).
+    pub fn avg() -> ScalarUDF {
+        Self::udf(Kind::Avg, "finalize_avg".to_owned())
+    }
+
+    /// `count_distinct`: HLL sketch → estimated distinct count.
+    pub fn count_distinct() -> ScalarUDF {
+        Self::udf(Kind::CountDistinct, "finalize_count_distinct".to_owned())
+    }
+
+    /// `quantile(f, q)`: DDSketch → the `q` quantile (`NULL` when empty).
+    pub fn quantile(q: f64) -> ScalarUDF {
+        Self::udf(
+            Kind::Quantile(q.to_bits()),
+            format!("finalize_quantile_{q}"),
+        )
+    }
+
+    fn udf(kind: Kind, name: String) -> ScalarUDF {
+        ScalarUDF::from(Self {
+            kind,
+            name,
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Finalize {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.kind {
+            Kind::CountDistinct => DataType::Int64,
+            Kind::Avg | Kind::Quantile(_) => DataType::Float64,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [state] = args.args.as_slice() else {
+            return exec_err!("{} takes one state column", self.name);
+        };
+        let states = state.to_array(args.number_rows)?;
+        let answers = match self.kind {
+            Kind::Avg => averages(&states)?,
+            Kind::CountDistinct => sketches(&states, |state| match state.finalize(0.0, false) {
+                Finalized::Int(v) => Some(v as f64),
+                _ => None,
+            })
+            .map(|floats| -> ArrayRef {
+                let mut ints = Int64Builder::with_capacity(floats.len());
+                floats
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .for_each(|v| ints.append_option(v.map(|v| v as i64)));
+                Arc::new(ints.finish())
+            })?,
+            Kind::Quantile(bits) => {
+                let q = f64::from_bits(bits);
+                sketches(&states, |state| match state.finalize(q, false) {
+                    Finalized::Float(v) => Some(v),
+                    _ => None,
+                })?
+            }
+        };
+        Ok(ColumnarValue::Array(answers))
+    }
+}
+
+fn averages(states: &ArrayRef) -> Result<ArrayRef> {
+    let Some(avg) = states.as_struct_opt() else {
+        return exec_err!(
+            "finalize_avg needs an avg state, not {}",
+            states.data_type()
+        );
+    };
+    let sums = avg.column(0).as_primitive::<Float64Type>();
+    let counts = avg.column(1).as_primitive::<Int64Type>();
+    let mut out = Float64Builder::with_capacity(avg.len());
+    for row in 0..avg.len() {
+        let state = Avg::from_parts(sums.value(row), counts.value(row));
+        out.append_option(state.finalize().filter(|_| !avg.is_null(row)));
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// Decodes each sketch and answers it with `answer`.
+fn sketches(states: &ArrayRef, answer: impl Fn(&MetricState) -> Option<f64>) -> Result<ArrayRef> {
+    let Some(bytes) = states.as_binary_opt::<i32>() else {
+        return exec_err!("a sketch state must be Binary, not {}", states.data_type());
+    };
+    let mut out = Float64Builder::with_capacity(bytes.len());
+    for value in bytes.iter() {
+        match value {
+            None => out.append_null(),
+            Some(value) => {
+                let state = MetricState::from_bytes(value)
+                    .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+                out.append_option(answer(&state));
+            }
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}

@@ -1,0 +1,366 @@
+//! Which batch version each view serves, and the pin a query takes (ARCHITECTURE.md §5).
+//!
+//! [`Live`] follows every view's `_current` pointer. A newly published version is loaded (into
+//! memory when it fits the budget, else scanned from its Parquet parts) *before* it replaces the
+//! old one, so a query never waits on a load. The swap and the speed layer's adjustment happen
+//! under one write lock that [`Live::pin`] takes for reading, and a pin copies the speed rows it
+//! needs while holding it; so no query can pair the new version with speed epochs the old version
+//! needed, or the old version with epochs the new one let go:
+//! - a version whose boundary is at or above the previous one drops the speed epochs it covers;
+//! - one whose boundary is *lower* on some partition (a rollback; a definition change, which
+//!   leaves no usable version; a version of an older offset generation, whose boundary says
+//!   nothing about the current log) makes the speed layer forget its states and re-read the log
+//!   from the lowest boundary of all views, since dropped epochs cannot come back otherwise. Until
+//!   it has caught up again, answers miss the re-read events (`meta.speed.next_offsets` shows it).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tributary_schemas::config::ViewDef;
+use tributary_schemas::lake::generations::read_generations;
+use tributary_schemas::lake::versions::{VersionError, read_current, read_manifest};
+use tributary_schemas::lake::{Boundary, Manifest};
+use tributary_speed::aggregator::SpeedSnapshot;
+use tributary_speed::consumer::SpeedLayer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("cannot read the live versions")]
+    Versions(#[from] VersionError),
+    #[error("cannot read {path}")]
+    Store {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot decode {path}")]
+    Parquet {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("cannot build the speed snapshot")]
+    Snapshot(#[from] arrow::error::ArrowError),
+}
+
+/// Where a version's rows are read from.
+#[derive(Debug)]
+pub enum BatchData {
+    /// Decoded once when the version went live.
+    Memory(Vec<RecordBatch>),
+    /// Too big for the memory budget: each query scans these parts (lake paths).
+    Parquet(Vec<String>),
+}
+
+/// One live batch version of one view.
+#[derive(Debug)]
+pub struct BatchVersion {
+    pub manifest: Manifest,
+    /// Where this view's speed rows start: the manifest's boundary, or nothing when the manifest is
+    /// of an older offset generation (its offsets are not the current log's).
+    pub speed_boundary: Boundary,
+    /// Whether the manifest is of the topic's current offset generation.
+    pub current_generation: bool,
+    pub data: BatchData,
+}
+
+impl BatchVersion {
+    pub fn in_memory(&self) -> bool {
+        matches!(self.data, BatchData::Memory(_))
+    }
+}
+
+/// What one query merges for one view: a batch version (if any) and the speed rows above it.
+#[derive(Debug)]
+pub struct Pinned {
+    pub version: Option<Arc<BatchVersion>>,
+    pub speed: SpeedSnapshot,
+    /// The boundary the speed rows start at.
+    pub speed_from: Boundary,
+    /// Per partition, the next offset the speed layer will read: everything below it is counted.
+    pub speed_next: BTreeMap<i32, i64>,
+}
+
+/// The live versions of every view, kept in step with the speed layer.
+#[derive(Debug)]
+pub struct Live {
+    store: Arc<dyn ObjectStore>,
+    topic: String,
+    views: Vec<ViewDef>,
+    budget_bytes: usize,
+    versions: RwLock<Vec<Option<Arc<BatchVersion>>>>,
+    speed: Arc<SpeedLayer>,
+}
+
+impl Live {
+    /// Loads every view's live version. Call before the speed layer starts:
+    /// [`Self::speed_start`] says where it must begin.
+    pub async fn load_versions(
+        store: &dyn ObjectStore,
+        topic: &str,
+        views: &[ViewDef],
+        budget_bytes: usize,
+    ) -> Result<Vec<Option<Arc<BatchVersion>>>, LiveError> {
+        let generation = read_generations(store, topic).await?.current;
+        let mut versions = Vec::with_capacity(views.len());
+        for view in views {
+            let version = match read_current(store, &view.name).await? {
+                Some(number) => load(store, view, number, generation, budget_bytes).await?,
+                None => None,
+            };
+            versions.push(version.map(Arc::new));
+        }
+        Ok(versions)
+    }
+
+    /// The lowest boundary of all views: where the speed layer reads from.
+    pub fn speed_start(versions: &[Option<Arc<BatchVersion>>]) -> Boundary {
+        let mut start: Option<Boundary> = None;
+        for version in versions {
+            let boundary = version
+                .as_ref()
+                .map(|v| v.speed_boundary.clone())
+                .unwrap_or_default();
+            start = Some(match start {
+                None => boundary,
+                Some(low) => lowest(&low, &boundary),
+            });
+        }
+        start.unwrap_or_default()
+    }
+
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        topic: String,
+        views: Vec<ViewDef>,
+        budget_bytes: usize,
+        versions: Vec<Option<Arc<BatchVersion>>>,
+        speed: Arc<SpeedLayer>,
+    ) -> Self {
+        Self {
+            store,
+            topic,
+            views,
+            budget_bytes,
+            versions: RwLock::new(versions),
+            speed,
+        }
+    }
+
+    pub fn views(&self) -> &[ViewDef] {
+        &self.views
+    }
+
+    pub fn speed(&self) -> &Arc<SpeedLayer> {
+        &self.speed
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The live version of every view (for status pages; queries use [`Self::pin`]).
+    pub fn versions(&self) -> Vec<Option<Arc<BatchVersion>>> {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Pins view `view`'s live version with the speed rows above its boundary.
+    pub fn pin(&self, view: usize) -> Result<Pinned, LiveError> {
+        let versions = self.versions.read().unwrap_or_else(|e| e.into_inner());
+        let version = versions[view].clone();
+        let speed_from = version
+            .as_ref()
+            .map(|v| v.speed_boundary.clone())
+            .unwrap_or_default();
+        let (speed, speed_next) = self.speed.read(|aggregator| {
+            let snapshot = aggregator.views()[view].snapshot_batch(&speed_from);
+            (snapshot, aggregator.next_offsets.clone())
+        });
+        drop(versions);
+        Ok(Pinned {
+            version,
+            speed: speed?,
+            speed_from,
+            speed_next,
+        })
+    }
+
+    /// Checks every view's `_current` and makes newly published versions live. Returns the views
+    /// whose version changed.
+    pub async fn refresh(&self) -> Result<Vec<String>, LiveError> {
+        let store = self.store.as_ref();
+        let generation = read_generations(store, &self.topic).await?.current;
+        let current = self.versions();
+        let mut loaded = Vec::new();
+        for (index, view) in self.views.iter().enumerate() {
+            let live = current[index].as_ref();
+            let number = read_current(store, &view.name).await?;
+            let unchanged = match (live, number) {
+                (Some(live), Some(number)) => {
+                    live.manifest.version == number
+                        && live.current_generation == (live.manifest.generation == generation)
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            let version = match number {
+                Some(number) => load(store, view, number, generation, self.budget_bytes).await?,
+                None => None,
+            };
+            loaded.push((index, version.map(Arc::new)));
+        }
+        if loaded.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        let mut restart = false;
+        let mut changed = Vec::new();
+        for (index, version) in loaded {
+            let old = boundary_of(versions[index].as_ref());
+            let new = boundary_of(version.as_ref());
+            restart |= (old.0.keys()).any(|&p| new.get(p) < old.get(p));
+            tracing::info!(
+                view = self.views[index].name,
+                version = version.as_ref().map(|v| v.manifest.version),
+                boundary = ?new.0,
+                in_memory = version.as_ref().map(|v| v.in_memory()),
+                "batch version live"
+            );
+            if !restart {
+                self.speed.drop_below(index, &new);
+            }
+            versions[index] = version;
+            changed.push(self.views[index].name.clone());
+        }
+        if restart {
+            let start = Self::speed_start(&versions);
+            tracing::warn!(
+                boundary = ?start.0,
+                "a live version's boundary went down (rollback, definition change or new offset generation): the speed layer re-reads the log from there"
+            );
+            self.speed.restart_at(start);
+        }
+        Ok(changed)
+    }
+}
+
+fn boundary_of(version: Option<&Arc<BatchVersion>>) -> Boundary {
+    version
+        .map(|v| v.speed_boundary.clone())
+        .unwrap_or_default()
+}
+
+/// Per partition, the lower of two boundaries (a partition missing from one is at 0 there).
+fn lowest(a: &Boundary, b: &Boundary) -> Boundary {
+    let partitions = a.0.keys().chain(b.0.keys());
+    Boundary(
+        partitions
+            .map(|&p| (p, a.get(p).min(b.get(p))))
+            .filter(|&(_, w)| w > 0)
+            .collect(),
+    )
+}
+
+/// Loads version `number` of `view`, or `None` when it cannot be served: no manifest (being
+/// written or collected) or built under another definition (the next recompute replaces it).
+async fn load(
+    store: &dyn ObjectStore,
+    view: &ViewDef,
+    number: u64,
+    generation: u32,
+    budget_bytes: usize,
+) -> Result<Option<BatchVersion>, LiveError> {
+    let Some(manifest) = read_manifest(store, &view.name, number).await? else {
+        tracing::warn!(
+            view = view.name,
+            version = number,
+            "_current names a version without a manifest"
+        );
+        return Ok(None);
+    };
+    if manifest.definition_hash != view.definition_hash() {
+        tracing::warn!(
+            view = view.name,
+            version = number,
+            "the live version was computed under another definition of the view; serving the speed layer only until the next recompute"
+        );
+        return Ok(None);
+    }
+    let current_generation = manifest.generation == generation;
+    let speed_boundary = if current_generation {
+        manifest.boundary.clone()
+    } else {
+        tracing::warn!(
+            view = view.name,
+            version = number,
+            "the live version covers an older offset generation; the speed layer reads the current log from its start"
+        );
+        Boundary::default()
+    };
+    let files: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
+    let stored: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+    let data = match (stored as usize) <= budget_bytes {
+        true => read_parts(store, view, &files, budget_bytes).await?,
+        false => None,
+    };
+    Ok(Some(BatchVersion {
+        manifest,
+        speed_boundary,
+        current_generation,
+        data: data.map_or(BatchData::Parquet(files), BatchData::Memory),
+    }))
+}
+
+/// Decodes the parts, or `None` once they pass `budget_bytes` in memory.
+async fn read_parts(
+    store: &dyn ObjectStore,
+    view: &ViewDef,
+    files: &[String],
+    budget_bytes: usize,
+) -> Result<Option<Vec<RecordBatch>>, LiveError> {
+    let schema = view.state_schema();
+    let (mut batches, mut bytes) = (Vec::new(), 0usize);
+    for file in files {
+        let store_error = |source| LiveError::Store {
+            path: file.clone(),
+            source,
+        };
+        let parquet_error = |source| LiveError::Parquet {
+            path: file.clone(),
+            source,
+        };
+        let data: Bytes = store
+            .get(&Path::from(file.as_str()))
+            .await
+            .map_err(store_error)?
+            .bytes()
+            .await
+            .map_err(store_error)?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+            .map_err(parquet_error)?
+            .with_batch_size(64 * 1024)
+            .build()
+            .map_err(parquet_error)?;
+        for batch in reader {
+            let batch = batch.map_err(|e| parquet_error(e.into()))?;
+            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+            bytes += batch.get_array_memory_size();
+            if bytes > budget_bytes {
+                return Ok(None);
+            }
+            batches.push(batch);
+        }
+    }
+    Ok(Some(batches))
+}
