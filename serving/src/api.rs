@@ -401,13 +401,14 @@ async fn status(State(app): State<Arc<App>>) -> axum::Json<Value> {
             "progress": stats.progress(),
         })
     });
+    let totals = speed.read(|aggregator| aggregator.totals);
     axum::Json(json!({
         "batch": {"views": batch, "role": app.batch.is_some()},
         "speed": {
             "ready": speed.caught_up(),
             "from": speed.boundary().0,
-            "events": speed.events.load(ordering),
-            "malformed": speed.malformed.load(ordering),
+            "events": totals.events,
+            "malformed": totals.malformed,
             "lost_offsets": speed.lost_offsets.load(ordering),
             "partitions": lag,
         },
@@ -419,16 +420,17 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut out = String::new();
     let speed = app.engine.live().speed();
     let ordering = std::sync::atomic::Ordering::Relaxed;
+    let totals = speed.read(|aggregator| aggregator.totals);
     let counters = [
         (
             "tributary_speed_events_total",
             "events aggregated by the speed layer",
-            speed.events.load(ordering),
+            totals.events,
         ),
         (
             "tributary_speed_malformed_total",
             "messages the speed layer skipped as malformed",
-            speed.malformed.load(ordering),
+            totals.malformed,
         ),
         (
             "tributary_speed_lost_offsets_total",

@@ -307,6 +307,9 @@ pub struct Aggregator {
     batch: RawBatchBuilder,
     /// Per partition, one past the last offset applied.
     pub next_offsets: BTreeMap<i32, i64>,
+    /// Since start: valid events aggregated, and messages the decoder rejected (skipped here,
+    /// quarantined by the archiver).
+    pub totals: Applied,
 }
 
 impl Aggregator {
@@ -336,6 +339,7 @@ impl Aggregator {
             filters,
             batch: RawBatchBuilder::new(events),
             next_offsets: BTreeMap::new(),
+            totals: Applied::default(),
         })
     }
 
@@ -363,6 +367,8 @@ impl Aggregator {
             *next = (*next).max(position.offset + 1);
         }
         applied.events = decoded.len() as u64;
+        self.totals.events += applied.events;
+        self.totals.malformed += applied.malformed;
         let needs_batch = self.filters.iter().any(Option::is_some);
         let batch = if needs_batch && !decoded.is_empty() {
             for (position, event) in &decoded {

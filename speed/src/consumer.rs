@@ -68,10 +68,6 @@ pub struct SpeedLayer {
     restarts: AtomicU64,
     /// Offsets deleted by retention before the speed layer read them (and not in the batch view).
     pub lost_offsets: AtomicU64,
-    /// Valid events aggregated, and messages the decoder rejected (skipped here, quarantined by the
-    /// archiver), since start.
-    pub events: AtomicU64,
-    pub malformed: AtomicU64,
 }
 
 impl SpeedLayer {
@@ -86,8 +82,6 @@ impl SpeedLayer {
             start_heads: RwLock::default(),
             restarts: AtomicU64::new(0),
             lost_offsets: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-            malformed: AtomicU64::new(0),
         }
     }
 
@@ -225,11 +219,8 @@ impl SpeedLayer {
                 if self.restarts.load(Ordering::SeqCst) != restarts {
                     continue; // read from before a restart: the next step re-seeks
                 }
-                let applied = states.apply(&batch)?;
+                states.apply(&batch)?;
                 let next = states.next_offsets.clone();
-                self.events.fetch_add(applied.events, Ordering::Relaxed);
-                self.malformed
-                    .fetch_add(applied.malformed, Ordering::Relaxed);
                 drop(states);
                 let mut lag = self.lag.write().unwrap_or_else(|e| e.into_inner());
                 for (partition, next) in next {

@@ -1,0 +1,453 @@
+//! Every route of the HTTP API and every documented error, through axum's router in-process
+//! (`oneshot`). The speed layer holds real aggregated events (fed to its aggregator directly, as
+//! its consumer would); the lake is a real local directory. Exactness across the layers is
+//! `tests/serving_e2e.rs`'s job, through the real binary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tributary_batch::recompute::{Batch, BatchSettings};
+use tributary_schemas::config::Config;
+use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::lake::open_store;
+use tributary_serving::api::{App, router};
+use tributary_serving::live::Live;
+use tributary_serving::metrics::Metrics;
+use tributary_serving::query::Engine;
+use tributary_speed::aggregator::Aggregator;
+use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_testkit::stream::clickstream;
+
+const EVENTS: usize = 3000;
+
+struct Api {
+    router: Router,
+    _lake: tempfile::TempDir,
+}
+
+fn start(with_batch: bool, timeout: Duration) -> Api {
+    let config = Config::from_sources(None, []).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let store = open_store(lake.path().to_str().unwrap()).unwrap();
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..EVENTS).map(clickstream).collect();
+    let messages: Vec<(KafkaPosition, &[u8])> = (payloads.iter().enumerate())
+        .map(|(n, payload)| {
+            let position = KafkaPosition {
+                partition: (n % 2) as i32,
+                offset: (n / 2) as i64,
+                timestamp_ms: None,
+            };
+            (position, payload.as_slice())
+        })
+        .collect();
+    aggregator.apply(&messages).unwrap();
+    let settings = SpeedSettings {
+        brokers: "127.0.0.1:9".to_owned(),
+        topic: "events".to_owned(),
+        poll_batch: 100,
+        poll_wait: Duration::from_millis(10),
+    };
+    let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
+    let versions = config.views.iter().map(|_| None).collect();
+    let live = Live::new(
+        Arc::clone(&store),
+        "events".to_owned(),
+        config.views.clone(),
+        64 << 20,
+        versions,
+        speed,
+    );
+    let batch = with_batch.then(|| {
+        let settings = BatchSettings {
+            threads: 1,
+            ..BatchSettings::from_config(&config)
+        };
+        Arc::new(Batch::new(settings, config.events.clone(), config.views.clone(), store).unwrap())
+    });
+    let app = App {
+        engine: Engine::new(Arc::new(live), 1000, timeout).unwrap(),
+        batch,
+        archiver: None,
+        metrics: Arc::new(Metrics::default()),
+    };
+    Api {
+        router: router(Arc::new(app)),
+        _lake: lake,
+    }
+}
+
+fn default_api() -> Api {
+    start(false, Duration::from_secs(30))
+}
+
+async fn call(api: &Api, method: Method, path: &str, body: &str) -> (StatusCode, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+async fn post(api: &Api, path: &str, body: Value) -> (StatusCode, Value) {
+    let (status, text) = call(api, Method::POST, path, &body.to_string()).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Asserts a 4xx/5xx with the documented error shape and code; returns the message.
+fn error(reply: &(StatusCode, Value), status: StatusCode, code: &str) -> String {
+    assert_eq!(reply.0, status, "{}", reply.1);
+    assert_eq!(reply.1["error"]["code"], code, "{}", reply.1);
+    reply.1["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn views_lists_dimensions_metrics_and_freshness() {
+    let api = default_api();
+    let (status, text) = call(&api, Method::GET, "/v1/views", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let views: Value = serde_json::from_str(&text).unwrap();
+    let pageviews = &views["views"][0];
+    assert_eq!(pageviews["name"], "pageviews");
+    assert_eq!(pageviews["granularity"], "1m");
+    assert_eq!(
+        pageviews["dimensions"][0],
+        json!({"name": "page", "type": "string"})
+    );
+    assert_eq!(
+        pageviews["metrics"][1]["expression"],
+        "count_distinct(user_id)"
+    );
+    assert_eq!(pageviews["metrics"][1]["type"], "int64");
+    assert!(pageviews["batch"].is_null());
+    assert!(
+        pageviews["freshness"]["newest_event"].is_string(),
+        "{pageviews}"
+    );
+    assert_eq!(views["views"][1]["name"], "traffic");
+}
+
+#[tokio::test]
+async fn query_answers_with_what_it_merged() {
+    let api = default_api();
+    let (status, reply) = post(
+        &api,
+        "/v1/query",
+        json!({"view": "pageviews", "granularity": "all", "group_by": ["country"],
+               "metrics": ["views", "latency_avg"], "order_by": [{"field": "views", "desc": true}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply["columns"],
+        json!([{"name": "country", "type": "string"}, {"name": "views", "type": "int64"},
+               {"name": "latency_avg", "type": "float64"}])
+    );
+    let rows = reply["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{reply}");
+    let total: i64 = rows.iter().map(|r| r["views"].as_i64().unwrap()).sum();
+    assert_eq!(
+        total,
+        (EVENTS - EVENTS / 100) as i64,
+        "1% of clickstream lacks a time"
+    );
+    let views: Vec<i64> = rows.iter().map(|r| r["views"].as_i64().unwrap()).collect();
+    assert!(views.windows(2).all(|w| w[0] >= w[1]), "ordered: {views:?}");
+    let meta = &reply["meta"];
+    assert_eq!(meta["view"], "pageviews");
+    assert!(meta["batch"].is_null());
+    assert_eq!(meta["speed"]["events"], json!(EVENTS - EVENTS / 100));
+    assert_eq!(meta["speed"]["next_offsets"], json!({"0": 1500, "1": 1500}));
+    assert_eq!(meta["truncated"], false);
+    assert!(meta["freshness"]["age_ms"].is_i64());
+
+    // Roll-up: the 1m view per hour, filtered; times are RFC 3339.
+    let (status, reply) = post(
+        &api,
+        "/v1/query",
+        json!({"view": "pageviews", "granularity": "1h", "from": "2026-11-21T10:00:00Z",
+               "to": "2026-11-21T11:00:00Z", "filter": [{"field": "country", "op": "in", "value": ["NL", "US"]}],
+               "metrics": ["views"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["rows"].as_array().unwrap().len(), 1, "{reply}");
+    assert_eq!(reply["rows"][0]["time"], "2026-11-21T10:00:00.000Z");
+
+    // A limit below the answer's size cuts it and says so.
+    let (_, reply) = post(
+        &api,
+        "/v1/query",
+        json!({"view": "pageviews", "group_by": ["page"], "limit": 1}),
+    )
+    .await;
+    assert_eq!(reply["rows"].as_array().unwrap().len(), 1, "{reply}");
+    assert_eq!(reply["meta"]["truncated"], true);
+
+    // A metric filter applies to the answer.
+    let (_, reply) = post(
+        &api,
+        "/v1/query",
+        json!({"view": "pageviews", "granularity": "all", "group_by": ["page"],
+               "filter": [{"field": "views", "op": "gt", "value": 1000}]}),
+    )
+    .await;
+    assert!(
+        reply["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["views"].as_i64().unwrap() > 1000),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn query_errors_say_what_to_fix() {
+    let api = default_api();
+    let cases = [
+        (
+            json!({"view": "nope"}),
+            "unknown_view",
+            "the views are: pageviews, traffic",
+        ),
+        (
+            json!({"view": "pageviews", "metrics": ["clicks"]}),
+            "unknown_metric",
+            "its metrics are: views, users",
+        ),
+        (
+            json!({"view": "pageviews", "group_by": ["device"]}),
+            "unknown_field",
+            "dimensions of pageviews are: page, country",
+        ),
+        (
+            json!({"view": "pageviews", "group_by": ["page", "page"]}),
+            "bad_group_by",
+            "listed twice",
+        ),
+        (
+            json!({"view": "pageviews", "filter": [{"field": "page", "op": "like", "value": "/"}]}),
+            "bad_filter",
+            "unknown filter op",
+        ),
+        (
+            json!({"view": "pageviews", "filter": [{"field": "page", "op": "eq", "value": 3}]}),
+            "bad_filter",
+            "needs a string value",
+        ),
+        (
+            json!({"view": "pageviews", "filter": [{"field": "page", "op": "in", "value": []}]}),
+            "bad_filter",
+            "non-empty array",
+        ),
+        (
+            json!({"view": "pageviews", "filter": [{"field": "device", "op": "eq", "value": "x"}]}),
+            "unknown_field",
+            "cannot filter on \"device\"",
+        ),
+        (
+            json!({"view": "pageviews", "granularity": "90s"}),
+            "bad_granularity",
+            "multiple of 1m",
+        ),
+        (
+            json!({"view": "pageviews", "granularity": "banana"}),
+            "bad_granularity",
+            "granularity \"banana\"",
+        ),
+        (
+            json!({"view": "pageviews", "from": "yesterday"}),
+            "bad_time_range",
+            "RFC 3339",
+        ),
+        (
+            json!({"view": "pageviews", "from": "2026-11-21T11:00:00Z", "to": "2026-11-21T10:00:00Z"}),
+            "bad_time_range",
+            "from must be before to",
+        ),
+        (
+            json!({"view": "pageviews", "limit": 0}),
+            "bad_limit",
+            "between 1 and 1000",
+        ),
+        (
+            json!({"view": "pageviews", "limit": 5000}),
+            "bad_limit",
+            "between 1 and 1000",
+        ),
+        (
+            json!({"view": "pageviews", "order_by": [{"field": "device"}]}),
+            "unknown_field",
+            "cannot order by",
+        ),
+        (
+            json!({"view": "pageviews", "colour": "red"}),
+            "bad_json",
+            "unknown field `colour`",
+        ),
+        (json!({"group_by": []}), "bad_json", "missing field `view`"),
+    ];
+    for (body, code, says) in cases {
+        let reply = post(&api, "/v1/query", body.clone()).await;
+        let message = error(&reply, StatusCode::BAD_REQUEST, code);
+        assert!(
+            message.contains(says),
+            "{body}: {message:?} should say {says:?}"
+        );
+    }
+    let (status, text) = call(&api, Method::POST, "/v1/query", "{\"view\": ").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        text.contains("bad_json") && text.contains("not valid JSON"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn sql_is_read_only_over_the_finalized_views() {
+    let api = default_api();
+    let (status, reply) = post(
+        &api,
+        "/v1/sql",
+        json!({"sql": "SELECT country, sum(views) AS views FROM pageviews GROUP BY country ORDER BY views DESC"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let total: i64 = (reply["rows"].as_array().unwrap().iter())
+        .map(|r| r["views"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, (EVENTS - EVENTS / 100) as i64);
+    assert_eq!(reply["meta"]["views"][0]["view"], "pageviews");
+
+    let refused = [
+        "DROP TABLE pageviews",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO pageviews VALUES (1)",
+        "SET datafusion.execution.batch_size = 1",
+    ];
+    for sql in refused {
+        let reply = post(&api, "/v1/sql", json!({"sql": sql})).await;
+        assert_eq!(reply.0, StatusCode::BAD_REQUEST, "{sql}: {}", reply.1);
+        let code = reply.1["error"]["code"].as_str().unwrap();
+        assert!(
+            code == "read_only" || code == "bad_sql",
+            "{sql}: {}",
+            reply.1
+        );
+    }
+    let message = error(
+        &post(&api, "/v1/sql", json!({"sql": "SELEC 1"})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_sql",
+    );
+    assert!(message.contains("SELEC"), "{message}");
+    let message = error(
+        &post(&api, "/v1/sql", json!({"sql": "SELECT * FROM clicks"})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_sql",
+    );
+    assert!(message.contains("clicks"), "{message}");
+    let message = error(
+        &post(&api, "/v1/sql", json!({"query": "SELECT 1"})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+    );
+    assert!(message.contains("unknown field `query`"), "{message}");
+}
+
+#[tokio::test]
+async fn a_query_past_the_timeout_is_cancelled_with_408() {
+    let api = start(false, Duration::from_millis(1));
+    let sql = "SELECT sum(value) FROM generate_series(1, 10000000000)";
+    let reply = post(&api, "/v1/sql", json!({"sql": sql})).await;
+    let message = error(&reply, StatusCode::REQUEST_TIMEOUT, "query_timeout");
+    assert!(message.contains("narrow the time range"), "{message}");
+}
+
+#[tokio::test]
+async fn batch_run_needs_the_batch_role_and_a_known_view() {
+    let api = default_api();
+    let reply = post(&api, "/v1/batch/run", json!({})).await;
+    error(&reply, StatusCode::CONFLICT, "batch_not_here");
+
+    let api = start(true, Duration::from_secs(30));
+    let (status, reply) = post(&api, "/v1/batch/run", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply["views"][0]["outcome"], "nothing_archived",
+        "an empty lake: {reply}"
+    );
+    let reply = post(&api, "/v1/batch/run", json!({"view": "nope"})).await;
+    error(&reply, StatusCode::BAD_REQUEST, "unknown_view");
+    let (status, text) = call(&api, Method::POST, "/v1/batch/run", "[").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+}
+
+#[tokio::test]
+async fn status_metrics_health_and_the_api_description() {
+    let api = default_api();
+    post(&api, "/v1/query", json!({"view": "traffic"})).await;
+
+    let (status, text) = call(&api, Method::GET, "/v1/status", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let status_json: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status_json["speed"]["events"], json!(EVENTS - EVENTS / 100));
+    assert_eq!(
+        status_json["speed"]["ready"], false,
+        "the consumer never ran"
+    );
+    assert!(status_json["batch"]["views"][0]["version"].is_null());
+
+    let (status, text) = call(&api, Method::GET, "/metrics", "").await;
+    assert_eq!(status, StatusCode::OK);
+    for series in [
+        "tributary_speed_events_total 2970",
+        "tributary_freshness_seconds{view=\"pageviews\"}",
+        "tributary_batch_version{view=\"traffic\"} 0",
+        "tributary_query_duration_seconds_count{route=\"/v1/query\"} 1",
+        "tributary_http_requests_total{route=\"/v1/query\",status=\"200\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+
+    let (status, _) = call(&api, Method::GET, "/livez", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, text) = call(&api, Method::GET, "/readyz", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("catching_up"), "{text}");
+
+    let (status, text) = call(&api, Method::GET, "/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let description: Value = serde_json::from_str(&text).unwrap();
+    for (path, methods) in description["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, text) = call(&api, method.clone(), path, "{}").await;
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "documented {method} {path} is not routed: {status} {text}"
+            );
+        }
+    }
+
+    let reply = post(&api, "/v2/query", json!({})).await;
+    error(&reply, StatusCode::NOT_FOUND, "not_found");
+    let (status, text) = call(&api, Method::GET, "/v1/query", "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(text.contains("method_not_allowed"), "{text}");
+}
