@@ -549,6 +549,15 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         "{meta}"
     );
 
+    // The later phases asked shapes the batch version had answered before: those answers merged
+    // a cached batch part with the current speed rows, and were exact.
+    let metrics = service.call("GET", "/metrics", None).unwrap().body;
+    let hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary_query_cache_hits_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(hits.is_some_and(|h| h > 0.0), "{metrics}");
+
     // A clean stop: SIGTERM ends the process with success.
     let child = service.child.take().unwrap();
     let status = Command::new("kill")

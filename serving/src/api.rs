@@ -229,7 +229,8 @@ fn merged_meta(view: &str, pinned: &Pinned) -> Value {
             "from": pinned.speed_from.0,
             "next_offsets": pinned.speed_next,
             "events": pinned.speed.events,
-            "rows": pinned.speed.batch.num_rows(),
+            "rows": pinned.speed.rows(),
+            "sealed_epochs": pinned.speed.parts.iter().filter(|p| p.sealed).count(),
         },
         "freshness": freshness(pinned),
     })
@@ -504,6 +505,35 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             sample(&mut out, name, &[], value as f64);
         }
     }
+    let cache = app.engine.cache();
+    let counters = [
+        (
+            "tributary_query_cache_hits_total",
+            "structured queries answered with a cached batch part",
+            cache.hits.load(ordering),
+        ),
+        (
+            "tributary_query_cache_misses_total",
+            "structured queries that merged the batch version's rows",
+            cache.misses.load(ordering),
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], value as f64);
+    }
+    family(
+        &mut out,
+        "tributary_query_cache_bytes",
+        "gauge",
+        "memory held by cached batch parts",
+    );
+    sample(
+        &mut out,
+        "tributary_query_cache_bytes",
+        &[],
+        cache.bytes() as f64,
+    );
     app.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

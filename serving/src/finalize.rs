@@ -13,7 +13,7 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use tributary_schemas::aggregate::{Avg, Finalized, MetricState};
+use tributary_schemas::aggregate::{Avg, Finalized, MetricState, hll};
 
 /// The finalizing function of one metric kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -82,18 +82,7 @@ impl ScalarUDFImpl for Finalize {
         let states = state.to_array(args.number_rows)?;
         let answers = match self.kind {
             Kind::Avg => averages(&states)?,
-            Kind::CountDistinct => sketches(&states, |state| match state.finalize(0.0, false) {
-                Finalized::Int(v) => Some(v as f64),
-                _ => None,
-            })
-            .map(|floats| -> ArrayRef {
-                let mut ints = Int64Builder::with_capacity(floats.len());
-                floats
-                    .as_primitive::<Float64Type>()
-                    .iter()
-                    .for_each(|v| ints.append_option(v.map(|v| v as i64)));
-                Arc::new(ints.finish())
-            })?,
+            Kind::CountDistinct => distinct_counts(&states)?,
             Kind::Quantile(bits) => {
                 let q = f64::from_bits(bits);
                 sketches(&states, |state| match state.finalize(q, false) {
@@ -119,6 +108,31 @@ fn averages(states: &ArrayRef) -> Result<ArrayRef> {
     for row in 0..avg.len() {
         let state = Avg::from_parts(sums.value(row), counts.value(row));
         out.append_option(state.finalize().filter(|_| !avg.is_null(row)));
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// HLL estimates; a sparse sketch is answered from its entry count without decoding it.
+fn distinct_counts(states: &ArrayRef) -> Result<ArrayRef> {
+    let Some(bytes) = states.as_binary_opt::<i32>() else {
+        return exec_err!("a sketch state must be Binary, not {}", states.data_type());
+    };
+    let mut out = Int64Builder::with_capacity(bytes.len());
+    for value in bytes.iter() {
+        let Some(value) = value else {
+            out.append_null();
+            continue;
+        };
+        match hll::sparse_estimate(value) {
+            Some(estimate) => out.append_value(estimate),
+            None => match MetricState::from_bytes(value)
+                .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?
+                .finalize(0.0, false)
+            {
+                Finalized::Int(v) => out.append_value(v),
+                _ => out.append_null(),
+            },
+        }
     }
     Ok(Arc::new(out.finish()))
 }

@@ -8,6 +8,7 @@
 //! - [`api`] is the HTTP API (axum), with [`metrics`] for Prometheus and [`json`] for answers.
 
 pub mod api;
+pub mod cache;
 pub mod finalize;
 pub mod json;
 pub mod live;

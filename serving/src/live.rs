@@ -84,6 +84,8 @@ pub struct Pinned {
     pub speed_from: Boundary,
     /// Per partition, the next offset the speed layer will read: everything below it is counted.
     pub speed_next: BTreeMap<i32, i64>,
+    /// [`SpeedLayer::restarts`] when pinned.
+    pub speed_restarts: u64,
 }
 
 /// The live versions of every view, kept in step with the speed layer.
@@ -180,9 +182,10 @@ impl Live {
             .as_ref()
             .map(|v| v.speed_boundary.clone())
             .unwrap_or_default();
-        let (speed, speed_next) = self.speed.read(|aggregator| {
-            let snapshot = aggregator.views()[view].snapshot_batch(&speed_from);
-            (snapshot, aggregator.next_offsets.clone())
+        let (speed, speed_next, speed_restarts) = self.speed.read(|aggregator| {
+            let next = &aggregator.next_offsets;
+            let snapshot = aggregator.views()[view].snapshot_parts(&speed_from, next);
+            (snapshot, next.clone(), self.speed.restarts())
         });
         drop(versions);
         Ok(Pinned {
@@ -190,6 +193,7 @@ impl Live {
             speed: speed?,
             speed_from,
             speed_next,
+            speed_restarts,
         })
     }
 

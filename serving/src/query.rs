@@ -41,8 +41,9 @@ use tributary_schemas::config::{MetricDef, MetricFunction, TIME_COLUMN, ViewDef}
 use tributary_schemas::duration::Granularity;
 use tributary_schemas::event::{FieldType, timestamp_type};
 
+use crate::cache::PartialCache;
 use crate::finalize::Finalize;
-use crate::live::{BatchData, Live, Pinned};
+use crate::live::{BatchData, BatchVersion, Live, Pinned};
 
 /// Why a query got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +135,7 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct Engine {
     live: Arc<Live>,
+    cache: PartialCache,
     session: SessionState,
     max_rows: usize,
     timeout: Duration,
@@ -149,6 +151,7 @@ impl Engine {
         let context = SessionContext::new_with_config_rt(config, runtime);
         Ok(Self {
             live,
+            cache: PartialCache::new(256 << 20),
             session: context.state(),
             max_rows,
             timeout,
@@ -157,6 +160,10 @@ impl Engine {
 
     pub fn live(&self) -> &Arc<Live> {
         &self.live
+    }
+
+    pub fn cache(&self) -> &PartialCache {
+        &self.cache
     }
 
     pub fn max_rows(&self) -> usize {
@@ -206,9 +213,10 @@ impl Engine {
         let (index, view) = self.view(&request.view)?;
         let plan = QueryPlan::check(view, request, self.max_rows)?;
         let pinned = self.pin(index)?;
-        let ctx = self.context();
-        let frame = plan.frame(states(&ctx, view, &pinned).await?)?;
-        let (schema, batches, truncated) = self.collect(frame, plan.limit).await?;
+        let run = self.run_query(&plan, &pinned);
+        let (schema, batches, truncated) = tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.timeout))??;
         Ok(Answer {
             schema,
             batches,
@@ -219,6 +227,69 @@ impl Engine {
             }],
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The speed rows merged per group, plus the batch version's (from the cache when this shape
+    /// was asked of this version before), merged again and finalized.
+    async fn run_query(
+        &self,
+        plan: &QueryPlan<'_>,
+        pinned: &Pinned,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, bool), QueryError> {
+        let ctx = self.context();
+        let view = plan.view;
+        // Rows that may still change (the open epochs): merged per query.
+        let open: Vec<RecordBatch> = (pinned.speed.parts.iter())
+            .filter(|p| !p.sealed)
+            .map(|p| p.batch.clone())
+            .collect();
+        let open = MemTable::try_new(view.state_schema(), vec![open])?;
+        let mut inputs = vec![plan.part(ctx.read_table(Arc::new(open))?)?];
+        let schema: SchemaRef = Arc::new(inputs[0].schema().as_arrow().clone());
+        // Immutable rows (sealed epochs, the batch version): merged once per query shape.
+        let mut cached = Vec::new();
+        for part in pinned.speed.parts.iter().filter(|p| p.sealed) {
+            let key = plan.cache_key(&format!(
+                "speed/{}/{}/{}",
+                pinned.speed_restarts, part.partition, part.epoch
+            ));
+            let frame = ctx.read_batch(part.batch.clone())?;
+            cached.extend(self.cached_part(plan, key, frame).await?.iter().cloned());
+        }
+        if let Some(version) = &pinned.version {
+            let manifest = &version.manifest;
+            let key = plan.cache_key(&format!(
+                "batch/{}/{}",
+                manifest.version, manifest.generation
+            ));
+            let frame = batch_states(&ctx, view, version).await?;
+            cached.extend(self.cached_part(plan, key, frame).await?.iter().cloned());
+        }
+        if !cached.is_empty() {
+            let table = MemTable::try_new(schema, vec![cached])?;
+            inputs.push(ctx.read_table(Arc::new(table))?);
+        }
+        let merge = inputs.len() > 1;
+        let merged = inputs
+            .into_iter()
+            .reduce(|a, b| a.union(b).expect("parts of one plan have one schema"))
+            .expect("the open part is always there");
+        self.collect(plan.finish(merged, merge)?, plan.limit).await
+    }
+
+    /// The part of immutable rows for this query shape, from the cache or computed and kept.
+    async fn cached_part(
+        &self,
+        plan: &QueryPlan<'_>,
+        key: String,
+        rows: DataFrame,
+    ) -> Result<Arc<Vec<RecordBatch>>, QueryError> {
+        if let Some(batches) = self.cache.get(&key) {
+            return Ok(batches);
+        }
+        let batches = Arc::new(plan.part(rows)?.collect().await?);
+        self.cache.insert(key, Arc::clone(&batches));
+        Ok(batches)
     }
 
     /// Runs a read-only SQL query over the finalized views.
@@ -269,13 +340,14 @@ impl Engine {
                 )
             })?;
         let frame = ctx.execute_logical_plan(plan).await.map_err(bad_sql)?;
-        let (schema, batches, truncated) =
-            self.collect(frame, self.max_rows)
-                .await
-                .map_err(|e| match e {
-                    QueryError::Internal(message) => QueryError::invalid("sql_failed", message),
-                    other => other,
-                })?;
+        let run = self.collect(frame, self.max_rows);
+        let (schema, batches, truncated) = tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.timeout))?
+            .map_err(|e| match e {
+                QueryError::Internal(message) => QueryError::invalid("sql_failed", message),
+                other => other,
+            })?;
         Ok(Answer {
             schema,
             batches,
@@ -285,7 +357,7 @@ impl Engine {
         })
     }
 
-    /// Runs `frame` for at most `limit` rows within the timeout.
+    /// Runs `frame` for at most `limit` rows.
     async fn collect(
         &self,
         frame: DataFrame,
@@ -293,9 +365,7 @@ impl Engine {
     ) -> Result<(SchemaRef, Vec<RecordBatch>, bool), QueryError> {
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let frame = frame.limit(0, Some(limit + 1))?;
-        let mut batches = tokio::time::timeout(self.timeout, frame.collect())
-            .await
-            .map_err(|_| QueryError::Timeout(self.timeout))??;
+        let mut batches = frame.collect().await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let truncated = rows > limit;
         if truncated {
@@ -324,26 +394,35 @@ async fn states(
     view: &ViewDef,
     pinned: &Pinned,
 ) -> Result<DataFrame, QueryError> {
-    let speed = pinned.speed.batch.clone();
-    let version = pinned.version.as_deref();
-    match version.map(|v| &v.data) {
-        None => Ok(ctx.read_batch(speed)?),
-        Some(BatchData::Memory(batches)) => {
+    let speed = MemTable::try_new(view.state_schema(), vec![pinned.speed.batches()])?;
+    let speed = ctx.read_table(Arc::new(speed))?;
+    match &pinned.version {
+        None => Ok(speed),
+        Some(version) => Ok(batch_states(ctx, view, version).await?.union(speed)?),
+    }
+}
+
+/// A batch version's state rows.
+async fn batch_states(
+    ctx: &SessionContext,
+    view: &ViewDef,
+    version: &BatchVersion,
+) -> Result<DataFrame, QueryError> {
+    match &version.data {
+        BatchData::Memory(batches) => {
             // Two partitions, so that the scan and the partial merge use both cores.
-            let half = batches.len().div_ceil(2);
-            let mut partitions: Vec<Vec<RecordBatch>> =
-                batches.chunks(half.max(1)).map(<[_]>::to_vec).collect();
-            partitions.push(vec![speed]);
+            let half = batches.len().div_ceil(2).max(1);
+            let partitions: Vec<Vec<RecordBatch>> =
+                batches.chunks(half).map(<[_]>::to_vec).collect();
             let table = MemTable::try_new(view.state_schema(), partitions)?;
             Ok(ctx.read_table(Arc::new(table))?)
         }
-        Some(BatchData::Parquet(files)) => {
+        BatchData::Parquet(files) => {
             let schema = view.state_schema();
             let urls: Vec<String> = files.iter().map(|f| format!("{LAKE_URL}{f}")).collect();
-            let batch = ctx
+            Ok(ctx
                 .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
-                .await?;
-            Ok(batch.union(ctx.read_batch(speed)?)?)
+                .await?)
         }
     }
 }
@@ -597,12 +676,23 @@ impl<'v> QueryPlan<'v> {
         })
     }
 
-    fn frame(&self, states: DataFrame) -> Result<DataFrame, QueryError> {
+    /// Filters state rows and merges them per group: a partial answer, merged again by [`Self::finish`].
+    fn part(&self, states: DataFrame) -> Result<DataFrame, QueryError> {
         let mut frame = states;
         if let Some(predicate) = self.before.iter().cloned().reduce(Expr::and) {
             frame = frame.filter(predicate)?;
         }
-        let frame = group(frame, self.view, self.bucket, &self.group_by)?;
+        group(frame, self.view, self.bucket, &self.group_by)
+    }
+
+    /// Merges partial answers (`merge`: the union of several, each with a row per group),
+    /// finalizes, filters on metrics and orders. A single part is not merged again: its groups
+    /// are unique, and DataFusion would add every column that depends on them to the grouping.
+    fn finish(&self, parts: DataFrame, merge: bool) -> Result<DataFrame, QueryError> {
+        let frame = match merge {
+            true => group(parts, self.view, self.bucket, &self.group_by)?,
+            false => parts,
+        };
         let mut frame = finalize(self.view, self.metrics.clone(), frame)?;
         if let Some(predicate) = self.after.iter().cloned().reduce(Expr::and) {
             frame = frame.filter(predicate)?;
@@ -611,6 +701,14 @@ impl<'v> QueryPlan<'v> {
             return Ok(frame);
         }
         Ok(frame.sort(self.order.clone())?)
+    }
+
+    /// What decides [`Self::part`] of immutable rows: which rows (`source`) and the query's shape.
+    fn cache_key(&self, source: &str) -> String {
+        format!(
+            "{}/{source}/{:?}/{:?}/{:?}",
+            self.view.name, self.bucket, self.group_by, self.before
+        )
     }
 }
 

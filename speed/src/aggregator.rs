@@ -119,6 +119,8 @@ pub struct EpochStates {
     pub events: u64,
     /// Largest event time counted, epoch ms.
     pub newest_event_ms: Option<i64>,
+    /// The Arrow form, kept once the epoch is sealed (every offset read).
+    sealed: std::sync::OnceLock<RecordBatch>,
 }
 
 impl EpochStates {
@@ -135,15 +137,34 @@ pub struct SpeedRow {
     pub states: Vec<MetricState>,
 }
 
-/// A view's speed rows above a boundary in the stored-state Arrow form ([`ViewDef::state_schema`]),
-/// ready to be merged with batch rows.
+/// The rows of one `(partition, epoch)` in the stored-state Arrow form ([`ViewDef::state_schema`]).
 #[derive(Debug, Clone)]
-pub struct SpeedSnapshot {
+pub struct SpeedPart {
+    pub partition: i32,
+    pub epoch: i64,
+    /// Every offset of the epoch has been read: its rows never change again.
+    pub sealed: bool,
     pub batch: RecordBatch,
+}
+
+/// A view's speed rows above a boundary, one part per epoch, ready to be merged with batch rows.
+#[derive(Debug, Clone, Default)]
+pub struct SpeedSnapshot {
+    pub parts: Vec<SpeedPart>,
     /// Events counted in the epochs taken.
     pub events: u64,
     /// Largest event time counted in the epochs taken, epoch ms.
     pub newest_event_ms: Option<i64>,
+}
+
+impl SpeedSnapshot {
+    pub fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.batch.num_rows()).sum()
+    }
+
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.parts.iter().map(|p| p.batch.clone()).collect()
+    }
 }
 
 /// One view's speed-layer states.
@@ -234,49 +255,74 @@ impl ViewStates {
         rows
     }
 
-    /// [`Self::snapshot`] straight into Arrow: one row per (epoch, row key), without copying states.
-    /// Rows of several epochs with the same key stay apart; the serving layer's merge folds them.
-    pub fn snapshot_batch(&self, boundary: &Boundary) -> Result<SpeedSnapshot, ArrowError> {
-        let mut time = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    /// [`Self::snapshot`] straight into Arrow, one part per epoch. An epoch whose offsets have all
+    /// been read (`next_offsets` past its end) is sealed: its Arrow form is built once and kept.
+    pub fn snapshot_parts(
+        &self,
+        boundary: &Boundary,
+        next_offsets: &BTreeMap<i32, i64>,
+    ) -> Result<SpeedSnapshot, ArrowError> {
+        let mut snapshot = SpeedSnapshot::default();
+        for (&(partition, epoch), states) in &self.epochs {
+            if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
+                continue;
+            }
+            snapshot.events += states.events;
+            snapshot.newest_event_ms = snapshot.newest_event_ms.max(states.newest_event_ms);
+            let end = (epoch + 1).saturating_mul(self.epoch_size as i64);
+            let sealed = next_offsets
+                .get(&partition)
+                .is_some_and(|&next| next >= end);
+            let batch = match (sealed, states.sealed.get()) {
+                (true, Some(batch)) => batch.clone(),
+                (true, None) => {
+                    let batch = self.encode(states)?;
+                    let _ = states.sealed.set(batch.clone());
+                    batch
+                }
+                (false, _) => self.encode(states)?,
+            };
+            snapshot.parts.push(SpeedPart {
+                partition,
+                epoch,
+                sealed,
+                batch,
+            });
+        }
+        Ok(snapshot)
+    }
+
+    /// One epoch's rows in the stored-state Arrow form.
+    fn encode(&self, states: &EpochStates) -> Result<RecordBatch, ArrowError> {
+        let mut time =
+            TimestampMillisecondBuilder::with_capacity(states.rows()).with_timezone("UTC");
         let mut dimensions: Vec<_> = (self.view.dimensions.iter())
             .map(|d| ValueColumnBuilder::new(d.ty))
             .collect();
         let mut metrics: Vec<_> = (self.view.metrics.iter())
             .map(|m| StateColumnBuilder::new(m.state_kind()))
             .collect();
-        let (mut events, mut newest_event_ms) = (0, None);
         let width = self.view.metrics.len();
-        for (&(partition, epoch), states) in &self.epochs {
-            if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
-                continue;
+        for (row, key) in states.keys.iter().enumerate() {
+            time.append_value(key[0] as i64);
+            for ((column, &id), dictionary) in
+                dimensions.iter_mut().zip(&key[1..]).zip(&self.dictionaries)
+            {
+                column.append(&dictionary.borrowed(id as u32));
             }
-            events += states.events;
-            newest_event_ms = newest_event_ms.max(states.newest_event_ms);
-            for (row, key) in states.keys.iter().enumerate() {
-                time.append_value(key[0] as i64);
-                for ((column, &id), dictionary) in
-                    dimensions.iter_mut().zip(&key[1..]).zip(&self.dictionaries)
-                {
-                    column.append(&dictionary.borrowed(id as u32));
-                }
-                for (column, state) in metrics
-                    .iter_mut()
-                    .zip(&states.states[row * width..(row + 1) * width])
-                {
-                    column
-                        .append(state)
-                        .map_err(|e| ArrowError::ComputeError(e.to_string()))?;
-                }
+            for (column, state) in metrics
+                .iter_mut()
+                .zip(&states.states[row * width..(row + 1) * width])
+            {
+                column
+                    .append(state)
+                    .map_err(|e| ArrowError::ComputeError(e.to_string()))?;
             }
         }
         let mut columns = vec![Arc::new(time.finish()) as _];
         columns.extend(dimensions.iter_mut().map(ValueColumnBuilder::finish));
         columns.extend(metrics.iter_mut().map(StateColumnBuilder::finish));
-        Ok(SpeedSnapshot {
-            batch: RecordBatch::try_new(self.view.state_schema(), columns)?,
-            events,
-            newest_event_ms,
-        })
+        RecordBatch::try_new(self.view.state_schema(), columns)
     }
 
     /// Forgets every epoch (before the consumer re-reads the log from a lower boundary).

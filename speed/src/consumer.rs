@@ -100,6 +100,12 @@ impl SpeedLayer {
                 .all(|(p, &head)| lag.get(p).is_some_and(|l| l.next >= head))
     }
 
+    /// How many times the states were forgotten ([`Self::restart_at`]): sealed epochs read after
+    /// a restart may belong to another log (a new offset generation), so caches key on this.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
     /// Forgets every state and re-reads the log from `boundary`: for a live version whose boundary
     /// is *lower* than what the states start at (a rollback, a definition change, a new offset
     /// generation), since dropped epochs cannot come back otherwise.
@@ -167,6 +173,9 @@ impl SpeedLayer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
+            // Freshness: a broker that answers a fetch only when this wait ends (tansu does) would
+            // otherwise hold new events back for librdkafka's default 500 ms.
+            .set("fetch.wait.max.ms", "20")
             .create()?;
         let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
         let partitions: Vec<i32> = metadata

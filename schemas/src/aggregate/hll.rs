@@ -146,6 +146,11 @@ impl Hll {
         }
     }
 
+    /// Whether nothing was inserted (or merged in).
+    pub fn is_empty(&self) -> bool {
+        matches!(&self.repr, Repr::Sparse(entries) if entries.is_empty())
+    }
+
     pub fn is_sparse(&self) -> bool {
         matches!(self.repr, Repr::Sparse(_))
     }
@@ -170,6 +175,37 @@ impl Hll {
         };
         estimate.round() as i64
     }
+}
+
+/// [`Hll::finalize`] of an encoded sketch (the byte form of [`super::MetricState`]) without
+/// decoding its entries when it is sparse: a sparse estimate needs only their number. `None` when
+/// the bytes are not a sparse sketch (decode those).
+pub fn sparse_estimate(state_bytes: &[u8]) -> Option<i64> {
+    let mut reader = Reader::new(state_bytes);
+    let header = [
+        reader.u8().ok()?,
+        reader.u8().ok()?,
+        reader.u8().ok()?,
+        reader.u8().ok()?,
+    ];
+    let tag = super::StateKind::CountDistinct.tag();
+    if header
+        != [
+            super::STATE_FORMAT_VERSION,
+            tag,
+            PRECISION as u8,
+            REPR_SPARSE,
+        ]
+    {
+        return None;
+    }
+    let len = reader.varint().ok()?;
+    if len > SPARSE_LIMIT as u64 {
+        return None;
+    }
+    let buckets = (1u64 << SPARSE_PRECISION) as f64;
+    let empty = buckets - len as f64;
+    Some((buckets * (buckets / empty).ln()).round() as i64)
 }
 
 fn apply_sparse(registers: &mut [u8], entries: &[u32]) {
@@ -392,6 +428,22 @@ mod tests {
         let mut bytes = Vec::new();
         hll.encode_payload(&mut bytes);
         assert!(bytes.len() <= 62, "payload is {} bytes", bytes.len());
+    }
+
+    #[test]
+    fn the_sparse_estimate_from_bytes_is_the_decoded_estimate() {
+        for size in [0, 1, 10, 700, 3000, 5000] {
+            let hll = sketch(0..size);
+            let bytes = crate::aggregate::MetricState::CountDistinct(hll.clone()).to_bytes();
+            match sparse_estimate(&bytes) {
+                Some(estimate) => assert_eq!(estimate, hll.finalize(), "{size} values"),
+                None => assert!(
+                    !hll.is_sparse(),
+                    "a sparse sketch of {size} values read as dense"
+                ),
+            }
+        }
+        assert_eq!(sparse_estimate(&[9, 9, 9]), None);
     }
 
     #[test]

@@ -250,6 +250,12 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
 
     fn wrap(self) -> MetricState;
 
+    /// Folds `other` in, taking it whole when `self` is still empty (the common case of a group's
+    /// first state, which then costs no merge); the result is the same either way.
+    fn absorb(&mut self, other: Self) {
+        self.merge(&other);
+    }
+
     /// The inverse of [`ColumnState::wrap`]: `None` for a state of another kind.
     fn unwrap(state: MetricState) -> Option<Self>;
 }
@@ -341,6 +347,13 @@ impl ColumnState for DdSketch {
         DdSketch::heap_size(self)
     }
 
+    fn absorb(&mut self, other: Self) {
+        match self.count() {
+            0 => *self = other,
+            _ => self.merge(&other),
+        }
+    }
+
     variant!(Quantile);
 }
 
@@ -387,6 +400,13 @@ impl ColumnState for Hll {
 
     fn heap_size(&self) -> usize {
         Hll::heap_size(self)
+    }
+
+    fn absorb(&mut self, other: Self) {
+        match self.is_empty() {
+            true => *self = other,
+            false => self.merge(&other),
+        }
     }
 
     variant!(CountDistinct);
@@ -496,7 +516,7 @@ impl<S: ColumnState> States<S> {
                 let theirs = super::arrow::read_state(kind, &column, row)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 let theirs = S::unwrap(theirs).expect("read_state checks the kind");
-                mine[group].merge(&theirs);
+                mine[group].absorb(theirs);
                 Ok(())
             });
         });

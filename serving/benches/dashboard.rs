@@ -1,0 +1,317 @@
+//! Dashboard query benchmark (issue 4): a per-minute time series of views, distinct users and p95
+//! latency over one day, filtered by one country, against a batch version of 1 day x 100 pages x
+//! 20 countries at 1m (2.88M state rows, published to a real local lake and loaded the way
+//! `tributary serve` loads it) plus live speed-layer data above its boundary.
+//!
+//! Requests go through the HTTP router in-process (routing, JSON parsing, planning, merge,
+//! finalize, JSON answer); the network stack is left out. Reports single-client latency
+//! percentiles and the throughput of 16 concurrent clients.
+//!
+//! `cargo bench -p tributary-serving --bench dashboard`; `DASHBOARD_QUERIES` (default 300) sets
+//! the single-client sample size.
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, TimestampMillisecondBuilder};
+use axum::body::Body;
+use axum::http::Request;
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::BodyExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tower::ServiceExt;
+use tributary_batch::parquet_io::encode_view;
+use tributary_schemas::aggregate::MetricState;
+use tributary_schemas::aggregate::arrow::StateColumnBuilder;
+use tributary_schemas::config::Config;
+use tributary_schemas::event::Value;
+use tributary_schemas::event::batch::{KafkaPosition, ValueColumnBuilder};
+use tributary_schemas::lake::{
+    Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile, current_path, manifest_path,
+    open_store, version_part,
+};
+use tributary_serving::api::{App, router};
+use tributary_serving::live::Live;
+use tributary_serving::metrics::Metrics;
+use tributary_serving::query::Engine;
+use tributary_speed::aggregator::Aggregator;
+use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_testkit::rng::Rng;
+
+const DAY_MS: i64 = 86_400_000;
+const START_MS: i64 = 1_795_000_000_000 - 1_795_000_000_000 % DAY_MS;
+const PAGES: usize = 100;
+const COUNTRIES: usize = 20;
+const BOUNDARY: i64 = 3_000_000;
+const SPEED_EVENTS: usize = 200_000;
+
+fn country(i: usize) -> String {
+    format!("C{i:02}")
+}
+
+/// One minute of state rows: every page x country, each from a few synthetic events.
+fn minute_batch(config: &Config, minute: i64, rng: &mut Rng) -> RecordBatch {
+    let view = config.view("pageviews").unwrap();
+    let mut time = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    let mut page = ValueColumnBuilder::new(view.dimensions[0].ty);
+    let mut place = ValueColumnBuilder::new(view.dimensions[1].ty);
+    let mut columns: Vec<StateColumnBuilder> = (view.metrics.iter())
+        .map(|m| StateColumnBuilder::new(m.state_kind()))
+        .collect();
+    for p in 0..PAGES {
+        for c in 0..COUNTRIES {
+            time.append_value(START_MS + minute * 60_000);
+            page.append(&Value::Str(format!("/page/{p}").into()));
+            place.append(&Value::Str(country(c).into()));
+            let mut states: Vec<MetricState> = (view.metrics.iter())
+                .map(|m| MetricState::empty(m.state_kind()))
+                .collect();
+            for _ in 0..1 + rng.below(4) {
+                let user = Value::Str(format!("u{}", rng.below(200_000)).into());
+                let latency = Value::Float(5.0 + rng.unit() * 800.0);
+                for (state, metric) in states.iter_mut().zip(&view.metrics) {
+                    match metric.field.as_ref().map(|f| f.name.as_str()) {
+                        Some("user_id") => state.update(&user),
+                        Some(_) => state.update(&latency),
+                        None => state.update(&Value::Null),
+                    }
+                }
+            }
+            for (column, state) in columns.iter_mut().zip(&states) {
+                column.append(state).unwrap();
+            }
+        }
+    }
+    let mut arrays = vec![Arc::new(time.finish()) as _, page.finish(), place.finish()];
+    arrays.extend(columns.iter_mut().map(StateColumnBuilder::finish));
+    RecordBatch::try_new(view.state_schema(), arrays).unwrap()
+}
+
+/// Publishes version 1 of `pageviews` (one day) to the lake, as a recompute would.
+async fn publish(config: &Config, store: &dyn ObjectStore) -> u64 {
+    let view = config.view("pageviews").unwrap();
+    let mut rng = Rng(7);
+    let mut files = Vec::new();
+    let mut rows = 0;
+    let mut part = Vec::new();
+    for minute in 0..1440 {
+        part.push(minute_batch(config, minute, &mut rng));
+        if part.len() == 120 || minute == 1439 {
+            let bytes = encode_view(&part, 128 * 1024, &["page", "country"]).unwrap();
+            let path = version_part("pageviews", 1, files.len());
+            let part_rows: usize = part.iter().map(RecordBatch::num_rows).sum();
+            files.push(ManifestFile {
+                path: path.clone(),
+                rows: part_rows as u64,
+                bytes: bytes.len() as u64,
+            });
+            rows += part_rows as u64;
+            store
+                .put(&Path::from(path), PutPayload::from(bytes))
+                .await
+                .unwrap();
+            part.clear();
+        }
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        view: "pageviews".to_owned(),
+        definition_hash: view.definition_hash(),
+        version: 1,
+        created_at: Utc::now(),
+        row_count: rows,
+        files,
+        epoch_size: 100_000,
+        generation: 0,
+        closed_generations: Vec::new(),
+        boundary: Boundary([(0, BOUNDARY)].into()),
+    };
+    let manifest_bytes = manifest.to_json();
+    store
+        .put(
+            &Path::from(manifest_path("pageviews", 1)),
+            PutPayload::from(manifest_bytes),
+        )
+        .await
+        .unwrap();
+    let pointer = serde_json::to_vec(&CurrentPointer { version: 1 }).unwrap();
+    store
+        .put(
+            &Path::from(current_path("pageviews")),
+            PutPayload::from(pointer),
+        )
+        .await
+        .unwrap();
+    rows
+}
+
+/// Live events of the day's last hour, above the boundary.
+fn speed_layer(config: &Config) -> SpeedLayer {
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 100_000).unwrap();
+    let mut rng = Rng(11);
+    let payloads: Vec<Vec<u8>> = (0..SPEED_EVENTS)
+        .map(|n| {
+            let ts = START_MS + DAY_MS - 3_600_000 + (n as i64 * 3_600_000 / SPEED_EVENTS as i64);
+            format!(
+                r#"{{"ts":{ts},"user_id":"u{}","page":"/page/{}","country":"{}","latency_ms":{:.3}}}"#,
+                rng.below(200_000),
+                rng.below(PAGES as u64),
+                country(rng.below(COUNTRIES as u64) as usize),
+                5.0 + rng.unit() * 800.0
+            )
+            .into_bytes()
+        })
+        .collect();
+    let messages: Vec<(KafkaPosition, &[u8])> = (payloads.iter().enumerate())
+        .map(|(n, payload)| {
+            let position = KafkaPosition {
+                partition: 0,
+                offset: BOUNDARY + n as i64,
+                timestamp_ms: None,
+            };
+            (position, payload.as_slice())
+        })
+        .collect();
+    for poll in messages.chunks(2000) {
+        aggregator.apply(poll).unwrap();
+    }
+    let settings = SpeedSettings {
+        brokers: "127.0.0.1:9".to_owned(),
+        topic: "events".to_owned(),
+        poll_batch: 2000,
+        poll_wait: Duration::from_millis(20),
+    };
+    SpeedLayer::new(settings, aggregator, Boundary([(0, BOUNDARY)].into()))
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = Config::from_sources(None, []).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let store = open_store(lake.path().to_str().unwrap()).unwrap();
+    let started = Instant::now();
+    let rows = runtime.block_on(publish(&config, store.as_ref()));
+    println!(
+        "published {rows} state rows in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let budget = 4096 << 20;
+    let started = Instant::now();
+    let versions = runtime
+        .block_on(Live::load_versions(
+            store.as_ref(),
+            "events",
+            &config.views,
+            budget,
+        ))
+        .unwrap();
+    let in_memory = versions[0].as_ref().unwrap().in_memory();
+    println!(
+        "loaded (in memory: {in_memory}) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let live = Live::new(
+        Arc::clone(&store),
+        "events".to_owned(),
+        config.views.clone(),
+        budget,
+        versions,
+        Arc::new(speed_layer(&config)),
+    );
+    let app = App {
+        engine: Engine::new(Arc::new(live), 100_000, Duration::from_secs(30)).unwrap(),
+        batch: None,
+        archiver: None,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let router = router(Arc::new(app));
+    let body = serde_json::json!({
+        "view": "pageviews",
+        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
+        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
+        "granularity": "1m",
+        "metrics": ["views", "users", "latency_p95"],
+        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
+    })
+    .to_string();
+    let query = move |router: axum::Router| {
+        let body = body.clone();
+        async move {
+            let request = Request::post("/v1/query")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            assert!(response.status().is_success());
+            let bytes: Bytes = response.into_body().collect().await.unwrap().to_bytes();
+            bytes.len()
+        }
+    };
+
+    let started = Instant::now();
+    let size = runtime.block_on(query(router.clone()));
+    println!(
+        "first query (cold: merges the batch version's 144k rows for this shape): {:.1} ms, {size} bytes of JSON (1440 minutes)",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for _ in 0..10 {
+        runtime.block_on(query(router.clone()));
+    }
+    let samples: usize = std::env::var("DASHBOARD_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        runtime.block_on(query(router.clone()));
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "single client, {samples} queries: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+
+    let clients = 16;
+    let per_client = (samples / 4).max(10);
+    let started = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let router = router.clone();
+                let query = query.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_client {
+                        query(router.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{clients} concurrent clients, {} queries: {:.1} queries/s",
+        clients * per_client,
+        (clients * per_client) as f64 / elapsed
+    );
+}
