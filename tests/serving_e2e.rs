@@ -38,7 +38,8 @@ struct Service {
 }
 
 impl Service {
-    fn start(&mut self) {
+    /// Starts `tributary serve`; `memory_budget_mb` 0 makes it scan batch versions from Parquet.
+    fn start(&mut self, memory_budget_mb: u32) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,6 +58,10 @@ impl Service {
             .env("TRIBUTARY_BATCH__THREADS", "1")
             .env("TRIBUTARY_SERVING__LISTEN", self.address.to_string())
             .env("TRIBUTARY_SERVING__REFRESH", "100ms")
+            .env(
+                "TRIBUTARY_SERVING__MEMORY_BUDGET_MB",
+                memory_budget_mb.to_string(),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -467,6 +472,11 @@ fn check_all(service: &Service, truth: &Truth, when: &str) -> Json {
     meta
 }
 
+fn meta_in_memory(service: &Service) -> Option<bool> {
+    let reply = service.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+    reply["meta"]["batch"]["in_memory"].as_bool()
+}
+
 fn run_batch(service: &Service) -> Json {
     let reply = service.json("POST", "/v1/batch/run", None);
     for view in reply["views"].as_array().unwrap() {
@@ -492,7 +502,7 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
     let mut truth = Truth::new();
 
     // (a) Speed layer only.
-    service.start();
+    service.start(64);
     truth.produce(broker, &topic, 4000);
     service.wait_for_log();
     let meta = check_all(&service, &truth, "(a) speed only");
@@ -537,17 +547,25 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
     );
     check_all(&service, &truth, "(d) after the swap");
 
-    // (e) kill -9, events produced while down, restart.
+    assert_eq!(meta_in_memory(&service), Some(true));
+
+    // (e) kill -9, events produced while down, restart; this time the version is scanned from its
+    // Parquet parts (a memory budget of 0).
     service.kill();
     truth.produce(broker, &topic, 2000);
-    service.start();
+    service.start(0);
     service.wait_for_log();
-    let meta = check_all(&service, &truth, "(e) after kill -9 and restart");
+    let meta = check_all(
+        &service,
+        &truth,
+        "(e) after kill -9 and restart, from Parquet",
+    );
     assert_eq!(
         meta["batch"]["version"].as_i64(),
         versions.last().copied(),
         "{meta}"
     );
+    assert_eq!(meta["batch"]["in_memory"], false, "{meta}");
 
     // The later phases asked shapes the batch version had answered before: those answers merged
     // a cached batch part with the current speed rows, and were exact.
