@@ -108,7 +108,7 @@ impl Cli {
             Command::Demo => {
                 writeln!(
                     out,
-                    "not yet: the demo arrives with the push-ingest/demo issue. Today: `tributary config check`."
+                    "not yet: the demo arrives with the push-ingest/demo issue. Today: start a broker, then `tributary serve` (see the README)."
                 )?;
                 Ok(ExitCode::from(2))
             }

@@ -1,9 +1,9 @@
 //! # tributary: the binary
 //!
-//! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7). Today it checks
-//! configuration, serves the archiver and batch roles, and runs, lists and rolls back batch views;
-//! the speed and serving roles, `gen` and `demo` arrive with the issues that build those layers. Configuration is loaded once here and passed explicitly to
-//! whatever runs.
+//! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7): it checks
+//! configuration, serves every role (archiver, speed, batch scheduler, HTTP API), and runs, lists
+//! and rolls back batch views; `gen` and `demo` arrive with the push-ingest/demo issue.
+//! Configuration is loaded once here and passed explicitly to whatever runs.
 
 mod batch;
 mod cli;
