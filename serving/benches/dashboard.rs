@@ -309,6 +309,18 @@ fn main() {
         }
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let metrics = runtime.block_on(async {
+        let request = Request::get("/metrics").body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    });
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("tributary_query_cache"))
+    {
+        println!("{line}");
+    }
     println!(
         "{clients} concurrent clients, {} queries: {:.1} queries/s",
         clients * per_client,

@@ -100,6 +100,17 @@ impl StateColumnBuilder {
         Ok(())
     }
 
+    /// Appends a sketch state already in byte form (as read from a state column).
+    pub fn append_encoded(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        if self.kind.data_type() != DataType::Binary {
+            return Err(StateError::Corrupt(
+                "only sketch states are appended encoded",
+            ));
+        }
+        self.binary.append_value(bytes);
+        Ok(())
+    }
+
     pub fn finish(&mut self) -> ArrayRef {
         match self.kind.data_type() {
             DataType::Int64 => Arc::new(self.ints.finish()),

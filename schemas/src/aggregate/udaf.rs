@@ -256,6 +256,12 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
         self.merge(&other);
     }
 
+    /// Whether the state is the empty one (only sketches answer; others say no, which only
+    /// costs them the pass-through of [`States::merge`], which they do not use).
+    fn is_empty_state(&self) -> bool {
+        false
+    }
+
     /// The inverse of [`ColumnState::wrap`]: `None` for a state of another kind.
     fn unwrap(state: MetricState) -> Option<Self>;
 }
@@ -354,6 +360,10 @@ impl ColumnState for DdSketch {
         }
     }
 
+    fn is_empty_state(&self) -> bool {
+        self.count() == 0
+    }
+
     variant!(Quantile);
 }
 
@@ -409,6 +419,10 @@ impl ColumnState for Hll {
         }
     }
 
+    fn is_empty_state(&self) -> bool {
+        self.is_empty()
+    }
+
     variant!(CountDistinct);
 }
 
@@ -423,6 +437,11 @@ struct States<S> {
     /// Per group, the last pass of [`States::touched_heap_size`] that counted it.
     marks: Vec<u32>,
     mark: u32,
+    /// Merging sketches: per group, the encoded state while the group has received exactly one.
+    /// It is emitted as it came, so a group merged from a single row (most groups when serving
+    /// merges a cached part with a few speed rows) costs a copy instead of a decode and an encode.
+    single: Vec<Option<Box<[u8]>>>,
+    single_bytes: usize,
 }
 
 impl<S: ColumnState> States<S> {
@@ -434,12 +453,22 @@ impl<S: ColumnState> States<S> {
             heap_bytes: 0,
             marks: Vec::new(),
             mark: 0,
+            single: Vec::new(),
+            single_bytes: 0,
         }
+    }
+
+    /// Whether merges keep single encoded states ([`States::single`]).
+    fn passes_through(&self) -> bool {
+        S::GROWS && self.phase == Phase::Merge
     }
 
     fn grow(&mut self, total_num_groups: usize) {
         if self.states.len() < total_num_groups {
             self.states.resize_with(total_num_groups, S::default);
+            if self.passes_through() {
+                self.single.resize_with(total_num_groups, || None);
+            }
         }
     }
 
@@ -510,6 +539,9 @@ impl<S: ColumnState> States<S> {
             return exec_err!("{} states cannot be read from {}", kind, states.data_type());
         };
         let column = cast(states, &state_type)?;
+        if self.passes_through() {
+            return self.merge_sketches(&column, groups);
+        }
         let mut result = Ok(());
         self.tracked(groups, |mine| {
             result = groups.iter().enumerate().try_for_each(|(row, &group)| {
@@ -523,17 +555,58 @@ impl<S: ColumnState> States<S> {
         result
     }
 
+    /// [`States::merge`] of sketch states: a group's first state is kept encoded; a second one
+    /// decodes it and merges as usual.
+    fn merge_sketches(&mut self, column: &ArrayRef, groups: &[usize]) -> Result<()> {
+        let kind = self.kind;
+        let decode = |row: usize| -> Result<S> {
+            let state = super::arrow::read_state(kind, column, row)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            Ok(S::unwrap(state).expect("read_state checks the kind"))
+        };
+        let bytes = column.as_binary::<i32>();
+        let before = self.touched_heap_size(groups);
+        for (row, &group) in groups.iter().enumerate() {
+            let first = self.single[group].is_none() && self.states[group].is_empty_state();
+            if first && bytes.is_valid(row) {
+                let encoded: Box<[u8]> = bytes.value(row).into();
+                self.single_bytes += encoded.len();
+                self.single[group] = Some(encoded);
+                continue;
+            }
+            if let Some(encoded) = self.single[group].take() {
+                self.single_bytes -= encoded.len();
+                let state = MetricState::from_bytes(&encoded)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                self.states[group] = S::unwrap(state).ok_or_else(|| {
+                    DataFusionError::Execution(format!("a {kind} state held another kind"))
+                })?;
+            }
+            self.states[group].absorb(decode(row)?);
+        }
+        let after = self.touched_heap_size(groups);
+        self.heap_bytes = (self.heap_bytes + after).saturating_sub(before);
+        Ok(())
+    }
+
     fn emit(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let taken = emit_to.take_needed(&mut self.states);
+        let singles = match self.passes_through() {
+            true => emit_to.take_needed(&mut self.single),
+            false => Vec::new(),
+        };
         self.marks.clear();
         if S::GROWS {
             self.heap_bytes = self.states.iter().map(S::heap_size).sum();
+            self.single_bytes = self.single.iter().flatten().map(|b| b.len()).sum();
         }
         let mut builder = super::arrow::StateColumnBuilder::new(self.kind);
-        for state in taken {
-            builder
-                .append(&state.wrap())
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        for (group, state) in taken.into_iter().enumerate() {
+            match singles.get(group).and_then(Option::as_deref) {
+                Some(encoded) => builder.append_encoded(encoded),
+                None => builder.append(&state.wrap()),
+            }
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
         Ok(builder.finish())
     }
@@ -608,7 +681,11 @@ impl<S: ColumnState> GroupsAccumulator for States<S> {
     }
 
     fn size(&self) -> usize {
-        self.states.capacity() * size_of::<S>() + self.marks.capacity() * 4 + self.heap_bytes
+        self.states.capacity() * size_of::<S>()
+            + self.marks.capacity() * 4
+            + self.heap_bytes
+            + self.single.capacity() * size_of::<Option<Box<[u8]>>>()
+            + self.single_bytes
     }
 }
 
