@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use object_store::ObjectStore;
 use tributary_batch::archiver::{Archiver, ArchiverSettings, ArchiverStats, StopSignal};
 use tributary_batch::recompute::progress::logged;
-use tributary_batch::recompute::{Batch, BatchError, Outcome};
+use tributary_batch::recompute::{Batch, BatchError};
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::open_store;
 use tributary_serving::api::{self, App};
@@ -245,12 +245,7 @@ async fn schedule(batch: Arc<Batch>, interval: std::time::Duration, metrics: Arc
             Ok(runs) => {
                 for run in &runs {
                     tracing::info!("{}", crate::batch::describe(run));
-                    let outcome = match run.outcome {
-                        Outcome::Published(_) => "published",
-                        Outcome::Unchanged(_) => "unchanged",
-                        Outcome::NothingArchived => "nothing_archived",
-                    };
-                    metrics.batch_run(outcome, run.elapsed);
+                    metrics.batch_run(run.outcome.name(), run.elapsed);
                 }
             }
             Err(BatchError::Cancelled) => return,

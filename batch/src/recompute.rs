@@ -150,6 +150,25 @@ pub enum Outcome {
     NothingArchived,
 }
 
+impl Outcome {
+    /// A stable name for logs, metrics and the API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Published(_) => "published",
+            Outcome::Unchanged(_) => "unchanged",
+            Outcome::NothingArchived => "nothing_archived",
+        }
+    }
+
+    /// The live version's manifest after the run, if there is one.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match self {
+            Outcome::Published(manifest) | Outcome::Unchanged(manifest) => Some(manifest),
+            Outcome::NothingArchived => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViewRun {
     pub view: String,

@@ -18,12 +18,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_batch::archiver::ArchiverStats;
 use tributary_batch::recompute::progress::quiet;
-use tributary_batch::recompute::{Batch, BatchError, Outcome};
+use tributary_batch::recompute::{Batch, BatchError};
 use tributary_schemas::config::ViewDef;
 
 use crate::json::{self, timestamp};
 use crate::live::Pinned;
-use crate::metrics::{Metrics, header as family, sample};
+use crate::metrics::{Metrics, counter, header as family, sample};
 use crate::query::{Answer, Engine, QueryError, QueryRequest};
 
 /// Everything the handlers share.
@@ -296,24 +296,8 @@ async fn batch_run(
             "this process does not run the batch role; run `tributary batch run` or call a process started with --roles including batch",
         ));
     };
-    if let Some(view) = &request.view
-        && !app.engine.live().views().iter().any(|v| &v.name == view)
-    {
-        let names: Vec<_> = app
-            .engine
-            .live()
-            .views()
-            .iter()
-            .map(|v| v.name.clone())
-            .collect();
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_view",
-            format!(
-                "there is no view {view:?}; the views are: {}",
-                names.join(", ")
-            ),
-        ));
+    if let Some(view) = &request.view {
+        app.engine.view(view)?;
     }
     let runs = run_batch(&app, batch, request.view.as_deref()).await?;
     Ok(axum::Json(json!({"views": runs})))
@@ -347,11 +331,7 @@ pub async fn run_batch(
         .map_err(|e| ApiError::internal("loading the new versions", format!("{e:#}")))?;
     let mut out = Vec::new();
     for run in &runs {
-        let (outcome, manifest) = match &run.outcome {
-            Outcome::Published(m) => ("published", Some(m)),
-            Outcome::Unchanged(m) => ("unchanged", Some(m)),
-            Outcome::NothingArchived => ("nothing_archived", None),
-        };
+        let (outcome, manifest) = (run.outcome.name(), run.outcome.manifest());
         app.metrics.batch_run(outcome, run.elapsed);
         out.push(json!({
             "view": run.view,
@@ -439,10 +419,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             speed.lost_offsets.load(ordering),
         ),
     ];
-    for (name, help, value) in counters {
-        family(&mut out, name, "counter", help);
-        sample(&mut out, name, &[], value as f64);
-    }
+    counters.into_iter().for_each(|c| counter(&mut out, c));
     family(
         &mut out,
         "tributary_speed_lag_messages",
@@ -500,10 +477,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
                 stats.dlq_failures.load(ordering),
             ),
         ];
-        for (name, help, value) in counters {
-            family(&mut out, name, "counter", help);
-            sample(&mut out, name, &[], value as f64);
-        }
+        counters.into_iter().for_each(|c| counter(&mut out, c));
     }
     let cache = app.engine.cache();
     let counters = [
@@ -518,10 +492,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             cache.misses.load(ordering),
         ),
     ];
-    for (name, help, value) in counters {
-        family(&mut out, name, "counter", help);
-        sample(&mut out, name, &[], value as f64);
-    }
+    counters.into_iter().for_each(|c| counter(&mut out, c));
     family(
         &mut out,
         "tributary_query_cache_bytes",

@@ -133,6 +133,12 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Writes a counter family with its one unlabelled sample: `(name, help, value)`.
+pub fn counter(out: &mut String, (name, help, value): (&str, &str, u64)) {
+    header(out, name, "counter", help);
+    sample(out, name, &[], value as f64);
+}
+
 /// Writes one sample.
 pub fn sample(out: &mut String, name: &str, labels: &[(&str, String)], value: f64) {
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();

@@ -183,7 +183,8 @@ impl Engine {
         SessionContext::new_with_state(state)
     }
 
-    fn view(&self, name: &str) -> Result<(usize, &ViewDef), QueryError> {
+    /// A configured view and its index, or the `unknown_view` error naming the views there are.
+    pub fn view(&self, name: &str) -> Result<(usize, &ViewDef), QueryError> {
         let views = self.live.views();
         views
             .iter()
