@@ -213,13 +213,7 @@ impl Truth {
     }
 
     fn produce(&mut self, broker: &Broker, topic: &str, count: u64) {
-        let producer: FutureProducer = broker
-            .client_config()
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .unwrap();
+        let producer: FutureProducer = broker.producer_config().create().unwrap();
         let mut messages = Vec::new();
         for n in self.produced..self.produced + count {
             let payload = event(&mut self.rng, n);

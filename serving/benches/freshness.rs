@@ -79,9 +79,7 @@ fn main() {
     };
 
     let producer: BaseProducer = broker
-        .client_config()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
+        .producer_config()
         .set("linger.ms", "1")
         .create()
         .unwrap();
@@ -117,18 +115,21 @@ fn main() {
             }
         }
     };
+    // The background load: every clickstream event due at RATE since the start, sent now.
+    let keep_up = |sent: &mut u64| {
+        let due = (started.elapsed().as_secs_f64() * RATE as f64) as u64;
+        while *sent < due {
+            send(&clickstream(*sent as usize), *sent);
+            *sent += 1;
+        }
+        producer.poll(Duration::ZERO);
+    };
     // Warm up: the consumer is assigned and reading.
     while !speed.caught_up() {
         std::thread::sleep(Duration::from_millis(10));
     }
     for probe in 0..probes {
-        // Background load for this 100 ms slice.
-        let due = (started.elapsed().as_secs_f64() * RATE as f64) as u64;
-        while sent < due {
-            send(&clickstream(sent as usize), sent);
-            sent += 1;
-        }
-        producer.poll(Duration::ZERO);
+        keep_up(&mut sent);
         let page = format!("/probe/{probe}");
         let payload = format!(
             r#"{{"ts":"{}","user_id":"prober","page":"{page}","country":"NL","latency_ms":1.0}}"#,
@@ -139,12 +140,7 @@ fn main() {
         producer.flush(Duration::from_secs(10)).unwrap();
         acks.push(sent_at.elapsed());
         while !counted(&page) {
-            let due = (started.elapsed().as_secs_f64() * RATE as f64) as u64;
-            while sent < due {
-                send(&clickstream(sent as usize), sent);
-                sent += 1;
-            }
-            producer.poll(Duration::ZERO);
+            keep_up(&mut sent);
             std::thread::sleep(Duration::from_millis(2));
             assert!(
                 sent_at.elapsed() < Duration::from_secs(30),
@@ -154,12 +150,7 @@ fn main() {
         latencies.push(sent_at.elapsed());
         let next = sent_at + Duration::from_millis(100);
         while Instant::now() < next {
-            let due = (started.elapsed().as_secs_f64() * RATE as f64) as u64;
-            while sent < due {
-                send(&clickstream(sent as usize), sent);
-                sent += 1;
-            }
-            producer.poll(Duration::ZERO);
+            keep_up(&mut sent);
             std::thread::sleep(Duration::from_millis(5));
         }
     }

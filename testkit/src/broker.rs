@@ -174,6 +174,17 @@ impl Broker {
         config
     }
 
+    /// A producer's configuration as the service's own producers use it: every write acknowledged
+    /// by all replicas (`acks=all`) and idempotent, so a test knows exactly what the log holds.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5");
+        config
+    }
+
     /// What the broker has printed so far (for failure messages).
     pub fn log(&self) -> String {
         let mut text = String::new();

@@ -44,13 +44,7 @@ pub async fn produce_mixed(
     count: u64,
     expected: &mut Expected,
 ) {
-    let producer: FutureProducer = broker
-        .client_config()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    let producer: FutureProducer = broker.producer_config().create().expect("producer");
     let mut pending = Vec::new();
     for n in from..from + count {
         let (payload, code) = mixed_event(n);

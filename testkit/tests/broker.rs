@@ -17,12 +17,7 @@ fn payload(partition: i32, n: i64) -> String {
 }
 
 async fn produce_all(broker: &Broker, topic: &str) {
-    let producer: FutureProducer = broker
-        .client_config()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
+    let producer: FutureProducer = broker.producer_config().create().expect("producer");
     for n in 0..PER_PARTITION {
         for partition in 0..PARTITIONS {
             let body = payload(partition, n);
