@@ -15,8 +15,10 @@ use tributary_batch::archiver::{Archiver, ArchiverSettings, ArchiverStats, StopS
 use tributary_batch::recompute::progress::logged;
 use tributary_batch::recompute::{Batch, BatchError};
 use tributary_schemas::config::Config;
+use tributary_schemas::decode::Decoder;
 use tributary_schemas::lake::open_store;
 use tributary_serving::api::{self, App};
+use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
@@ -211,10 +213,14 @@ async fn start_serving(
     );
     let engine = Engine::new(Arc::new(live), serving.max_rows, serving.query_timeout)
         .context("starting the query engine")?;
+    let decoder = Decoder::new(config.events.clone());
+    let ingest = Ingest::new(IngestSettings::from_config(config), decoder)
+        .context("creating the push-ingest producer")?;
     Ok(Arc::new(App {
         engine,
         batch,
         archiver,
+        ingest: Some(Arc::new(ingest)),
         metrics,
     }))
 }

@@ -73,6 +73,10 @@ pub struct ServingConfig {
     pub max_rows: usize,
     /// How often the live version pointers (`_current`) are checked for a newly published version.
     pub refresh: Duration,
+    /// Largest `POST /v1/events` body, before and after gzip decompression.
+    pub ingest_max_body_mb: usize,
+    /// Longest push ingest waits for Kafka to acknowledge a request's events.
+    pub ingest_timeout: Duration,
 }
 
 /// A validated configuration.
@@ -524,12 +528,17 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let query_timeout = section.duration("query_timeout", problems);
     let max_rows = section.positive_integer("max_rows", problems);
     let refresh = section.duration("refresh", problems);
+    let ingest_max_body_mb = section.positive_integer("ingest_max_body_mb", problems);
+    let ingest_timeout = section.duration("ingest_timeout", problems);
     section.finish(problems);
     if refresh.is_some_and(|r| r < Duration::from_millis(10)) {
         problem(problems, "serving.refresh", "must be at least 10ms");
     }
     if query_timeout.is_some_and(|t| t < Duration::from_millis(1)) {
         problem(problems, "serving.query_timeout", "must be at least 1ms");
+    }
+    if ingest_timeout.is_some_and(|t| t < Duration::from_millis(100)) {
+        problem(problems, "serving.ingest_timeout", "must be at least 100ms");
     }
     let listen = listen?;
     match listen.parse() {
@@ -539,6 +548,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
             query_timeout: query_timeout?,
             max_rows: usize::try_from(max_rows?).ok()?,
             refresh: refresh?,
+            ingest_max_body_mb: usize::try_from(ingest_max_body_mb?).ok()?,
+            ingest_timeout: ingest_timeout?,
         }),
         Err(_) => {
             problem(

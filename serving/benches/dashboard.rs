@@ -235,6 +235,7 @@ fn main() {
         engine: Engine::new(Arc::new(live), 100_000, Duration::from_secs(30)).unwrap(),
         batch: None,
         archiver: None,
+        ingest: None,
         metrics: Arc::new(Metrics::default()),
     };
     let router = router(Arc::new(app));

@@ -69,6 +69,7 @@ fn main() {
         engine: Engine::new(Arc::new(live), 1000, Duration::from_secs(10)).unwrap(),
         batch: None,
         archiver: None,
+        ingest: None,
         metrics: Arc::new(Metrics::default()),
     };
     let router = router(Arc::new(app));

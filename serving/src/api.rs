@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_batch::archiver::ArchiverStats;
@@ -21,6 +22,7 @@ use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::{Batch, BatchError};
 use tributary_schemas::config::ViewDef;
 
+use crate::ingest::{Ingest, IngestError};
 use crate::json::{self, timestamp};
 use crate::live::Pinned;
 use crate::metrics::{Metrics, counter, header as family, sample};
@@ -34,6 +36,8 @@ pub struct App {
     pub batch: Option<Arc<Batch>>,
     /// The archiver's counters, when this process runs the archiver role.
     pub archiver: Option<Arc<ArchiverStats>>,
+    /// Push ingest, when this process has a producer for the events topic.
+    pub ingest: Option<Arc<Ingest>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -90,6 +94,7 @@ impl From<QueryError> for ApiError {
 /// The router of every route.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/v1/events", post(events))
         .route("/v1/views", get(views))
         .route("/v1/query", post(query))
         .route("/v1/sql", post(sql))
@@ -114,6 +119,7 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
         .get::<MatchedPath>()
         .map(MatchedPath::as_str)
     {
+        Some("/v1/events") => "/v1/events",
         Some("/v1/views") => "/v1/views",
         Some("/v1/query") => "/v1/query",
         Some("/v1/sql") => "/v1/sql",
@@ -164,6 +170,74 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         };
         ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("{what}: {e}"))
     })
+}
+
+/// `POST /v1/events`: 200 with what was accepted and what was refused (and why) once Kafka has
+/// acknowledged every valid event; 503 with exactly which events were not written when it did not.
+async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(ingest) = &app.ingest else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ingest_not_here",
+            "this process has no producer for the events topic; send events to a process running the serving role",
+        ));
+    };
+    let limit = ingest.max_body();
+    let too_large = || {
+        let error = IngestError::TooLarge {
+            limit,
+            decompressed: false,
+        };
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            error.to_string(),
+        )
+    };
+    let declared =
+        (headers.get(header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body could not be read: {error}"),
+            ));
+        }
+    };
+    let encoding = (headers.get(header::CONTENT_ENCODING)).map(|v| v.to_str().unwrap_or("?"));
+    match ingest.accept(encoding, body).await {
+        Ok(report) => Ok(axum::Json(report).into_response()),
+        Err(IngestError::Unavailable { reason, report }) => {
+            tracing::warn!("push ingest refused: {reason}");
+            let mut body = serde_json::to_value(&report)
+                .map_err(|e| ApiError::internal("writing the ingest report", e))?;
+            body["error"] = json!({"code": "kafka_unavailable", "message": reason});
+            Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response())
+        }
+        Err(error) => {
+            let (status, code) = match &error {
+                IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+                IngestError::UnsupportedEncoding(_) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
+                }
+                IngestError::BadGzip(_) => (StatusCode::BAD_REQUEST, "bad_gzip"),
+                IngestError::BadBody(_) | IngestError::Unavailable { .. } => {
+                    (StatusCode::BAD_REQUEST, "bad_body")
+                }
+            };
+            Err(ApiError::new(status, code, error.to_string()))
+        }
+    }
 }
 
 fn view_json(view: &ViewDef) -> Value {
@@ -475,6 +549,26 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
                 "tributary_archiver_dlq_failures_total",
                 "malformed events the DLQ topic did not take",
                 stats.dlq_failures.load(ordering),
+            ),
+        ];
+        counters.into_iter().for_each(|c| counter(&mut out, c));
+    }
+    if let Some(ingest) = &app.ingest {
+        let counters = [
+            (
+                "tributary_ingest_accepted_total",
+                "pushed events Kafka acknowledged",
+                ingest.accepted.load(ordering),
+            ),
+            (
+                "tributary_ingest_rejected_total",
+                "pushed events the decoder refused",
+                ingest.rejected.load(ordering),
+            ),
+            (
+                "tributary_ingest_unwritten_total",
+                "valid pushed events Kafka did not take (answered with 503)",
+                ingest.unwritten.load(ordering),
             ),
         ];
         counters.into_iter().for_each(|c| counter(&mut out, c));

@@ -14,14 +14,17 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tributary_batch::recompute::{Batch, BatchSettings};
 use tributary_schemas::config::Config;
+use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::batch::KafkaPosition;
 use tributary_schemas::lake::open_store;
 use tributary_serving::api::{App, router};
+use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_testkit::Broker;
 use tributary_testkit::stream::clickstream;
 
 const EVENTS: usize = 3000;
@@ -31,7 +34,7 @@ struct Api {
     _lake: tempfile::TempDir,
 }
 
-fn start(with_batch: bool, timeout: Duration) -> Api {
+fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Api {
     let config = Config::from_sources(None, []).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let store = open_store(lake.path().to_str().unwrap()).unwrap();
@@ -75,6 +78,7 @@ fn start(with_batch: bool, timeout: Duration) -> Api {
         engine: Engine::new(Arc::new(live), 1000, timeout).unwrap(),
         batch,
         archiver: None,
+        ingest,
         metrics: Arc::new(Metrics::default()),
     };
     Api {
@@ -84,7 +88,7 @@ fn start(with_batch: bool, timeout: Duration) -> Api {
 }
 
 fn default_api() -> Api {
-    start(false, Duration::from_secs(30))
+    start(false, Duration::from_secs(30), None)
 }
 
 async fn call(api: &Api, method: Method, path: &str, body: &str) -> (StatusCode, String) {
@@ -372,7 +376,7 @@ async fn sql_is_read_only_over_the_finalized_views() {
 
 #[tokio::test]
 async fn a_query_past_the_timeout_is_cancelled_with_408() {
-    let api = start(false, Duration::from_millis(1));
+    let api = start(false, Duration::from_millis(1), None);
     let sql = "SELECT sum(value) FROM generate_series(1, 10000000000)";
     let reply = post(&api, "/v1/sql", json!({"sql": sql})).await;
     let message = error(&reply, StatusCode::REQUEST_TIMEOUT, "query_timeout");
@@ -385,7 +389,7 @@ async fn batch_run_needs_the_batch_role_and_a_known_view() {
     let reply = post(&api, "/v1/batch/run", json!({})).await;
     error(&reply, StatusCode::CONFLICT, "batch_not_here");
 
-    let api = start(true, Duration::from_secs(30));
+    let api = start(true, Duration::from_secs(30), None);
     let (status, reply) = post(&api, "/v1/batch/run", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(
@@ -450,4 +454,251 @@ async fn status_metrics_health_and_the_api_description() {
     let (status, text) = call(&api, Method::GET, "/v1/query", "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(text.contains("method_not_allowed"), "{text}");
+}
+
+fn ingest(broker: &Broker, topic: &str, max_body: usize) -> Arc<Ingest> {
+    let config = Config::from_sources(None, []).unwrap();
+    let settings = IngestSettings {
+        brokers: broker.bootstrap_servers(),
+        topic: topic.to_owned(),
+        max_body,
+        timeout: Duration::from_secs(5),
+    };
+    Arc::new(Ingest::new(settings, Decoder::new(config.events)).unwrap())
+}
+
+async fn push(api: &Api, body: Vec<u8>, encoding: Option<&str>) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(Method::POST).uri("/v1/events");
+    if let Some(encoding) = encoding {
+        request = request.header("content-encoding", encoding);
+    }
+    let response = (api.router.clone())
+        .oneshot(request.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn ndjson(events: &[Vec<u8>]) -> Vec<u8> {
+    events
+        .iter()
+        .flat_map(|e| [e.as_slice(), b"\n"].concat())
+        .collect()
+}
+
+/// `(position, code)` of each listed rejection.
+fn rejections(reply: &Value) -> Vec<(String, i64, String)> {
+    (reply["errors"].as_array().unwrap().iter())
+        .map(|e| {
+            assert!(!e["message"].as_str().unwrap().is_empty(), "{e}");
+            let (key, at) = match e.get("line") {
+                Some(line) => ("line", line),
+                None => ("index", &e["index"]),
+            };
+            (
+                key.to_owned(),
+                at.as_i64().unwrap(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_ingest_produces_valid_events_and_says_why_others_were_refused() {
+    let broker = Broker::shared();
+    let topic = broker.create_topic(2).await.unwrap();
+    let api = start(
+        false,
+        Duration::from_secs(30),
+        Some(ingest(broker, &topic, 64 << 10)),
+    );
+    let valid: Vec<Vec<u8>> = (0..30).map(clickstream).collect();
+
+    // NDJSON with bad lines among good ones, a blank line and CRLF endings.
+    let mut body = [valid[0].as_slice(), b"\n", &valid[1], b"\r\n{\"ts\":1,\n\n"].concat();
+    body.extend_from_slice(&valid[2]);
+    body.extend_from_slice(
+        b"\n{\"user_id\":\"u\"}\n{\"ts\":\"2026-11-21T10:00:00Z\",\"bytes\":\"many\"}\n",
+    );
+    body.extend(ndjson(&valid[3..20]));
+    let (status, first) = push(&api, body, None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        (first["accepted"].as_u64(), first["rejected"].as_u64()),
+        (Some(20), Some(3))
+    );
+    let line = |n: i64, code: &str| ("line".to_owned(), n, code.to_owned());
+    assert_eq!(
+        rejections(&first),
+        vec![
+            line(3, "not_json"),
+            line(6, "missing_time"),
+            line(7, "wrong_type")
+        ]
+    );
+    let offsets = first["offsets"].as_array().unwrap();
+    assert_eq!(
+        offsets[1].as_i64().unwrap() - offsets[0].as_i64().unwrap(),
+        19
+    );
+
+    // A gzip-compressed JSON array with two bad elements; the next request takes the next partition.
+    let mut elements: Vec<&[u8]> = valid[20..30].iter().map(Vec::as_slice).collect();
+    elements.insert(4, b"\"just a string\"");
+    elements.insert(7, br#"{"ts":"yesterday"}"#);
+    let array = [b"[".to_vec(), elements.join(&b",\n "[..]), b"]".to_vec()].concat();
+    let (status, second) = push(&api, gzip(&array), Some("gzip")).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(
+        (second["accepted"].as_u64(), second["rejected"].as_u64()),
+        (Some(10), Some(2))
+    );
+    let index = |n: i64, code: &str| ("index".to_owned(), n, code.to_owned());
+    assert_eq!(
+        rejections(&second),
+        vec![index(4, "not_an_object"), index(7, "bad_timestamp")]
+    );
+    assert_ne!(first["partition"], second["partition"]);
+
+    // Every valid event is in Kafka, byte for byte and in order, where the replies said.
+    let read = broker.read_topic(&topic, 2).unwrap();
+    for (reply, expected) in [(&first, &valid[..20]), (&second, &valid[20..])] {
+        let partition = reply["partition"].as_i64().unwrap() as i32;
+        let payloads: Vec<&Vec<u8>> = read[&partition].iter().map(|(_, p)| p).collect();
+        assert_eq!(payloads, expected.iter().collect::<Vec<_>>());
+        assert_eq!(read[&partition][0].0, reply["offsets"][0].as_i64().unwrap());
+    }
+
+    // Bodies refused whole: nothing of them is produced.
+    let big = ndjson(&vec![valid[0].clone(); 400]);
+    let refused = [
+        (
+            big.clone(),
+            None,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            gzip(&[b' '; 1 << 20]),
+            Some("gzip"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            valid[0].clone(),
+            Some("br"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+        ),
+        (
+            valid[0].clone(),
+            Some("gzip"),
+            StatusCode::BAD_REQUEST,
+            "bad_gzip",
+        ),
+        (
+            [b"[", valid[0].as_slice(), b","].concat(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+        ),
+        (
+            b" \n \n".to_vec(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+        ),
+    ];
+    for (body, encoding, status, code) in refused {
+        let reply = push(&api, body, encoding).await;
+        let message = error(&reply, status, code);
+        assert!(message.len() > 20, "{message}");
+    }
+    let (status, reply) = push(&api, b"nope\n{}\n".to_vec(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let ends = broker.high_watermarks(&topic, 2).unwrap();
+    assert_eq!(
+        ends.values().sum::<i64>(),
+        30,
+        "only the 30 valid events were produced"
+    );
+
+    let (_, metrics) = call(&api, Method::GET, "/metrics", "").await;
+    for series in [
+        "tributary_ingest_accepted_total 30",
+        "tributary_ingest_rejected_total 7",
+        "tributary_ingest_unwritten_total 0",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_ingest_is_503_while_kafka_is_down_and_nothing_is_half_accepted() {
+    let mut broker = Broker::start().unwrap();
+    let topic = broker.create_topic(1).await.unwrap();
+    let api = start(
+        false,
+        Duration::from_secs(30),
+        Some(ingest(&broker, &topic, 1 << 20)),
+    );
+    let events: Vec<Vec<u8>> = (0..10).map(clickstream).collect();
+    let (status, reply) = push(&api, ndjson(&events[..5]), None).await;
+    assert_eq!(
+        (status, reply["accepted"].as_u64()),
+        (StatusCode::OK, Some(5)),
+        "{reply}"
+    );
+
+    broker.stop();
+    let (status, reply) = push(&api, ndjson(&events[5..]), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(reply["error"]["code"], "kafka_unavailable");
+    assert_eq!(reply["accepted"], 0);
+    assert_eq!(
+        reply["unwritten"],
+        json!([{"line": 1}, {"line": 2}, {"line": 3}, {"line": 4}, {"line": 5}])
+    );
+
+    // A client that resends exactly what a 503 lists as unwritten ends with every event once.
+    broker.restart().unwrap();
+    let mut pending: Vec<Vec<u8>> = events[5..].to_vec();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Kafka never came back: {}",
+            broker.log()
+        );
+        let (status, reply) = push(&api, ndjson(&pending), None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+        let unwritten: Vec<usize> = (reply["unwritten"].as_array().unwrap().iter())
+            .map(|p| p["line"].as_u64().unwrap() as usize - 1)
+            .collect();
+        pending = unwritten.into_iter().map(|i| pending[i].clone()).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let read = broker.read_topic(&topic, 1).unwrap();
+    let payloads: Vec<&Vec<u8>> = read[&0].iter().map(|(_, p)| p).collect();
+    assert_eq!(payloads, events.iter().collect::<Vec<_>>());
 }

@@ -23,6 +23,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use tempfile::TempDir;
 
 const INSTALL_HINT: &str = "install it with `cargo install --locked tansu@0.6.0 --features libsql` \
@@ -50,6 +52,9 @@ pub enum HarnessError {
     #[error("temporary directory")]
     TempDir(#[source] std::io::Error),
 }
+
+/// A topic's messages: `(offset, payload)` in order, per partition.
+pub type Messages = BTreeMap<i32, Vec<(i64, Vec<u8>)>>;
 
 /// A running tansu broker on a loopback port.
 #[derive(Debug)]
@@ -85,6 +90,39 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Starts tansu on `address` with its data in `dir`, under the watchdog.
+fn spawn(dir: &Path, address: SocketAddr) -> Result<Child, HarnessError> {
+    let binary = tansu_binary().ok_or(HarnessError::TansuMissing)?;
+    let url = format!("tcp://{address}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .map_err(HarnessError::Spawn)?;
+    let watchdog = r#"
+        "$TANSU_BIN_PATH" broker --listener-url "$URL" --advertised-listener-url "$URL" \
+            --storage-engine sqlite://tansu.db --cluster-id tributary-test &
+        broker=$!
+        trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
+        while kill -0 "$OWNER" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done
+        kill $broker 2>/dev/null
+        wait $broker
+    "#;
+    Command::new("sh")
+        .args(["-c", watchdog])
+        .current_dir(dir)
+        .env("TANSU_BIN_PATH", &binary)
+        .env("URL", &url)
+        .env("OWNER", std::process::id().to_string())
+        .env_remove("STORAGE_ENGINE")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(HarnessError::Spawn)?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(HarnessError::Spawn)
+}
+
 impl Broker {
     /// The broker shared by every test of this test binary, started on first use.
     ///
@@ -97,38 +135,13 @@ impl Broker {
 
     /// Starts a private broker, stopped when dropped.
     pub fn start() -> Result<Broker, HarnessError> {
-        let binary = tansu_binary().ok_or(HarnessError::TansuMissing)?;
         let dir = tempfile::Builder::new()
             .prefix("tansu-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
         let port = free_port().map_err(HarnessError::Spawn)?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let url = format!("tcp://{address}");
-        let log =
-            std::fs::File::create(dir.path().join("broker.log")).map_err(HarnessError::Spawn)?;
-        let watchdog = r#"
-            "$TANSU_BIN_PATH" broker --listener-url "$URL" --advertised-listener-url "$URL" \
-                --storage-engine sqlite://tansu.db --cluster-id tributary-test &
-            broker=$!
-            trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
-            while kill -0 "$OWNER" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done
-            kill $broker 2>/dev/null
-            wait $broker
-        "#;
-        let child = Command::new("sh")
-            .args(["-c", watchdog])
-            .current_dir(dir.path())
-            .env("TANSU_BIN_PATH", &binary)
-            .env("URL", &url)
-            .env("OWNER", std::process::id().to_string())
-            .env_remove("STORAGE_ENGINE")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(HarnessError::Spawn)?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(HarnessError::Spawn)?;
+        let child = spawn(dir.path(), address)?;
         let mut broker = Broker {
             child,
             address,
@@ -136,6 +149,20 @@ impl Broker {
         };
         broker.wait_until_ready()?;
         Ok(broker)
+    }
+
+    /// Stops the broker as an outage would, keeping its data for [`Broker::restart`].
+    pub fn stop(&mut self) {
+        // The watchdog leads its own process group: signal the group so the broker goes too.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same address over the same data (topics and logs survive).
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.child = spawn(self.dir.path(), self.address)?;
+        self.wait_until_ready()
     }
 
     fn wait_until_ready(&mut self) -> Result<(), HarnessError> {
@@ -217,6 +244,35 @@ impl Broker {
             .collect()
     }
 
+    /// Every message of partitions `0..partitions` of `topic` up to their current end, as
+    /// `(offset, payload)` per partition.
+    pub fn read_topic(&self, topic: &str, partitions: i32) -> Result<Messages, HarnessError> {
+        let ends = self.high_watermarks(topic, partitions)?;
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", "tributary-testkit-reader")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let mut read: Messages = (0..partitions).map(|p| (p, Vec::new())).collect();
+        let done = |read: &Messages| {
+            (read.iter()).all(|(p, messages)| messages.last().map_or(0, |m| m.0 + 1) >= ends[p])
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(&read) && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message?;
+                let payload = message.payload().unwrap_or_default().to_vec();
+                (read.entry(message.partition()).or_default()).push((message.offset(), payload));
+            }
+        }
+        Ok(read)
+    }
+
     /// Creates a topic with a name no other test uses and waits until metadata shows all its
     /// partitions. tansu does not create topics on first use.
     pub async fn create_topic(&self, partitions: i32) -> Result<String, HarnessError> {
@@ -276,9 +332,6 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        // The watchdog leads its own process group: signal the group so the broker goes too.
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
