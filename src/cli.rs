@@ -10,6 +10,8 @@ use tributary_schemas::config::{Config, ConfigError};
 use tributary_schemas::duration::format_duration;
 
 use crate::batch;
+use crate::demo;
+use crate::generator;
 use crate::serve::{self, Role};
 
 /// Exact, fresh analytics over event streams: a Lambda architecture on Kafka, Parquet and DataFusion.
@@ -39,8 +41,10 @@ enum Command {
     /// Batch views: recompute now, list versions, roll back.
     #[command(subcommand)]
     Batch(BatchCommand),
-    /// Run the local demo (broker, service and generator).
-    Demo,
+    /// Send a realistic synthetic clickstream to Kafka or to the push-ingest endpoint.
+    Gen(generator::GenArgs),
+    /// Run the local demo: a local broker, every role of `serve` and the generator, until Ctrl-C.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,7 +74,7 @@ enum ConfigCommand {
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::stdout();
         match self.command {
             Command::Config(ConfigCommand::Check { file }) => {
                 let file = file.or(self.config);
@@ -105,12 +109,20 @@ impl Cli {
                     }
                 }
             }
-            Command::Demo => {
-                writeln!(
-                    out,
-                    "not yet: the demo arrives with the push-ingest/demo issue. Today: start a broker, then `tributary serve` (see the README)."
-                )?;
-                Ok(ExitCode::from(2))
+            Command::Gen(args) => {
+                let config = Config::load(self.config.as_deref())?;
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let sent = generator::run(&config, &args, &stop, true)?;
+                Ok(if sent.failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Command::Demo(args) => {
+                let config = Config::load(self.config.as_deref())?;
+                demo::run(config, self.config.is_some(), &args)?;
+                Ok(ExitCode::SUCCESS)
             }
         }
     }

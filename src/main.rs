@@ -2,11 +2,13 @@
 //!
 //! The command line (clap) that wires the layers into processes (ARCHITECTURE.md §7): it checks
 //! configuration, serves every role (archiver, speed, batch scheduler, HTTP API), and runs, lists
-//! and rolls back batch views; `gen` and `demo` arrive with the push-ingest/demo issue.
+//! and rolls back batch views, generates a synthetic clickstream (`gen`) and runs the local demo.
 //! Configuration is loaded once here and passed explicitly to whatever runs.
 
 mod batch;
 mod cli;
+mod demo;
+mod generator;
 mod serve;
 
 use std::io::Write;
