@@ -49,7 +49,19 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Serves until SIGTERM or SIGINT.
 pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
+    serve_until(config, roles, wait_for_shutdown_signal(), |_| {})
+}
+
+/// Serves until `shutdown` completes. `started` is called with the HTTP address once the server
+/// accepts requests (not called without the serving role).
+pub fn serve_until(
+    config: &Config,
+    roles: &[Role],
+    shutdown: impl Future<Output = ()>,
+    started: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     let serving = roles.contains(&Role::Serving);
     if serving != roles.contains(&Role::Speed) {
         bail!(
@@ -128,6 +140,7 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
             .block_on(tokio::net::TcpListener::bind(config.serving.listen))
             .with_context(|| format!("listening on {}", config.serving.listen))?;
         tracing::info!("serving http://{}", config.serving.listen);
+        started(config.serving.listen);
         let router = api::router(app);
         http = Some(runtime.spawn(async move {
             axum::serve(listener, router)
@@ -144,7 +157,7 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
 
     runtime.block_on(async {
         tokio::select! {
-            _ = wait_for_shutdown_signal() => {
+            _ = shutdown => {
                 tracing::info!("shutting down: finishing requests, writing buffered events, cancelling a running recompute");
                 Ok(())
             }
@@ -268,7 +281,7 @@ async fn schedule(batch: Arc<Batch>, interval: std::time::Duration, metrics: Arc
     }
 }
 
-async fn wait_for_shutdown_signal() {
+pub async fn wait_for_shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut terminate) => {

@@ -1,0 +1,345 @@
+//! `tributary demo`: everything on one machine with nothing configured. It starts a local
+//! Kafka-protocol broker (tansu) unless one already listens at `[kafka] brokers`, creates the topics,
+//! runs every role of `tributary serve` on a local lake, feeds it the generator's clickstream, runs a
+//! first batch recompute after a short while, and prints where to look. Ctrl-C (or SIGTERM) stops
+//! everything it started.
+//!
+//! **Decision:** without `--config`, the demo shortens three defaults so that the batch layer shows
+//! its work within a minute: raw files roll after 10 s (`archiver.max_file_age`), the boundary moves
+//! in epochs of 1000 offsets (`batch.epoch_size`) and recomputes run every minute (`batch.interval`).
+//! With `--config` the file is taken as it is.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use tributary_schemas::config::Config;
+
+use crate::generator::{self, GenArgs, Target};
+use crate::serve::{self, Role};
+
+/// Where the demo's broker keeps its data and log.
+const BROKER_DIR: &str = "data/tansu";
+const PARTITIONS: i32 = 3;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Events per second the generator sends.
+    #[arg(long, default_value_t = 300.0)]
+    pub rate: f64,
+    /// Seconds before the first batch recompute.
+    #[arg(long, default_value_t = 20)]
+    pub first_batch_after: u64,
+}
+
+pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Result<()> {
+    if !own_config {
+        config.archiver.max_file_age = Duration::from_secs(10);
+        config.batch.epoch_size = 1000;
+        config.batch.interval = Duration::from_secs(60);
+    }
+    let _broker = LocalBroker::start_unless_running(&config.kafka.brokers)?;
+    create_topics(&config)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let generator = {
+        let (config, stop) = (config.clone(), Arc::clone(&stop));
+        let args = GenArgs {
+            rate: args.rate,
+            count: 0,
+            to: Target::Kafka,
+            late_fraction: 0.02,
+            seed: 1,
+            start: None,
+            url: None,
+            batch: 500,
+        };
+        thread::Builder::new()
+            .name("generator".to_owned())
+            .spawn(move || generator::run(&config, &args, &stop, false))
+            .context("starting the generator")?
+    };
+    let first_batch = args.first_batch_after;
+    let helper_stop = Arc::clone(&stop);
+    let mut helper = None;
+    let served = serve::serve_until(
+        &config,
+        &Role::ALL,
+        serve::wait_for_shutdown_signal(),
+        |address| {
+            print_welcome(address, &config);
+            helper = thread::Builder::new()
+                .name("first-batch".to_owned())
+                .spawn(move || first_recompute(address, first_batch, &helper_stop))
+                .ok();
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let generated = generator
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generator panicked"))?;
+    if let Some(helper) = helper {
+        let _ = helper.join();
+    }
+    served?;
+    let sent = generated?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "demo stopped: {} events generated; the lake stays in {} and the broker's data in {BROKER_DIR}",
+        sent.events, config.lake.url
+    )?;
+    Ok(())
+}
+
+fn print_welcome(address: SocketAddr, config: &Config) {
+    let url = format!("http://{address}");
+    let query = r#"{"view":"pageviews","granularity":"1m","metrics":["views","users","latency_p95"],"order_by":[{"field":"time","desc":true}],"limit":5}"#;
+    let top = r#"{"view":"pageviews","granularity":"all","group_by":["page"],"metrics":["views","users"],"order_by":[{"field":"views","desc":true}],"limit":10}"#;
+    let text = format!(
+        "
+Tributary demo: events flow from the generator through Kafka ({brokers}, topic {topic}) into the
+speed layer, the archiver and the lake ({lake}); a first batch recompute runs shortly.
+
+  API           {url}   (description: {url}/openapi.json)
+  status        {url}/v1/status
+  metrics       {url}/metrics
+
+Views per minute over the last events (live, merged with the batch view once it exists):
+  curl -s {url}/v1/query -H 'content-type: application/json' \\
+    -d '{query}'
+
+The ten most viewed pages so far:
+  curl -s {url}/v1/query -H 'content-type: application/json' \\
+    -d '{top}'
+
+Push your own events: curl -s {url}/v1/events --data-binary @events.ndjson
+Ctrl-C stops the demo, its broker and the generator.
+",
+        brokers = config.kafka.brokers,
+        topic = config.kafka.topic,
+        lake = config.lake.url,
+    );
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// After `after` seconds, asks the server for recomputes until one publishes (the first raw files
+/// roll after `archiver.max_file_age`), and reports it.
+fn first_recompute(address: SocketAddr, after: u64, stop: &AtomicBool) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return tracing::warn!(%error, "cannot run the first recompute"),
+    };
+    let client = reqwest::Client::new();
+    let mut due = Instant::now() + Duration::from_secs(after);
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < due {
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        due = Instant::now() + Duration::from_secs(5);
+        let reply = runtime.block_on(async {
+            let reply = (client.post(format!("http://{address}/v1/batch/run")))
+                .send()
+                .await?;
+            reply.bytes().await
+        });
+        let runs: Vec<serde_json::Value> = match reply {
+            Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|reply| reply["views"].as_array().cloned())
+                .unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "the first batch recompute did not run; retrying");
+                continue;
+            }
+        };
+        let published: Vec<String> = (runs.iter())
+            .filter(|run| run["outcome"] == "published")
+            .map(|run| {
+                format!(
+                    "{} version {} (boundary {}, {} events read)",
+                    run["view"].as_str().unwrap_or("?"),
+                    run["version"],
+                    run["boundary"],
+                    run["rows_read"]
+                )
+            })
+            .collect();
+        if !published.is_empty() {
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "\nfirst batch recompute published: {}\nanswers now merge these views with the speed layer above their boundary\n",
+                published.join("; ")
+            );
+            return;
+        }
+    }
+}
+
+/// A tansu broker this process started; stopped (with its process group) when dropped.
+#[derive(Debug)]
+struct LocalBroker {
+    child: Option<Child>,
+}
+
+impl LocalBroker {
+    /// Uses the broker at `brokers` if one answers; else starts tansu there when it is a local
+    /// address.
+    fn start_unless_running(brokers: &str) -> anyhow::Result<LocalBroker> {
+        let first = brokers.split(',').next().unwrap_or_default().trim();
+        let address = (first.to_socket_addrs().ok())
+            .and_then(|mut addresses| addresses.next())
+            .with_context(|| format!("cannot resolve the broker address {first:?}"))?;
+        if TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok() {
+            tracing::info!("using the Kafka broker already listening at {address}");
+            return Ok(LocalBroker { child: None });
+        }
+        if !address.ip().is_loopback() {
+            bail!(
+                "no Kafka broker answers at {first}; the demo starts one only on a local address (127.0.0.1)"
+            );
+        }
+        let binary = tansu_binary().context(
+            "tansu (the local Kafka-protocol broker) is not installed: run scripts/setup, or `cargo install --locked tansu@0.6.0 --features libsql`, or point TANSU_BIN at it",
+        )?;
+        std::fs::create_dir_all(BROKER_DIR).with_context(|| format!("creating {BROKER_DIR}"))?;
+        let log = std::fs::File::create(Path::new(BROKER_DIR).join("broker.log"))
+            .context("creating the broker's log")?;
+        let url = format!("tcp://{address}");
+        tracing::info!("starting tansu at {address} (data and log in {BROKER_DIR})");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--cluster-id",
+                "tributary-demo",
+            ])
+            .current_dir(BROKER_DIR)
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("the broker's log")?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C reaches the demo, which then stops the broker last.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut broker = LocalBroker { child: Some(child) };
+        broker.wait_until_ready(brokers)?;
+        Ok(broker)
+    }
+
+    fn wait_until_ready(&mut self, brokers: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .context("creating a Kafka client")?;
+        while Instant::now() < deadline {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("tansu exited at start ({status}); see {BROKER_DIR}/broker.log");
+            }
+            if consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        bail!("tansu did not answer within 60s; see {BROKER_DIR}/broker.log")
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `$TANSU_BIN`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu` (where scripts/setup puts it).
+fn tansu_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let cargo_bin = (std::env::var_os("CARGO_HOME").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .map(|home| home.join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    (std::env::split_paths(&path).chain(cargo_bin))
+        .map(|dir| dir.join("tansu"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Creates the events topic (3 partitions) and the DLQ topic unless they exist.
+fn create_topics(config: &Config) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let topics: Vec<NewTopic> = std::iter::once(&config.kafka.topic)
+        .chain(&config.kafka.dlq_topic)
+        .map(|name| NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    let results = runtime
+        .block_on(admin.create_topics(&topics, &options))
+        .context("creating the demo's topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    // Metadata shows a new topic's partitions a moment after it is created.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let partitions = (consumer
+            .fetch_metadata(Some(&config.kafka.topic), Duration::from_secs(2)))
+        .ok()
+        .and_then(|m| m.topics().first().map(|t| t.partitions().len()));
+        if partitions.is_some_and(|p| p > 0) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "the topic {} did not appear on the broker",
+        config.kafka.topic
+    )
+}
