@@ -1,8 +1,8 @@
 //! Exactness end to end (issue 4): the real binary (`tributary serve`, every role) over a real
 //! broker and a real local lake, asked through its HTTP API, against a ground truth the test
 //! computes from the events it produced, with the shared algebra:
-//! (a) before any batch run (speed layer only), (b) right after a batch run, (c) after more events
-//! (both layers), (d) while a batch run publishes (every answer during the swap is exact), and
+//! (a) before any batch run (speed layer only), (b) right after a batch run, (c) after more events,
+//! some pushed over HTTP (`POST /v1/events`) (both layers), (d) while a batch run publishes (every answer during the swap is exact), and
 //! (e) after kill -9 of the service and a restart with events produced while it was down.
 //!
 //! Counts, integer sums, min and max must be equal; float sums and averages equal up to summation
@@ -212,17 +212,46 @@ impl Truth {
         }
     }
 
-    fn produce(&mut self, broker: &Broker, topic: &str, count: u64) {
-        let producer: FutureProducer = broker.producer_config().create().unwrap();
-        let mut messages = Vec::new();
+    /// The next `count` events; the valid ones are remembered as truth.
+    fn next_events(&mut self, count: u64) -> Vec<Vec<u8>> {
+        let mut events = Vec::new();
         for n in self.produced..self.produced + count {
             let payload = event(&mut self.rng, n);
             if self.decoder.decode(&payload).is_ok() {
                 self.payloads.push(payload.clone());
             }
-            messages.push(((n % PARTITIONS as u64) as i32, payload));
+            events.push(payload);
         }
         self.produced += count;
+        events
+    }
+
+    /// Sends `count` events through push ingest (`POST /v1/events`, NDJSON) instead of Kafka.
+    fn push(&mut self, service: &Service, count: u64) {
+        let events = self.next_events(count);
+        let valid = events
+            .iter()
+            .filter(|e| self.decoder.decode(e).is_ok())
+            .count();
+        let body: Vec<u8> = events
+            .iter()
+            .flat_map(|e| [e.as_slice(), b"\n"].concat())
+            .collect();
+        let body = String::from_utf8(body).unwrap();
+        let reply = request(service.address, "POST", "/v1/events", Some(&body)).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let report: Json = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(report["accepted"], json!(valid), "{report}");
+        assert_eq!(report["rejected"], json!(events.len() - valid), "{report}");
+    }
+
+    fn produce(&mut self, broker: &Broker, topic: &str, count: u64) {
+        let producer: FutureProducer = broker.producer_config().create().unwrap();
+        let first = self.produced;
+        let messages: Vec<(i32, Vec<u8>)> = (first..)
+            .zip(self.next_events(count))
+            .map(|(n, payload)| ((n % PARTITIONS as u64) as i32, payload))
+            .collect();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let sends = messages.iter().map(|(partition, payload)| {
@@ -515,10 +544,11 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         .sum();
     assert!(below > 0 && below < 4000, "both layers hold events: {meta}");
 
-    // (c) More events: both layers.
-    truth.produce(broker, &topic, 3000);
+    // (c) More events, through Kafka and through push ingest: both layers.
+    truth.produce(broker, &topic, 2000);
+    truth.push(&service, 1000);
     service.wait_for_log();
-    check_all(&service, &truth, "(c) both layers");
+    check_all(&service, &truth, "(c) both layers, pushed events too");
 
     // (d) Queries while a recompute publishes: each answer is exact, before and after the swap.
     let versions: BTreeSet<i64> = std::thread::scope(|scope| {
