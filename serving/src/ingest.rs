@@ -12,6 +12,11 @@
 //! written: every event of a request goes to one partition, in order, through an idempotent
 //! producer (`acks=all`), and a 503 then says exactly which events were written and which were not,
 //! so that the sender resends only the rest. Nothing is acknowledged that Kafka has not acknowledged.
+//! One case stays uncertain: a message whose acknowledgement timed out in flight may have been
+//! written (librdkafka's "possibly persisted" status is not exposed by rdkafka); it is listed as
+//! unwritten, so a resend may duplicate it. Kafka transactions would close this, but tansu does not
+//! filter aborted transactions (its fetch returns no aborted-transaction list), so they could not be
+//! tested against the broker the tests use.
 
 use std::io::Read;
 use std::ops::Range;
