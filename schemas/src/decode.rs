@@ -78,6 +78,10 @@ impl DecodeError {
     }
 }
 
+/// Field name → slot, looked up for every key of every event. xxh3 rather than SipHash: the map is
+/// fixed at start and only read, so keys chosen by a sender can cost a string comparison at most.
+type SlotMap = HashMap<String, Slot, xxhash_rust::xxh3::Xxh3DefaultBuilder>;
+
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Time,
@@ -88,12 +92,12 @@ enum Slot {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     schema: EventSchema,
-    slots: HashMap<String, Slot>,
+    slots: SlotMap,
 }
 
 impl Decoder {
     pub fn new(schema: EventSchema) -> Self {
-        let mut slots: HashMap<String, Slot> = schema
+        let mut slots: SlotMap = schema
             .fields
             .iter()
             .enumerate()
@@ -259,7 +263,7 @@ impl EventSeed<'_> {
 }
 
 /// Resolves a key to its slot without allocating (`None` for unconfigured keys).
-struct KeySeed<'d>(&'d HashMap<String, Slot>);
+struct KeySeed<'d>(&'d SlotMap);
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Option<Slot>;
