@@ -91,6 +91,23 @@ impl From<QueryError> for ApiError {
     }
 }
 
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> Self {
+        let (status, code) = match &error {
+            IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            IngestError::UnsupportedEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
+            }
+            IngestError::BadGzip(_) => (StatusCode::BAD_REQUEST, "bad_gzip"),
+            IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            IngestError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable")
+            }
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
 /// The router of every route.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -188,15 +205,10 @@ async fn events(
     };
     let limit = ingest.max_body();
     let too_large = || {
-        let error = IngestError::TooLarge {
+        ApiError::from(IngestError::TooLarge {
             limit,
             decompressed: false,
-        };
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            error.to_string(),
-        )
+        })
     };
     let declared =
         (headers.get(header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
@@ -217,26 +229,16 @@ async fn events(
     let encoding = (headers.get(header::CONTENT_ENCODING)).map(|v| v.to_str().unwrap_or("?"));
     match ingest.accept(encoding, body).await {
         Ok(report) => Ok(axum::Json(report).into_response()),
+        // The 503 keeps the report: it says which events were written and which to resend.
         Err(IngestError::Unavailable { reason, report }) => {
             tracing::warn!("push ingest refused: {reason}");
             let mut body = serde_json::to_value(&report)
                 .map_err(|e| ApiError::internal("writing the ingest report", e))?;
-            body["error"] = json!({"code": "kafka_unavailable", "message": reason});
-            Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response())
+            let error = ApiError::from(IngestError::Unavailable { reason, report });
+            body["error"] = json!({"code": error.code, "message": error.message});
+            Ok((error.status, axum::Json(body)).into_response())
         }
-        Err(error) => {
-            let (status, code) = match &error {
-                IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-                IngestError::UnsupportedEncoding(_) => {
-                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
-                }
-                IngestError::BadGzip(_) => (StatusCode::BAD_REQUEST, "bad_gzip"),
-                IngestError::BadBody(_) | IngestError::Unavailable { .. } => {
-                    (StatusCode::BAD_REQUEST, "bad_body")
-                }
-            };
-            Err(ApiError::new(status, code, error.to_string()))
-        }
+        Err(error) => Err(error.into()),
     }
 }
 
