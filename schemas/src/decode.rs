@@ -78,9 +78,10 @@ impl DecodeError {
     }
 }
 
-/// Field name → slot, looked up for every key of every event. xxh3 rather than SipHash: the map is
-/// fixed at start and only read, so keys chosen by a sender can cost a string comparison at most.
-type SlotMap = HashMap<String, Slot, xxhash_rust::xxh3::Xxh3DefaultBuilder>;
+/// Field name → slot, looked up for every key of every event. foldhash rather than SipHash: the
+/// map is fixed at start and only read, and its seed is random, so keys chosen by a sender can cost
+/// a string comparison at most.
+type SlotMap = HashMap<String, Slot, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, Copy)]
 enum Slot {
