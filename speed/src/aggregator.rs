@@ -23,6 +23,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondBuilder};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
@@ -32,9 +33,7 @@ use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::{
-    KafkaPosition, RawBatchBuilder, ValueColumnBuilder, raw_schema,
-};
+use tributary_schemas::event::batch::{KafkaPosition, ValueColumnBuilder};
 use tributary_schemas::event::{Event, EventSchema, Value};
 use tributary_schemas::lake::Boundary;
 use tributary_schemas::seam::{epoch_of, first_speed_epoch};
@@ -335,6 +334,55 @@ impl ViewStates {
     }
 }
 
+/// The columns the views' filters read, as an Arrow batch of a poll's events: the time and the
+/// fields the filters name, nothing else (a filter on `page` should not pay for copying every
+/// string of every event into Arrow).
+#[derive(Debug)]
+struct FilterColumns {
+    schema: SchemaRef,
+    time: TimestampMillisecondBuilder,
+    /// `(index in the event's values, builder)` for each field a filter names.
+    fields: Vec<(usize, ValueColumnBuilder)>,
+}
+
+impl FilterColumns {
+    fn new(events: &EventSchema, views: &[ViewDef]) -> Self {
+        let named: std::collections::HashSet<&str> = views
+            .iter()
+            .filter_map(|v| v.filter.as_ref())
+            .flat_map(|f| f.expr.column_refs())
+            .map(|c| c.name.as_str())
+            .collect();
+        let full = events.arrow_schema();
+        let mut columns = vec![full.field(0).clone()];
+        let mut fields = Vec::new();
+        for (index, field) in events.fields.iter().enumerate() {
+            if named.contains(field.name.as_str()) {
+                columns.push(full.field(index + 1).clone());
+                fields.push((index, ValueColumnBuilder::new(field.ty)));
+            }
+        }
+        Self {
+            schema: Arc::new(Schema::new(columns)),
+            time: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            fields,
+        }
+    }
+
+    fn append(&mut self, event: &Event<'_>) {
+        self.time.append_value(event.time_ms);
+        for (index, column) in &mut self.fields {
+            column.append(&event.values[*index]);
+        }
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let mut columns = vec![Arc::new(self.time.finish()) as _];
+        columns.extend(self.fields.iter_mut().map(|(_, column)| column.finish()));
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
 /// What one [`Aggregator::apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -348,9 +396,9 @@ pub struct Applied {
 pub struct Aggregator {
     decoder: Decoder,
     views: Vec<ViewStates>,
-    /// Per view, its filter planned against the raw schema (`None`: keeps every event).
+    /// Per view, its filter planned against [`FilterColumns`]' schema (`None`: keeps every event).
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    batch: RawBatchBuilder,
+    batch: FilterColumns,
     /// Per partition, one past the last offset applied.
     pub next_offsets: BTreeMap<i32, i64>,
     /// Since start: valid events aggregated, and messages the decoder rejected (skipped here,
@@ -364,8 +412,8 @@ impl Aggregator {
         views: &[ViewDef],
         epoch_size: u64,
     ) -> Result<Self, DataFusionError> {
-        let schema = raw_schema(events);
-        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let batch = FilterColumns::new(events, views);
+        let df_schema = DFSchema::try_from(batch.schema.as_ref().clone())?;
         let context = SessionContext::new();
         let filters = views
             .iter()
@@ -383,7 +431,7 @@ impl Aggregator {
                 .map(|v| ViewStates::new(v.clone(), epoch_size))
                 .collect(),
             filters,
-            batch: RawBatchBuilder::new(events),
+            batch,
             next_offsets: BTreeMap::new(),
             totals: Applied::default(),
         })
@@ -417,8 +465,8 @@ impl Aggregator {
         self.totals.malformed += applied.malformed;
         let needs_batch = self.filters.iter().any(Option::is_some);
         let batch = if needs_batch && !decoded.is_empty() {
-            for (position, event) in &decoded {
-                self.batch.append(event, *position);
+            for (_, event) in &decoded {
+                self.batch.append(event);
             }
             Some(self.batch.finish()?)
         } else {

@@ -189,3 +189,60 @@ fn snapshots_take_only_epochs_above_the_boundary_and_dropping_frees_them() {
     let after = merged(aggregator.views()[0].snapshot(&Boundary::default()));
     assert_equivalent(&after, &truth(&config, view, &above));
 }
+
+/// Filters see only the columns they name, planned against a batch of just those: several fields,
+/// the time field, and a filter naming none, each against a count computed by hand.
+#[test]
+fn filters_naming_several_fields_keep_the_same_events_as_a_direct_check() {
+    let from = 1_795_000_000_000i64 + 5_000 * 37;
+    let events = tributary_schemas::config::DEFAULT_CONFIG
+        .split("[[views]]")
+        .next()
+        .unwrap();
+    let file = format!(
+        r#"{events}
+[[views]]
+name = "slow_late_users"
+granularity = "1h"
+filter = "latency_ms > 150 AND user_id <> 'u7' AND ts >= to_timestamp_millis({from})"
+[views.metrics]
+n = "count"
+
+[[views]]
+name = "constant"
+granularity = "1h"
+filter = "1 = 1"
+[views.metrics]
+n = "count"
+"#
+    );
+    let config = Config::from_sources(Some((&file, "test.toml")), []).unwrap();
+    let all = messages(10_000, 3);
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
+    let applied = apply_in_polls(&mut aggregator, &all);
+
+    let decoder = Decoder::new(config.events.clone());
+    let (latency, user) = (
+        config.events.field_index("latency_ms").unwrap(),
+        config.events.field_index("user_id").unwrap(),
+    );
+    let expected = all
+        .iter()
+        .filter_map(|(_, payload)| decoder.decode(payload).ok())
+        .filter(|event| {
+            event.values[latency].as_f64().is_some_and(|l| l > 150.0)
+                && event.values[user] != Value::Str("u7".into())
+                && event.time_ms >= from
+        })
+        .count() as u64;
+    let counted = |view: usize| -> u64 {
+        aggregator.views()[view]
+            .epochs()
+            .values()
+            .map(|e| e.events)
+            .sum()
+    };
+    assert!(expected > 1000 && expected < applied.events, "{expected}");
+    assert_eq!(counted(0), expected);
+    assert_eq!(counted(1), applied.events);
+}
