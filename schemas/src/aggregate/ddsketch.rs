@@ -513,7 +513,7 @@ mod tests {
             let all: Vec<_> = left.iter().chain(&right).copied().collect();
             let expected = reference(&all);
             let whole = store_of(&all);
-            proptest::prop_assert_eq!(whole.buckets().collect::<Vec<_>>(), expected.clone());
+            proptest::prop_assert_eq!(&whole.buckets().collect::<Vec<_>>(), &expected);
             proptest::prop_assert_eq!(
                 whole.buckets().rev().collect::<Vec<_>>(),
                 expected.iter().rev().copied().collect::<Vec<_>>()
