@@ -10,8 +10,11 @@
 //! Every failure is a [`DecodeError`] saying what is wrong and where; the decoder never panics,
 //! whatever the bytes (property-tested below).
 //!
-//! The JSON is walked once by a serde visitor that writes straight into typed slots; unescaped
-//! strings are borrowed from the input, so a typical event costs one allocation (its value vector).
+//! The JSON is walked once. Events of the usual shape (a flat object of unescaped strings, plain
+//! numbers, booleans and nulls) take a hand-written scan ([`fast`]); everything else, and every
+//! error, takes a serde visitor. Both write straight into typed slots through the same conversions,
+//! and unescaped strings are borrowed from the input, so a typical event costs one allocation (its
+//! value vector).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -22,6 +25,8 @@ use chrono::DateTime;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{Event, EventSchema, FieldType, Value};
+
+mod fast;
 
 /// 0001-01-01T00:00:00Z in epoch milliseconds.
 pub const MIN_TIME_MS: i64 = -62_135_596_800_000;
@@ -116,6 +121,14 @@ impl Decoder {
         let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8 {
             offset: e.valid_up_to(),
         })?;
+        if let Some(event) = fast::decode(self, text) {
+            return Ok(event);
+        }
+        self.decode_with_serde(text)
+    }
+
+    /// The general path: every input the fast path leaves, and every error.
+    fn decode_with_serde<'a>(&self, text: &'a str) -> Result<Event<'a>, DecodeError> {
         if text.trim_ascii().is_empty() {
             return Err(DecodeError::Empty);
         }
@@ -215,8 +228,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                 return Err(fail(self.failure, DecodeError::DuplicateField { field }));
             }
             let value = map.next_value_seed(ValueSeed {
-                field: name,
-                ty,
+                target: FieldValue { field: name, ty },
                 failure: self.failure,
             })?;
             match slot {
@@ -286,15 +298,16 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
-/// Reads one configured field's value and checks it against the field's type.
-struct ValueSeed<'d> {
+/// What a JSON value of one configured field becomes: the one place field types are checked, for
+/// both the fast path ([`fast`]) and serde's.
+#[derive(Clone, Copy)]
+struct FieldValue<'d> {
     field: &'d str,
     ty: FieldType,
-    failure: &'d Failure,
 }
 
-impl ValueSeed<'_> {
-    fn wrong_type<E: de::Error>(&self, found: String) -> E {
+impl FieldValue<'_> {
+    fn wrong_type(&self, found: String) -> DecodeError {
         let expected = match self.ty {
             FieldType::String => "a string",
             FieldType::Int64 => "an integer (int64)",
@@ -302,59 +315,85 @@ impl ValueSeed<'_> {
             FieldType::Bool => "true or false",
             FieldType::Timestamp => "an RFC 3339 string or integer epoch milliseconds",
         };
-        let field = self.field.to_owned();
-        fail(
-            self.failure,
-            DecodeError::WrongType {
-                field,
-                expected,
-                found,
-            },
-        )
-    }
-
-    fn timestamp<E: de::Error>(&self, ms: i64) -> Result<Value<'static>, E> {
-        if (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
-            Ok(Value::Timestamp(ms))
-        } else {
-            let (field, value) = (self.field.to_owned(), ms.to_string());
-            Err(fail(
-                self.failure,
-                DecodeError::TimeOutOfRange { field, value },
-            ))
+        DecodeError::WrongType {
+            field: self.field.to_owned(),
+            expected,
+            found,
         }
     }
 
-    fn string<'de, E: de::Error>(&self, text: Cow<'de, str>) -> Result<Value<'de>, E> {
+    fn timestamp(&self, ms: i64) -> Result<Value<'static>, DecodeError> {
+        if (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
+            Ok(Value::Timestamp(ms))
+        } else {
+            Err(DecodeError::TimeOutOfRange {
+                field: self.field.to_owned(),
+                value: ms.to_string(),
+            })
+        }
+    }
+
+    fn string<'de>(&self, text: Cow<'de, str>) -> Result<Value<'de>, DecodeError> {
         match self.ty {
             FieldType::String => Ok(Value::Str(text)),
             FieldType::Timestamp => match DateTime::parse_from_rfc3339(&text) {
                 Ok(time) => self.timestamp(time.timestamp_millis()),
-                Err(reason) => {
-                    let field = self.field.to_owned();
-                    let value = truncate(&text);
-                    let reason = reason.to_string();
-                    Err(fail(
-                        self.failure,
-                        DecodeError::BadTimestamp {
-                            field,
-                            value,
-                            reason,
-                        },
-                    ))
-                }
+                Err(reason) => Err(DecodeError::BadTimestamp {
+                    field: self.field.to_owned(),
+                    value: truncate(&text),
+                    reason: reason.to_string(),
+                }),
             },
             _ => Err(self.wrong_type(format!("the string {:?}", truncate(&text)))),
         }
     }
 
-    fn integer<'de, E: de::Error>(&self, value: i64) -> Result<Value<'de>, E> {
+    fn integer(&self, value: i64) -> Result<Value<'static>, DecodeError> {
         match self.ty {
             FieldType::Int64 => Ok(Value::Int(value)),
             FieldType::Float64 => Ok(Value::Float(value as f64)),
             FieldType::Timestamp => self.timestamp(value),
             _ => Err(self.wrong_type(format!("the number {value}"))),
         }
+    }
+
+    fn unsigned(&self, value: u64) -> Result<Value<'static>, DecodeError> {
+        match i64::try_from(value) {
+            Ok(value) => self.integer(value),
+            Err(_) if self.ty == FieldType::Float64 => Ok(Value::Float(value as f64)),
+            Err(_) => Err(self.wrong_type(format!("{value}, which is larger than int64"))),
+        }
+    }
+
+    fn float(&self, value: f64) -> Result<Value<'static>, DecodeError> {
+        let integral = value.fract() == 0.0 && value >= -(2f64.powi(63)) && value < 2f64.powi(63);
+        match self.ty {
+            FieldType::Float64 => Ok(Value::Float(value)),
+            FieldType::Int64 | FieldType::Timestamp if integral => self.integer(value as i64),
+            _ => Err(self.wrong_type(format!("the number {value}"))),
+        }
+    }
+
+    fn boolean(&self, value: bool) -> Result<Value<'static>, DecodeError> {
+        match self.ty {
+            FieldType::Bool => Ok(Value::Bool(value)),
+            _ => Err(self.wrong_type(format!("{value}"))),
+        }
+    }
+}
+
+/// Reads one configured field's value with serde and checks it with [`FieldValue`].
+struct ValueSeed<'d> {
+    target: FieldValue<'d>,
+    failure: &'d Failure,
+}
+
+impl ValueSeed<'_> {
+    fn check<'de, E: de::Error>(
+        &self,
+        value: Result<Value<'de>, DecodeError>,
+    ) -> Result<Value<'de>, E> {
+        value.map_err(|error| fail(self.failure, error))
     }
 }
 
@@ -378,43 +417,31 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     type Value = Value<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a {} value", self.ty)
+        write!(f, "a {} value", self.target.ty)
     }
 
     fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-        self.string(Cow::Borrowed(text))
+        self.check(self.target.string(Cow::Borrowed(text)))
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-        self.string(Cow::Owned(text.to_owned()))
+        self.check(self.target.string(Cow::Owned(text.to_owned())))
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-        self.integer(value)
+        self.check(self.target.integer(value))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-        match i64::try_from(value) {
-            Ok(value) => self.integer(value),
-            Err(_) if self.ty == FieldType::Float64 => Ok(Value::Float(value as f64)),
-            Err(_) => Err(self.wrong_type(format!("{value}, which is larger than int64"))),
-        }
+        self.check(self.target.unsigned(value))
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
-        let integral = value.fract() == 0.0 && value >= -(2f64.powi(63)) && value < 2f64.powi(63);
-        match self.ty {
-            FieldType::Float64 => Ok(Value::Float(value)),
-            FieldType::Int64 | FieldType::Timestamp if integral => self.integer(value as i64),
-            _ => Err(self.wrong_type(format!("the number {value}"))),
-        }
+        self.check(self.target.float(value))
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-        match self.ty {
-            FieldType::Bool => Ok(Value::Bool(value)),
-            _ => Err(self.wrong_type(format!("{value}"))),
-        }
+        self.check(self.target.boolean(value))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
@@ -422,11 +449,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(self.wrong_type("an array".to_owned()))
+        self.check(Err(self.target.wrong_type("an array".to_owned())))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(self.wrong_type("an object".to_owned()))
+        self.check(Err(self.target.wrong_type("an object".to_owned())))
     }
 }
 

@@ -253,3 +253,172 @@ proptest! {
         prop_assert_eq!(&event.values[3], &mobile.map_or(Value::Null, Value::Bool));
     }
 }
+
+/// One JSON token of the kinds the fast path reads, skips or must give up on.
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-zA-Z0-9 /:_é€-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+        1 => Just("\"a\\\"b\\u00e9\"".to_owned()),
+        1 => Just("\"tab\there\"".to_owned()),
+        2 => Just("\"2026-11-21T10:00:00.250+01:00\"".to_owned()),
+        1 => Just("\"2026-13-01T00:00:00Z\"".to_owned()),
+        4 => "-?[0-9]{1,21}(\\.[0-9]{1,19})?([eE][+-]?[0-9]{1,3})?",
+        2 => any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| format!("{v:?}")),
+        2 => any::<i64>().prop_map(|v| v.to_string()),
+        1 => any::<u64>().prop_map(|v| v.to_string()),
+        1 => prop_oneof![
+            Just("-0"), Just("-0.0"), Just("0.0"), Just("01"), Just("1."), Just(".5"), Just("-"),
+            Just("1e5"), Just("3.0"), Just("9223372036854775808"), Just("-9223372036854775808"),
+        ]
+        .prop_map(str::to_owned),
+        3 => prop_oneof![
+            Just("true"), Just("false"), Just("null"), Just("tru"), Just("nul"), Just("{}"),
+            Just("[1,2]"), Just("{\"a\":1}"),
+        ]
+        .prop_map(str::to_owned),
+        4 => (1_700_000_000_000i64..1_800_000_000_000).prop_map(|v| v.to_string()),
+    ]
+}
+
+/// A value of `key`'s type in any of its JSON spellings (and its edge cases), or any token.
+fn value_for(key: &'static str) -> BoxedStrategy<String> {
+    let number = prop_oneof![
+        "-?[0-9]{1,21}(\\.[0-9]{1,19})?",
+        any::<f64>()
+            .prop_filter("finite", |v| v.is_finite())
+            .prop_map(|v| format!("{v:?}")),
+        any::<i64>().prop_map(|v| v.to_string()),
+        prop_oneof![
+            Just("-0"),
+            Just("-0.0"),
+            Just("0"),
+            Just("3.0"),
+            Just("-7.000"),
+            Just("9223372036854775807"),
+            Just("9223372036854775808"),
+            Just("-9223372036854775808"),
+            Just("123456789012345678"),
+            Just("1234567890123456789"),
+        ]
+        .prop_map(str::to_owned),
+        Just(format!("{}.5", "9".repeat(310))),
+    ];
+    let typed = match key {
+        "ts" | "signup" => prop_oneof![
+            (-62_135_596_800_000i64..253_402_300_799_999).prop_map(|v| v.to_string()),
+            (1_700_000_000_000i64..1_800_000_000_000).prop_map(|v| format!("{v}.0")),
+            Just("\"2026-11-21T10:00:00.250+01:00\"".to_owned()),
+            Just("253402300800000".to_owned()),
+        ]
+        .boxed(),
+        "clicks" | "latency_ms" => number.boxed(),
+        "mobile" => prop_oneof![Just("true".to_owned()), Just("false".to_owned())].boxed(),
+        _ => "[a-zA-Z0-9 /:_é€-]{0,12}"
+            .prop_map(|s| format!("\"{s}\""))
+            .boxed(),
+    };
+    prop_oneof![12 => typed, 1 => Just("null".to_owned()), 1 => token()].boxed()
+}
+
+/// Objects of the schema's keys (and strangers, and repeats) with values mostly of the right type,
+/// mostly well formed, sometimes with a separator missing or junk around.
+fn near_events() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        1 => Just("ts"), 2 => Just("user_id"), 2 => Just("clicks"), 2 => Just("latency_ms"),
+        1 => Just("mobile"), 1 => Just("signup"), 1 => Just("other"), 1 => Just("u\\u0073er_id"),
+    ];
+    let space = prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("\n\t "), 1 => Just("\r\n")];
+    let member = (
+        key.prop_flat_map(|k| (Just(k), value_for(k))),
+        space.clone(),
+        space.clone(),
+    )
+        .prop_map(|((k, v), a, b)| format!("\"{k}\"{a}:{b}{v}"));
+    let separator = prop_oneof![30 => Just(","), 1 => Just(""), 1 => Just(",,"), 1 => Just(";")];
+    let ending = prop_oneof![30 => Just(""), 1 => Just(" "), 1 => Just("x"), 1 => Just("}")];
+    (
+        Just("\"ts\":1795000000000"),
+        proptest::collection::vec((member, separator), 0..6),
+        space,
+        ending,
+    )
+        .prop_map(|(first, members, space, ending)| {
+            let mut text = format!("{space}{{");
+            // A valid time first unless a member sets one, so that most objects can be events.
+            if !members.iter().any(|(m, _)| m.starts_with("\"ts\"")) {
+                text.push_str(first);
+                text.push(',');
+            }
+            for (i, (member, separator)) in members.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(separator);
+                }
+                text.push_str(member);
+            }
+            if text.ends_with(',') {
+                text.pop();
+            }
+            text.push('}');
+            text.push_str(ending);
+            text
+        })
+}
+
+/// Events compared through `Debug`, so floats compare bit for bit (`-0.0` is not `0.0`).
+fn same(a: &Event<'_>, b: &Event<'_>) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Whenever the fast path answers, serde's path gives the same event; when the fast path gives up,
+/// `decode` is exactly serde's answer (error included). The fast path must answer a good share of
+/// the cases, or the comparison would prove little.
+#[test]
+fn the_fast_path_answers_only_what_serde_answers() {
+    let decoder = Decoder::new(schema());
+    let answered = std::cell::Cell::new(0);
+    let cases = 4096;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    runner
+        .run(&near_events(), |text| {
+            let slow = decoder.decode_with_serde(&text);
+            match fast::decode(&decoder, &text) {
+                Some(event) => {
+                    answered.set(answered.get() + 1);
+                    let slow = slow
+                        .map_err(|e| TestCaseError::fail(format!("fast {event:?}, serde {e}")))?;
+                    prop_assert!(same(&event, &slow), "fast {:?} vs serde {:?}", event, slow);
+                }
+                None => {
+                    let decoded = decoder.decode(text.as_bytes());
+                    prop_assert_eq!(format!("{decoded:?}"), format!("{slow:?}"));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        answered.get() > cases / 4,
+        "fast path answered {} of {cases}",
+        answered.get()
+    );
+}
+
+#[test]
+fn events_of_the_usual_shape_take_the_fast_path() {
+    let decoder = Decoder::new(schema());
+    for text in [
+        r#"{"ts":1795000000000,"user_id":"u1","clicks":-3,"latency_ms":12.5,"mobile":true}"#,
+        r#" { "ts" : "2026-11-21T10:00:00Z" , "signup": 1700000000000, "other": [1], "clicks": 3.0 } "#,
+        r#"{"other":"x","more":null,"n":-0.5,"flag":false,"ts":1795000000000,"latency_ms":7}"#,
+        "{\n\t\"ts\": 1795000000000,\r\n\"user_id\": \"ünïcode €\", \"latency_ms\": null\n}",
+    ] {
+        // The second has a nested value for an unconfigured key: serde's path takes it.
+        let fast = fast::decode(&decoder, text);
+        let serde = decoder.decode_with_serde(text).unwrap();
+        if text.contains('[') {
+            assert!(fast.is_none(), "{text}");
+        } else {
+            assert!(same(&fast.expect(text), &serde), "{text}");
+        }
+    }
+}
