@@ -336,15 +336,23 @@ impl FieldValue<'_> {
     fn string<'de>(&self, text: Cow<'de, str>) -> Result<Value<'de>, DecodeError> {
         match self.ty {
             FieldType::String => Ok(Value::Str(text)),
-            FieldType::Timestamp => match DateTime::parse_from_rfc3339(&text) {
-                Ok(time) => self.timestamp(time.timestamp_millis()),
-                Err(reason) => Err(DecodeError::BadTimestamp {
-                    field: self.field.to_owned(),
-                    value: truncate(&text),
-                    reason: reason.to_string(),
-                }),
+            FieldType::Timestamp => match fast::rfc3339_millis(&text) {
+                Some(ms) => self.timestamp(ms),
+                None => self.chrono_timestamp(&text),
             },
             _ => Err(self.wrong_type(format!("the string {:?}", truncate(&text)))),
+        }
+    }
+
+    /// Any RFC 3339 spelling chrono reads, and the error for what it does not.
+    fn chrono_timestamp(&self, text: &str) -> Result<Value<'static>, DecodeError> {
+        match DateTime::parse_from_rfc3339(text) {
+            Ok(time) => self.timestamp(time.timestamp_millis()),
+            Err(reason) => Err(DecodeError::BadTimestamp {
+                field: self.field.to_owned(),
+                value: truncate(text),
+                reason: reason.to_string(),
+            }),
         }
     }
 

@@ -103,10 +103,7 @@ impl<'a> Scanner<'a> {
         self.expect(b'"')?;
         let start = self.at;
         let bytes = self.text.as_bytes();
-        let length = bytes[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        let end = start + length;
+        let end = start + string_end(&bytes[start..])?;
         if bytes[end] != b'"' {
             return None;
         }
@@ -189,5 +186,213 @@ impl<'a> Scanner<'a> {
             },
         };
         value.ok()
+    }
+}
+
+/// Where the first `"`, `\\` or control character of `bytes` is, eight bytes at a time: the usual
+/// bit trick for "has a byte below n" (Mycroft), applied to the bytes below 0x20 and to the bytes
+/// XORed with the quote and the backslash. It can flag a byte wrongly only after a byte it flags
+/// rightly, so the lowest flag is the answer.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let flags = below(word, 0x20)
+            | below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1);
+        if flags != 0 {
+            return Some(at + flags.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder();
+    (rest.iter())
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
+}
+
+/// Epoch milliseconds of an RFC 3339 time in its usual spelling,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, read the way chrono reads it (the fraction truncated
+/// to milliseconds). `None` for any other spelling, an impossible date, or a leap second: chrono
+/// decides those.
+pub(super) fn rfc3339_millis(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        digits.iter().try_fold(0i64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let at = |i: usize, byte: u8| (b.get(i) == Some(&byte)).then_some(());
+    at(4, b'-')?;
+    at(7, b'-')?;
+    at(10, b'T')?;
+    at(13, b':')?;
+    at(16, b':')?;
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut at_zone = 19;
+    let mut millis = 0;
+    if b.get(19) == Some(&b'.') {
+        let digits = b[20..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let kept = digits.min(3);
+        millis = number(20..20 + kept)? * [100, 10, 1][kept - 1];
+        at_zone = 20 + digits;
+    }
+    let offset_minutes = match b.get(at_zone..)? {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (
+                number(at_zone + 1..at_zone + 3)?,
+                number(at_zone + 4..at_zone + 6)?,
+            );
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = hours * 60 + minutes;
+            if *sign == b'-' { -offset } else { offset }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1000 + millis)
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{rfc3339_millis, string_end};
+
+    /// An RFC 3339-like time: valid ones in several spellings, and broken fields of every kind.
+    fn times() -> impl Strategy<Value = String> {
+        let field = |valid: std::ops::RangeInclusive<u32>, width: usize| {
+            prop_oneof![
+                8 => valid.prop_map(move |v| format!("{v:0width$}")),
+                1 => (0u32..100).prop_map(move |v| format!("{v:0width$}")),
+                1 => Just("x".repeat(width)),
+            ]
+        };
+        let fraction = prop_oneof![Just(String::new()), "\\.[0-9]{0,11}"];
+        let zone = prop_oneof![
+            Just("Z".to_owned()),
+            Just("z".to_owned()),
+            Just("".to_owned()),
+            (prop_oneof![Just('+'), Just('-')], 0u32..26, 0u32..62)
+                .prop_map(|(s, h, m)| format!("{s}{h:02}:{m:02}")),
+        ];
+        let separator = prop_oneof![8 => Just('T'), 1 => Just('t'), 1 => Just(' ')];
+        (
+            field(1..=9999, 4),
+            field(1..=12, 2),
+            field(1..=31, 2),
+            separator,
+            field(0..=23, 2),
+            field(0..=59, 2),
+            field(0..=60, 2),
+            fraction,
+            zone,
+        )
+            .prop_map(|(y, mo, d, t, h, mi, s, f, z)| format!("{y}-{mo}-{d}{t}{h}:{mi}:{s}{f}{z}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn string_end_finds_the_first_quote_backslash_or_control(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    8 => 0x20u8..0x7f,
+                    2 => 0x80u8..=0xff,
+                    1 => prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, Just(0x21), Just(0x5d)],
+                ],
+                0..40,
+            )
+        ) {
+            let expected = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            prop_assert_eq!(string_end(&bytes), expected);
+        }
+
+        /// Whenever the fast reading answers, chrono reads the same instant.
+        #[test]
+        fn rfc3339_millis_reads_what_chrono_reads(text in times()) {
+            if let Some(ms) = rfc3339_millis(&text) {
+                let chrono = chrono::DateTime::parse_from_rfc3339(&text).map_err(|e| e.to_string());
+                prop_assert_eq!(Ok(ms), chrono.map(|t| t.timestamp_millis()));
+            }
+        }
+
+        /// Any valid time in the usual spelling takes the fast reading.
+        #[test]
+        fn the_usual_spelling_is_read_fast(
+            seconds in -62_135_596_800i64..253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            digits in 0usize..=9,
+            offset_minutes in -1439i32..=1439,
+        ) {
+            let zone = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
+            let time = chrono::DateTime::from_timestamp(seconds, nanos).unwrap().with_timezone(&zone);
+            let fraction = format!("{:09}", nanos)[..digits].to_owned();
+            let mut text = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+            if digits > 0 {
+                text = format!("{text}.{fraction}");
+            }
+            text.push_str(&if offset_minutes == 0 { "Z".to_owned() } else { time.format("%:z").to_string() });
+            let chrono = chrono::DateTime::parse_from_rfc3339(&text).unwrap().timestamp_millis();
+            prop_assert_eq!(rfc3339_millis(&text), Some(chrono), "{}", text);
+        }
+    }
+
+    #[test]
+    fn leap_days_follow_the_gregorian_rules() {
+        for (text, valid) in [
+            ("2000-02-29T00:00:00Z", true),
+            ("2024-02-29T23:59:59.999+01:00", true),
+            ("1900-02-29T00:00:00Z", false),
+            ("2023-02-29T00:00:00Z", false),
+            ("2023-04-31T00:00:00Z", false),
+        ] {
+            let chrono = chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis());
+            assert_eq!(chrono.is_ok(), valid, "{text}");
+            assert_eq!(rfc3339_millis(text), chrono.ok(), "{text}");
+        }
     }
 }
