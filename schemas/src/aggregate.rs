@@ -298,6 +298,24 @@ impl MetricState {
     }
 }
 
+/// The `q` quantile of a `quantile` state in its byte form, read in place: the same answer as
+/// `MetricState::from_bytes(bytes)?.finalize(q, false)`, without decoding the buckets.
+pub fn quantile_from_bytes(bytes: &[u8], q: f64) -> Result<Option<f64>, StateError> {
+    let mut reader = Reader::new(bytes);
+    let version = reader.u8()?;
+    if version != STATE_FORMAT_VERSION {
+        return Err(StateError::UnsupportedVersion(version));
+    }
+    let kind = StateKind::from_tag(reader.u8()?)?;
+    if kind != StateKind::Quantile {
+        return Err(StateError::KindMismatch {
+            expected: StateKind::Quantile,
+            found: kind,
+        });
+    }
+    DdSketch::quantile_of_payload(reader.remaining(), q)
+}
+
 /// The hash `count_distinct` inserts for a value: the one function every layer uses.
 pub fn hash_value(value: &Value<'_>) -> u64 {
     match value {

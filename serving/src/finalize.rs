@@ -3,7 +3,9 @@
 //!
 //! Only the kinds whose Arrow state is not already the answer need one: `avg` (a `{sum, count}`
 //! struct), `count_distinct` (an HLL sketch) and `quantile` (a DDSketch). Each reads states with the
-//! shared algebra ([`MetricState::finalize`]), so the answer is the one every layer would give.
+//! shared algebra ([`MetricState::finalize`], or its in-place readings [`hll::sparse_estimate`] and
+//! [`quantile_from_bytes`], property-tested to agree with it), so the answer is the one every layer
+//! would give.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use tributary_schemas::aggregate::{Avg, Finalized, MetricState, hll};
+use tributary_schemas::aggregate::{Avg, Finalized, MetricState, hll, quantile_from_bytes};
 
 /// The finalizing function of one metric kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -83,13 +85,7 @@ impl ScalarUDFImpl for Finalize {
         let answers = match self.kind {
             Kind::Avg => averages(&states)?,
             Kind::CountDistinct => distinct_counts(&states)?,
-            Kind::Quantile(bits) => {
-                let q = f64::from_bits(bits);
-                sketches(&states, |state| match state.finalize(q, false) {
-                    Finalized::Float(v) => Some(v),
-                    _ => None,
-                })?
-            }
+            Kind::Quantile(bits) => quantiles(&states, f64::from_bits(bits))?,
         };
         Ok(ColumnarValue::Array(answers))
     }
@@ -137,21 +133,19 @@ fn distinct_counts(states: &ArrayRef) -> Result<ArrayRef> {
     Ok(Arc::new(out.finish()))
 }
 
-/// Decodes each sketch and answers it with `answer`.
-fn sketches(states: &ArrayRef, answer: impl Fn(&MetricState) -> Option<f64>) -> Result<ArrayRef> {
+/// DDSketch quantiles, each read from the encoded sketch in place.
+fn quantiles(states: &ArrayRef, q: f64) -> Result<ArrayRef> {
     let Some(bytes) = states.as_binary_opt::<i32>() else {
         return exec_err!("a sketch state must be Binary, not {}", states.data_type());
     };
     let mut out = Float64Builder::with_capacity(bytes.len());
     for value in bytes.iter() {
-        match value {
-            None => out.append_null(),
-            Some(value) => {
-                let state = MetricState::from_bytes(value)
-                    .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
-                out.append_option(answer(&state));
-            }
-        }
+        let answer = match value {
+            None => None,
+            Some(value) => quantile_from_bytes(value, q)
+                .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?,
+        };
+        out.append_option(answer);
     }
     Ok(Arc::new(out.finish()))
 }

@@ -85,6 +85,11 @@ impl<'a> Reader<'a> {
         Ok(len)
     }
 
+    /// The bytes not read yet.
+    pub fn remaining(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn finish(self) -> Result<(), StateError> {
         if self.bytes.is_empty() {
             Ok(())

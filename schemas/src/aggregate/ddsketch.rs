@@ -33,15 +33,15 @@ fn bucket_value(index: i32) -> f64 {
     2.0 * (f64::from(index) * gamma.ln()).exp() / (gamma + 1.0)
 }
 
-/// A store holds at most this many buckets as a sorted list; beyond it, it becomes dense when a
-/// dense array would not be larger (see [`Store::add`]).
+/// A store updated value by value holds at most this many buckets as a sorted list; beyond it, it
+/// becomes dense when a dense array would not be larger (see [`Store::add`]).
 const SPARSE_MAX: usize = 16;
 
 /// The bucket counts of one sign. The representation is memory layout only: equality, encoding and
 /// every answer depend on the non-empty `(index, count)` pairs in index order, whatever the form.
 ///
-/// - `Sparse` (the start, and sketches of a few values): sorted `(index, count)` pairs. Most view
-///   rows hold a handful of events, and 16 bytes per bucket is the least a row can spend.
+/// - `Sparse` (the start, sketches of a few values, and every decoded or merged store): sorted
+///   `(index, count)` pairs. Most view rows hold a handful of events, and merges are linear passes.
 /// - `Dense` (sketches of many values): one count per index from `offset`, zeros included. An
 ///   update is one indexed add instead of a binary search whose every step can miss the cache (on
 ///   the speed layer's hot path, those misses were 80% of DDSketch's time), and a well-filled dense
@@ -143,10 +143,9 @@ impl Store {
     fn merge(&mut self, other: &Store) {
         match (&mut *self, other) {
             (_, Store::Sparse(b)) if b.is_empty() => {}
-            (Store::Sparse(a), Store::Sparse(b)) => {
-                *a = merge_sorted(a, b);
-                self.densify_if_large();
-            }
+            // Lists merged stay lists: a merge is one linear pass over them, and merged states
+            // are mostly encoded again right after. Only updates (`add`) make a store dense.
+            (Store::Sparse(a), Store::Sparse(b)) => *a = merge_sorted(a, b),
             (Store::Sparse(a), Store::Dense { .. }) => {
                 let mine = std::mem::take(a);
                 *self = other.clone();
@@ -214,9 +213,7 @@ impl Store {
             buckets.push((index, count));
             previous = i64::from(index);
         }
-        let mut store = Store::Sparse(buckets);
-        store.densify_if_large();
-        Ok(store)
+        Ok(Store::Sparse(buckets))
     }
 }
 
@@ -375,6 +372,117 @@ impl DdSketch {
             }
         }
         Some(max)
+    }
+}
+
+/// One store of an encoded sketch, checked as [`Store::decode`] checks it, read without allocating.
+#[derive(Clone, Copy)]
+struct EncodedStore<'a> {
+    /// The `(zigzag delta, count)` pairs, after the bucket count.
+    pairs: &'a [u8],
+    len: usize,
+    total: u64,
+}
+
+impl<'a> EncodedStore<'a> {
+    fn read(reader: &mut Reader<'a>) -> Result<Self, StateError> {
+        let len = reader.len(2)?;
+        let start = reader.remaining();
+        let mut total = 0u64;
+        for (_, count) in Self::pairs(reader, len) {
+            total = total
+                .checked_add(count?)
+                .ok_or(StateError::Corrupt("DDSketch bucket counts overflow"))?;
+        }
+        let pairs = &start[..start.len() - reader.remaining().len()];
+        Ok(Self { pairs, len, total })
+    }
+
+    /// The buckets in index order; the first error ends them.
+    fn pairs<'r>(
+        reader: &'r mut Reader<'a>,
+        len: usize,
+    ) -> impl Iterator<Item = (i32, Result<u64, StateError>)> + 'r {
+        let mut previous = 0i64;
+        (0..len).map_while(move |position| {
+            let bucket = (|| {
+                let index = previous
+                    .checked_add(reader.zigzag()?)
+                    .and_then(|i| i32::try_from(i).ok())
+                    .ok_or(StateError::Corrupt("DDSketch bucket index out of range"))?;
+                let count = reader.varint()?;
+                if count == 0 || (position > 0 && i64::from(index) <= previous) {
+                    return Err(StateError::Corrupt("DDSketch buckets not canonical"));
+                }
+                previous = i64::from(index);
+                Ok((index, count))
+            })();
+            match bucket {
+                Ok((index, count)) => Some((index, Ok(count))),
+                Err(error) => Some((0, Err(error))),
+            }
+        })
+    }
+
+    /// The index of the bucket holding position `target` (0-based, in index order).
+    fn bucket_at(&self, target: u64) -> Option<i32> {
+        let mut reader = Reader::new(self.pairs);
+        let mut seen = 0u64;
+        for (index, count) in Self::pairs(&mut reader, self.len) {
+            seen += count.ok()?;
+            if seen > target {
+                return Some(index);
+            }
+        }
+        None
+    }
+}
+
+impl DdSketch {
+    /// [`DdSketch::quantile`] of an encoded sketch (the payload after the kind tag), read in place:
+    /// the answer of every quantile query, where decoding each sketch into buckets on the heap was
+    /// most of the time spent finalizing.
+    pub fn quantile_of_payload(payload: &[u8], q: f64) -> Result<Option<f64>, StateError> {
+        let mut reader = Reader::new(payload);
+        let count = reader.varint()?;
+        if count == 0 {
+            reader.finish()?;
+            return Ok(None);
+        }
+        let (min, max) = (reader.f64()?, reader.f64()?);
+        if !min.is_finite() || !max.is_finite() || min > max {
+            return Err(StateError::Corrupt("DDSketch min/max invalid"));
+        }
+        let zero_count = reader.varint()?;
+        let positive = EncodedStore::read(&mut reader)?;
+        let negative = EncodedStore::read(&mut reader)?;
+        reader.finish()?;
+        let total = zero_count
+            .checked_add(positive.total)
+            .and_then(|t| t.checked_add(negative.total));
+        if total != Some(count) {
+            return Err(StateError::Corrupt("DDSketch bucket counts do not add up"));
+        }
+        // What `quantile` does, with the negative buckets (walked from the most negative value,
+        // that is from the highest index) found by their position counted from the other end.
+        let q = q.clamp(0.0, 1.0);
+        let rank = (q * (count - 1) as f64).floor() as u64;
+        if rank == 0 {
+            return Ok(Some(min));
+        }
+        if rank + 1 >= count {
+            return Ok(Some(max));
+        }
+        let clamp = |value: f64| value.clamp(min, max);
+        if rank < negative.total {
+            let index = negative.bucket_at(negative.total - 1 - rank);
+            return Ok(Some(index.map_or(max, |i| clamp(-bucket_value(i)))));
+        }
+        if rank < negative.total + zero_count {
+            return Ok(Some(clamp(0.0)));
+        }
+        let index = positive.bucket_at(rank - negative.total - zero_count);
+        Ok(Some(index.map_or(max, |i| clamp(bucket_value(i)))))
     }
 }
 

@@ -126,6 +126,38 @@ proptest! {
         prop_assert_eq!(&read_state(kind, &column, 1).unwrap(), &state);
     }
 
+    /// Quantiles read in place equal those of the decoded sketch, bit for bit, for any q.
+    #[test]
+    fn quantiles_read_from_bytes_equal_the_decoded_sketchs(
+        values in proptest::collection::vec(prop_oneof![
+            6 => -1e6f64..1e6,
+            1 => Just(0.0),
+            2 => (-50i64..50).prop_map(|v| v as f64),
+        ], 0..300),
+        q in 0.0f64..=1.0,
+    ) {
+        let state = aggregate(StateKind::Quantile, &values.iter().map(|&v| Value::Float(v)).collect::<Vec<_>>());
+        let bytes = state.to_bytes();
+        for q in [q, 0.0, 0.01, 0.5, 0.95, 0.99, 1.0] {
+            let expected = match state.finalize(q, false) {
+                Finalized::Float(v) => Some(v.to_bits()),
+                _ => None,
+            };
+            let read = quantile_from_bytes(&bytes, q).unwrap().map(f64::to_bits);
+            prop_assert_eq!(read, expected, "q={}", q);
+        }
+    }
+
+    #[test]
+    fn quantiles_of_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut framed = vec![STATE_FORMAT_VERSION, StateKind::Quantile.tag()];
+        framed.extend_from_slice(&bytes);
+        let read = quantile_from_bytes(&framed, 0.5);
+        if let Err(error) = MetricState::from_bytes(&framed) {
+            prop_assert!(read.is_err(), "{error}: read as {read:?}");
+        }
+    }
+
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = MetricState::from_bytes(&bytes);
