@@ -202,19 +202,29 @@ impl Store {
         let mut buckets = Vec::with_capacity(len);
         let mut previous = 0i64;
         for position in 0..len {
-            let index = previous
-                .checked_add(reader.zigzag()?)
-                .and_then(|i| i32::try_from(i).ok())
-                .ok_or(StateError::Corrupt("DDSketch bucket index out of range"))?;
-            let count = reader.varint()?;
-            if count == 0 || (position > 0 && i64::from(index) <= previous) {
-                return Err(StateError::Corrupt("DDSketch buckets not canonical"));
-            }
-            buckets.push((index, count));
-            previous = i64::from(index);
+            buckets.push(read_bucket(reader, position, &mut previous)?);
         }
         Ok(Store::Sparse(buckets))
     }
+}
+
+/// Reads bucket `position` of an encoded store, whose previous bucket had index `previous`, and
+/// checks the list stays canonical (counts above zero, indexes rising).
+fn read_bucket(
+    reader: &mut Reader<'_>,
+    position: usize,
+    previous: &mut i64,
+) -> Result<(i32, u64), StateError> {
+    let index = previous
+        .checked_add(reader.zigzag()?)
+        .and_then(|i| i32::try_from(i).ok())
+        .ok_or(StateError::Corrupt("DDSketch bucket index out of range"))?;
+    let count = reader.varint()?;
+    if count == 0 || (position > 0 && i64::from(index) <= *previous) {
+        return Err(StateError::Corrupt("DDSketch buckets not canonical"));
+    }
+    *previous = i64::from(index);
+    Ok((index, count))
 }
 
 fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
@@ -388,48 +398,24 @@ impl<'a> EncodedStore<'a> {
     fn read(reader: &mut Reader<'a>) -> Result<Self, StateError> {
         let len = reader.len(2)?;
         let start = reader.remaining();
-        let mut total = 0u64;
-        for (_, count) in Self::pairs(reader, len) {
+        let (mut total, mut previous) = (0u64, 0i64);
+        for position in 0..len {
+            let (_, count) = read_bucket(reader, position, &mut previous)?;
             total = total
-                .checked_add(count?)
+                .checked_add(count)
                 .ok_or(StateError::Corrupt("DDSketch bucket counts overflow"))?;
         }
         let pairs = &start[..start.len() - reader.remaining().len()];
         Ok(Self { pairs, len, total })
     }
 
-    /// The buckets in index order; the first error ends them.
-    fn pairs<'r>(
-        reader: &'r mut Reader<'a>,
-        len: usize,
-    ) -> impl Iterator<Item = (i32, Result<u64, StateError>)> + 'r {
-        let mut previous = 0i64;
-        (0..len).map_while(move |position| {
-            let bucket = (|| {
-                let index = previous
-                    .checked_add(reader.zigzag()?)
-                    .and_then(|i| i32::try_from(i).ok())
-                    .ok_or(StateError::Corrupt("DDSketch bucket index out of range"))?;
-                let count = reader.varint()?;
-                if count == 0 || (position > 0 && i64::from(index) <= previous) {
-                    return Err(StateError::Corrupt("DDSketch buckets not canonical"));
-                }
-                previous = i64::from(index);
-                Ok((index, count))
-            })();
-            match bucket {
-                Ok((index, count)) => Some((index, Ok(count))),
-                Err(error) => Some((0, Err(error))),
-            }
-        })
-    }
-
     /// The index of the bucket holding position `target` (0-based, in index order).
     fn bucket_at(&self, target: u64) -> Option<i32> {
         let mut reader = Reader::new(self.pairs);
-        let mut seen = 0u64;
-        for (index, count) in Self::pairs(&mut reader, self.len) {
-            seen += count.ok()?;
+        let (mut seen, mut previous) = (0u64, 0i64);
+        for position in 0..self.len {
+            let (index, count) = read_bucket(&mut reader, position, &mut previous).ok()?;
+            seen += count;
             if seen > target {
                 return Some(index);
             }
