@@ -192,12 +192,13 @@ fn main() {
             }
             seconds.push(run.elapsed.as_secs_f64());
             println!(
-                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), {} view rows, pool peak {} MiB, rss peak {} MiB",
+                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), {} view rows, pool peak {} MiB, spilled {} MiB, rss peak {} MiB",
                 run.elapsed.as_secs_f64(),
                 run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6,
                 run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6 / threads as f64,
                 manifest.row_count,
                 run.peak_memory_bytes >> 20,
+                run.spilled_bytes >> 20,
                 peak_rss_mib()
             );
         }

@@ -21,6 +21,7 @@
 //! **One run at a time**: in a process, a second [`Batch::run`] is refused while one is running;
 //! across processes, the lake's [`lock::RunLock`] refuses it.
 
+pub mod compact;
 pub mod lock;
 pub mod plan;
 pub mod progress;
@@ -508,9 +509,13 @@ impl ViewJob {
             .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
             .build_arc()?;
         runtime.register_object_store(plan::lake_url().as_ref(), Arc::clone(&self.store));
+        // A sort holds this much back for merging its spills. DataFusion's 10 MB is more than
+        // all of a small pool, where every sort would fail instead of spilling.
+        let merge_reserve = (self.settings.memory_limit_bytes / 16).min(10 << 20);
         let config = SessionConfig::new()
             .with_target_partitions(self.settings.threads.max(1))
-            .with_batch_size(8192);
+            .with_batch_size(8192)
+            .with_sort_spill_reservation_bytes(merge_reserve);
         Ok((SessionContext::new_with_config_rt(config, runtime), pool))
     }
 
@@ -523,7 +528,7 @@ impl ViewJob {
     ) -> Result<Computed, BatchError> {
         let (ctx, pool) = self.session()?;
         let frame = plan::view_frame(&ctx, &self.events, &self.view, input).await?;
-        let physical = frame.create_physical_plan().await?;
+        let physical = compact::compact_sort_inputs(frame.create_physical_plan().await?)?;
         let rows_total = progress::scan_total_rows(physical.as_ref());
         let report = |finished: bool| {
             let (files_done, rows_done) = progress::scan_counts(physical.as_ref());

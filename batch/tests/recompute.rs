@@ -619,37 +619,40 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
 }
 
 /// With a memory pool far smaller than the aggregation state, DataFusion spills instead of
-/// growing, and the states are still exact.
+/// growing, and the states are still exact: on one thread (one aggregation, then the sort) and on
+/// two (partial and final aggregations and two sorts share the pool).
 #[test]
 fn a_small_memory_pool_spills_and_stays_exact() {
     let config = defaults();
     let rt = runtime();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
     let stream = random_stream(99, 3, 40_000, &config);
-    rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
     let view = config.view("pageviews").unwrap().clone();
-    let mut small = settings("events", 1000, 2);
-    small.threads = 1;
-    small.memory_limit_bytes = 24 << 20;
-    small.part_rows = 100_000;
-    let batch = Batch::new(
-        small,
-        config.events.clone(),
-        vec![view.clone()],
-        Arc::clone(&store),
-    )
-    .unwrap();
-    let runs = rt.block_on(batch.run(None, quiet())).unwrap();
-    let manifest = published(&runs[0]);
-    assert!(runs[0].peak_memory_bytes <= 24 << 20, "{:?}", runs[0]);
-    assert!(
-        runs[0].spilled_bytes > 0,
-        "the pool must be small enough to spill: {:?}",
-        runs[0]
-    );
-    let got = rt.block_on(read_version(store.as_ref(), &view, manifest));
-    assert_same_states(&view, &got, &truth(&view, &stream, &manifest.boundary));
+    for threads in [1, 2] {
+        let lake_dir = tempfile::tempdir().unwrap();
+        let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+        rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
+        let mut small = settings("events", 1000, 2);
+        small.threads = threads;
+        small.memory_limit_bytes = 20 << 20;
+        small.part_rows = 100_000;
+        let batch = Batch::new(
+            small,
+            config.events.clone(),
+            vec![view.clone()],
+            Arc::clone(&store),
+        )
+        .unwrap();
+        let runs = rt.block_on(batch.run(None, quiet())).unwrap();
+        let manifest = published(&runs[0]);
+        assert!(runs[0].peak_memory_bytes <= 20 << 20, "{:?}", runs[0]);
+        assert!(
+            runs[0].spilled_bytes > 0,
+            "the pool must be small enough to spill on {threads} threads: {:?}",
+            runs[0]
+        );
+        let got = rt.block_on(read_version(store.as_ref(), &view, manifest));
+        assert_same_states(&view, &got, &truth(&view, &stream, &manifest.boundary));
+    }
 }
 
 /// A broker replaced by an empty one (same topic name, offsets from 0 again): the archiver closes
