@@ -65,16 +65,22 @@ pub fn hash_bool(value: bool) -> u64 {
     hash_bytes(&[u8::from(value)])
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Repr {
-    /// Sorted by index; each entry is `index << 6 | rank`, one per index, keeping the largest rank.
-    Sparse(Vec<u32>),
+    /// Entries `index << 6 | rank`. `entries[..sorted]` is the sketch proper: sorted by index,
+    /// one per index, keeping the largest rank. `entries[sorted..]` holds inserts not merged in
+    /// yet, in any order and with repeats: inserting into the sorted list moved ~n/2 entries
+    /// each time, which made large sparse sketches (a busy hour of a speed-layer group) cost a
+    /// memmove per value. The tail is settled in by [`settle`] once it is a quarter of the list,
+    /// so an insert costs O(log n) amortized. `entries.len()` never exceeds [`SPARSE_LIMIT`]
+    /// unsettled, so the settled list decides sparse or dense exactly as eager inserts did.
+    Sparse { entries: Vec<u32>, sorted: usize },
     /// One byte per register in memory; six bits per register when encoded.
     Dense(Box<[u8]>),
 }
 
 /// A HyperLogLog sketch of distinct values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Hll {
     repr: Repr,
 }
@@ -82,9 +88,89 @@ pub struct Hll {
 impl Default for Hll {
     fn default() -> Self {
         Self {
-            repr: Repr::Sparse(Vec::new()),
+            repr: Repr::Sparse {
+                entries: Vec::new(),
+                sorted: 0,
+            },
         }
     }
+}
+
+/// Sketches are equal when they hold the same registers or the same settled entries, whatever
+/// is still in the tail.
+impl PartialEq for Hll {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.repr, &other.repr) {
+            (Repr::Dense(mine), Repr::Dense(theirs)) => mine == theirs,
+            (
+                Repr::Sparse { entries, sorted },
+                Repr::Sparse {
+                    entries: other_entries,
+                    sorted: other_sorted,
+                },
+            ) => with_settled(entries, *sorted, |mine| {
+                with_settled(other_entries, *other_sorted, |theirs| mine == theirs)
+            }),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Hll {}
+
+/// Tail length that triggers [`settle`] for a settled list of `sorted` entries.
+fn tail_limit(sorted: usize) -> usize {
+    (sorted / 4).max(16)
+}
+
+/// Sorts entries by index and keeps one per index, the largest rank, at the front of `entries`;
+/// returns how many that is.
+fn sort_unique(entries: &mut [u32]) -> usize {
+    // Entries sort by index, then rank: the last of each index has the largest rank.
+    entries.sort_unstable();
+    let mut kept = 0;
+    for i in 0..entries.len() {
+        let entry = entries[i];
+        if kept > 0 && entries[kept - 1] >> 6 == entry >> 6 {
+            entries[kept - 1] = entry;
+        } else {
+            entries[kept] = entry;
+            kept += 1;
+        }
+    }
+    kept
+}
+
+/// Merges the tail of `entries` into its sorted part.
+fn settle(entries: &mut Vec<u32>, sorted: &mut usize) {
+    if *sorted == entries.len() {
+        return;
+    }
+    let mut tail = entries.split_off(*sorted);
+    let unique = sort_unique(&mut tail);
+    tail.truncate(unique);
+    *entries = merge_sorted_entries(entries, &tail);
+    *sorted = entries.len();
+}
+
+/// Runs `f` on the settled entries of a sparse sketch without changing it (on the stack for
+/// small sketches).
+fn with_settled<R>(entries: &[u32], sorted: usize, f: impl FnOnce(&[u32]) -> R) -> R {
+    const ON_STACK: usize = 64;
+    if sorted == entries.len() {
+        return f(entries);
+    }
+    if entries.len() <= ON_STACK {
+        let mut copy = [0u32; ON_STACK];
+        let copy = &mut copy[..entries.len()];
+        copy.copy_from_slice(entries);
+        let unique = sort_unique(copy);
+        return f(&copy[..unique]);
+    }
+    let mut owned = entries.to_vec();
+    let mut settled_len = sorted;
+    settle(&mut owned, &mut settled_len);
+    f(&owned)
 }
 
 /// Rank of the bits that follow an index: leading zeros plus one, where `rest` holds those bits at its
@@ -116,17 +202,15 @@ impl Hll {
     /// Adds one hashed value (see [`hash_str`] and friends).
     pub fn insert_hash(&mut self, hash: u64) {
         match &mut self.repr {
-            Repr::Sparse(entries) => {
+            Repr::Sparse { entries, sorted } => {
                 let index = (hash >> (64 - SPARSE_PRECISION)) as u32;
                 let rank = rank(hash << SPARSE_PRECISION, MAX_SPARSE_RANK);
-                let entry = (index << 6) | rank;
-                match entries.binary_search_by_key(&index, |e| e >> 6) {
-                    Ok(pos) => entries[pos] = entries[pos].max(entry),
-                    Err(pos) => {
-                        entries.insert(pos, entry);
-                        if entries.len() > SPARSE_LIMIT {
-                            self.densify();
-                        }
+                entries.push((index << 6) | rank);
+                let tail = entries.len() - *sorted;
+                if tail >= tail_limit(*sorted) || entries.len() > SPARSE_LIMIT {
+                    settle(entries, sorted);
+                    if entries.len() > SPARSE_LIMIT {
+                        self.densify();
                     }
                 }
             }
@@ -141,22 +225,23 @@ impl Hll {
     /// Bytes held on the heap (for memory accounting of many sketches).
     pub fn heap_size(&self) -> usize {
         match &self.repr {
-            Repr::Sparse(entries) => entries.capacity() * size_of::<u32>(),
+            Repr::Sparse { entries, .. } => entries.capacity() * size_of::<u32>(),
             Repr::Dense(registers) => registers.len(),
         }
     }
 
     /// Whether nothing was inserted (or merged in).
     pub fn is_empty(&self) -> bool {
-        matches!(&self.repr, Repr::Sparse(entries) if entries.is_empty())
+        matches!(&self.repr, Repr::Sparse { entries, .. } if entries.is_empty())
     }
 
     pub fn is_sparse(&self) -> bool {
-        matches!(self.repr, Repr::Sparse(_))
+        matches!(self.repr, Repr::Sparse { .. })
     }
 
     fn densify(&mut self) {
-        if let Repr::Sparse(entries) = &self.repr {
+        // Repeats in the tail are harmless here: a register keeps the largest rank.
+        if let Repr::Sparse { entries, .. } = &self.repr {
             let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
             apply_sparse(&mut registers, entries);
             self.repr = Repr::Dense(registers);
@@ -166,9 +251,10 @@ impl Hll {
     /// Estimated number of distinct values, rounded to the nearest integer.
     pub fn finalize(&self) -> i64 {
         let estimate = match &self.repr {
-            Repr::Sparse(entries) => {
+            Repr::Sparse { entries, sorted } => {
+                let distinct = with_settled(entries, *sorted, <[u32]>::len);
                 let buckets = (1u64 << SPARSE_PRECISION) as f64;
-                let empty = buckets - entries.len() as f64;
+                let empty = buckets - distinct as f64;
                 buckets * (buckets / empty).ln()
             }
             Repr::Dense(registers) => ertl_estimate(registers),
@@ -274,15 +360,33 @@ impl AggregateState for Hll {
                     *register = (*register).max(other);
                 }
             }
-            (Repr::Dense(mine), Repr::Sparse(theirs)) => apply_sparse(mine, theirs),
-            (Repr::Sparse(mine), Repr::Dense(theirs)) => {
+            (
+                Repr::Dense(mine),
+                Repr::Sparse {
+                    entries: theirs, ..
+                },
+            ) => apply_sparse(mine, theirs),
+            (Repr::Sparse { entries: mine, .. }, Repr::Dense(theirs)) => {
                 let mut registers = theirs.clone();
                 apply_sparse(&mut registers, mine);
                 self.repr = Repr::Dense(registers);
             }
-            (Repr::Sparse(mine), Repr::Sparse(theirs)) => {
-                let merged = merge_sorted_entries(mine, theirs);
+            (
+                Repr::Sparse {
+                    entries: mine,
+                    sorted,
+                },
+                Repr::Sparse {
+                    entries: theirs,
+                    sorted: their_sorted,
+                },
+            ) => {
+                settle(mine, sorted);
+                let merged = with_settled(theirs, *their_sorted, |theirs| {
+                    merge_sorted_entries(mine, theirs)
+                });
                 let too_big = merged.len() > SPARSE_LIMIT;
+                *sorted = merged.len();
                 *mine = merged;
                 if too_big {
                     self.densify();
@@ -294,7 +398,7 @@ impl AggregateState for Hll {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         out.push(PRECISION as u8);
         match &self.repr {
-            Repr::Sparse(entries) => {
+            Repr::Sparse { entries, sorted } => with_settled(entries, *sorted, |entries| {
                 out.push(REPR_SPARSE);
                 put_varint(out, entries.len() as u64);
                 let mut previous = 0u32;
@@ -302,7 +406,7 @@ impl AggregateState for Hll {
                     put_varint(out, u64::from(entry - previous));
                     previous = entry;
                 }
-            }
+            }),
             Repr::Dense(registers) => {
                 out.push(REPR_DENSE);
                 for group in registers.chunks_exact(4) {
@@ -344,7 +448,10 @@ impl AggregateState for Hll {
                     entries.push(entry as u32);
                     previous = entry;
                 }
-                Repr::Sparse(entries)
+                Repr::Sparse {
+                    sorted: entries.len(),
+                    entries,
+                }
             }
             REPR_DENSE => {
                 let packed = reader.take(DENSE_BYTES)?;
@@ -478,6 +585,88 @@ mod tests {
         let mut reader = Reader::new(&bytes);
         assert_eq!(Hll::decode_payload(&mut reader).unwrap(), hll);
         reader.finish().unwrap();
+    }
+
+    /// The sketch of `hashes` built from first principles: the largest rank per 25-bit index,
+    /// sparse while there are at most [`SPARSE_LIMIT`] indexes, else the dense registers.
+    fn reference_bytes(hashes: &[u64]) -> Vec<u8> {
+        let mut ranks = std::collections::BTreeMap::<u32, u32>::new();
+        for &hash in hashes {
+            let index = (hash >> (64 - SPARSE_PRECISION)) as u32;
+            let rank = rank(hash << SPARSE_PRECISION, MAX_SPARSE_RANK);
+            let kept = ranks.entry(index).or_default();
+            *kept = (*kept).max(rank);
+        }
+        let entries: Vec<u32> = ranks.iter().map(|(i, r)| i << 6 | r).collect();
+        let repr = if entries.len() > SPARSE_LIMIT {
+            let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
+            apply_sparse(&mut registers, &entries);
+            Repr::Dense(registers)
+        } else {
+            Repr::Sparse {
+                sorted: entries.len(),
+                entries,
+            }
+        };
+        let mut bytes = Vec::new();
+        Hll { repr }.encode_payload(&mut bytes);
+        bytes
+    }
+
+    fn bytes_of(hll: &Hll) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        hll.encode_payload(&mut bytes);
+        bytes
+    }
+
+    /// Hashes with many repeats, few or many distinct ones, some sharing an index with another.
+    fn hashes() -> impl proptest::strategy::Strategy<Value = Vec<u64>> {
+        use proptest::prelude::*;
+        let hash = prop_oneof![
+            1 => (0u64..40).prop_map(|v| hash_i64(v as i64)),
+            6 => (0u64..20_000).prop_map(|v| hash_i64(v as i64)),
+            // Same 25-bit index as a small value's hash, another rank.
+            1 => ((0u64..40), any::<u64>()).prop_map(|(v, low)| {
+                let base = hash_i64(v as i64);
+                base & !((1 << (64 - SPARSE_PRECISION)) - 1) | (low >> SPARSE_PRECISION)
+            }),
+        ];
+        prop_oneof![
+            proptest::collection::vec(hash.clone(), 0..100),
+            // Around the sparse limit (3072 indexes) and past it.
+            proptest::collection::vec(hash, 2500..9000),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Inserts settle lazily; whatever is unsettled, the sketch reads, encodes, compares and
+        /// merges like the eager one, and a merge of parts equals the sketch of the whole.
+        #[test]
+        fn lazy_inserts_give_the_eager_sketch(hashes in hashes(), split in 0usize..9000) {
+            let mut whole = Hll::default();
+            for &hash in &hashes {
+                whole.insert_hash(hash);
+            }
+            let want = reference_bytes(&hashes);
+            proptest::prop_assert_eq!(bytes_of(&whole), want.clone());
+            let mut reader = Reader::new(&want);
+            let decoded = Hll::decode_payload(&mut reader).unwrap();
+            proptest::prop_assert_eq!(decoded.finalize(), whole.finalize());
+            proptest::prop_assert!(decoded == whole && whole == decoded);
+
+            let (a, b) = hashes.split_at(split.min(hashes.len()));
+            let (mut left, mut right) = (Hll::default(), Hll::default());
+            a.iter().for_each(|&h| left.insert_hash(h));
+            b.iter().for_each(|&h| right.insert_hash(h));
+            let mut right_into_left = left.clone();
+            right_into_left.merge(&right);
+            right.merge(&left);
+            proptest::prop_assert_eq!(bytes_of(&right_into_left), want.clone());
+            proptest::prop_assert_eq!(bytes_of(&right), want);
+            proptest::prop_assert!(right == whole);
+        }
     }
 
     #[test]
