@@ -650,11 +650,11 @@ mod tests {
                 whole.insert_hash(hash);
             }
             let want = reference_bytes(&hashes);
-            proptest::prop_assert_eq!(bytes_of(&whole), want.clone());
+            proptest::prop_assert_eq!(&bytes_of(&whole), &want);
             let mut reader = Reader::new(&want);
             let decoded = Hll::decode_payload(&mut reader).unwrap();
             proptest::prop_assert_eq!(decoded.finalize(), whole.finalize());
-            proptest::prop_assert!(decoded == whole && whole == decoded);
+            proptest::prop_assert_eq!(&decoded, &whole);
 
             let (a, b) = hashes.split_at(split.min(hashes.len()));
             let (mut left, mut right) = (Hll::default(), Hll::default());
@@ -663,8 +663,8 @@ mod tests {
             let mut right_into_left = left.clone();
             right_into_left.merge(&right);
             right.merge(&left);
-            proptest::prop_assert_eq!(bytes_of(&right_into_left), want.clone());
-            proptest::prop_assert_eq!(bytes_of(&right), want);
+            proptest::prop_assert_eq!(&bytes_of(&right_into_left), &want);
+            proptest::prop_assert_eq!(&bytes_of(&right), &want);
             proptest::prop_assert!(right == whole);
         }
     }
