@@ -145,7 +145,7 @@ mod tests {
     const ROWS: usize = 400_000;
     const SLICE: usize = 8192;
 
-    /// One batch of `ROWS` rows (a descending time and a 24-byte sketch each), handed on in
+    /// One batch of `ROWS` rows (shuffled times and a 24-byte sketch each), handed on in
     /// `SLICE`-row zero-copy slices the way a hash aggregation emits its groups.
     fn aggregate_like_output() -> (Arc<Schema>, Vec<RecordBatch>) {
         let schema = Arc::new(Schema::new(vec![
