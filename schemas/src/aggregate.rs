@@ -287,26 +287,27 @@ impl MetricState {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
         let mut reader = Reader::new(bytes);
-        let version = reader.u8()?;
-        if version != STATE_FORMAT_VERSION {
-            return Err(StateError::UnsupportedVersion(version));
-        }
-        let mut state = Self::empty(StateKind::from_tag(reader.u8()?)?);
+        let mut state = Self::empty(read_header(&mut reader)?);
         each_state!(&mut state, s => *s = AggregateState::decode_payload(&mut reader)?);
         reader.finish()?;
         Ok(state)
     }
 }
 
-/// The `q` quantile of a `quantile` state in its byte form, read in place: the same answer as
-/// `MetricState::from_bytes(bytes)?.finalize(q, false)`, without decoding the buckets.
-pub fn quantile_from_bytes(bytes: &[u8], q: f64) -> Result<Option<f64>, StateError> {
-    let mut reader = Reader::new(bytes);
+/// Reads the header of a state's byte form (format version, kind tag) and returns the kind.
+fn read_header(reader: &mut Reader<'_>) -> Result<StateKind, StateError> {
     let version = reader.u8()?;
     if version != STATE_FORMAT_VERSION {
         return Err(StateError::UnsupportedVersion(version));
     }
-    let kind = StateKind::from_tag(reader.u8()?)?;
+    StateKind::from_tag(reader.u8()?)
+}
+
+/// The `q` quantile of a `quantile` state in its byte form, read in place: the same answer as
+/// `MetricState::from_bytes(bytes)?.finalize(q, false)`, without decoding the buckets.
+pub fn quantile_from_bytes(bytes: &[u8], q: f64) -> Result<Option<f64>, StateError> {
+    let mut reader = Reader::new(bytes);
+    let kind = read_header(&mut reader)?;
     if kind != StateKind::Quantile {
         return Err(StateError::KindMismatch {
             expected: StateKind::Quantile,
