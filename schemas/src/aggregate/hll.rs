@@ -252,10 +252,7 @@ impl Hll {
     pub fn finalize(&self) -> i64 {
         let estimate = match &self.repr {
             Repr::Sparse { entries, sorted } => {
-                let distinct = with_settled(entries, *sorted, <[u32]>::len);
-                let buckets = (1u64 << SPARSE_PRECISION) as f64;
-                let empty = buckets - distinct as f64;
-                buckets * (buckets / empty).ln()
+                linear_counting(with_settled(entries, *sorted, <[u32]>::len) as u64)
             }
             Repr::Dense(registers) => ertl_estimate(registers),
         };
@@ -289,9 +286,14 @@ pub fn sparse_estimate(state_bytes: &[u8]) -> Option<i64> {
     if len > SPARSE_LIMIT as u64 {
         return None;
     }
+    Some(linear_counting(len).round() as i64)
+}
+
+/// The sparse estimate: linear counting over the 2^25 sparse buckets, `entries` of them set.
+fn linear_counting(entries: u64) -> f64 {
     let buckets = (1u64 << SPARSE_PRECISION) as f64;
-    let empty = buckets - len as f64;
-    Some((buckets * (buckets / empty).ln()).round() as i64)
+    let empty = buckets - entries as f64;
+    buckets * (buckets / empty).ln()
 }
 
 fn apply_sparse(registers: &mut [u8], entries: &[u32]) {
