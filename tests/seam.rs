@@ -211,7 +211,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             states
                 .iter_mut()
                 .zip(&view.metrics)
-                .for_each(|(s, m)| s.update(m.value(&event)));
+                .for_each(|(s, m)| s.update(m.value(&event.values)));
             merge_into(&mut truth, key, states);
         }
         assert_eq!(merged.len(), truth.len(), "{}: rows", view.name);

@@ -298,7 +298,7 @@ impl Truth {
                     .collect()
             });
             for (state, metric) in states.iter_mut().zip(&view.metrics) {
-                state.update(metric.value(&event));
+                state.update(metric.value(&event.values));
             }
         }
         rows

@@ -194,7 +194,7 @@ fn truth_of(view: &ViewDef, parts: &[(&Stream, &lake::Boundary)]) -> Truth {
                     )
                 });
                 for (i, metric) in view.metrics.iter().enumerate() {
-                    let value = metric.value(event);
+                    let value = metric.value(&event.values);
                     states[i].update(value);
                     magnitudes[i] += value.as_f64().map_or(0.0, f64::abs);
                 }

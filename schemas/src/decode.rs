@@ -14,7 +14,7 @@
 //! numbers, booleans and nulls) take a hand-written scan ([`fast`]); everything else, and every
 //! error, takes a serde visitor. Both write straight into typed slots through the same conversions,
 //! and unescaped strings are borrowed from the input, so a typical event costs one allocation (its
-//! value vector).
+//! value vector), or none when decoded into a buffer a poll's events share ([`Decoder::decode_into`]).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -27,6 +27,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use crate::event::{Event, EventSchema, FieldType, Value};
 
 mod fast;
+mod names;
 
 /// 0001-01-01T00:00:00Z in epoch milliseconds.
 pub const MIN_TIME_MS: i64 = -62_135_596_800_000;
@@ -88,7 +89,7 @@ impl DecodeError {
 /// a string comparison at most.
 type SlotMap = HashMap<String, Slot, foldhash::fast::RandomState>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Time,
     Field(usize),
@@ -99,6 +100,8 @@ enum Slot {
 pub struct Decoder {
     schema: EventSchema,
     slots: SlotMap,
+    /// The fast path's lookup of the same names (`None`: it uses `slots`).
+    names: Option<names::NameTable>,
 }
 
 impl Decoder {
@@ -110,7 +113,12 @@ impl Decoder {
             .map(|(i, f)| (f.name.clone(), Slot::Field(i)))
             .collect();
         slots.insert(schema.time_field.clone(), Slot::Time);
-        Self { schema, slots }
+        let names = names::NameTable::new(slots.iter().map(|(name, &slot)| (name.as_str(), slot)));
+        Self {
+            schema,
+            slots,
+            names,
+        }
     }
 
     pub fn schema(&self) -> &EventSchema {
@@ -118,13 +126,28 @@ impl Decoder {
     }
 
     pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        let mut values = Vec::with_capacity(self.schema.fields.len());
+        let time_ms = self.decode_into(bytes, &mut values)?;
+        Ok(Event { time_ms, values })
+    }
+
+    /// [`Self::decode`] into a buffer many events share: appends the event's field values (one per
+    /// configured field, in schema order) to `values` and returns its time. On an error `values` is
+    /// left as it was. The speed layer decodes a poll this way, with no allocation per event.
+    pub fn decode_into<'a>(
+        &self,
+        bytes: &'a [u8],
+        values: &mut Vec<Value<'a>>,
+    ) -> Result<i64, DecodeError> {
         let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8 {
             offset: e.valid_up_to(),
         })?;
-        if let Some(event) = fast::decode(self, text) {
-            return Ok(event);
+        if let Some(time_ms) = fast::decode(self, text, values) {
+            return Ok(time_ms);
         }
-        self.decode_with_serde(text)
+        let event = self.decode_with_serde(text)?;
+        values.extend(event.values);
+        Ok(event.time_ms)
     }
 
     /// The general path: every input the fast path leaves, and every error.
@@ -306,7 +329,10 @@ struct FieldValue<'d> {
     ty: FieldType,
 }
 
+/// The conversions are inlined into both paths (as calls, each returned its value through memory
+/// and stalled the fast path's scan); their errors are built out of line.
 impl FieldValue<'_> {
+    #[cold]
     fn wrong_type(&self, found: String) -> DecodeError {
         let expected = match self.ty {
             FieldType::String => "a string",
@@ -322,6 +348,7 @@ impl FieldValue<'_> {
         }
     }
 
+    #[inline]
     fn timestamp(&self, ms: i64) -> Result<Value<'static>, DecodeError> {
         if (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
             Ok(Value::Timestamp(ms))
@@ -333,6 +360,7 @@ impl FieldValue<'_> {
         }
     }
 
+    #[inline]
     fn string<'de>(&self, text: Cow<'de, str>) -> Result<Value<'de>, DecodeError> {
         match self.ty {
             FieldType::String => Ok(Value::Str(text)),
@@ -345,6 +373,7 @@ impl FieldValue<'_> {
     }
 
     /// Any RFC 3339 spelling chrono reads, and the error for what it does not.
+    #[inline(never)]
     fn chrono_timestamp(&self, text: &str) -> Result<Value<'static>, DecodeError> {
         match DateTime::parse_from_rfc3339(text) {
             Ok(time) => self.timestamp(time.timestamp_millis()),
@@ -356,6 +385,7 @@ impl FieldValue<'_> {
         }
     }
 
+    #[inline]
     fn integer(&self, value: i64) -> Result<Value<'static>, DecodeError> {
         match self.ty {
             FieldType::Int64 => Ok(Value::Int(value)),
@@ -373,6 +403,7 @@ impl FieldValue<'_> {
         }
     }
 
+    #[inline]
     fn float(&self, value: f64) -> Result<Value<'static>, DecodeError> {
         let integral = value.fract() == 0.0 && value >= -(2f64.powi(63)) && value < 2f64.powi(63);
         match self.ty {
@@ -382,6 +413,7 @@ impl FieldValue<'_> {
         }
     }
 
+    #[inline]
     fn boolean(&self, value: bool) -> Result<Value<'static>, DecodeError> {
         match self.ty {
             FieldType::Bool => Ok(Value::Bool(value)),

@@ -34,7 +34,7 @@ use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::batch::{KafkaPosition, ValueColumnBuilder};
-use tributary_schemas::event::{Event, EventSchema, Value};
+use tributary_schemas::event::{EventSchema, Value};
 use tributary_schemas::lake::Boundary;
 use tributary_schemas::seam::{epoch_of, first_speed_epoch};
 
@@ -191,14 +191,15 @@ impl ViewStates {
         &self.view
     }
 
-    fn add(&mut self, position: KafkaPosition, event: &Event<'_>) {
+    /// Adds one event: its time and its field values (schema order).
+    fn add(&mut self, position: KafkaPosition, time_ms: i64, values: &[Value<'_>]) {
         let epoch = epoch_of(position.offset, self.epoch_size);
         self.key.clear();
         self.key
-            .push(self.view.granularity.bucket_start(event.time_ms) as u64);
+            .push(self.view.granularity.bucket_start(time_ms) as u64);
         for (dimension, dictionary) in self.view.dimensions.iter().zip(&mut self.dictionaries) {
             self.key
-                .push(u64::from(dictionary.id(&event.values[dimension.index])));
+                .push(u64::from(dictionary.id(&values[dimension.index])));
         }
         let metrics = &self.view.metrics;
         let epoch_states = self.epochs.entry((position.partition, epoch)).or_default();
@@ -217,10 +218,10 @@ impl ViewStates {
         };
         let states = &mut epoch_states.states[row * metrics.len()..(row + 1) * metrics.len()];
         for (state, metric) in states.iter_mut().zip(metrics) {
-            state.update(metric.value(event));
+            state.update(metric.value(values));
         }
         epoch_states.events += 1;
-        epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(event.time_ms));
+        epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(time_ms));
     }
 
     /// Drops the epochs a batch version with `boundary` covers (call once no query still uses an
@@ -369,10 +370,10 @@ impl FilterColumns {
         }
     }
 
-    fn append(&mut self, event: &Event<'_>) {
-        self.time.append_value(event.time_ms);
+    fn append(&mut self, time_ms: i64, values: &[Value<'_>]) {
+        self.time.append_value(time_ms);
         for (index, column) in &mut self.fields {
-            column.append(&event.values[*index]);
+            column.append(&values[*index]);
         }
     }
 
@@ -451,42 +452,42 @@ impl Aggregator {
         messages: &[(KafkaPosition, &[u8])],
     ) -> Result<Applied, DataFusionError> {
         let mut applied = Applied::default();
+        // One buffer of field values for the whole poll: event `i`'s are `values[i * width..]`.
+        let width = self.decoder.schema().fields.len();
+        let mut values = Vec::with_capacity(messages.len() * width);
         let mut decoded = Vec::with_capacity(messages.len());
         for (position, payload) in messages {
-            match self.decoder.decode(payload) {
-                Ok(event) => decoded.push((*position, event)),
+            match self.decoder.decode_into(payload, &mut values) {
+                Ok(time_ms) => decoded.push((*position, time_ms)),
                 Err(_) => applied.malformed += 1,
             }
             let next = self.next_offsets.entry(position.partition).or_default();
             *next = (*next).max(position.offset + 1);
         }
+        let fields = |event: usize| &values[event * width..(event + 1) * width];
         applied.events = decoded.len() as u64;
         self.totals.events += applied.events;
         self.totals.malformed += applied.malformed;
         let needs_batch = self.filters.iter().any(Option::is_some);
         let batch = if needs_batch && !decoded.is_empty() {
-            for (_, event) in &decoded {
-                self.batch.append(event);
+            for (event, &(_, time_ms)) in decoded.iter().enumerate() {
+                self.batch.append(time_ms, fields(event));
             }
             Some(self.batch.finish()?)
         } else {
             None
         };
         for (view, filter) in self.views.iter_mut().zip(&self.filters) {
-            match (filter, &batch) {
+            let keep = match (filter, &batch) {
                 (Some(filter), Some(batch)) => {
-                    let keep = filter.evaluate(batch)?.into_array(batch.num_rows())?;
-                    let keep = keep.as_boolean();
-                    for (row, (position, event)) in decoded.iter().enumerate() {
-                        if keep.is_valid(row) && keep.value(row) {
-                            view.add(*position, event);
-                        }
-                    }
+                    Some(filter.evaluate(batch)?.into_array(batch.num_rows())?)
                 }
-                _ => {
-                    for (position, event) in &decoded {
-                        view.add(*position, event);
-                    }
+                _ => None,
+            };
+            let keep = keep.as_ref().map(|k| k.as_boolean());
+            for (event, &(position, time_ms)) in decoded.iter().enumerate() {
+                if keep.is_none_or(|k| k.is_valid(event) && k.value(event)) {
+                    view.add(position, time_ms, fields(event));
                 }
             }
         }

@@ -18,7 +18,7 @@ use toml::Value as Toml;
 use super::{Problem, Section, problem};
 use crate::aggregate::{Finalized, MetricState, STATE_FORMAT_VERSION, StateKind};
 use crate::duration::Granularity;
-use crate::event::{Event, EventSchema, FieldType, Value, timestamp_type};
+use crate::event::{EventSchema, FieldType, Value, timestamp_type};
 
 /// The time-bucket column of every view (bucket start, UTC).
 pub const TIME_COLUMN: &str = "time";
@@ -85,11 +85,10 @@ impl MetricDef {
     }
 
     /// The event value this metric aggregates (`NULL` for `count`, which counts events).
-    pub fn value<'e, 'a>(&self, event: &'e Event<'a>) -> &'e Value<'a> {
+    /// The metric's input among one event's field values (schema order, as [`Event::values`](crate::event::Event::values)).
+    pub fn value<'e, 'a>(&self, values: &'e [Value<'a>]) -> &'e Value<'a> {
         static NULL: Value<'static> = Value::Null;
-        self.field
-            .as_ref()
-            .map_or(&NULL, |f| &event.values[f.index])
+        self.field.as_ref().map_or(&NULL, |f| &values[f.index])
     }
 
     pub fn finalize(&self, state: &MetricState) -> Finalized {

@@ -11,18 +11,33 @@
 
 use std::borrow::Cow;
 
+use super::names::Lookup;
 use super::{Decoder, FieldValue, Slot};
-use crate::event::{Event, FieldType, Value};
+use crate::event::{FieldType, Value};
 
-/// The event in `text`, or `None` when the input is not in the fast path's shape.
-pub(super) fn decode<'a>(decoder: &Decoder, text: &'a str) -> Option<Event<'a>> {
+/// The time of the event in `text`, its field values appended to `values`; or `None`, with
+/// `values` as it was, when the input is not in the fast path's shape.
+pub(super) fn decode<'a>(
+    decoder: &Decoder,
+    text: &'a str,
+    values: &mut Vec<Value<'a>>,
+) -> Option<i64> {
+    let base = values.len();
+    values.resize(base + decoder.schema.fields.len(), Value::Null);
+    let time = scan_event(decoder, text, &mut values[base..]);
+    if time.is_none() {
+        values.truncate(base);
+    }
+    time
+}
+
+fn scan_event<'a>(decoder: &Decoder, text: &'a str, values: &mut [Value<'a>]) -> Option<i64> {
     let schema = &decoder.schema;
     let time_slot = schema.fields.len();
     if time_slot >= 128 {
         return None;
     }
     let mut scan = Scanner { text, at: 0 };
-    let mut values = vec![Value::Null; schema.fields.len()];
     let mut time = None;
     let mut seen = 0u128;
     scan.whitespace();
@@ -30,13 +45,22 @@ pub(super) fn decode<'a>(decoder: &Decoder, text: &'a str) -> Option<Event<'a>> 
     scan.whitespace();
     if !scan.eat(b'}') {
         loop {
-            let key = scan.string()?;
+            let (start, end) = scan.string_span()?;
             scan.whitespace();
             scan.expect(b':')?;
             scan.whitespace();
-            match decoder.slots.get(key) {
+            let slot = match decoder
+                .names
+                .as_ref()
+                .map(|n| n.get(text.as_bytes(), start, end))
+            {
+                Some(Lookup::Found(slot)) => Some(slot),
+                Some(Lookup::Absent) => None,
+                Some(Lookup::TooLong) | None => decoder.slots.get(&text[start..end]).copied(),
+            };
+            match slot {
                 None => scan.skip_scalar()?,
-                Some(&slot) => {
+                Some(slot) => {
                     let (position, field, ty) = match slot {
                         Slot::Time => (time_slot, &schema.time_field, FieldType::Timestamp),
                         Slot::Field(i) => (i, &schema.fields[i].name, schema.fields[i].ty),
@@ -66,7 +90,7 @@ pub(super) fn decode<'a>(decoder: &Decoder, text: &'a str) -> Option<Event<'a>> 
         return None;
     }
     match time {
-        Some(Value::Timestamp(time_ms)) => Some(Event { time_ms, values }),
+        Some(Value::Timestamp(time_ms)) => Some(time_ms),
         _ => None,
     }
 }
@@ -100,6 +124,13 @@ impl<'a> Scanner<'a> {
 
     /// A string without escapes or control characters, borrowed; `None` for anything else.
     fn string(&mut self) -> Option<&'a str> {
+        let (start, end) = self.string_span()?;
+        // Quotes are ASCII, so both ends are character boundaries of the (valid UTF-8) text.
+        self.text.get(start..end)
+    }
+
+    /// Where the contents of [`Self::string`] lie in the text.
+    fn string_span(&mut self) -> Option<(usize, usize)> {
         self.expect(b'"')?;
         let start = self.at;
         let bytes = self.text.as_bytes();
@@ -108,8 +139,7 @@ impl<'a> Scanner<'a> {
             return None;
         }
         self.at = end + 1;
-        // Quotes are ASCII, so both ends are character boundaries of the (valid UTF-8) text.
-        self.text.get(start..end)
+        Some((start, end))
     }
 
     fn literal(&mut self, word: &str) -> Option<()> {

@@ -369,6 +369,25 @@ fn same(a: &Event<'_>, b: &Event<'_>) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
 
+/// The fast path's event, decoded after a value already in the buffer (as in a poll's shared buffer),
+/// which must stay as it was whether the fast path answers or not.
+fn fast_event<'a>(decoder: &Decoder, text: &'a str) -> Option<Event<'a>> {
+    let mut values = vec![Value::Int(7)];
+    let time_ms = fast::decode(decoder, text, &mut values);
+    assert_eq!(values[0], Value::Int(7), "{text}");
+    let fields = values.split_off(1);
+    match time_ms {
+        Some(time_ms) => Some(Event {
+            time_ms,
+            values: fields,
+        }),
+        None => {
+            assert!(fields.is_empty(), "{text}");
+            None
+        }
+    }
+}
+
 /// Whenever the fast path answers, serde's path gives the same event; when the fast path gives up,
 /// `decode` is exactly serde's answer (error included). The fast path must answer a good share of
 /// the cases, or the comparison would prove little.
@@ -381,7 +400,7 @@ fn the_fast_path_answers_only_what_serde_answers() {
     runner
         .run(&near_events(), |text| {
             let slow = decoder.decode_with_serde(&text);
-            match fast::decode(&decoder, &text) {
+            match fast_event(&decoder, &text) {
                 Some(event) => {
                     answered.set(answered.get() + 1);
                     let slow = slow
@@ -413,7 +432,7 @@ fn events_of_the_usual_shape_take_the_fast_path() {
         "{\n\t\"ts\": 1795000000000,\r\n\"user_id\": \"ünïcode €\", \"latency_ms\": null\n}",
     ] {
         // The second has a nested value for an unconfigured key: serde's path takes it.
-        let fast = fast::decode(&decoder, text);
+        let fast = fast_event(&decoder, text);
         let serde = decoder.decode_with_serde(text).unwrap();
         if text.contains('[') {
             assert!(fast.is_none(), "{text}");
@@ -421,4 +440,51 @@ fn events_of_the_usual_shape_take_the_fast_path() {
             assert!(same(&fast.expect(text), &serde), "{text}");
         }
     }
+}
+
+/// A poll's events share one value buffer: each event's values follow the previous event's, a
+/// rejected event leaves nothing behind, and each reads as serde's path reads it alone. A field
+/// name longer than the fast lookup's 16 bytes takes the map, and a key differing from it in its
+/// last byte is not it.
+#[test]
+fn events_decoded_into_one_buffer_read_as_each_alone() {
+    let long = "a_field_name_longer_than_sixteen";
+    let mut schema = schema();
+    schema.fields.push(FieldDef {
+        name: long.to_owned(),
+        ty: FieldType::String,
+    });
+    let width = schema.fields.len();
+    let decoder = Decoder::new(schema);
+    let texts = [
+        format!(r#"{{"ts":1795000000000,"user_id":"u1","{long}":"long"}}"#),
+        r#"{"ts":1795000000000,"clicks":"three"}"#.to_owned(),
+        r#"{"ts":"2026-11-21T10:00:00Z","user_id":"esc\"aped","mobile":false}"#.to_owned(),
+        "not json".to_owned(),
+        format!(r#"{{"{long}":"x","a_field_name_longer_than_sixteeN":"y","ts":5}}"#),
+    ];
+    let mut values = Vec::new();
+    let mut decoded = 0;
+    for text in &texts {
+        let before = values.len();
+        match (
+            decoder.decode_into(text.as_bytes(), &mut values),
+            decoder.decode_with_serde(text),
+        ) {
+            (Ok(time_ms), Ok(alone)) => {
+                assert_eq!(time_ms, alone.time_ms, "{text}");
+                assert_eq!(values[before..], alone.values[..], "{text}");
+                decoded += 1;
+            }
+            (Err(error), Err(alone)) => {
+                assert_eq!(error, alone, "{text}");
+                assert_eq!(values.len(), before, "{text}");
+            }
+            (fast, slow) => panic!("{text}: {fast:?} vs serde {slow:?}"),
+        }
+    }
+    assert_eq!(decoded, 3);
+    assert_eq!(values.len(), 3 * width);
+    assert_eq!(values[width - 1], Value::Str(Cow::Borrowed("long")));
+    assert_eq!(values[3 * width - 1], Value::Str(Cow::Borrowed("x")));
 }

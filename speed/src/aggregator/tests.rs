@@ -63,7 +63,7 @@ fn truth(
                 .collect::<Vec<_>>()
         });
         for (state, metric) in states.iter_mut().zip(&view.metrics) {
-            state.update(metric.value(&event));
+            state.update(metric.value(&event.values));
         }
     }
     rows
