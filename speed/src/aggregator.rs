@@ -31,7 +31,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::StateColumnBuilder;
-use tributary_schemas::config::ViewDef;
+use tributary_schemas::config::{MetricDef, ViewDef};
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::batch::{KafkaPosition, ValueColumnBuilder};
 use tributary_schemas::event::{EventSchema, Value};
@@ -112,7 +112,7 @@ pub struct EpochStates {
     /// Row key (`[bucket, dimension ids…]`) → index into `states`.
     index: HashMap<Box<[u64]>, usize>,
     keys: Vec<Box<[u64]>>,
-    /// One state per metric per row, row-major.
+    /// One state per [`ViewStates::defining`] metric per row, row-major.
     states: Vec<MetricState>,
     /// Events counted (after the filter).
     pub events: u64,
@@ -174,17 +174,51 @@ pub struct ViewStates {
     dictionaries: Vec<Dictionary>,
     epochs: BTreeMap<(i32, i64), EpochStates>,
     key: Vec<u64>,
+    /// Per state of a row, the metric that defines it. Metrics whose states are equal by
+    /// construction (the same kind of state over the same field, as `quantile(latency_ms, 0.5)`
+    /// and `quantile(latency_ms, 0.99)`) share one state, updated once per event.
+    defining: Vec<usize>,
+    /// Per metric, the index of its state in a row.
+    sources: Vec<usize>,
+}
+
+/// [`ViewStates::defining`] and [`ViewStates::sources`] of `metrics`.
+fn shared_states(metrics: &[MetricDef]) -> (Vec<usize>, Vec<usize>) {
+    let input = |m: &MetricDef| (m.state_kind(), m.field.as_ref().map(|f| f.index));
+    let mut defining: Vec<usize> = Vec::new();
+    let sources = (metrics.iter())
+        .enumerate()
+        .map(|(index, metric)| {
+            let shared = defining
+                .iter()
+                .position(|&d| input(&metrics[d]) == input(metric));
+            shared.unwrap_or_else(|| {
+                defining.push(index);
+                defining.len() - 1
+            })
+        })
+        .collect();
+    (defining, sources)
 }
 
 impl ViewStates {
     fn new(view: ViewDef, epoch_size: u64) -> Self {
+        let (defining, sources) = shared_states(&view.metrics);
         Self {
             dictionaries: view.dimensions.iter().map(|_| Dictionary::new()).collect(),
             view,
             epoch_size,
             epochs: BTreeMap::new(),
             key: Vec::new(),
+            defining,
+            sources,
         }
+    }
+
+    /// The states of one row, one per [`Self::defining`] metric.
+    fn row<'s>(&self, states: &'s EpochStates, row: usize) -> &'s [MetricState] {
+        let width = self.defining.len();
+        &states.states[row * width..(row + 1) * width]
     }
 
     pub fn view(&self) -> &ViewDef {
@@ -210,15 +244,16 @@ impl ViewStates {
                 let key: Box<[u64]> = self.key.as_slice().into();
                 epoch_states.index.insert(key.clone(), row);
                 epoch_states.keys.push(key);
-                epoch_states
-                    .states
-                    .extend(metrics.iter().map(|m| MetricState::empty(m.state_kind())));
+                (epoch_states.states).extend(
+                    (self.defining.iter()).map(|&m| MetricState::empty(metrics[m].state_kind())),
+                );
                 row
             }
         };
-        let states = &mut epoch_states.states[row * metrics.len()..(row + 1) * metrics.len()];
-        for (state, metric) in states.iter_mut().zip(metrics) {
-            state.update(metric.value(values));
+        let width = self.defining.len();
+        let states = &mut epoch_states.states[row * width..(row + 1) * width];
+        for (state, &metric) in states.iter_mut().zip(&self.defining) {
+            state.update(metrics[metric].value(values));
         }
         epoch_states.events += 1;
         epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(time_ms));
@@ -235,7 +270,6 @@ impl ViewStates {
     /// Rows of the epochs above `boundary`: what a query pinned to that batch version merges.
     pub fn snapshot(&self, boundary: &Boundary) -> Vec<SpeedRow> {
         let mut rows = Vec::new();
-        let width = self.view.metrics.len();
         for (&(partition, epoch), states) in &self.epochs {
             if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
                 continue;
@@ -248,7 +282,9 @@ impl ViewStates {
                         .zip(&self.dictionaries)
                         .map(|(&id, dictionary)| dictionary.value(id as u32))
                         .collect(),
-                    states: states.states[row * width..(row + 1) * width].to_vec(),
+                    states: (self.sources.iter())
+                        .map(|&s| self.row(states, row)[s].clone())
+                        .collect(),
                 });
             }
         }
@@ -302,7 +338,6 @@ impl ViewStates {
         let mut metrics: Vec<_> = (self.view.metrics.iter())
             .map(|m| StateColumnBuilder::new(m.state_kind()))
             .collect();
-        let width = self.view.metrics.len();
         for (row, key) in states.keys.iter().enumerate() {
             time.append_value(key[0] as i64);
             for ((column, &id), dictionary) in
@@ -310,12 +345,10 @@ impl ViewStates {
             {
                 column.append(&dictionary.borrowed(id as u32));
             }
-            for (column, state) in metrics
-                .iter_mut()
-                .zip(&states.states[row * width..(row + 1) * width])
-            {
+            let row = self.row(states, row);
+            for (column, &source) in metrics.iter_mut().zip(&self.sources) {
                 column
-                    .append(state)
+                    .append(&row[source])
                     .map_err(|e| ArrowError::ComputeError(e.to_string()))?;
             }
         }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use arrow::datatypes::TimestampMillisecondType;
 use tributary_schemas::aggregate::MetricState;
+use tributary_schemas::aggregate::arrow::read_state;
 use tributary_schemas::config::Config;
 use tributary_testkit::stream::mixed_event;
 
@@ -282,4 +284,67 @@ fn views_of_any_number_of_dimensions_give_the_rows_of_the_algebra() {
         assert!(want.len() >= 9, "{}: {} rows", view.name, want.len());
         assert_equivalent(&got, &want);
     }
+}
+
+/// Metrics with equal states share one (quantiles of one field, counts), wherever they sit in the
+/// view; each metric still gets its own state in row snapshots and in the Arrow parts, equal to the
+/// algebra's.
+#[test]
+fn metrics_with_equal_states_share_one_and_each_still_reads_its_own() {
+    let events = tributary_schemas::config::DEFAULT_CONFIG
+        .split("[[views]]")
+        .next()
+        .unwrap();
+    let file = format!(
+        "{events}\n[[views]]\nname = \"shared\"\ngranularity = \"1m\"\ndimensions = [\"device\"]\n\
+         [views.metrics]\np50 = \"quantile(latency_ms, 0.5)\"\nn = \"count\"\n\
+         bytes_p90 = \"quantile(bytes, 0.9)\"\np99 = \"quantile(latency_ms, 0.99)\"\n\
+         again = \"count\"\nusers = \"count_distinct(user_id)\"\n\
+         sessions = \"count_distinct(session_id)\"\nusers_too = \"count_distinct(user_id)\"\n"
+    );
+    let config = Config::from_sources(Some((&file, "test.toml")), []).unwrap();
+    let view = &config.views[0];
+    let names: Vec<&str> = view.metrics.iter().map(|m| m.name.as_str()).collect();
+    let (defining, sources) = shared_states(&view.metrics);
+    let defined: Vec<&str> = defining.iter().map(|&m| names[m]).collect();
+    let shared: Vec<(&str, &str)> = (names.iter().zip(&sources))
+        .map(|(&name, &source)| (name, defined[source]))
+        .collect();
+    assert_eq!(defined.len(), 5, "{shared:?}");
+    for (metric, state) in [("p99", "p50"), ("again", "n"), ("users_too", "users")] {
+        assert!(shared.contains(&(metric, state)), "{shared:?}");
+    }
+
+    let all = messages(6_000, 3);
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
+    apply_in_polls(&mut aggregator, &all);
+    let states = &aggregator.views()[0];
+    let want = truth(&config, view, &all);
+    assert_equivalent(&merged(states.snapshot(&Boundary::default())), &want);
+
+    let parts = states
+        .snapshot_parts(&Boundary::default(), &aggregator.next_offsets)
+        .unwrap();
+    let mut rows = Vec::new();
+    for part in &parts.parts {
+        let batch = &part.batch;
+        let time = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        let device = batch.column(1).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let states = (view.metrics.iter().enumerate())
+                .map(|(m, metric)| read_state(metric.state_kind(), batch.column(2 + m), row))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let dimension = match device.is_null(row) {
+                true => Value::Null,
+                false => Value::Str(device.value(row).to_owned().into()),
+            };
+            rows.push(SpeedRow {
+                bucket_ms: time.value(row),
+                dimensions: vec![dimension],
+                states,
+            });
+        }
+    }
+    assert_equivalent(&merged(rows), &want);
 }
