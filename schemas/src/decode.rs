@@ -329,8 +329,7 @@ struct FieldValue<'d> {
     ty: FieldType,
 }
 
-/// The conversions are inlined into both paths (as calls, each returned its value through memory
-/// and stalled the fast path's scan); their errors are built out of line.
+/// The conversions are inlined into both paths; their errors are built out of line.
 impl FieldValue<'_> {
     #[cold]
     fn wrong_type(&self, found: String) -> DecodeError {

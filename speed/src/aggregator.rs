@@ -275,6 +275,7 @@ impl ViewStates {
                 continue;
             }
             for (row, key) in states.keys.iter().enumerate() {
+                let row = self.row(states, row);
                 rows.push(SpeedRow {
                     bucket_ms: key[0] as i64,
                     dimensions: key[1..]
@@ -282,9 +283,7 @@ impl ViewStates {
                         .zip(&self.dictionaries)
                         .map(|(&id, dictionary)| dictionary.value(id as u32))
                         .collect(),
-                    states: (self.sources.iter())
-                        .map(|&s| self.row(states, row)[s].clone())
-                        .collect(),
+                    states: self.sources.iter().map(|&s| row[s].clone()).collect(),
                 });
             }
         }
