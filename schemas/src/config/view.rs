@@ -84,8 +84,8 @@ impl MetricDef {
         }
     }
 
-    /// The event value this metric aggregates (`NULL` for `count`, which counts events).
-    /// The metric's input among one event's field values (schema order, as [`Event::values`](crate::event::Event::values)).
+    /// The value this metric aggregates among one event's field values (schema order, as
+    /// [`Event::values`](crate::event::Event::values)); `NULL` for `count`, which counts events.
     pub fn value<'e, 'a>(&self, values: &'e [Value<'a>]) -> &'e Value<'a> {
         static NULL: Value<'static> = Value::Null;
         self.field.as_ref().map_or(&NULL, |f| &values[f.index])

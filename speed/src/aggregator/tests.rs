@@ -15,6 +15,15 @@ fn defaults() -> Config {
     Config::from_sources(None, []).unwrap()
 }
 
+/// The default events with `views` (TOML `[[views]]` tables) in place of the default views.
+fn with_views(views: &str) -> Config {
+    let events = tributary_schemas::config::DEFAULT_CONFIG
+        .split("[[views]]")
+        .next()
+        .unwrap();
+    Config::from_sources(Some((&format!("{events}\n{views}"), "test.toml")), []).unwrap()
+}
+
 /// Event `n` of the test stream: the shared mixed stream (1% malformed), with every 7th event
 /// missing its page (so `pageviews`' filter drops it) and a few late ones.
 fn payload(n: u64) -> Vec<u8> {
@@ -197,13 +206,8 @@ fn snapshots_take_only_epochs_above_the_boundary_and_dropping_frees_them() {
 #[test]
 fn filters_naming_several_fields_keep_the_same_events_as_a_direct_check() {
     let from = 1_795_000_000_000i64 + 5_000 * 37;
-    let events = tributary_schemas::config::DEFAULT_CONFIG
-        .split("[[views]]")
-        .next()
-        .unwrap();
-    let file = format!(
-        r#"{events}
-[[views]]
+    let config = with_views(&format!(
+        r#"[[views]]
 name = "slow_late_users"
 granularity = "1h"
 filter = "latency_ms > 150 AND user_id <> 'u7' AND ts >= to_timestamp_millis({from})"
@@ -217,8 +221,7 @@ filter = "1 = 1"
 [views.metrics]
 n = "count"
 "#
-    );
-    let config = Config::from_sources(Some((&file, "test.toml")), []).unwrap();
+    ));
     let all = messages(10_000, 3);
     let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
     let applied = apply_in_polls(&mut aggregator, &all);
@@ -253,28 +256,24 @@ n = "count"
 /// floats, with NULLs) each equal the algebra over the same events.
 #[test]
 fn views_of_any_number_of_dimensions_give_the_rows_of_the_algebra() {
-    let events = tributary_schemas::config::DEFAULT_CONFIG
-        .split("[[views]]")
-        .next()
-        .unwrap();
     let view = |name: &str, dimensions: &str| {
         format!(
             "[[views]]\nname = \"{name}\"\ngranularity = \"1m\"\ndimensions = [{dimensions}]\n\
              [views.metrics]\nn = \"count\"\nusers = \"count_distinct(user_id)\"\n"
         )
     };
-    let file = [
-        events.to_owned(),
-        view("none", ""),
-        view("three", r#""page", "country", "device""#),
-        view("four", r#""page", "country", "device", "bytes""#),
-        view(
-            "six",
-            r#""page", "country", "device", "referrer", "latency_ms", "user_id""#,
-        ),
-    ]
-    .join("\n");
-    let config = Config::from_sources(Some((&file, "test.toml")), []).unwrap();
+    let config = with_views(
+        &[
+            view("none", ""),
+            view("three", r#""page", "country", "device""#),
+            view("four", r#""page", "country", "device", "bytes""#),
+            view(
+                "six",
+                r#""page", "country", "device", "referrer", "latency_ms", "user_id""#,
+            ),
+        ]
+        .join("\n"),
+    );
     let all = messages(6_000, 3);
     let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
     apply_in_polls(&mut aggregator, &all);
@@ -291,18 +290,13 @@ fn views_of_any_number_of_dimensions_give_the_rows_of_the_algebra() {
 /// algebra's.
 #[test]
 fn metrics_with_equal_states_share_one_and_each_still_reads_its_own() {
-    let events = tributary_schemas::config::DEFAULT_CONFIG
-        .split("[[views]]")
-        .next()
-        .unwrap();
-    let file = format!(
-        "{events}\n[[views]]\nname = \"shared\"\ngranularity = \"1m\"\ndimensions = [\"device\"]\n\
+    let config = with_views(
+        "[[views]]\nname = \"shared\"\ngranularity = \"1m\"\ndimensions = [\"device\"]\n\
          [views.metrics]\np50 = \"quantile(latency_ms, 0.5)\"\nn = \"count\"\n\
          bytes_p90 = \"quantile(bytes, 0.9)\"\np99 = \"quantile(latency_ms, 0.99)\"\n\
          again = \"count\"\nusers = \"count_distinct(user_id)\"\n\
-         sessions = \"count_distinct(session_id)\"\nusers_too = \"count_distinct(user_id)\"\n"
+         sessions = \"count_distinct(session_id)\"\nusers_too = \"count_distinct(user_id)\"\n",
     );
-    let config = Config::from_sources(Some((&file, "test.toml")), []).unwrap();
     let view = &config.views[0];
     let names: Vec<&str> = view.metrics.iter().map(|m| m.name.as_str()).collect();
     let (defining, sources) = shared_states(&view.metrics);
