@@ -102,6 +102,8 @@ pub struct Decoder {
     slots: SlotMap,
     /// The fast path's lookup of the same names (`None`: it uses `slots`).
     names: Option<names::NameTable>,
+    /// The fast path's guess at each next key.
+    order: names::KeyOrder,
 }
 
 impl Decoder {
@@ -114,10 +116,13 @@ impl Decoder {
             .collect();
         slots.insert(schema.time_field.clone(), Slot::Time);
         let names = names::NameTable::new(slots.iter().map(|(name, &slot)| (name.as_str(), slot)));
+        let positions = schema.fields.iter().map(|f| f.name.as_str());
+        let order = names::KeyOrder::new(positions.chain([schema.time_field.as_str()]));
         Self {
             schema,
             slots,
             names,
+            order,
         }
     }
 

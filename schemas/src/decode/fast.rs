@@ -44,35 +44,63 @@ fn scan_event<'a>(decoder: &Decoder, text: &'a str, values: &mut [Value<'a>]) ->
     scan.expect(b'{')?;
     scan.whitespace();
     if !scan.eat(b'}') {
+        // The position of the last configured key, from which the next one is predicted.
+        let mut previous = decoder.order.start();
         loop {
-            let (start, end) = scan.string_span()?;
+            let predicted = decoder.order.predict(previous, text.as_bytes(), scan.at);
+            let position = match predicted {
+                Some((position, after_key)) => {
+                    scan.at = after_key;
+                    Some(position)
+                }
+                None => {
+                    let (start, end) = scan.string_span()?;
+                    let slot = match decoder
+                        .names
+                        .as_ref()
+                        .map(|n| n.get(text.as_bytes(), start, end))
+                    {
+                        Some(Lookup::Found(slot)) => Some(slot),
+                        Some(Lookup::Absent) => None,
+                        Some(Lookup::TooLong) | None => {
+                            decoder.slots.get(&text[start..end]).copied()
+                        }
+                    };
+                    let position = slot.map(|slot| match slot {
+                        Slot::Time => time_slot,
+                        Slot::Field(i) => i,
+                    });
+                    if let Some(position) = position {
+                        decoder.order.learn(previous, position);
+                    }
+                    position
+                }
+            };
             scan.whitespace();
             scan.expect(b':')?;
             scan.whitespace();
-            let slot = match decoder
-                .names
-                .as_ref()
-                .map(|n| n.get(text.as_bytes(), start, end))
-            {
-                Some(Lookup::Found(slot)) => Some(slot),
-                Some(Lookup::Absent) => None,
-                Some(Lookup::TooLong) | None => decoder.slots.get(&text[start..end]).copied(),
-            };
-            match slot {
+            match position {
                 None => scan.skip_scalar()?,
-                Some(slot) => {
-                    let (position, field, ty) = match slot {
-                        Slot::Time => (time_slot, &schema.time_field, FieldType::Timestamp),
-                        Slot::Field(i) => (i, &schema.fields[i].name, schema.fields[i].ty),
-                    };
+                Some(position) => {
                     if seen & (1 << position) != 0 {
                         return None;
                     }
                     seen |= 1 << position;
-                    let value = scan.value(FieldValue { field, ty })?;
-                    match slot {
-                        Slot::Time => time = Some(value),
-                        Slot::Field(i) => values[i] = value,
+                    previous = position;
+                    let target = match schema.fields.get(position) {
+                        Some(field) => FieldValue {
+                            field: &field.name,
+                            ty: field.ty,
+                        },
+                        None => FieldValue {
+                            field: &schema.time_field,
+                            ty: FieldType::Timestamp,
+                        },
+                    };
+                    let value = scan.value(target)?;
+                    match values.get_mut(position) {
+                        Some(slot) => *slot = value,
+                        None => time = Some(value),
                     }
                 }
             }

@@ -7,6 +7,8 @@
 //! (zero-padded). Longer keys, and every key when no table separates the configured names, go to the
 //! decoder's hash map, so the answer is the map's whatever the table does.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use super::Slot;
 
 /// Longest name the table holds.
@@ -37,6 +39,7 @@ fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
 impl Words {
     /// The words of `bytes[start..end]`, `None` past [`MAX_LEN`]. Reads whole words of `bytes`
     /// where it can (the JSON text goes on after a key), so that a key costs no byte-wise copy.
+    #[inline]
     fn of(bytes: &[u8], start: usize, end: usize) -> Option<Words> {
         let len = end - start;
         if len > MAX_LEN {
@@ -135,6 +138,92 @@ impl NameTable {
     }
 }
 
+/// The order keys come in, learned from the events decoded so far: after each key (and at an
+/// object's start), the configured key that came next last time. Producers write their keys in one
+/// order, so the next key is usually the predicted one, and checking that costs a compare of known
+/// words where finding the string's end takes a loop per byte and a mispredicted exit.
+///
+/// A prediction is only a hint: a key that is not byte for byte the predicted name, closing quote
+/// included, takes the ordinary scan and lookup. The hints are relaxed atomics so that a decoder
+/// shared between threads stays `&self`: each is one byte, read as a plain load, and written only when
+/// it was wrong, so steady traffic only reads them.
+#[derive(Debug)]
+pub(super) struct KeyOrder {
+    /// Per position (a field's index; the time field is last): its name as words, when it has at
+    /// most [`MAX_LEN`] bytes and none that JSON must escape (a key with an escape is spelled
+    /// differently in the text).
+    names: Vec<Option<Words>>,
+    /// Per position, and one more for an object's start: the position predicted next
+    /// ([`NO_HINT`]: none).
+    next: Box<[AtomicU8]>,
+}
+
+const NO_HINT: u8 = u8::MAX;
+
+impl KeyOrder {
+    /// Hints for the names in position order (positions from [`NO_HINT`] on are never predicted).
+    pub(super) fn new<'n>(names: impl IntoIterator<Item = &'n str>) -> Self {
+        let names: Vec<Option<Words>> = names
+            .into_iter()
+            .map(|name| {
+                let plain = !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+                plain
+                    .then(|| Words::of(name.as_bytes(), 0, name.len()))
+                    .flatten()
+            })
+            .collect();
+        let next = (0..=names.len()).map(|_| AtomicU8::new(NO_HINT)).collect();
+        Self { names, next }
+    }
+
+    /// Where an object's first key is predicted from.
+    pub(super) fn start(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The predicted position after `previous` when the key whose opening quote is `text[at]` is
+    /// its name, with the index just past the key's closing quote.
+    #[inline]
+    pub(super) fn predict(
+        &self,
+        previous: usize,
+        text: &[u8],
+        at: usize,
+    ) -> Option<(usize, usize)> {
+        let position = usize::from(self.next[previous].load(Ordering::Relaxed));
+        let name = (*self.names.get(position)?)?;
+        let start = at + 1;
+        let end = start + name.len as usize;
+        let quoted = text.get(at) == Some(&b'"') && text.get(end) == Some(&b'"');
+        (quoted && Words::of(text, start, end) == Some(name)).then_some((position, end + 1))
+    }
+
+    /// Records that `position` followed `previous`.
+    #[inline]
+    pub(super) fn learn(&self, previous: usize, position: usize) {
+        let hint = &self.next[previous];
+        let Ok(position) = u8::try_from(position) else {
+            return;
+        };
+        if hint.load(Ordering::Relaxed) != position {
+            hint.store(position, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A copy starts from the hints learned so far.
+impl Clone for KeyOrder {
+    fn clone(&self) -> Self {
+        let next = (self.next.iter())
+            .map(|hint| AtomicU8::new(hint.load(Ordering::Relaxed)))
+            .collect();
+        Self {
+            names: self.names.clone(),
+            next,
+        }
+    }
+}
+
 fn splitmix(state: u64) -> u64 {
     let mut z = state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -146,10 +235,44 @@ fn splitmix(state: u64) -> u64 {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Lookup, NameTable, Slot};
+    use super::{KeyOrder, Lookup, NameTable, Slot};
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A predicted key is taken only when the text holds exactly the predicted name between
+        /// quotes: one byte changed, a prefix, a longer key, an escape or a missing closing quote
+        /// all go to the ordinary lookup. Names that are too long or need escaping are never
+        /// predicted.
+        #[test]
+        fn a_prediction_is_taken_only_for_the_exact_quoted_name(
+            names in proptest::collection::vec("[a-z_\\\\\"]{0,20}", 1..12),
+            after in "[\": ,0-9}]{0,6}",
+        ) {
+            let order = KeyOrder::new(names.iter().map(String::as_str));
+            for (position, name) in names.iter().enumerate() {
+                let previous = (position + 1) % (names.len() + 1);
+                order.learn(previous, position);
+                let predictable = name.len() <= 16 && !name.contains(['"', '\\']);
+                let mut keys = vec![name.clone(), format!("{name}x"), format!("{name}\\\"")];
+                keys.extend((0..name.len()).map(|n| name[..n].to_owned()));
+                for at in 0..name.len() {
+                    let mut key = name.clone().into_bytes();
+                    key[at] = if key[at] == b'q' { b'r' } else { b'q' };
+                    keys.push(String::from_utf8(key).expect("ASCII"));
+                }
+                for key in &keys {
+                    let text = format!("\"{key}\"{after}");
+                    let expected = (predictable && key == name).then_some((position, key.len() + 2));
+                    prop_assert_eq!(
+                        order.predict(previous, text.as_bytes(), 0), expected, "{:?}", text
+                    );
+                    // Without its closing quote, no key is the name.
+                    let open = format!("\"{key}");
+                    prop_assert_eq!(order.predict(previous, open.as_bytes(), 0), None);
+                }
+            }
+        }
 
         /// Every key, looked up anywhere in a text, gets the slot of the name with its bytes, and
         /// only that: keys that differ from a name in one byte, in length, or by a prefix miss.

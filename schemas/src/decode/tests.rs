@@ -488,3 +488,69 @@ fn events_decoded_into_one_buffer_read_as_each_alone() {
     assert_eq!(values[width - 1], Value::Str(Cow::Borrowed("long")));
     assert_eq!(values[3 * width - 1], Value::Str(Cow::Borrowed("x")));
 }
+
+/// The fast path predicts each key from the order of the events before it. Events that keep to an
+/// order, switch to another, or put a near miss of a name (a byte changed, one more or one less, an
+/// escape, an unknown key) where the name is predicted all read as serde's path reads them.
+#[test]
+fn keys_in_a_learned_order_read_as_serde_reads_them() {
+    let members = [
+        ("ts", "1795000000000"),
+        ("user_id", "\"u1\""),
+        ("clicks", "3"),
+        ("latency_ms", "12.5"),
+        ("mobile", "true"),
+        ("signup", "\"2026-11-21T10:00:00Z\""),
+    ];
+    let order =
+        proptest::sample::subsequence((0..members.len()).collect::<Vec<_>>(), 1..=6).prop_shuffle();
+    let variant = prop_oneof![
+        24 => Just(None),
+        1 => Just(Some("x")),
+        1 => Just(Some("chop")),
+        1 => Just(Some("swap")),
+        1 => Just(Some("escape")),
+        1 => Just(Some("stranger")),
+    ];
+    let events = (
+        proptest::collection::vec(order, 1..=3),
+        proptest::collection::vec((0..3usize, proptest::collection::vec(variant, 6)), 1..40),
+    );
+    let decoder = Decoder::new(schema());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+    runner
+        .run(&events, |(orders, events)| {
+            for (which, variants) in events {
+                let order = &orders[which % orders.len()];
+                let text = order.iter().zip(&variants).map(|(&i, variant)| {
+                    let (name, value) = members[i];
+                    let key = match variant {
+                        None => name.to_owned(),
+                        Some("x") => format!("{name}x"),
+                        Some("chop") => name[..name.len() - 1].to_owned(),
+                        Some("swap") => format!("{}{}", &name[..name.len() - 1], "q"),
+                        Some("escape") => format!("\\u{:04x}{}", name.as_bytes()[0], &name[1..]),
+                        Some(_) => "other".to_owned(),
+                    };
+                    format!("\"{key}\":{value}")
+                });
+                let text = format!("{{{}}}", text.collect::<Vec<_>>().join(","));
+                let serde = decoder.decode_with_serde(&text);
+                let fast = fast_event(&decoder, &text);
+                match (&fast, &serde) {
+                    (Some(fast), Ok(serde)) => {
+                        prop_assert!(same(fast, serde), "{}: {:?} vs {:?}", text, fast, serde);
+                    }
+                    (None, _) => {
+                        let escaped = text.contains('\\');
+                        prop_assert!(escaped || serde.is_err(), "fast path gave up on {}", text);
+                    }
+                    (Some(fast), Err(error)) => {
+                        return Err(TestCaseError::fail(format!("{text}: {fast:?} vs {error}")));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
