@@ -6,6 +6,10 @@
 //! A name this short is exactly three words: its length, its first eight bytes and its last eight
 //! (zero-padded). Longer keys, and every key when no table separates the configured names, go to the
 //! decoder's hash map, so the answer is the map's whatever the table does.
+//!
+//! Before either, [`KeyOrder`] guesses the next key from the order earlier events wrote theirs in,
+//! and checks the guess against the same words; only a key that is not the guess is scanned and
+//! looked up.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
