@@ -130,6 +130,29 @@ impl Decoder {
         &self.schema
     }
 
+    /// A configured key's position as the duplicate check and the fast path's key order count
+    /// them: a field's index, the time field after the fields.
+    fn position(&self, slot: Slot) -> usize {
+        match slot {
+            Slot::Time => self.schema.fields.len(),
+            Slot::Field(i) => i,
+        }
+    }
+
+    /// How the value of the key at `position` converts.
+    fn target(&self, position: usize) -> FieldValue<'_> {
+        match self.schema.fields.get(position) {
+            Some(field) => FieldValue {
+                field: &field.name,
+                ty: field.ty,
+            },
+            None => FieldValue {
+                field: &self.schema.time_field,
+                ty: FieldType::Timestamp,
+            },
+        }
+    }
+
     pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
         let mut values = Vec::with_capacity(self.schema.fields.len());
         let time_ms = self.decode_into(bytes, &mut values)?;
@@ -240,23 +263,20 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let schema = &self.decoder.schema;
         let mut time_ms = None;
         let mut values = vec![Value::Null; schema.fields.len()];
-        let time_slot = schema.fields.len();
         let mut seen = Seen::new(schema.fields.len() + 1);
         while let Some(slot) = map.next_key_seed(KeySeed(&self.decoder.slots))? {
             let Some(slot) = slot else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let (position, name, ty) = match slot {
-                Slot::Time => (time_slot, &schema.time_field, FieldType::Timestamp),
-                Slot::Field(i) => (i, &schema.fields[i].name, schema.fields[i].ty),
-            };
+            let position = self.decoder.position(slot);
+            let target = self.decoder.target(position);
             if !seen.mark(position) {
-                let field = name.clone();
+                let field = target.field.to_owned();
                 return Err(fail(self.failure, DecodeError::DuplicateField { field }));
             }
             let value = map.next_value_seed(ValueSeed {
-                target: FieldValue { field: name, ty },
+                target,
                 failure: self.failure,
             })?;
             match slot {

@@ -12,8 +12,8 @@
 use std::borrow::Cow;
 
 use super::names::Lookup;
-use super::{Decoder, FieldValue, Slot};
-use crate::event::{FieldType, Value};
+use super::{Decoder, FieldValue};
+use crate::event::Value;
 
 /// The time of the event in `text`, its field values appended to `values`; or `None`, with
 /// `values` as it was, when the input is not in the fast path's shape.
@@ -66,10 +66,7 @@ fn scan_event<'a>(decoder: &Decoder, text: &'a str, values: &mut [Value<'a>]) ->
                             decoder.slots.get(&text[start..end]).copied()
                         }
                     };
-                    let position = slot.map(|slot| match slot {
-                        Slot::Time => time_slot,
-                        Slot::Field(i) => i,
-                    });
+                    let position = slot.map(|slot| decoder.position(slot));
                     if let Some(position) = position {
                         decoder.order.learn(previous, position);
                     }
@@ -87,17 +84,7 @@ fn scan_event<'a>(decoder: &Decoder, text: &'a str, values: &mut [Value<'a>]) ->
                     }
                     seen |= 1 << position;
                     previous = position;
-                    let target = match schema.fields.get(position) {
-                        Some(field) => FieldValue {
-                            field: &field.name,
-                            ty: field.ty,
-                        },
-                        None => FieldValue {
-                            field: &schema.time_field,
-                            ty: FieldType::Timestamp,
-                        },
-                    };
-                    let value = scan.value(target)?;
+                    let value = scan.value(decoder.target(position))?;
                     match values.get_mut(position) {
                         Some(slot) => *slot = value,
                         None => time = Some(value),
@@ -251,7 +238,7 @@ impl<'a> Scanner<'a> {
 /// bit trick for "has a byte below n" (Mycroft), applied to the bytes below 0x20 and to the bytes
 /// XORed with the quote and the backslash. It can flag a byte wrongly only after a byte it flags
 /// rightly, so the lowest flag is the answer.
-fn string_end(bytes: &[u8]) -> Option<usize> {
+pub(super) fn string_end(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;

@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::Slot;
+use super::fast::string_end;
 
 /// Longest name the table holds.
 const MAX_LEN: usize = 16;
@@ -170,7 +171,7 @@ impl KeyOrder {
         let names: Vec<Option<Words>> = names
             .into_iter()
             .map(|name| {
-                let plain = !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+                let plain = string_end(name.as_bytes()).is_none();
                 plain
                     .then(|| Words::of(name.as_bytes(), 0, name.len()))
                     .flatten()
