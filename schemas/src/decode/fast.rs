@@ -110,6 +110,19 @@ fn scan_event<'a>(decoder: &Decoder, text: &'a str, values: &mut [Value<'a>]) ->
     }
 }
 
+/// A number as [`Scanner::number`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Number {
+    Integer(i64),
+    Float(f64),
+}
+
+/// The powers of ten that are exact doubles: 1e0 to 1e22.
+const POWERS: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
 struct Scanner<'a> {
     text: &'a str,
     at: usize,
@@ -163,27 +176,58 @@ impl<'a> Scanner<'a> {
         found.then_some(())
     }
 
-    /// A number in JSON's grammar without an exponent: its text, and whether it has a fraction.
-    fn number(&mut self) -> Option<(&'a str, bool)> {
+    /// A number in JSON's grammar without an exponent, read as serde reads it: an integer when it
+    /// has no fraction, else a finite float; `None` for "-0" (serde reads it as the float -0.0)
+    /// and for an integer beyond i64 (serde reads those as u64 or f64 in its own ways).
+    ///
+    /// The digits are summed as they are scanned. A float whose digits fit 2^53 with at most 22 of
+    /// them after the point is that sum divided by a power of ten: both are exact doubles, so the
+    /// one rounded division is the correctly rounded value `str::parse` returns (Clinger's fast
+    /// path). Longer numbers are left to `str::parse`.
+    fn number(&mut self) -> Option<Number> {
         let start = self.at;
-        self.eat(b'-');
-        let digits = self.digits();
-        if digits == 0 || (digits > 1 && self.text.as_bytes()[self.at - digits] == b'0') {
+        let negative = self.eat(b'-');
+        let mut sum = 0u64;
+        let whole = self.digits(&mut sum);
+        if whole == 0 || (whole > 1 && self.text.as_bytes()[self.at - whole] == b'0') {
             return None;
         }
-        let fraction = self.eat(b'.');
-        if fraction && self.digits() == 0 {
-            return None;
-        }
+        let fraction = if self.eat(b'.') {
+            match self.digits(&mut sum) {
+                0 => return None,
+                digits => Some(digits),
+            }
+        } else {
+            None
+        };
         if matches!(self.peek(), Some(b'e' | b'E')) {
             return None;
         }
-        Some((&self.text[start..self.at], fraction))
+        let text = &self.text[start..self.at];
+        let signed = |value: f64| if negative { -value } else { value };
+        match fraction {
+            None if negative && sum == 0 => None,
+            None if whole <= 18 => {
+                let value = sum as i64;
+                Some(Number::Integer(if negative { -value } else { value }))
+            }
+            None => text.parse().ok().map(Number::Integer),
+            Some(digits) if whole + digits <= 19 && sum <= 1 << 53 && digits < POWERS.len() => {
+                Some(Number::Float(signed(sum as f64 / POWERS[digits])))
+            }
+            Some(_) => {
+                let value: f64 = text.parse().ok()?;
+                value.is_finite().then_some(Number::Float(value))
+            }
+        }
     }
 
-    fn digits(&mut self) -> usize {
+    /// Skips ASCII digits, adding each to `sum` (wrapping: callers use `sum` only for counts
+    /// that cannot overflow); returns how many there were.
+    fn digits(&mut self, sum: &mut u64) -> usize {
         let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+        while let Some(digit) = self.peek().filter(u8::is_ascii_digit) {
+            *sum = sum.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
             self.at += 1;
         }
         self.at - start
@@ -217,17 +261,8 @@ impl<'a> Scanner<'a> {
                 Ok(Value::Null)
             }
             _ => match self.number()? {
-                // serde reads "-0" as the float -0.0, not the integer 0. An integer beyond i64
-                // does not parse here: serde's path reads it as u64 or f64 in its own ways.
-                (text, false) if text != "-0" => target.integer(text.parse().ok()?),
-                (_, false) => return None,
-                (text, true) => {
-                    let value: f64 = text.parse().ok()?;
-                    if !value.is_finite() {
-                        return None;
-                    }
-                    target.float(value)
-                }
+                Number::Integer(value) => target.integer(value),
+                Number::Float(value) => target.float(value),
             },
         };
         value.ok()
@@ -344,7 +379,59 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{rfc3339_millis, string_end};
+    use super::{Number, Scanner, rfc3339_millis, string_end};
+
+    /// A JSON number without exponent: short and long digit runs, leading zeros (invalid past
+    /// the first digit), and digit strings near 2^53 and 10^19 with the point anywhere.
+    fn numbers() -> impl Strategy<Value = String> {
+        let sign = prop_oneof![Just(""), Just("-")];
+        let random =
+            ("[0-9]{1,24}", prop::option::of("[0-9]{0,26}")).prop_map(|(whole, fraction)| {
+                match fraction {
+                    Some(fraction) => format!("{whole}.{fraction}"),
+                    None => whole,
+                }
+            });
+        // A point before the digits (with up to 23 zeros between) or inside them.
+        let near = (pivot_digits(), 0usize..=44).prop_map(|(digits, at)| match at {
+            0 => digits,
+            at if at < digits.len() => format!("{}.{}", &digits[..at], &digits[at..]),
+            at => format!("0.{}{digits}", "0".repeat(at - digits.len())),
+        });
+        (sign, prop_oneof![3 => random, 2 => near]).prop_map(|(s, n)| format!("{s}{n}"))
+    }
+
+    /// Digits within 3 of where the fast reading's limits lie: 2^53, 10^19, i64::MAX and 2^64
+    /// (where a digit sum wraps).
+    fn pivot_digits() -> impl Strategy<Value = String> {
+        let pivot = prop_oneof![
+            Just(1u128 << 53),
+            Just(10_000_000_000_000_000_000),
+            Just(i64::MAX as u128),
+            Just(1 << 64),
+        ];
+        (pivot, -3i128..=3)
+            .prop_map(|(pivot, delta)| pivot.saturating_add_signed(delta).to_string())
+    }
+
+    /// What serde's path makes of a number: an i64 integer ("-0" excepted) or a finite f64.
+    fn parsed(text: &str) -> Option<Number> {
+        let valid = text.trim_start_matches('-');
+        let whole = valid.split('.').next().unwrap_or_default();
+        if whole.is_empty() || (whole.len() > 1 && whole.starts_with('0')) || valid.ends_with('.') {
+            return None;
+        }
+        if text.contains('.') {
+            text.parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .map(Number::Float)
+        } else if text == "-0" {
+            None
+        } else {
+            text.parse().ok().map(Number::Integer)
+        }
+    }
 
     /// An RFC 3339-like time: valid ones in several spellings, and broken fields of every kind.
     fn times() -> impl Strategy<Value = String> {
@@ -394,6 +481,21 @@ mod tests {
         ) {
             let expected = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
             prop_assert_eq!(string_end(&bytes), expected);
+        }
+
+        /// The scanner's number is the standard library's parse of the same text, bit for bit.
+        #[test]
+        fn number_reads_what_parse_reads(text in numbers()) {
+            let mut scanner = Scanner { text: &text, at: 0 };
+            let number = scanner.number();
+            let bits = |n: Option<Number>| n.map(|n| match n {
+                Number::Integer(v) => (0, v as u64),
+                Number::Float(v) => (1, v.to_bits()),
+            });
+            prop_assert_eq!(bits(number), bits(parsed(&text)), "{}", text);
+            if number.is_some() {
+                prop_assert_eq!(scanner.at, text.len());
+            }
         }
 
         /// Whenever the fast reading answers, chrono reads the same instant.
