@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 /// Hash maps of the hot path: foldhash, built for short keys like these (SipHash took ~9% of the
 /// aggregation, and xxh3's streaming `Hasher` still ~9%).
@@ -29,6 +30,7 @@ use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
+use hashbrown::HashTable;
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::{MetricDef, ViewDef};
@@ -109,9 +111,12 @@ impl Dictionary {
 /// The states of one view in one `(partition, epoch)`.
 #[derive(Debug, Default)]
 pub struct EpochStates {
-    /// Row key (`[bucket, dimension ids…]`) → index into `states`.
-    index: HashMap<Box<[u64]>, usize>,
-    keys: Vec<Box<[u64]>>,
+    /// Row keys (`[bucket, dimension ids…]`, [`ViewStates::key_width`] words each), row after
+    /// row: one allocation for all of them.
+    keys: Vec<u64>,
+    /// The rows by their key's hash. A row's key is in `keys`, so the table holds only the row
+    /// (compared word by word: slice equality would call `memcmp` for a few words).
+    index: HashTable<usize>,
     /// One state per [`ViewStates::defining`] metric per row, row-major.
     states: Vec<MetricState>,
     /// Events counted (after the filter).
@@ -123,8 +128,33 @@ pub struct EpochStates {
 }
 
 impl EpochStates {
+    /// The row of `key`; a new one, its states appended by `empty`, when the key is new.
+    fn row(
+        &mut self,
+        key: &[u64],
+        hasher: &impl BuildHasher,
+        empty: impl FnOnce(&mut Vec<MetricState>),
+    ) -> usize {
+        let width = key.len();
+        let keys = &self.keys;
+        let key_of = |row: usize| &keys[row * width..(row + 1) * width];
+        let hash = hasher.hash_one(key);
+        let same = |&row: &usize| key_of(row).iter().zip(key).all(|(a, b)| a == b);
+        if let Some(&row) = self.index.find(hash, same) {
+            return row;
+        }
+        let row = self.index.len();
+        self.keys.extend_from_slice(key);
+        let keys = &self.keys;
+        self.index.insert_unique(hash, row, |&row| {
+            hasher.hash_one(&keys[row * width..(row + 1) * width])
+        });
+        empty(&mut self.states);
+        row
+    }
+
     pub fn rows(&self) -> usize {
-        self.keys.len()
+        self.index.len()
     }
 }
 
@@ -173,7 +203,10 @@ pub struct ViewStates {
     epoch_size: u64,
     dictionaries: Vec<Dictionary>,
     epochs: BTreeMap<(i32, i64), EpochStates>,
+    /// Words per row key: the bucket, then one per dimension.
+    key_width: usize,
     key: Vec<u64>,
+    hasher: foldhash::fast::RandomState,
     /// Per state of a row, the metric that defines it. Metrics whose states are equal by
     /// construction (the same kind of state over the same field, as `quantile(latency_ms, 0.5)`
     /// and `quantile(latency_ms, 0.99)`) share one state, updated once per event.
@@ -206,10 +239,12 @@ impl ViewStates {
         let (defining, sources) = shared_states(&view.metrics);
         Self {
             dictionaries: view.dimensions.iter().map(|_| Dictionary::new()).collect(),
+            key_width: 1 + view.dimensions.len(),
             view,
             epoch_size,
             epochs: BTreeMap::new(),
             key: Vec::new(),
+            hasher: Default::default(),
             defining,
             sources,
         }
@@ -225,38 +260,45 @@ impl ViewStates {
         &self.view
     }
 
-    /// Adds one event: its time and its field values (schema order).
-    fn add(&mut self, position: KafkaPosition, time_ms: i64, values: &[Value<'_>]) {
-        let epoch = epoch_of(position.offset, self.epoch_size);
-        self.key.clear();
-        self.key
-            .push(self.view.granularity.bucket_start(time_ms) as u64);
-        for (dimension, dictionary) in self.view.dimensions.iter().zip(&mut self.dictionaries) {
-            self.key
-                .push(u64::from(dictionary.id(&values[dimension.index])));
+    /// Adds events of one `(partition, epoch)`: each its time and its field values (schema
+    /// order). The epoch is looked up once for the run, not once per event.
+    fn add<'e, 'v: 'e>(
+        &mut self,
+        epoch: (i32, i64),
+        events: impl IntoIterator<Item = (i64, &'e [Value<'v>])>,
+    ) {
+        let mut events = events.into_iter().peekable();
+        if events.peek().is_none() {
+            return;
         }
+        let epoch_states = self.epochs.entry(epoch).or_default();
         let metrics = &self.view.metrics;
-        let epoch_states = self.epochs.entry((position.partition, epoch)).or_default();
-        let row = match epoch_states.index.get(self.key.as_slice()) {
-            Some(&row) => row,
-            None => {
-                let row = epoch_states.keys.len();
-                let key: Box<[u64]> = self.key.as_slice().into();
-                epoch_states.index.insert(key.clone(), row);
-                epoch_states.keys.push(key);
-                (epoch_states.states).extend(
+        let width = self.defining.len();
+        for (time_ms, values) in events {
+            self.key.clear();
+            self.key
+                .push(self.view.granularity.bucket_start(time_ms) as u64);
+            for (dimension, dictionary) in self.view.dimensions.iter().zip(&mut self.dictionaries) {
+                self.key
+                    .push(u64::from(dictionary.id(&values[dimension.index])));
+            }
+            let row = epoch_states.row(&self.key, &self.hasher, |states| {
+                states.extend(
                     (self.defining.iter()).map(|&m| MetricState::empty(metrics[m].state_kind())),
                 );
-                row
+            });
+            let states = &mut epoch_states.states[row * width..(row + 1) * width];
+            for (state, &metric) in states.iter_mut().zip(&self.defining) {
+                state.update(metrics[metric].value(values));
             }
-        };
-        let width = self.defining.len();
-        let states = &mut epoch_states.states[row * width..(row + 1) * width];
-        for (state, &metric) in states.iter_mut().zip(&self.defining) {
-            state.update(metrics[metric].value(values));
+            epoch_states.events += 1;
+            epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(time_ms));
         }
-        epoch_states.events += 1;
-        epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(time_ms));
+    }
+
+    /// The row keys of `states` in row order.
+    fn keys<'s>(&self, states: &'s EpochStates) -> impl Iterator<Item = &'s [u64]> {
+        states.keys.chunks_exact(self.key_width)
     }
 
     /// Drops the epochs a batch version with `boundary` covers (call once no query still uses an
@@ -274,7 +316,7 @@ impl ViewStates {
             if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
                 continue;
             }
-            for (row, key) in states.keys.iter().enumerate() {
+            for (row, key) in self.keys(states).enumerate() {
                 let row = self.row(states, row);
                 rows.push(SpeedRow {
                     bucket_ms: key[0] as i64,
@@ -337,7 +379,7 @@ impl ViewStates {
         let mut metrics: Vec<_> = (self.view.metrics.iter())
             .map(|m| StateColumnBuilder::new(m.state_kind()))
             .collect();
-        for (row, key) in states.keys.iter().enumerate() {
+        for (row, key) in self.keys(states).enumerate() {
             time.append_value(key[0] as i64);
             for ((column, &id), dictionary) in
                 dimensions.iter_mut().zip(&key[1..]).zip(&self.dictionaries)
@@ -432,6 +474,8 @@ pub struct Aggregator {
     /// Per view, its filter planned against [`FilterColumns`]' schema (`None`: keeps every event).
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     batch: FilterColumns,
+    /// Offsets per epoch (every view's epochs have this size).
+    epoch_size: u64,
     /// Per partition, one past the last offset applied.
     pub next_offsets: BTreeMap<i32, i64>,
     /// Since start: valid events aggregated, and messages the decoder rejected (skipped here,
@@ -465,6 +509,7 @@ impl Aggregator {
                 .collect(),
             filters,
             batch,
+            epoch_size,
             next_offsets: BTreeMap::new(),
             totals: Applied::default(),
         })
@@ -487,14 +532,26 @@ impl Aggregator {
         // One buffer of field values for the whole poll: event `i`'s are `values[i * width..]`.
         let width = self.decoder.schema().fields.len();
         let mut values = Vec::with_capacity(messages.len() * width);
+        // Per decoded event: its `(partition, epoch)` and time.
         let mut decoded = Vec::with_capacity(messages.len());
         for (position, payload) in messages {
             match self.decoder.decode_into(payload, &mut values) {
-                Ok(time_ms) => decoded.push((*position, time_ms)),
+                Ok(time_ms) => {
+                    let epoch = epoch_of(position.offset, self.epoch_size);
+                    decoded.push(((position.partition, epoch), time_ms));
+                }
                 Err(_) => applied.malformed += 1,
             }
-            let next = self.next_offsets.entry(position.partition).or_default();
-            *next = (*next).max(position.offset + 1);
+        }
+        for run in messages.chunk_by(|(a, _), (b, _)| a.partition == b.partition) {
+            let (first, _) = run[0];
+            let last = run
+                .iter()
+                .map(|(p, _)| p.offset)
+                .max()
+                .unwrap_or(first.offset);
+            let next = self.next_offsets.entry(first.partition).or_default();
+            *next = (*next).max(last + 1);
         }
         let fields = |event: usize| &values[event * width..(event + 1) * width];
         applied.events = decoded.len() as u64;
@@ -517,10 +574,12 @@ impl Aggregator {
                 _ => None,
             };
             let keep = keep.as_ref().map(|k| k.as_boolean());
-            for (event, &(position, time_ms)) in decoded.iter().enumerate() {
-                if keep.is_none_or(|k| k.is_valid(event) && k.value(event)) {
-                    view.add(position, time_ms, fields(event));
-                }
+            let kept = |event: &usize| keep.is_none_or(|k| k.is_valid(*event) && k.value(*event));
+            let mut first = 0;
+            for run in decoded.chunk_by(|(a, _), (b, _)| a == b) {
+                let events = (first..first + run.len()).filter(kept);
+                view.add(run[0].0, events.map(|e| (decoded[e].1, fields(e))));
+                first += run.len();
             }
         }
         Ok(applied)
