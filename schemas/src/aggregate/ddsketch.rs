@@ -33,6 +33,38 @@ fn bucket_value(index: i32) -> f64 {
     2.0 * (f64::from(index) * gamma.ln()).exp() / (gamma + 1.0)
 }
 
+/// The bucket a value falls in, as one `u32`: the sign in the top bit, the index offset by 2^30
+/// below it (indexes of finite `f64` magnitudes lie within ±2^16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketKey(u32);
+
+impl BucketKey {
+    const NEGATIVE: u32 = 1 << 31;
+    const OFFSET: i32 = 1 << 30;
+
+    fn new(negative: bool, index: i32) -> Self {
+        let sign = if negative { Self::NEGATIVE } else { 0 };
+        Self(sign | (index + Self::OFFSET) as u32)
+    }
+
+    fn negative(self) -> bool {
+        self.0 & Self::NEGATIVE != 0
+    }
+
+    fn index(self) -> i32 {
+        (self.0 & !Self::NEGATIVE) as i32 - Self::OFFSET
+    }
+
+    pub fn to_bits(self) -> u32 {
+        self.0
+    }
+
+    /// The key of [`BucketKey::to_bits`]; other bits make a key of some other bucket.
+    pub fn from_bits(bits: u32) -> Self {
+        Self(bits)
+    }
+}
+
 /// A store updated value by value holds at most this many buckets as a sorted list; beyond it, it
 /// becomes dense when a dense array would not be larger (see [`Store::add`]).
 const SPARSE_MAX: usize = 16;
@@ -76,6 +108,20 @@ fn dense_fits(span: i64, filled: usize) -> bool {
 }
 
 impl Store {
+    fn is_empty(&self) -> bool {
+        match self {
+            Store::Sparse(buckets) => buckets.is_empty(),
+            Store::Dense { filled, .. } => *filled == 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Store::Sparse(buckets) => buckets.clear(),
+            Store::Dense { .. } => *self = Store::default(),
+        }
+    }
+
     fn add(&mut self, index: i32, count: u64) {
         match self {
             Store::Dense {
@@ -309,19 +355,54 @@ pub struct DdSketch {
 impl DdSketch {
     /// Adds one value. Non-finite values cannot come out of the JSON decoder and are ignored.
     pub fn update(&mut self, value: f64) {
+        if let Some(key) = self.update_deferred(value) {
+            self.add_key(key);
+        }
+    }
+
+    /// [`DdSketch::update`] without the bucket: counts and extremes change now, and the returned
+    /// [`BucketKey`] (none for zero and non-finite values) must be given to [`DdSketch::add_key`]
+    /// later. Bucket counts add, so keys can be applied in any order and in batches: a recompute
+    /// logs them and builds each group's buckets once, when the group is emitted.
+    pub fn update_deferred(&mut self, value: f64) -> Option<BucketKey> {
         if !value.is_finite() {
-            return;
+            return None;
         }
         let magnitude = value.abs();
-        if magnitude < f64::MIN_POSITIVE {
+        let key = if magnitude < f64::MIN_POSITIVE {
             self.zero_count += 1;
-        } else if value > 0.0 {
-            self.positive.add(bucket_index(magnitude), 1);
+            None
         } else {
-            self.negative.add(bucket_index(magnitude), 1);
-        }
+            Some(BucketKey::new(value < 0.0, bucket_index(magnitude)))
+        };
         self.count += 1;
         self.widen(value, value);
+        key
+    }
+
+    /// Adds the bucket of a value already counted by [`DdSketch::update_deferred`].
+    pub fn add_key(&mut self, key: BucketKey) {
+        match key.negative() {
+            false => self.positive.add(key.index(), 1),
+            true => self.negative.add(key.index(), 1),
+        }
+    }
+
+    /// Whether no bucket was added yet (deferred keys still to come do not count).
+    pub fn has_no_buckets(&self) -> bool {
+        self.positive.is_empty() && self.negative.is_empty()
+    }
+
+    /// Exchanges the bucket stores of two sketches: lends one sketch's spare capacity to another.
+    pub fn swap_buckets(&mut self, other: &mut Self) {
+        std::mem::swap(&mut self.positive, &mut other.positive);
+        std::mem::swap(&mut self.negative, &mut other.negative);
+    }
+
+    /// Empties the bucket stores, keeping the capacity of sorted lists for reuse.
+    pub fn clear_buckets(&mut self) {
+        self.positive.clear();
+        self.negative.clear();
     }
 
     fn widen(&mut self, low: f64, high: f64) {
@@ -624,6 +705,42 @@ mod tests {
                 proptest::prop_assert_eq!(store, &whole);
                 proptest::prop_assert_eq!(encoded(store), bytes.clone());
             }
+        }
+
+        /// Deferred updates whose keys are applied later, in another order, to stores lent by a
+        /// reused sketch give the bytes of updating value by value.
+        #[test]
+        fn deferred_keys_applied_later_give_the_updated_sketch(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    -1e12f64..1e12,
+                    0.5f64..2000.0,
+                    proptest::strategy::Just(0.0),
+                    proptest::strategy::Just(-0.0),
+                    proptest::strategy::Just(f64::NAN),
+                ],
+                0..400,
+            ),
+            spare_values in proptest::collection::vec(-1e6f64..1e6, 0..100),
+        ) {
+            let mut want = DdSketch::default();
+            values.iter().for_each(|&v| want.update(v));
+
+            let mut spare = DdSketch::default();
+            spare_values.iter().for_each(|&v| spare.update(v));
+            spare.clear_buckets();
+            let mut got = DdSketch::default();
+            let mut keys: Vec<BucketKey> = values.iter().filter_map(|&v| got.update_deferred(v)).collect();
+            keys.reverse();
+            keys = keys.iter().map(|k| BucketKey::from_bits(k.to_bits())).collect();
+            proptest::prop_assert!(got.has_no_buckets());
+            got.swap_buckets(&mut spare);
+            keys.iter().for_each(|&k| got.add_key(k));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            got.encode_payload(&mut a);
+            want.encode_payload(&mut b);
+            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert_eq!(&got, &want);
         }
     }
 

@@ -173,6 +173,12 @@ fn with_settled<R>(entries: &[u32], sorted: usize, f: impl FnOnce(&[u32]) -> R) 
     f(&owned)
 }
 
+/// The sparse entry `index << 6 | rank` of a hash: what [`Hll::insert_entry`] adds, in 31 bits.
+pub fn sparse_entry(hash: u64) -> u32 {
+    let index = (hash >> (64 - SPARSE_PRECISION)) as u32;
+    (index << 6) | rank(hash << SPARSE_PRECISION, MAX_SPARSE_RANK)
+}
+
 /// Rank of the bits that follow an index: leading zeros plus one, where `rest` holds those bits at its
 /// top and zeros below them.
 fn rank(rest: u64, max: u32) -> u32 {
@@ -202,10 +208,21 @@ impl Hll {
     /// Adds one hashed value (see [`hash_str`] and friends).
     pub fn insert_hash(&mut self, hash: u64) {
         match &mut self.repr {
+            Repr::Sparse { .. } => self.insert_entry(sparse_entry(hash)),
+            Repr::Dense(registers) => {
+                let index = (hash >> (64 - PRECISION)) as usize;
+                let rank = rank(hash << PRECISION, u32::from(MAX_DENSE_RANK)) as u8;
+                registers[index] = registers[index].max(rank);
+            }
+        }
+    }
+
+    /// Adds the [`sparse_entry`] of a hash: the same as [`Hll::insert_hash`] of that hash (a sparse
+    /// entry keeps every bit a dense register needs).
+    pub fn insert_entry(&mut self, entry: u32) {
+        match &mut self.repr {
             Repr::Sparse { entries, sorted } => {
-                let index = (hash >> (64 - SPARSE_PRECISION)) as u32;
-                let rank = rank(hash << SPARSE_PRECISION, MAX_SPARSE_RANK);
-                entries.push((index << 6) | rank);
+                entries.push(entry);
                 let tail = entries.len() - *sorted;
                 if tail >= tail_limit(*sorted) || entries.len() > SPARSE_LIMIT {
                     settle(entries, sorted);
@@ -214,11 +231,18 @@ impl Hll {
                     }
                 }
             }
-            Repr::Dense(registers) => {
-                let index = (hash >> (64 - PRECISION)) as usize;
-                let rank = rank(hash << PRECISION, u32::from(MAX_DENSE_RANK)) as u8;
-                registers[index] = registers[index].max(rank);
+            Repr::Dense(registers) => apply_sparse(registers, &[entry]),
+        }
+    }
+
+    /// Empties the sketch, keeping a sparse list's capacity for reuse.
+    pub fn clear(&mut self) {
+        match &mut self.repr {
+            Repr::Sparse { entries, sorted } => {
+                entries.clear();
+                *sorted = 0;
             }
+            Repr::Dense(_) => *self = Self::default(),
         }
     }
 
@@ -668,6 +692,28 @@ mod tests {
             proptest::prop_assert_eq!(&bytes_of(&right_into_left), &want);
             proptest::prop_assert_eq!(&bytes_of(&right), &want);
             proptest::prop_assert!(right == whole);
+        }
+
+        /// A recompute defers inserts as sparse entries and applies them later, in another order,
+        /// to a cleared sketch it reuses: the bytes are those of inserting the hashes.
+        #[test]
+        fn entries_inserted_later_in_any_order_give_the_hashes_sketch(
+            hashes in hashes(),
+            before in hashes(),
+            rotate in 0usize..9000,
+        ) {
+            let mut entries: Vec<u32> = hashes.iter().map(|&h| sparse_entry(h)).collect();
+            entries.reverse();
+            if !entries.is_empty() {
+                let by = rotate % entries.len();
+                entries.rotate_left(by);
+            }
+            let mut reused = Hll::default();
+            before.iter().for_each(|&h| reused.insert_hash(h));
+            reused.clear();
+            proptest::prop_assert!(reused.is_empty());
+            entries.iter().for_each(|&e| reused.insert_entry(e));
+            proptest::prop_assert_eq!(bytes_of(&reused), reference_bytes(&hashes));
         }
     }
 

@@ -33,9 +33,11 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
+use super::arrow::StateColumnBuilder;
+use super::ddsketch::BucketKey;
 use super::{
-    AggregateState, Avg, Count, DdSketch, FloatSum, Hll, IntSum, Max, MetricState, Min, StateKind,
-    hll,
+    AggregateState, Avg, Count, DdSketch, FloatSum, Hll, IntSum, Max, MetricState, Min, StateError,
+    StateKind, hll,
 };
 
 /// Which side of the algebra a function runs.
@@ -226,6 +228,11 @@ fn for_each_row(len: usize, rows: Option<&BooleanBuffer>, mut f: impl FnMut(usiz
     }
 }
 
+/// A deferred key of `group` as [`States::log`] holds it.
+fn logged(group: usize, key: u32) -> u64 {
+    (group as u64) << 32 | u64::from(key)
+}
+
 /// One state type's vectorised operations: how it reads a raw column, how it reads and writes its
 /// Arrow form.
 trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'static {
@@ -264,6 +271,43 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
 
     /// The inverse of [`ColumnState::wrap`]: `None` for a state of another kind.
     fn unwrap(state: MetricState) -> Option<Self>;
+
+    /// Whether updates split into an immediate part and a deferred `u32` key whose effect
+    /// commutes (a DDSketch bucket count, a HyperLogLog register). [`States`] logs the keys of the
+    /// update phase and applies them group by group when it emits, so each group's sketch is built
+    /// once in reused memory instead of growing on the heap row by row (see [`States::log`]).
+    const DEFERS: bool = false;
+
+    /// [`ColumnState::update_rows`] that logs each row's deferred key as `group << 32 | key`.
+    /// Groups must fit 32 bits.
+    fn defer_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+        log: &mut Vec<u64>,
+    ) {
+        let _ = log;
+        Self::update_rows(states, values, groups, rows);
+    }
+
+    /// Applies one deferred key.
+    fn apply_key(&mut self, key: u32) {
+        let _ = key;
+    }
+
+    /// Applies `keys` and appends the state to `builder`, building it in `spare`'s memory when the
+    /// state holds nothing of its own on the heap yet. `spare` comes back empty, with capacity.
+    fn append_with_keys(
+        mut self,
+        keys: &[u32],
+        spare: &mut Self,
+        builder: &mut StateColumnBuilder,
+    ) -> std::result::Result<(), StateError> {
+        let _ = spare;
+        keys.iter().for_each(|&key| self.apply_key(key));
+        builder.append(&self.wrap())
+    }
 }
 
 fn ints(values: &dyn Array) -> &[i64] {
@@ -347,6 +391,48 @@ impl ColumnState for DdSketch {
         });
     }
 
+    const DEFERS: bool = true;
+
+    fn defer_rows(
+        states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+        log: &mut Vec<u64>,
+    ) {
+        let values = floats(values);
+        for_each_row(values.len(), rows, |row| {
+            let group = groups[row];
+            if let Some(key) = states[group].update_deferred(values[row]) {
+                log.push(logged(group, key.to_bits()));
+            }
+        });
+    }
+
+    fn apply_key(&mut self, key: u32) {
+        self.add_key(BucketKey::from_bits(key));
+    }
+
+    fn append_with_keys(
+        mut self,
+        keys: &[u32],
+        spare: &mut Self,
+        builder: &mut StateColumnBuilder,
+    ) -> std::result::Result<(), StateError> {
+        let lend = self.has_no_buckets();
+        if lend {
+            self.swap_buckets(spare);
+        }
+        keys.iter().for_each(|&key| self.apply_key(key));
+        let state = self.wrap();
+        let appended = builder.append(&state);
+        if lend && let Some(mut sketch) = Self::unwrap(state) {
+            sketch.clear_buckets();
+            sketch.swap_buckets(spare);
+        }
+        appended
+    }
+
     const GROWS: bool = true;
 
     fn heap_size(&self) -> usize {
@@ -367,6 +453,37 @@ impl ColumnState for DdSketch {
     variant!(Quantile);
 }
 
+/// Calls `f(row, hash)` for the selected rows of `values`, hashed as [`super::hash_value`] hashes.
+fn for_each_hash(values: &dyn Array, rows: Option<&BooleanBuffer>, mut f: impl FnMut(usize, u64)) {
+    let len = values.len();
+    match values.data_type() {
+        DataType::Utf8 => {
+            let strings = values.as_string::<i32>();
+            for_each_row(len, rows, |row| f(row, hll::hash_str(strings.value(row))));
+        }
+        DataType::LargeUtf8 => {
+            let strings = values.as_string::<i64>();
+            for_each_row(len, rows, |row| f(row, hll::hash_str(strings.value(row))));
+        }
+        DataType::Utf8View => {
+            let strings = values.as_string_view();
+            for_each_row(len, rows, |row| f(row, hll::hash_str(strings.value(row))));
+        }
+        DataType::Boolean => {
+            let bools = values.as_boolean();
+            for_each_row(len, rows, |row| f(row, hll::hash_bool(bools.value(row))));
+        }
+        DataType::Float64 => {
+            let values = floats(values);
+            for_each_row(len, rows, |row| f(row, hll::hash_f64(values[row])));
+        }
+        _ => {
+            let values = ints(values);
+            for_each_row(len, rows, |row| f(row, hll::hash_i64(values[row])));
+        }
+    }
+}
+
 impl ColumnState for Hll {
     fn update_rows(
         states: &mut [Self],
@@ -374,36 +491,47 @@ impl ColumnState for Hll {
         groups: &[usize],
         rows: Option<&BooleanBuffer>,
     ) {
-        let len = values.len();
-        let mut insert = |hash: &dyn Fn(usize) -> u64| {
-            for_each_row(len, rows, |row| states[groups[row]].insert_hash(hash(row)));
-        };
-        match values.data_type() {
-            DataType::Utf8 => {
-                let strings = values.as_string::<i32>();
-                insert(&|row| hll::hash_str(strings.value(row)));
-            }
-            DataType::LargeUtf8 => {
-                let strings = values.as_string::<i64>();
-                insert(&|row| hll::hash_str(strings.value(row)));
-            }
-            DataType::Utf8View => {
-                let strings = values.as_string_view();
-                insert(&|row| hll::hash_str(strings.value(row)));
-            }
-            DataType::Boolean => {
-                let bools = values.as_boolean();
-                insert(&|row| hll::hash_bool(bools.value(row)));
-            }
-            DataType::Float64 => {
-                let values = floats(values);
-                insert(&|row| hll::hash_f64(values[row]));
-            }
-            _ => {
-                let values = ints(values);
-                insert(&|row| hll::hash_i64(values[row]));
-            }
+        for_each_hash(values, rows, |row, hash| {
+            states[groups[row]].insert_hash(hash);
+        });
+    }
+
+    const DEFERS: bool = true;
+
+    fn defer_rows(
+        _states: &mut [Self],
+        values: &dyn Array,
+        groups: &[usize],
+        rows: Option<&BooleanBuffer>,
+        log: &mut Vec<u64>,
+    ) {
+        for_each_hash(values, rows, |row, hash| {
+            log.push(logged(groups[row], hll::sparse_entry(hash)));
+        });
+    }
+
+    fn apply_key(&mut self, key: u32) {
+        self.insert_entry(key);
+    }
+
+    fn append_with_keys(
+        mut self,
+        keys: &[u32],
+        spare: &mut Self,
+        builder: &mut StateColumnBuilder,
+    ) -> std::result::Result<(), StateError> {
+        let lend = self.is_empty();
+        if lend {
+            std::mem::swap(&mut self, spare);
         }
+        keys.iter().for_each(|&key| self.apply_key(key));
+        let state = self.wrap();
+        let appended = builder.append(&state);
+        if lend && let Some(mut sketch) = Self::unwrap(state) {
+            sketch.clear();
+            *spare = sketch;
+        }
+        appended
     }
 
     const GROWS: bool = true;
@@ -442,6 +570,41 @@ struct States<S> {
     /// merges a cached part with a few speed rows) costs a copy instead of a decode and an encode.
     single: Vec<Option<Box<[u8]>>>,
     single_bytes: usize,
+    /// Update phase of sketches ([`ColumnState::DEFERS`]): the deferred keys of the rows so far,
+    /// `group << 32 | key`, in row order. A recompute's groups mostly hold a handful of rows (a
+    /// minute of one page in one country), and growing a sketch per group row by row cost an
+    /// allocation or two per group, a binary-search insert per row, and a free per group after
+    /// emitting. Logged keys cost 8 bytes a row; emitting sorts them by group (a counting sort)
+    /// and builds each group's sketch in [`States::spare`]'s reused memory just to encode it.
+    /// Groups that take many rows are folded into their own sketches once the log outgrows
+    /// [`fold_limit`], which bounds the log by the groups and keeps the work linear.
+    log: Vec<u64>,
+    /// A sketch whose (empty) heap memory emitting lends to one group after another.
+    spare: S,
+}
+
+/// The log length that folds logged keys into the groups' own sketches: 8 keys a group (a few times
+/// what a sketch of one group costs), and at least 64 Ki keys (512 KiB) for few, busy groups.
+fn fold_limit(groups: usize) -> usize {
+    groups.saturating_mul(8).max(1 << 16)
+}
+
+/// Logged keys taken for emitting: those of group `g` are `keys[ends[g - 1]..ends[g]]`.
+struct TakenKeys {
+    ends: Vec<usize>,
+    keys: Vec<u32>,
+}
+
+impl TakenKeys {
+    fn of(&self, group: usize) -> &[u32] {
+        match self.ends.get(group) {
+            None => &[],
+            Some(&end) => {
+                let start = group.checked_sub(1).map_or(0, |g| self.ends[g]);
+                &self.keys[start..end]
+            }
+        }
+    }
 }
 
 impl<S: ColumnState> States<S> {
@@ -455,7 +618,61 @@ impl<S: ColumnState> States<S> {
             mark: 0,
             single: Vec::new(),
             single_bytes: 0,
+            log: Vec::new(),
+            spare: S::default(),
         }
+    }
+
+    /// Whether updates log their keys ([`States::log`]).
+    fn defers(&self, total_num_groups: usize) -> bool {
+        S::DEFERS && self.phase == Phase::Update && u32::try_from(total_num_groups).is_ok()
+    }
+
+    /// Applies the logged keys to the groups' own sketches.
+    fn fold(&mut self) {
+        for &entry in &self.log {
+            self.states[(entry >> 32) as usize].apply_key(entry as u32);
+        }
+        self.log.clear();
+        self.heap_bytes = self.states.iter().map(S::heap_size).sum();
+    }
+
+    /// Takes the logged keys of the first `emitted` groups, ordered by group (a counting sort),
+    /// and renumbers the rest for the groups that stay.
+    fn take_logged(&mut self, emitted: usize) -> TakenKeys {
+        if self.log.is_empty() {
+            return TakenKeys {
+                ends: Vec::new(),
+                keys: Vec::new(),
+            };
+        }
+        // Counts, then starts, then (after the scatter) ends.
+        let mut ends = vec![0usize; emitted + 1];
+        for &entry in &self.log {
+            let group = (entry >> 32) as usize;
+            if group < emitted {
+                ends[group + 1] += 1;
+            }
+        }
+        for group in 1..=emitted {
+            ends[group] += ends[group - 1];
+        }
+        ends.pop();
+        let mut keys = vec![0u32; self.log.len()];
+        let shift = (emitted as u64) << 32;
+        self.log.retain_mut(|entry| {
+            let group = (*entry >> 32) as usize;
+            if group < emitted {
+                keys[ends[group]] = *entry as u32;
+                ends[group] += 1;
+                false
+            } else {
+                *entry -= shift;
+                true
+            }
+        });
+        keys.truncate(ends.last().copied().unwrap_or(0));
+        TakenKeys { ends, keys }
     }
 
     /// Whether merges keep single encoded states ([`States::single`]).
@@ -521,6 +738,13 @@ impl<S: ColumnState> States<S> {
         };
         let rows = selected_rows(values.len(), nulls.as_ref(), filter);
         let rows = rows.as_ref();
+        if self.defers(total_num_groups) {
+            S::defer_rows(&mut self.states, &values, groups, rows, &mut self.log);
+            if self.log.len() >= fold_limit(self.states.len()) {
+                self.fold();
+            }
+            return Ok(());
+        }
         self.tracked(groups, |states| {
             S::update_rows(states, &values, groups, rows);
         });
@@ -590,6 +814,11 @@ impl<S: ColumnState> States<S> {
     }
 
     fn emit(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let emitted = match emit_to {
+            EmitTo::All => self.states.len(),
+            EmitTo::First(n) => n.min(self.states.len()),
+        };
+        let logged = self.take_logged(emitted);
         let taken = emit_to.take_needed(&mut self.states);
         let singles = match self.passes_through() {
             true => emit_to.take_needed(&mut self.single),
@@ -600,11 +829,13 @@ impl<S: ColumnState> States<S> {
             self.heap_bytes = self.states.iter().map(S::heap_size).sum();
             self.single_bytes = self.single.iter().flatten().map(|b| b.len()).sum();
         }
-        let mut builder = super::arrow::StateColumnBuilder::new(self.kind);
+        let mut builder = StateColumnBuilder::new(self.kind);
         for (group, state) in taken.into_iter().enumerate() {
+            let keys = logged.of(group);
             match singles.get(group).and_then(Option::as_deref) {
                 Some(encoded) => builder.append_encoded(encoded),
-                None => builder.append(&state.wrap()),
+                None if keys.is_empty() => builder.append(&state.wrap()),
+                None => state.append_with_keys(keys, &mut self.spare, &mut builder),
             }
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
@@ -614,7 +845,7 @@ impl<S: ColumnState> States<S> {
 
 /// A one-row column holding `state`.
 fn state_column(state: &MetricState) -> Result<ArrayRef> {
-    let mut builder = super::arrow::StateColumnBuilder::new(state.kind());
+    let mut builder = StateColumnBuilder::new(state.kind());
     builder
         .append(state)
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -686,6 +917,8 @@ impl<S: ColumnState> GroupsAccumulator for States<S> {
             + self.heap_bytes
             + self.single.capacity() * size_of::<Option<Box<[u8]>>>()
             + self.single_bytes
+            + self.log.capacity() * size_of::<u64>()
+            + self.spare.heap_size()
     }
 }
 

@@ -138,7 +138,7 @@ proptest! {
         // Merge the per-group states again, two groups into one.
         let state_groups: Vec<i64> = rows.iter().map(|(g, _, _)| g % 2).collect();
         let states: Vec<MetricState> = rows.iter().map(|(_, s, r)| read_state(kind, s, *r).unwrap()).collect();
-        let mut builder = super::super::arrow::StateColumnBuilder::new(kind);
+        let mut builder = StateColumnBuilder::new(kind);
         states.iter().for_each(|s| builder.append(s).unwrap());
         let merged_rows = runtime().block_on(run(StateUdaf::udaf(kind, Phase::Merge), &state_groups, builder.finish()));
         for (group, states, row) in &merged_rows {
@@ -188,16 +188,123 @@ fn an_aggregate_without_groups_of_nothing_is_the_empty_state() {
 }
 
 #[test]
-fn memory_accounting_counts_each_sketch_once_however_many_rows_it_takes() {
-    let udaf = StateUdaf::new(StateKind::CountDistinct, Phase::Update);
-    let mut groups = udaf.groups(&DataType::Utf8).unwrap();
+fn memory_accounting_counts_logged_keys_and_each_sketch_once() {
+    let mut states = States::<Hll>::new(StateKind::CountDistinct, Phase::Update);
     let values: ArrayRef = Arc::new(StringArray::from_iter_values(
         (0..50_000).map(|i| format!("user-{i}")),
     ));
-    groups
+    states
+        .update_batch(&[Arc::clone(&values)], &vec![0; 50_000], None, 1)
+        .unwrap();
+    // Logged, not folded yet: 8 bytes a row.
+    assert_eq!(states.log.len(), 50_000);
+    assert!(states.size() >= 50_000 * 8, "{}", states.size());
+    // Past the fold limit the keys go into the group's one dense sketch: 16 KiB of registers,
+    // counted once however many rows it took.
+    states
         .update_batch(&[values], &vec![0; 50_000], None, 1)
         .unwrap();
-    let size = groups.size();
-    // One dense sketch: 16 KiB of registers, plus the state itself.
-    assert!((16_384..20_000).contains(&size), "{size}");
+    assert!(states.log.is_empty());
+    let sketch = states.size() - states.log.capacity() * size_of::<u64>();
+    assert!((16_384..20_000).contains(&sketch), "{sketch}");
+}
+
+/// Rows of `groups` groups, some busy, enough of them to fold the log more than once.
+fn folding_rows(groups: usize) -> (Vec<usize>, Vec<f64>) {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    (0..200_000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let group = match rng % 4 {
+                0 => 0,
+                _ => (rng >> 8) as usize % groups,
+            };
+            let value = match rng % 97 {
+                0 => 0.0,
+                1 => -((rng >> 20) as f64),
+                _ => (rng >> 40) as f64 / 1000.0,
+            };
+            (group, value)
+        })
+        .unzip()
+}
+
+/// Emits `states` first in part, then whole (groups renumbered, as DataFusion does), and checks
+/// every group's bytes against the sketch built value by value.
+fn emits_in_parts_match<S: ColumnState>(
+    mut states: States<S>,
+    groups: usize,
+    values: &ArrayRef,
+    rows: &[usize],
+    expected: impl Fn(&[usize]) -> MetricState,
+) {
+    let kind = states.kind;
+    for chunk in (0..rows.len()).step_by(8192) {
+        let end = (chunk + 8192).min(rows.len());
+        states
+            .update_batch(
+                &[values.slice(chunk, end - chunk)],
+                &rows[chunk..end],
+                None,
+                groups,
+            )
+            .unwrap();
+    }
+    let first = 40;
+    let head = states.evaluate(EmitTo::First(first)).unwrap();
+    let tail = states.evaluate(EmitTo::All).unwrap();
+    assert_eq!((head.len(), tail.len()), (first, groups - first));
+    for group in 0..groups {
+        let (column, row) = match group < first {
+            true => (&head, group),
+            false => (&tail, group - first),
+        };
+        let picked: Vec<usize> = (0..rows.len()).filter(|&r| rows[r] == group).collect();
+        let want = expected(&picked);
+        let got = read_state(kind, column, row).unwrap();
+        assert_eq!(
+            column.as_binary::<i32>().value(row),
+            want.to_bytes().as_slice(),
+            "group {group} of {kind}"
+        );
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn logged_sketch_updates_fold_and_emit_in_parts_as_the_algebra_computes() {
+    let groups = 100;
+    let (rows, values) = folding_rows(groups);
+    let floats: ArrayRef = Arc::new(Float64Array::from(values.clone()));
+    emits_in_parts_match(
+        States::<DdSketch>::new(StateKind::Quantile, Phase::Update),
+        groups,
+        &floats,
+        &rows,
+        |picked| {
+            let mut sketch = DdSketch::default();
+            picked.iter().for_each(|&r| sketch.update(values[r]));
+            MetricState::Quantile(sketch)
+        },
+    );
+    let strings: Vec<String> = values
+        .iter()
+        .map(|v| format!("u{}", (v * 7.0) as i64 % 5000))
+        .collect();
+    let column: ArrayRef = Arc::new(StringArray::from(strings.clone()));
+    emits_in_parts_match(
+        States::<Hll>::new(StateKind::CountDistinct, Phase::Update),
+        groups,
+        &column,
+        &rows,
+        |picked| {
+            let mut sketch = Hll::default();
+            picked
+                .iter()
+                .for_each(|&r| sketch.insert_hash(hll::hash_str(&strings[r])));
+            MetricState::CountDistinct(sketch)
+        },
+    );
 }
