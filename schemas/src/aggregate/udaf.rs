@@ -672,7 +672,23 @@ impl<S: ColumnState> States<S> {
             }
         });
         keys.truncate(ends.last().copied().unwrap_or(0));
+        if self.log.is_empty() {
+            // Emitting everything (the end, or a spill): give the memory back to the pool.
+            self.log = Vec::new();
+        }
         TakenKeys { ends, keys }
+    }
+
+    /// What emitting logged keys allocates beyond the states (see [`States::take_logged`]): the
+    /// sorted key and the group ends, and the bytes a key becomes in the state column (a bucket
+    /// delta and count, or an HLL entry delta). The pool must hold it before the emit: a spill
+    /// emits everything at once.
+    fn emit_bytes(&self) -> usize {
+        const PER_KEY: usize = size_of::<u32>() + 8;
+        match self.log.is_empty() {
+            true => 0,
+            false => self.log.len() * PER_KEY + self.states.len() * size_of::<usize>(),
+        }
     }
 
     /// Whether merges keep single encoded states ([`States::single`]).
@@ -918,6 +934,7 @@ impl<S: ColumnState> GroupsAccumulator for States<S> {
             + self.single.capacity() * size_of::<Option<Box<[u8]>>>()
             + self.single_bytes
             + self.log.capacity() * size_of::<u64>()
+            + self.emit_bytes()
             + self.spare.heap_size()
     }
 }
