@@ -2,6 +2,7 @@
 //! than plain), page statistics so DataFusion can prune, one buffer per file put atomically.
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -30,7 +31,10 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
 ///
 /// Only the dimension columns (`dictionary_columns`) repeat enough to be worth dictionary encoding;
 /// the time and state columns are written plain. Sketch columns (`Binary`) are nearly all distinct
-/// and never filtered on, so they carry no statistics either.
+/// and never filtered on, so they carry no statistics either. `Float64` state columns (sums,
+/// extremes, averages of measured values) are stored uncompressed: their mantissas are noise, LZ4
+/// saved 0.0% on them (8,001,239 → 8,032,689 bytes per million `pageviews` rows, larger) and
+/// compressing them was ~2% of a recompute.
 pub fn encode_view(
     batches: &[RecordBatch],
     row_group_rows: usize,
@@ -45,10 +49,29 @@ pub fn encode_view(
     }
     if let Some(batch) = batches.first() {
         for field in batch.schema().fields() {
-            if field.data_type() == &arrow::datatypes::DataType::Binary {
-                let column = ColumnPath::from(field.name().as_str());
-                properties =
-                    properties.set_column_statistics_enabled(column, EnabledStatistics::None);
+            let column = || ColumnPath::from(field.name().as_str());
+            match field.data_type() {
+                DataType::Binary => {
+                    properties =
+                        properties.set_column_statistics_enabled(column(), EnabledStatistics::None);
+                }
+                DataType::Float64 => {
+                    properties =
+                        properties.set_column_compression(column(), Compression::UNCOMPRESSED);
+                }
+                DataType::Struct(children) => {
+                    for child in children
+                        .iter()
+                        .filter(|c| c.data_type() == &DataType::Float64)
+                    {
+                        let path = vec![field.name().clone(), child.name().clone()];
+                        properties = properties.set_column_compression(
+                            ColumnPath::new(path),
+                            Compression::UNCOMPRESSED,
+                        );
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -78,4 +101,66 @@ pub fn decode(bytes: Bytes) -> Result<Vec<RecordBatch>, ParquetError> {
     reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ParquetError::External(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BinaryArray, Float64Array, Int64Array, StructArray};
+    use arrow::datatypes::{Field, Fields, Schema};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    #[test]
+    fn view_parts_leave_only_float_states_uncompressed_and_read_back_whole() {
+        let fields = Fields::from(vec![
+            Field::new("sum", DataType::Float64, true),
+            Field::new("count", DataType::Int64, true),
+        ]);
+        let avg = StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(Float64Array::from(vec![1.5, 2.5])) as ArrayRef,
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+            None,
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("views", DataType::Int64, false),
+            Field::new("latency_sum", DataType::Float64, true),
+            Field::new("latency_avg", DataType::Struct(fields), true),
+            Field::new("users", DataType::Binary, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![3, 4])),
+                Arc::new(Float64Array::from(vec![0.25, 9.75])),
+                Arc::new(avg),
+                Arc::new(BinaryArray::from_vec(vec![b"ab", b"cd"])),
+            ],
+        )
+        .unwrap();
+        let bytes = encode_view(std::slice::from_ref(&batch), 1024, &[]).unwrap();
+        let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+        let row_group = reader.metadata().row_group(0);
+        let codecs: Vec<(String, Compression)> = row_group
+            .columns()
+            .iter()
+            .map(|c| (c.column_path().string(), c.compression()))
+            .collect();
+        assert_eq!(
+            codecs,
+            [
+                ("views".to_owned(), Compression::LZ4_RAW),
+                ("latency_sum".to_owned(), Compression::UNCOMPRESSED),
+                ("latency_avg.sum".to_owned(), Compression::UNCOMPRESSED),
+                ("latency_avg.count".to_owned(), Compression::LZ4_RAW),
+                ("users".to_owned(), Compression::LZ4_RAW),
+            ]
+        );
+        assert_eq!(decode(bytes).unwrap(), vec![batch]);
+    }
 }
