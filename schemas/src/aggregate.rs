@@ -281,7 +281,7 @@ impl MetricState {
 
     /// Appends the byte form to `out` (reuse one buffer to encode many states without allocating).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[STATE_FORMAT_VERSION, self.kind().tag()]);
+        out.extend_from_slice(&header(self.kind()));
         each_state!(self, s => s.encode_payload(out));
     }
 
@@ -292,6 +292,11 @@ impl MetricState {
         reader.finish()?;
         Ok(state)
     }
+}
+
+/// The first bytes of every state's byte form.
+fn header(kind: StateKind) -> [u8; 2] {
+    [STATE_FORMAT_VERSION, kind.tag()]
 }
 
 /// Reads the header of a state's byte form (format version, kind tag) and returns the kind.

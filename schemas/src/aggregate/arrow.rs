@@ -100,6 +100,20 @@ impl StateColumnBuilder {
         Ok(())
     }
 
+    /// Appends a sketch state whose payload `encode` writes (the header comes first), for states
+    /// encoded without being built. When `encode` cannot (`None`, having written nothing), nothing
+    /// is appended.
+    pub fn append_payload(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+    ) -> Option<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&super::header(self.kind));
+        encode(&mut self.scratch)?;
+        self.binary.append_value(&self.scratch);
+        Some(())
+    }
+
     /// Appends a sketch state already in byte form (as read from a state column).
     pub fn append_encoded(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         if self.kind.data_type() != DataType::Binary {

@@ -115,13 +115,6 @@ impl Store {
         }
     }
 
-    fn clear(&mut self) {
-        match self {
-            Store::Sparse(buckets) => buckets.clear(),
-            Store::Dense { .. } => *self = Store::default(),
-        }
-    }
-
     fn add(&mut self, index: i32, count: u64) {
         match self {
             Store::Dense {
@@ -234,13 +227,7 @@ impl Store {
             Store::Sparse(buckets) => buckets.len(),
             Store::Dense { filled, .. } => *filled,
         };
-        put_varint(out, len as u64);
-        let mut previous = 0i64;
-        for (index, count) in self.buckets() {
-            put_zigzag(out, i64::from(index) - previous);
-            put_varint(out, count);
-            previous = i64::from(index);
-        }
+        put_buckets(out, len, self.buckets());
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, StateError> {
@@ -252,6 +239,23 @@ impl Store {
         }
         Ok(Store::Sparse(buckets))
     }
+}
+
+/// The byte form of a store: the bucket count, then `(zigzag index delta, count)` per bucket.
+fn put_buckets(out: &mut Vec<u8>, len: usize, buckets: impl Iterator<Item = (i32, u64)>) {
+    put_varint(out, len as u64);
+    let mut previous = 0i64;
+    for (index, count) in buckets {
+        put_zigzag(out, i64::from(index) - previous);
+        put_varint(out, count);
+        previous = i64::from(index);
+    }
+}
+
+/// The `(index, count)` buckets of sorted keys of one sign: runs of equal keys.
+fn runs(keys: &[u32]) -> impl Iterator<Item = (i32, u64)> + '_ {
+    keys.chunk_by(|a, b| a == b)
+        .map(|run| (BucketKey(run[0]).index(), run.len() as u64))
 }
 
 /// Reads bucket `position` of an encoded store, whose previous bucket had index `previous`, and
@@ -423,17 +427,37 @@ impl DdSketch {
         stores.positive.is_empty() && stores.negative.is_empty()
     }
 
-    /// Exchanges the bucket stores of two sketches: lends one sketch's spare capacity to another.
-    pub fn swap_buckets(&mut self, other: &mut Self) {
-        std::mem::swap(&mut self.stores, &mut other.stores);
+    /// The payload of a sketch whose buckets are all still deferred in `keys` (and none added):
+    /// the bytes [`AggregateState::encode_payload`] writes once every key is added, without
+    /// building the stores. Sorts `keys`. `None` (nothing written) when the sketch has buckets.
+    pub fn encode_payload_with_keys(&self, keys: &mut [u32], out: &mut Vec<u8>) -> Option<()> {
+        if !self.has_no_buckets() {
+            return None;
+        }
+        if self.put_scalars(out) {
+            // Positive keys sort first (the sign is the top bit), each sign by index.
+            keys.sort_unstable();
+            let split = keys.partition_point(|&k| !BucketKey(k).negative());
+            let (positive, negative) = keys.split_at(split);
+            for keys in [positive, negative] {
+                let len = keys.chunk_by(|a, b| a == b).count();
+                put_buckets(out, len, runs(keys));
+            }
+        }
+        Some(())
     }
 
-    /// Empties the bucket stores, keeping the capacity of sorted lists for reuse.
-    pub fn clear_buckets(&mut self) {
-        if let Some(stores) = &mut self.stores {
-            stores.positive.clear();
-            stores.negative.clear();
-        }
+    /// The count, and when not empty the extremes and the zero count: the payload before the
+    /// stores, which follow only when this says `true`.
+    fn put_scalars(&self, out: &mut Vec<u8>) -> bool {
+        put_varint(out, self.count);
+        let Some((min, max)) = self.range else {
+            return false;
+        };
+        put_f64(out, min);
+        put_f64(out, max);
+        put_varint(out, self.zero_count);
+        true
     }
 
     fn widen(&mut self, low: f64, high: f64) {
@@ -603,16 +627,11 @@ impl AggregateState for DdSketch {
     }
 
     fn encode_payload(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.count);
-        let Some((min, max)) = self.range else {
-            return;
-        };
-        put_f64(out, min);
-        put_f64(out, max);
-        put_varint(out, self.zero_count);
-        let stores = self.buckets();
-        stores.positive.encode(out);
-        stores.negative.encode(out);
+        if self.put_scalars(out) {
+            let stores = self.buckets();
+            stores.positive.encode(out);
+            stores.negative.encode(out);
+        }
     }
 
     fn decode_payload(reader: &mut Reader<'_>) -> Result<Self, StateError> {
@@ -748,8 +767,8 @@ mod tests {
             }
         }
 
-        /// Deferred updates whose keys are applied later, in another order, to stores lent by a
-        /// reused sketch give the bytes of updating value by value.
+        /// Deferred updates whose keys are applied later, in another order, give the bytes of
+        /// updating value by value, and so does encoding straight from the keys.
         #[test]
         fn deferred_keys_applied_later_give_the_updated_sketch(
             values in proptest::collection::vec(
@@ -762,26 +781,34 @@ mod tests {
                 ],
                 0..400,
             ),
-            spare_values in proptest::collection::vec(-1e6f64..1e6, 0..100),
         ) {
             let mut want = DdSketch::default();
             values.iter().for_each(|&v| want.update(v));
 
-            let mut spare = DdSketch::default();
-            spare_values.iter().for_each(|&v| spare.update(v));
-            spare.clear_buckets();
             let mut got = DdSketch::default();
             let mut keys: Vec<BucketKey> = values.iter().filter_map(|&v| got.update_deferred(v)).collect();
             keys.reverse();
             keys = keys.iter().map(|k| BucketKey::from_bits(k.to_bits())).collect();
             proptest::prop_assert!(got.has_no_buckets());
-            got.swap_buckets(&mut spare);
             keys.iter().for_each(|&k| got.add_key(k));
             let (mut a, mut b) = (Vec::new(), Vec::new());
             got.encode_payload(&mut a);
             want.encode_payload(&mut b);
-            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert_eq!(&a, &b);
             proptest::prop_assert_eq!(&got, &want);
+
+            // Or encoded straight from the keys, without building the stores.
+            let mut direct = DdSketch::default();
+            let mut bits: Vec<u32> = values
+                .iter()
+                .filter_map(|&v| direct.update_deferred(v))
+                .map(BucketKey::to_bits)
+                .rev()
+                .collect();
+            let mut c = Vec::new();
+            proptest::prop_assert!(direct.encode_payload_with_keys(&mut bits, &mut c).is_some());
+            proptest::prop_assert_eq!(&c, &b);
+            proptest::prop_assert!(got.encode_payload_with_keys(&mut bits, &mut c).is_none() || got.has_no_buckets());
         }
     }
 
@@ -794,8 +821,10 @@ mod tests {
         assert!(sketch.stores.is_none(), "zeros need no bucket");
         sketch.update(12.5);
         assert!(sketch.heap_size() >= size_of::<Stores>());
-        let mut emptied = sketch.clone();
-        emptied.clear_buckets();
+        let emptied = DdSketch {
+            stores: Some(Box::default()),
+            ..sketch.clone()
+        };
         let without = DdSketch {
             stores: None,
             ..sketch.clone()

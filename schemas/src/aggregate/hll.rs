@@ -173,6 +173,31 @@ fn with_settled<R>(entries: &[u32], sorted: usize, f: impl FnOnce(&[u32]) -> R) 
     f(&owned)
 }
 
+/// The sparse representation's bytes, after the precision: settled entries as deltas.
+fn put_sparse(entries: &[u32], out: &mut Vec<u8>) {
+    out.push(REPR_SPARSE);
+    put_varint(out, entries.len() as u64);
+    let mut previous = 0u32;
+    for &entry in entries {
+        put_varint(out, u64::from(entry - previous));
+        previous = entry;
+    }
+}
+
+/// The payload of the sketch holding exactly the [`sparse_entry`]s `entries` (any order, repeats
+/// allowed), when that sketch is sparse: what [`AggregateState::encode_payload`] writes after
+/// inserting them, without building it. Sorts `entries`; `None` (nothing written) when they are
+/// too many for a sparse sketch.
+pub fn encode_payload_of_entries(entries: &mut [u32], out: &mut Vec<u8>) -> Option<()> {
+    let unique = sort_unique(entries);
+    if unique > SPARSE_LIMIT {
+        return None;
+    }
+    out.push(PRECISION as u8);
+    put_sparse(&entries[..unique], out);
+    Some(())
+}
+
 /// The sparse entry `index << 6 | rank` of a hash: what [`Hll::insert_entry`] adds, in 31 bits.
 pub fn sparse_entry(hash: u64) -> u32 {
     let index = (hash >> (64 - SPARSE_PRECISION)) as u32;
@@ -232,17 +257,6 @@ impl Hll {
                 }
             }
             Repr::Dense(registers) => apply_sparse(registers, &[entry]),
-        }
-    }
-
-    /// Empties the sketch, keeping a sparse list's capacity for reuse.
-    pub fn clear(&mut self) {
-        match &mut self.repr {
-            Repr::Sparse { entries, sorted } => {
-                entries.clear();
-                *sorted = 0;
-            }
-            Repr::Dense(_) => *self = Self::default(),
         }
     }
 
@@ -424,15 +438,9 @@ impl AggregateState for Hll {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         out.push(PRECISION as u8);
         match &self.repr {
-            Repr::Sparse { entries, sorted } => with_settled(entries, *sorted, |entries| {
-                out.push(REPR_SPARSE);
-                put_varint(out, entries.len() as u64);
-                let mut previous = 0u32;
-                for &entry in entries {
-                    put_varint(out, u64::from(entry - previous));
-                    previous = entry;
-                }
-            }),
+            Repr::Sparse { entries, sorted } => {
+                with_settled(entries, *sorted, |entries| put_sparse(entries, out));
+            }
             Repr::Dense(registers) => {
                 out.push(REPR_DENSE);
                 for group in registers.chunks_exact(4) {
@@ -695,11 +703,10 @@ mod tests {
         }
 
         /// A recompute defers inserts as sparse entries and applies them later, in another order,
-        /// to a cleared sketch it reuses: the bytes are those of inserting the hashes.
+        /// or encodes straight from them: the bytes are those of inserting the hashes.
         #[test]
         fn entries_inserted_later_in_any_order_give_the_hashes_sketch(
             hashes in hashes(),
-            before in hashes(),
             rotate in 0usize..9000,
         ) {
             let mut entries: Vec<u32> = hashes.iter().map(|&h| sparse_entry(h)).collect();
@@ -708,12 +715,20 @@ mod tests {
                 let by = rotate % entries.len();
                 entries.rotate_left(by);
             }
-            let mut reused = Hll::default();
-            before.iter().for_each(|&h| reused.insert_hash(h));
-            reused.clear();
-            proptest::prop_assert!(reused.is_empty());
-            entries.iter().for_each(|&e| reused.insert_entry(e));
-            proptest::prop_assert_eq!(bytes_of(&reused), reference_bytes(&hashes));
+            let mut later = Hll::default();
+            entries.iter().for_each(|&e| later.insert_entry(e));
+            let want = reference_bytes(&hashes);
+            proptest::prop_assert_eq!(&bytes_of(&later), &want);
+
+            // Or encoded straight from the entries while they fit a sparse sketch.
+            let mut direct = Vec::new();
+            match encode_payload_of_entries(&mut entries, &mut direct) {
+                Some(()) => proptest::prop_assert_eq!(&direct, &want),
+                None => {
+                    proptest::prop_assert!(!later.is_sparse());
+                    proptest::prop_assert!(direct.is_empty());
+                }
+            }
         }
     }
 

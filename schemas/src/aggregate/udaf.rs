@@ -296,15 +296,13 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
         let _ = key;
     }
 
-    /// Applies `keys` and appends the state to `builder`, building it in `spare`'s memory when the
-    /// state holds nothing of its own on the heap yet. `spare` comes back empty, with capacity.
+    /// Appends the state with `keys` applied to `builder` (sketches encode it straight from the
+    /// keys when they can, without building it). May reorder `keys`.
     fn append_with_keys(
         mut self,
-        keys: &[u32],
-        spare: &mut Self,
+        keys: &mut [u32],
         builder: &mut StateColumnBuilder,
     ) -> std::result::Result<(), StateError> {
-        let _ = spare;
         keys.iter().for_each(|&key| self.apply_key(key));
         builder.append(&self.wrap())
     }
@@ -415,22 +413,17 @@ impl ColumnState for DdSketch {
 
     fn append_with_keys(
         mut self,
-        keys: &[u32],
-        spare: &mut Self,
+        keys: &mut [u32],
         builder: &mut StateColumnBuilder,
     ) -> std::result::Result<(), StateError> {
-        let lend = self.has_no_buckets();
-        if lend {
-            self.swap_buckets(spare);
+        if builder
+            .append_payload(|out| self.encode_payload_with_keys(keys, out))
+            .is_some()
+        {
+            return Ok(());
         }
         keys.iter().for_each(|&key| self.apply_key(key));
-        let state = self.wrap();
-        let appended = builder.append(&state);
-        if lend && let Some(mut sketch) = Self::unwrap(state) {
-            sketch.clear_buckets();
-            sketch.swap_buckets(spare);
-        }
-        appended
+        builder.append(&self.wrap())
     }
 
     const GROWS: bool = true;
@@ -516,22 +509,18 @@ impl ColumnState for Hll {
 
     fn append_with_keys(
         mut self,
-        keys: &[u32],
-        spare: &mut Self,
+        keys: &mut [u32],
         builder: &mut StateColumnBuilder,
     ) -> std::result::Result<(), StateError> {
-        let lend = self.is_empty();
-        if lend {
-            std::mem::swap(&mut self, spare);
+        if self.is_empty()
+            && builder
+                .append_payload(|out| hll::encode_payload_of_entries(keys, out))
+                .is_some()
+        {
+            return Ok(());
         }
         keys.iter().for_each(|&key| self.apply_key(key));
-        let state = self.wrap();
-        let appended = builder.append(&state);
-        if lend && let Some(mut sketch) = Self::unwrap(state) {
-            sketch.clear();
-            *spare = sketch;
-        }
-        appended
+        builder.append(&self.wrap())
     }
 
     const GROWS: bool = true;
@@ -575,12 +564,10 @@ struct States<S> {
     /// minute of one page in one country), and growing a sketch per group row by row cost an
     /// allocation or two per group, a binary-search insert per row, and a free per group after
     /// emitting. Logged keys cost 8 bytes a row; emitting sorts them by group (a counting sort)
-    /// and builds each group's sketch in [`States::spare`]'s reused memory just to encode it.
+    /// and encodes each group's sketch straight from its keys, without building it.
     /// Groups that take many rows are folded into their own sketches once the log outgrows
     /// [`fold_limit`], which bounds the log by the groups and keeps the work linear.
     log: Vec<u64>,
-    /// A sketch whose (empty) heap memory emitting lends to one group after another.
-    spare: S,
 }
 
 /// The log length that folds logged keys into the groups' own sketches: 8 keys a group (a few times
@@ -596,12 +583,12 @@ struct TakenKeys {
 }
 
 impl TakenKeys {
-    fn of(&self, group: usize) -> &[u32] {
+    fn of(&mut self, group: usize) -> &mut [u32] {
         match self.ends.get(group) {
-            None => &[],
+            None => &mut [],
             Some(&end) => {
                 let start = group.checked_sub(1).map_or(0, |g| self.ends[g]);
-                &self.keys[start..end]
+                &mut self.keys[start..end]
             }
         }
     }
@@ -619,7 +606,6 @@ impl<S: ColumnState> States<S> {
             single: Vec::new(),
             single_bytes: 0,
             log: Vec::new(),
-            spare: S::default(),
         }
     }
 
@@ -834,7 +820,7 @@ impl<S: ColumnState> States<S> {
             EmitTo::All => self.states.len(),
             EmitTo::First(n) => n.min(self.states.len()),
         };
-        let logged = self.take_logged(emitted);
+        let mut logged = self.take_logged(emitted);
         let taken = emit_to.take_needed(&mut self.states);
         let singles = match self.passes_through() {
             true => emit_to.take_needed(&mut self.single),
@@ -851,7 +837,7 @@ impl<S: ColumnState> States<S> {
             match singles.get(group).and_then(Option::as_deref) {
                 Some(encoded) => builder.append_encoded(encoded),
                 None if keys.is_empty() => builder.append(&state.wrap()),
-                None => state.append_with_keys(keys, &mut self.spare, &mut builder),
+                None => state.append_with_keys(keys, &mut builder),
             }
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
@@ -935,7 +921,6 @@ impl<S: ColumnState> GroupsAccumulator for States<S> {
             + self.single_bytes
             + self.log.capacity() * size_of::<u64>()
             + self.emit_bytes()
-            + self.spare.heap_size()
     }
 }
 
