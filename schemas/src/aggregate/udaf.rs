@@ -11,8 +11,9 @@
 //! Both return the Arrow form of the state, and both use the state as their intermediate form, so
 //! DataFusion's two-phase (partial → final) aggregation, spilling and skipped partial aggregation
 //! all go through the same merge as everything else. The per-group work is done by
-//! [`GroupsAccumulator`]s over one `Vec` of states per function (no per-row dispatch or allocation
-//! beyond what a sketch itself needs).
+//! [`GroupsAccumulator`]s over one `Vec` of states per function (no per-row dispatch). Sketch
+//! updates log their bucket or register keys and each group's sketch is encoded once, when it is
+//! emitted (see `States::log`), so a recompute's many small groups allocate nothing of their own.
 //!
 //! Input values are read exactly as [`MetricState::update`] reads an event [`Value`](crate::event::Value):
 //! `count` counts every row (nulls included), the other kinds skip nulls; `sum`/`avg`/`quantile`
