@@ -391,7 +391,7 @@ impl DdSketch {
     /// [`DdSketch::update`] without the bucket: counts and extremes change now, and the returned
     /// [`BucketKey`] (none for zero and non-finite values) must be given to [`DdSketch::add_key`]
     /// later. Bucket counts add, so keys can be applied in any order and in batches: a recompute
-    /// logs them and builds each group's buckets once, when the group is emitted.
+    /// logs them and encodes each group's buckets once, when the group is emitted.
     pub fn update_deferred(&mut self, value: f64) -> Option<BucketKey> {
         if !value.is_finite() {
             return None;

@@ -275,8 +275,8 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
 
     /// Whether updates split into an immediate part and a deferred `u32` key whose effect
     /// commutes (a DDSketch bucket count, a HyperLogLog register). [`States`] logs the keys of the
-    /// update phase and applies them group by group when it emits, so each group's sketch is built
-    /// once in reused memory instead of growing on the heap row by row (see [`States::log`]).
+    /// update phase and encodes each group's sketch from its keys when it emits, instead of
+    /// growing a sketch on the heap row by row (see [`States::log`]).
     const DEFERS: bool = false;
 
     /// [`ColumnState::update_rows`] that logs each row's deferred key as `group << 32 | key`.
