@@ -297,13 +297,26 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
         let _ = key;
     }
 
-    /// Appends the state with `keys` applied to `builder` (sketches encode it straight from the
-    /// keys when they can, without building it). May reorder `keys`.
+    /// Writes the payload of the state with `keys` applied, straight from the keys without
+    /// building it, when the state allows; `None` (nothing written) otherwise. May reorder `keys`.
+    fn encode_payload_with_keys(&self, keys: &mut [u32], out: &mut Vec<u8>) -> Option<()> {
+        let _ = (keys, out);
+        None
+    }
+
+    /// Appends the state with `keys` applied to `builder`: encoded from the keys when
+    /// [`ColumnState::encode_payload_with_keys`] can, else applied and encoded as usual.
     fn append_with_keys(
         mut self,
         keys: &mut [u32],
         builder: &mut StateColumnBuilder,
     ) -> std::result::Result<(), StateError> {
+        if builder
+            .append_payload(|out| self.encode_payload_with_keys(keys, out))
+            .is_some()
+        {
+            return Ok(());
+        }
         keys.iter().for_each(|&key| self.apply_key(key));
         builder.append(&self.wrap())
     }
@@ -412,19 +425,8 @@ impl ColumnState for DdSketch {
         self.add_key(BucketKey::from_bits(key));
     }
 
-    fn append_with_keys(
-        mut self,
-        keys: &mut [u32],
-        builder: &mut StateColumnBuilder,
-    ) -> std::result::Result<(), StateError> {
-        if builder
-            .append_payload(|out| self.encode_payload_with_keys(keys, out))
-            .is_some()
-        {
-            return Ok(());
-        }
-        keys.iter().for_each(|&key| self.apply_key(key));
-        builder.append(&self.wrap())
+    fn encode_payload_with_keys(&self, keys: &mut [u32], out: &mut Vec<u8>) -> Option<()> {
+        DdSketch::encode_payload_with_keys(self, keys, out)
     }
 
     const GROWS: bool = true;
@@ -508,20 +510,11 @@ impl ColumnState for Hll {
         self.insert_entry(key);
     }
 
-    fn append_with_keys(
-        mut self,
-        keys: &mut [u32],
-        builder: &mut StateColumnBuilder,
-    ) -> std::result::Result<(), StateError> {
-        if self.is_empty()
-            && builder
-                .append_payload(|out| hll::encode_payload_of_entries(keys, out))
-                .is_some()
-        {
-            return Ok(());
+    fn encode_payload_with_keys(&self, keys: &mut [u32], out: &mut Vec<u8>) -> Option<()> {
+        match self.is_empty() {
+            true => hll::encode_payload_of_entries(keys, out),
+            false => None,
         }
-        keys.iter().for_each(|&key| self.apply_key(key));
-        builder.append(&self.wrap())
     }
 
     const GROWS: bool = true;
