@@ -13,7 +13,9 @@
 //! `GROUP BY time_bucket, dimensions` with the state functions of [`StateUdaf`], sorted by time. The time bucket is integer arithmetic on epoch milliseconds that floors like
 //! [`tributary_schemas::duration::Granularity::bucket_start`], also before 1970.
 
-use datafusion::arrow::datatypes::DataType;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Result as DfResult, plan_err};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, SortExpr, cast, ident, lit};
@@ -150,6 +152,21 @@ fn time_bucket(time_field: &str, granularity_ms: i64) -> Expr {
     cast(bucket, timestamp_type()).alias(TIME_COLUMN)
 }
 
+/// The master dataset's schema as the recompute scans it: strings as `Utf8View`, which the Parquet
+/// reader fills with views into each page's dictionary instead of copying every value, and which
+/// grouping compares 16 bytes at a time (strings of up to 12 bytes are inline in the view).
+fn scan_schema(events: &EventSchema) -> SchemaRef {
+    let fields: Vec<Field> = raw_schema(events)
+        .fields()
+        .iter()
+        .map(|field| match field.data_type() {
+            DataType::Utf8 => field.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// The DataFrame computing `view`'s states over `input` (which must hold at least one file).
 /// Closed generations' files are read whole and unioned with the current generation's rows below
 /// the boundary.
@@ -159,7 +176,7 @@ pub async fn view_frame(
     view: &ViewDef,
     input: &Input,
 ) -> DfResult<DataFrame> {
-    let schema = raw_schema(events);
+    let schema = scan_schema(events);
     let paths = |files: &[InputFile]| -> Vec<String> {
         files
             .iter()
