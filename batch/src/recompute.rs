@@ -25,6 +25,7 @@ pub mod compact;
 pub mod lock;
 pub mod plan;
 pub mod progress;
+pub mod time_sort;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -528,7 +529,7 @@ impl ViewJob {
     ) -> Result<Computed, BatchError> {
         let (ctx, pool) = self.session()?;
         let frame = plan::view_frame(&ctx, &self.events, &self.view, input).await?;
-        let physical = compact::compact_sort_inputs(frame.create_physical_plan().await?)?;
+        let physical = time_sort::plan_sorts(frame.create_physical_plan().await?)?;
         let rows_total = progress::scan_total_rows(physical.as_ref());
         let report = |finished: bool| {
             let (files_done, rows_done) = progress::scan_counts(physical.as_ref());

@@ -1,4 +1,5 @@
-//! Copies the aggregation's output into batches that own their buffers before the time sort.
+//! Copies the aggregation's output into batches that own their buffers before a DataFusion sort
+//! (the sorts [`super::time_sort::TimeSort`] does not do, and its fallback).
 //!
 //! A hash aggregation emits all its groups as one batch and hands it on in zero-copy slices of
 //! `batch_size` rows. The sort reserves memory per batch by the buffers a batch holds, not by the
@@ -13,30 +14,16 @@ use std::sync::Arc;
 use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use datafusion::common::Result;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions,
 };
 use futures::StreamExt;
-
-/// Puts a [`Compact`] under every [`SortExec`] of `plan`.
-pub fn compact_sort_inputs(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        let Some(sort) = node.downcast_ref::<SortExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let input: Arc<dyn ExecutionPlan> = Arc::new(Compact::new(Arc::clone(sort.input())));
-        let keep = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
-        Ok(Transformed::yes(node.replace_children(vec![input], keep)?))
-    })
-    .map(|transformed| transformed.data)
-}
 
 /// Passes batches through, copying those that reference less than half of the buffers they hold.
 #[derive(Debug)]
@@ -191,10 +178,11 @@ mod tests {
         let input = MemorySourceConfig::try_new_exec(&[slices], Arc::clone(&schema), None).unwrap();
         let order =
             LexOrdering::new([PhysicalSortExpr::new_default(col("time", &schema).unwrap())]);
-        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(order.unwrap(), input));
-        if compact {
-            plan = compact_sort_inputs(plan).unwrap();
-        }
+        let input: Arc<dyn ExecutionPlan> = match compact {
+            true => Arc::new(Compact::new(input)),
+            false => input,
+        };
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(order.unwrap(), input));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(64 << 20)))
             .build_arc()
