@@ -639,6 +639,17 @@ impl<S: ColumnState> States<S> {
         }
         ends.pop();
         let mut keys = vec![0u32; self.log.len()];
+        if emitted >= self.states.len() {
+            // Everything goes (the end, or a spill): no entry stays to renumber, and the memory
+            // goes back to the pool.
+            for &entry in &self.log {
+                let group = (entry >> 32) as usize;
+                keys[ends[group]] = entry as u32;
+                ends[group] += 1;
+            }
+            self.log = Vec::new();
+            return TakenKeys { ends, keys };
+        }
         let shift = (emitted as u64) << 32;
         self.log.retain_mut(|entry| {
             let group = (*entry >> 32) as usize;
@@ -653,7 +664,6 @@ impl<S: ColumnState> States<S> {
         });
         keys.truncate(ends.last().copied().unwrap_or(0));
         if self.log.is_empty() {
-            // Emitting everything (the end, or a spill): give the memory back to the pool.
             self.log = Vec::new();
         }
         TakenKeys { ends, keys }
