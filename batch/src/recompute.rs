@@ -5,8 +5,8 @@
 //! 1. choose the boundary `W[p]` from the archiver's progress and list the raw files below it
 //!    ([`plan::select_input`]); if the live version already has this boundary and definition, the
 //!    view is **unchanged** and nothing is written;
-//! 2. plan and run the aggregation on the batch runtime ([`plan::view_frame`]), streaming the sorted
-//!    result into Parquet parts of [`BatchSettings::part_rows`] rows under a **new** version
+//! 2. plan and run the aggregation on the batch runtime ([`plan::view_frame`]; the time sort is a
+//!    [`time_sort::TimeSort`]), streaming the sorted result into Parquet parts of [`BatchSettings::part_rows`] rows under a **new** version
 //!    directory (numbers are never reused, so leftovers of a crashed run are never overwritten);
 //! 3. write `manifest.json`, then replace `_current`: the only step that changes what readers see.
 //!    A crash before it leaves the previous version live and intact;
