@@ -279,6 +279,12 @@ trait ColumnState: AggregateState + Default + Clone + Send + Sync + Debug + 'sta
     /// growing a sketch on the heap row by row (see [`States::log`]).
     const DEFERS: bool = false;
 
+    /// Whether a deferred update is all key, leaving the state as it was (an HLL, unlike a
+    /// DDSketch's count and extremes). [`States`] then allocates no states while it only logs:
+    /// a recompute's 1.9M HyperLogLogs would be ~75 MB of empty sketches, written once and
+    /// emitted as empty.
+    const DEFERS_ALL: bool = false;
+
     /// [`ColumnState::update_rows`] that logs each row's deferred key as `group << 32 | key`.
     /// Groups must fit 32 bits.
     fn defer_rows(
@@ -494,6 +500,8 @@ impl ColumnState for Hll {
 
     const DEFERS: bool = true;
 
+    const DEFERS_ALL: bool = true;
+
     fn defer_rows(
         _states: &mut [Self],
         values: &dyn Array,
@@ -542,6 +550,9 @@ impl ColumnState for Hll {
 struct States<S> {
     kind: StateKind,
     phase: Phase,
+    /// The groups so far. `states` may be shorter (see [`ColumnState::DEFERS_ALL`]): a missing
+    /// state is the empty one.
+    groups: usize,
     states: Vec<S>,
     /// Sum of [`ColumnState::heap_size`] over `states`, kept up to date as sketches grow.
     heap_bytes: usize,
@@ -593,6 +604,7 @@ impl<S: ColumnState> States<S> {
         Self {
             kind,
             phase,
+            groups: 0,
             states: Vec::new(),
             heap_bytes: 0,
             marks: Vec::new(),
@@ -610,6 +622,7 @@ impl<S: ColumnState> States<S> {
 
     /// Applies the logged keys to the groups' own sketches.
     fn fold(&mut self) {
+        self.grow(self.groups);
         for &entry in &self.log {
             self.states[(entry >> 32) as usize].apply_key(entry as u32);
         }
@@ -639,7 +652,7 @@ impl<S: ColumnState> States<S> {
         }
         ends.pop();
         let mut keys = vec![0u32; self.log.len()];
-        if emitted >= self.states.len() {
+        if emitted >= self.groups {
             // Everything goes (the end, or a spill): no entry stays to renumber, and the memory
             // goes back to the pool.
             for &entry in &self.log {
@@ -677,7 +690,7 @@ impl<S: ColumnState> States<S> {
         const PER_KEY: usize = size_of::<u32>() + 8;
         match self.log.is_empty() {
             true => 0,
-            false => self.log.len() * PER_KEY + self.states.len() * size_of::<usize>(),
+            false => self.log.len() * PER_KEY + self.groups * size_of::<usize>(),
         }
     }
 
@@ -687,6 +700,7 @@ impl<S: ColumnState> States<S> {
     }
 
     fn grow(&mut self, total_num_groups: usize) {
+        self.groups = self.groups.max(total_num_groups);
         if self.states.len() < total_num_groups {
             self.states.resize_with(total_num_groups, S::default);
             if self.passes_through() {
@@ -732,7 +746,10 @@ impl<S: ColumnState> States<S> {
         filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.grow(total_num_groups);
+        match S::DEFERS_ALL && self.defers(total_num_groups) {
+            true => self.groups = self.groups.max(total_num_groups),
+            false => self.grow(total_num_groups),
+        }
         let Some(input_type) = update_input_type(self.kind, values.data_type()) else {
             return exec_err!("{} state cannot read {}", self.kind, values.data_type());
         };
@@ -746,7 +763,7 @@ impl<S: ColumnState> States<S> {
         let rows = rows.as_ref();
         if self.defers(total_num_groups) {
             S::defer_rows(&mut self.states, &values, groups, rows, &mut self.log);
-            if self.log.len() >= fold_limit(self.states.len()) {
+            if self.log.len() >= fold_limit(self.groups) {
                 self.fold();
             }
             return Ok(());
@@ -819,13 +836,21 @@ impl<S: ColumnState> States<S> {
         Ok(())
     }
 
+    /// Takes the states of the first `emitted` groups (fewer where the rest were never allocated)
+    /// and counts those groups out.
+    fn take_states(&mut self, emitted: usize) -> Vec<S> {
+        self.groups -= emitted;
+        let rest = self.states.split_off(emitted.min(self.states.len()));
+        std::mem::replace(&mut self.states, rest)
+    }
+
     fn emit(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let emitted = match emit_to {
-            EmitTo::All => self.states.len(),
-            EmitTo::First(n) => n.min(self.states.len()),
+            EmitTo::All => self.groups,
+            EmitTo::First(n) => n.min(self.groups),
         };
         let mut logged = self.take_logged(emitted);
-        let taken = emit_to.take_needed(&mut self.states);
+        let mut taken = self.take_states(emitted).into_iter();
         let singles = match self.passes_through() {
             true => emit_to.take_needed(&mut self.single),
             false => Vec::new(),
@@ -836,7 +861,8 @@ impl<S: ColumnState> States<S> {
             self.single_bytes = self.single.iter().flatten().map(|b| b.len()).sum();
         }
         let mut builder = StateColumnBuilder::new(self.kind);
-        for (group, state) in taken.into_iter().enumerate() {
+        for group in 0..emitted {
+            let state = taken.next().unwrap_or_default();
             let keys = logged.of(group);
             match singles.get(group).and_then(Option::as_deref) {
                 Some(encoded) => builder.append_encoded(encoded),

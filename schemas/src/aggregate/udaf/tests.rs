@@ -308,3 +308,32 @@ fn logged_sketch_updates_fold_and_emit_in_parts_as_the_algebra_computes() {
         },
     );
 }
+
+/// HyperLogLog updates are all key: while the log holds them no state is allocated, and emitting
+/// in parts still gives every group its sketch (here nothing folds: 30k keys for 5000 groups).
+#[test]
+fn logged_distinct_counts_allocate_no_states_and_emit_in_parts() {
+    let groups = 5000;
+    let (rows, values) = folding_rows(groups);
+    let (rows, values) = (&rows[..30_000], &values[..30_000]);
+    let strings: Vec<String> = values.iter().map(|v| format!("u{v}")).collect();
+    let column: ArrayRef = Arc::new(StringArray::from(strings.clone()));
+    let mut lazy = States::<Hll>::new(StateKind::CountDistinct, Phase::Update);
+    lazy.update_batch(&[Arc::clone(&column)], rows, None, groups)
+        .unwrap();
+    assert_eq!((lazy.groups, lazy.states.len()), (groups, 0));
+    assert_eq!(lazy.log.len(), rows.len());
+    emits_in_parts_match(
+        States::<Hll>::new(StateKind::CountDistinct, Phase::Update),
+        groups,
+        &column,
+        rows,
+        |picked| {
+            let mut sketch = Hll::default();
+            picked
+                .iter()
+                .for_each(|&r| sketch.insert_hash(hll::hash_str(&strings[r])));
+            MetricState::CountDistinct(sketch)
+        },
+    );
+}
