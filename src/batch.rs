@@ -47,12 +47,13 @@ pub fn boundary_text(boundary: &Boundary) -> String {
 pub fn describe(run: &ViewRun) -> String {
     match &run.outcome {
         Outcome::Published(manifest) => format!(
-            "{}: published version {} ({} rows in {} files from {} raw rows in {:.1}s, peak memory {} MiB, spilled {} MiB; W = {})",
+            "{}: published version {} ({} rows in {} files from {} raw rows in {} time slices, {:.1}s, peak memory {} MiB, spilled {} MiB; W = {})",
             run.view,
             manifest.version,
             manifest.row_count,
             manifest.files.len(),
             run.rows_read,
+            run.slices,
             run.elapsed.as_secs_f64(),
             run.peak_memory_bytes >> 20,
             run.spilled_bytes >> 20,

@@ -13,6 +13,7 @@ use object_store::path::Path;
 use tributary_batch::archiver::{Archiver, ArchiverSettings, StopSignal};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
+use tributary_batch::recompute::slices::SliceTarget;
 use tributary_batch::recompute::{Batch, BatchSettings, Outcome};
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::read_state;
@@ -143,6 +144,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             memory_limit_bytes: 256 << 20,
             threads: 1,
             part_rows: 100_000,
+            slice: SliceTarget::DEFAULT,
             lock_lease: Duration::from_secs(30),
         },
         config.events.clone(),

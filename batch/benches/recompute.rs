@@ -18,6 +18,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
+use tributary_batch::recompute::slices::SliceTarget;
 use tributary_batch::recompute::{Batch, BatchSettings, Outcome};
 use tributary_schemas::config::Config;
 use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder};
@@ -186,6 +187,7 @@ fn main() {
                         .map_or(2 << 30, |mb| mb << 20),
                     threads,
                     part_rows: 1_000_000,
+                    slice: SliceTarget::DEFAULT,
                     lock_lease: Duration::from_secs(600),
                 },
                 config.events.clone(),

@@ -6,7 +6,9 @@
 //!    ([`plan::select_input`]); if the live version already has this boundary and definition, the
 //!    view is **unchanged** and nothing is written;
 //! 2. plan and run the aggregation on the batch runtime ([`plan::view_frame`]; the time sort is a
-//!    [`time_sort::TimeSort`]), streaming the sorted result into Parquet parts of [`BatchSettings::part_rows`] rows under a **new** version
+//!    [`time_sort::TimeSort`]), one range of event time at a time ([`slices`]: a slice holds only
+//!    its own groups, and up to `[batch] threads` slices run at once), writing the sorted result in
+//!    time order into Parquet parts of [`BatchSettings::part_rows`] rows under a **new** version
 //!    directory (numbers are never reused, so leftovers of a crashed run are never overwritten);
 //! 3. write `manifest.json`, then replace `_current`: the only step that changes what readers see.
 //!    A crash before it leaves the previous version live and intact;
@@ -25,6 +27,7 @@ pub mod compact;
 pub mod lock;
 pub mod plan;
 pub mod progress;
+pub mod slices;
 pub mod time_sort;
 
 use std::sync::Arc;
@@ -40,7 +43,7 @@ use datafusion::execution::memory_pool::{
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::errors::ParquetError;
@@ -56,8 +59,9 @@ use tributary_schemas::lake::{
 
 use crate::parquet_io;
 use lock::{LockError, RunLock};
-use plan::Input;
+use plan::{Input, InputFile, TimeRange};
 use progress::{ProgressSink, RunProgress};
+use slices::{FileSpans, SliceTarget, Span};
 
 /// How the batch layer runs.
 #[derive(Debug, Clone)]
@@ -69,6 +73,10 @@ pub struct BatchSettings {
     pub threads: usize,
     /// Rows per view Parquet part (each part's row groups hold [`ROW_GROUP_ROWS`]).
     pub part_rows: usize,
+    /// Input rows and view groups a time slice aims at (see [`slices`]): fewer slices when the
+    /// live version shows few groups, or when the raw files' time statistics would make slices
+    /// re-read much.
+    pub slice: SliceTarget,
     /// Lease of the lake's run lock (renewed every quarter of it while a run lives).
     pub lock_lease: Duration,
 }
@@ -90,6 +98,7 @@ impl BatchSettings {
             memory_limit_bytes: config.batch.memory_limit_mb.saturating_mul(1 << 20),
             threads,
             part_rows: 1_000_000,
+            slice: SliceTarget::DEFAULT,
             lock_lease: Duration::from_secs(120),
         }
     }
@@ -182,6 +191,8 @@ pub struct ViewRun {
     pub peak_memory_bytes: usize,
     /// Bytes spilled to local disk because the memory pool was full.
     pub spilled_bytes: u64,
+    /// Time slices the input was aggregated in (see [`slices`]; 0 when nothing was computed).
+    pub slices: usize,
     /// Versions removed by garbage collection after publishing.
     pub removed_versions: Vec<u64>,
 }
@@ -424,6 +435,10 @@ impl ViewJob {
             plan::select_input(store, &self.settings.topic, self.settings.epoch_size).await?;
         let live = live_manifest(store, &name).await?;
         let definition_hash = self.view.definition_hash();
+        let known_groups = live
+            .as_ref()
+            .filter(|live| live.definition_hash == definition_hash)
+            .map(|live| live.row_count);
         let finished = |outcome, computed: Computed, removed_versions| ViewRun {
             view: name.clone(),
             outcome,
@@ -431,6 +446,7 @@ impl ViewJob {
             elapsed: started.elapsed(),
             peak_memory_bytes: computed.peak_memory_bytes,
             spilled_bytes: computed.spilled_bytes,
+            slices: computed.slices,
             removed_versions,
         };
         if let Some(live) = live
@@ -468,7 +484,7 @@ impl ViewJob {
             "recompute started"
         );
 
-        let computed = self.compute(&input, version, started).await?;
+        let computed = self.compute(&input, version, started, known_groups).await?;
         crash_point("after_parts");
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -497,6 +513,7 @@ impl ViewJob {
             rows = manifest.row_count,
             rows_read = computed.rows_read,
             spilled_bytes = computed.spilled_bytes,
+            slices = computed.slices,
             seconds = started.elapsed().as_secs_f64(),
             "published"
         );
@@ -520,56 +537,296 @@ impl ViewJob {
         Ok((SessionContext::new_with_config_rt(config, runtime), pool))
     }
 
-    /// Runs the plan and writes the parts.
+    /// Runs the plan over the input's time slices (see [`slices`]) and writes the parts in time
+    /// order. `known_groups`: the live version's rows, when it has this definition.
     async fn compute(
         &self,
         input: &Input,
         version: u64,
         started: Instant,
+        known_groups: Option<u64>,
     ) -> Result<Computed, BatchError> {
         let (ctx, pool) = self.session()?;
-        let frame = plan::view_frame(&ctx, &self.events, &self.view, input).await?;
+        let files: Vec<&InputFile> = input.files.iter().chain(&input.closed_files).collect();
+        let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
+        let file_spans =
+            slices::read_spans(&self.store, &cache, &files, &self.events.time_field).await?;
+        let spans: Vec<Span> = file_spans
+            .iter()
+            .flatten()
+            .flat_map(|f| f.spans.iter().copied())
+            .collect();
+        let input_rows = file_spans
+            .as_ref()
+            .map(|files| files.iter().map(FileSpans::rows).sum::<u64>());
+        let granularity = self.view.granularity.millis();
+        let target = self.settings.slice;
+        let mut bounds = match input_rows {
+            Some(rows) => slices::plan(
+                &spans,
+                granularity,
+                slices::wanted_slices(rows, target, known_groups),
+            ),
+            None => Vec::new(),
+        };
+        let mut slice = SliceProgress {
+            started,
+            files: &files,
+            file_spans: file_spans.as_deref(),
+            rows_total: input_rows,
+            scanned: 0,
+            passed: None,
+        };
+        let mut parts = PartWriter::new(&self.view, version, self.settings.part_rows);
+        let mut runs: Vec<SliceRun> = Vec::new();
+        let mut rest = TimeRange::default();
+        if known_groups.is_none()
+            && let Some(&to) = bounds.first()
+        {
+            // A first run: the first slice's groups tell how many the rest will have.
+            let first = TimeRange {
+                from: None,
+                to: Some(to),
+            };
+            let run = self
+                .run_slice(&ctx, input, first, &mut parts, &mut slice)
+                .await?;
+            bounds = slices::replan(&spans, granularity, target, to, run.groups);
+            runs.push(run);
+            rest.from = Some(to);
+        }
+        let ranges: Vec<TimeRange> = rest.split(&bounds);
+        tracing::debug!(
+            view = self.view.name,
+            slices = ranges.len() + runs.len(),
+            reads = slices::read_rows(&spans, &bounds),
+            rows = input_rows,
+            "time slices"
+        );
+        match ranges.as_slice() {
+            [only] => runs.push(
+                self.run_slice(&ctx, input, *only, &mut parts, &mut slice)
+                    .await?,
+            ),
+            _ => {
+                let concurrent = self
+                    .run_concurrently(&ctx, input, ranges, &mut parts, &mut slice)
+                    .await?;
+                runs.extend(concurrent);
+            }
+        }
+        let spilled_bytes = runs.iter().map(|r| r.spilled_bytes).sum();
+        let slices = runs.len();
+        let files = parts.finish(self.store.as_ref()).await?;
+        Ok(Computed {
+            files,
+            // The input's rows, however many slices read some of them twice.
+            rows_read: input_rows.unwrap_or(slice.scanned),
+            peak_memory_bytes: pool.peak(),
+            spilled_bytes,
+            slices,
+        })
+    }
+
+    /// Runs `ranges` (in time order) up to `[batch] threads` at a time, each on one partition (a
+    /// slice's groups are its own, so no partial and final aggregation merge sketches twice), and
+    /// writes their outputs in order.
+    async fn run_concurrently(
+        &self,
+        ctx: &SessionContext,
+        input: &Input,
+        ranges: Vec<TimeRange>,
+        parts: &mut PartWriter,
+        progress: &mut SliceProgress<'_>,
+    ) -> Result<Vec<SliceRun>, BatchError> {
+        let config = ctx.copied_config().with_target_partitions(1);
+        let single = SessionContext::new_with_config_rt(config, ctx.runtime_env());
+        let input = Arc::new(input.clone());
+        let last = ranges.last().copied().unwrap_or_default();
+        let tasks = ranges.into_iter().map(|range| {
+            let task = tokio::spawn(collect_slice(
+                single.clone(),
+                self.events.clone(),
+                self.view.clone(),
+                Arc::clone(&input),
+                range,
+            ));
+            AbortOnDrop(task)
+        });
+        let mut done = futures::stream::iter(tasks).buffered(self.settings.threads.max(1));
+        let mut runs = Vec::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let collected = tokio::select! {
+                next = done.next() => match next {
+                    Some(collected) => collected??,
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    (self.progress)(&progress.report(&self.view.name, 0, false));
+                    continue;
+                }
+            };
+            for batch in collected.batches {
+                parts.push(batch, self.store.as_ref()).await?;
+            }
+            progress.scanned += collected.scanned;
+            progress.passed = collected.range.to;
+            let finished = collected.range == last;
+            (self.progress)(&progress.report(&self.view.name, 0, finished));
+            runs.push(collected.run);
+        }
+        Ok(runs)
+    }
+
+    /// Aggregates the rows of `range` into `parts`, reporting progress as it goes.
+    async fn run_slice(
+        &self,
+        ctx: &SessionContext,
+        input: &Input,
+        range: TimeRange,
+        parts: &mut PartWriter,
+        progress: &mut SliceProgress<'_>,
+    ) -> Result<SliceRun, BatchError> {
+        let frame = plan::view_frame(ctx, &self.events, &self.view, input, range).await?;
         let physical = time_sort::plan_sorts(frame.create_physical_plan().await?)?;
-        let rows_total = progress::scan_total_rows(physical.as_ref());
-        let report = |finished: bool| {
-            let (files_done, rows_done) = progress::scan_counts(physical.as_ref());
-            (self.progress)(&RunProgress {
-                view: self.view.name.clone(),
-                files_done,
-                files_total: input.files.len() + input.closed_files.len(),
-                rows_done,
-                rows_total,
-                elapsed: started.elapsed(),
-                finished,
-            });
-            rows_done
+        if progress.rows_total.is_none() {
+            progress.rows_total = progress::scan_total_rows(physical.as_ref());
+        }
+        let report = |progress: &SliceProgress<'_>, finished: bool| {
+            let scanned = progress::scan_counts(physical.as_ref()).1;
+            let last = finished && range.to.is_none();
+            (self.progress)(&progress.report(&self.view.name, scanned, last));
+            scanned
         };
         let mut stream = execute_stream(Arc::clone(&physical), ctx.task_ctx())?;
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        let mut parts = PartWriter::new(&self.view, version, self.settings.part_rows);
+        let mut groups = 0u64;
         loop {
             tokio::select! {
                 next = stream.next() => match next {
-                    Some(batch) => parts.push(batch?, self.store.as_ref()).await?,
+                    Some(batch) => {
+                        let batch = batch?;
+                        groups += batch.num_rows() as u64;
+                        parts.push(batch, self.store.as_ref()).await?;
+                    }
                     None => break,
                 },
-                _ = ticker.tick() => { report(false); }
+                _ = ticker.tick() => { report(progress, false); }
             }
         }
-        let files = parts.finish(self.store.as_ref()).await?;
         tracing::debug!(
             view = self.view.name,
+            ?range,
             plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(physical.as_ref()).indent(true),
             "recompute plan with metrics"
         );
-        let rows_read = report(true);
-        Ok(Computed {
-            files,
-            rows_read,
-            peak_memory_bytes: pool.peak(),
+        progress.scanned += report(progress, true);
+        progress.passed = range.to;
+        Ok(SliceRun {
+            groups,
             spilled_bytes: progress::spilled_bytes(physical.as_ref()),
         })
     }
+}
+
+/// What the progress of a sliced run counts.
+struct SliceProgress<'a> {
+    started: Instant,
+    files: &'a [&'a InputFile],
+    /// Per file, in `files` order; `None` without statistics.
+    file_spans: Option<&'a [FileSpans]>,
+    rows_total: Option<u64>,
+    /// Rows the finished slices read (some twice, where slices share a page).
+    scanned: u64,
+    /// Every event before this time is aggregated.
+    passed: Option<i64>,
+}
+
+impl SliceProgress<'_> {
+    /// The progress while the running slice has read `scanning` rows.
+    fn report(&self, view: &str, scanning: u64, finished: bool) -> RunProgress {
+        let scanned = self.scanned + scanning;
+        RunProgress {
+            view: view.to_owned(),
+            files_done: self.files_done(finished),
+            files_total: self.files.len(),
+            rows_done: self.rows_total.map_or(scanned, |total| scanned.min(total)),
+            rows_total: self.rows_total,
+            elapsed: self.started.elapsed(),
+            finished,
+        }
+    }
+
+    /// Files whose every event the finished slices have aggregated.
+    fn files_done(&self, finished: bool) -> usize {
+        match (self.file_spans, self.passed) {
+            _ if finished => self.files.len(),
+            (Some(spans), Some(passed)) => spans
+                .iter()
+                .filter(|f| f.max().is_none_or(|max| max < passed))
+                .count(),
+            _ => 0,
+        }
+    }
+}
+
+/// A spawned task that is aborted when dropped: a failed or dropped run stops its other slices.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// One slice's output, held until the slices before it are written.
+struct CollectedSlice {
+    range: TimeRange,
+    batches: Vec<RecordBatch>,
+    scanned: u64,
+    run: SliceRun,
+}
+
+/// Aggregates the rows of `range` on its own task and keeps the sorted output.
+async fn collect_slice(
+    ctx: SessionContext,
+    events: EventSchema,
+    view: ViewDef,
+    input: Arc<Input>,
+    range: TimeRange,
+) -> Result<CollectedSlice, BatchError> {
+    let frame = plan::view_frame(&ctx, &events, &view, &input, range).await?;
+    let physical = time_sort::plan_sorts(frame.create_physical_plan().await?)?;
+    let batches: Vec<RecordBatch> = execute_stream(Arc::clone(&physical), ctx.task_ctx())?
+        .try_collect()
+        .await?;
+    Ok(CollectedSlice {
+        range,
+        scanned: progress::scan_counts(physical.as_ref()).1,
+        run: SliceRun {
+            groups: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            spilled_bytes: progress::spilled_bytes(physical.as_ref()),
+        },
+        batches,
+    })
+}
+
+/// What one slice produced.
+struct SliceRun {
+    groups: u64,
+    spilled_bytes: u64,
 }
 
 /// What computing a version produced.
@@ -579,6 +836,7 @@ struct Computed {
     rows_read: u64,
     peak_memory_bytes: usize,
     spilled_bytes: u64,
+    slices: usize,
 }
 
 /// Streams sorted view rows into parts of at most `part_rows` rows.

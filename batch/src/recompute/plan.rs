@@ -167,14 +167,53 @@ fn scan_schema(events: &EventSchema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The DataFrame computing `view`'s states over `input` (which must hold at least one file).
-/// Closed generations' files are read whole and unioned with the current generation's rows below
-/// the boundary.
+/// A range of event time in epoch milliseconds, `from <= time < to`, open where `None`: the rows
+/// one slice of a recompute aggregates (see [`super::slices`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl TimeRange {
+    /// `self` cut at `bounds` (ascending; those outside `self` are ignored), in time order.
+    pub fn split(self, bounds: &[i64]) -> Vec<TimeRange> {
+        let inside = bounds
+            .iter()
+            .copied()
+            .filter(|&b| self.from.is_none_or(|from| b > from) && self.to.is_none_or(|to| b < to));
+        let mut ranges = Vec::new();
+        let mut from = self.from;
+        for bound in inside {
+            ranges.push(TimeRange {
+                from,
+                to: Some(bound),
+            });
+            from = Some(bound);
+        }
+        ranges.push(TimeRange { from, to: self.to });
+        ranges
+    }
+
+    /// The predicate on the time field, `None` for the whole time line.
+    fn predicate(self, time_field: &str) -> Option<Expr> {
+        // A literal of the field's type (the planner folds the cast), which the scan prunes with.
+        let time = |ms: i64| cast(lit(ms), timestamp_type());
+        let from = self.from.map(|ms| ident(time_field).gt_eq(time(ms)));
+        let to = self.to.map(|ms| ident(time_field).lt(time(ms)));
+        from.into_iter().chain(to).reduce(Expr::and)
+    }
+}
+
+/// The DataFrame computing `view`'s states over the rows of `input` (which must hold at least one
+/// file) in `range`. Closed generations' files are read whole and unioned with the current
+/// generation's rows below the boundary.
 pub async fn view_frame(
     ctx: &SessionContext,
     events: &EventSchema,
     view: &ViewDef,
     input: &Input,
+    range: TimeRange,
 ) -> DfResult<DataFrame> {
     let schema = scan_schema(events);
     let paths = |files: &[InputFile]| -> Vec<String> {
@@ -202,6 +241,9 @@ pub async fn view_frame(
         (Some(frame), None) | (None, Some(frame)) => frame,
         (None, None) => return plan_err!("a recompute needs at least one raw file"),
     };
+    if let Some(range) = range.predicate(&events.time_field) {
+        frame = frame.filter(range)?;
+    }
     if let Some(filter) = &view.filter {
         frame = frame.filter(filter.expr.clone())?;
     }
@@ -249,4 +291,30 @@ pub fn describe(input: &Input) -> String {
         input.files.len(),
         partitions.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_range_tiles_it_in_order_at_the_bounds_inside_it() {
+        let range = |from, to| TimeRange { from, to };
+        assert_eq!(
+            TimeRange::default().split(&[10, 20]),
+            vec![
+                range(None, Some(10)),
+                range(Some(10), Some(20)),
+                range(Some(20), None)
+            ]
+        );
+        assert_eq!(
+            range(Some(10), None).split(&[5, 10, 30]),
+            vec![range(Some(10), Some(30)), range(Some(30), None)]
+        );
+        assert_eq!(
+            range(Some(10), Some(20)).split(&[]),
+            vec![range(Some(10), Some(20))]
+        );
+    }
 }
