@@ -28,7 +28,6 @@ use tributary_testkit::rng::Rng;
 
 const PARTITIONS: i32 = 3;
 const FILE_ROWS: usize = 500_000;
-const ROUNDS: usize = 3;
 
 /// Event `n` of the day: times spread over 24 h in offset order, with a little jitter.
 fn event(rng: &mut Rng, n: usize, total: usize, config: &Config) -> Event<'static> {
@@ -166,6 +165,12 @@ fn main() {
         );
     }
 
+    // RECOMPUTE_ROUNDS=1 measures one recompute in a fresh process (`tributary batch run` from
+    // cron); the default 3 also shows a long-lived one (`tributary serve`).
+    let rounds: usize = std::env::var("RECOMPUTE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let thread_counts: Vec<usize> = std::env::var("RECOMPUTE_THREADS")
         .ok()
         .map_or(vec![1, 2], |v| {
@@ -174,7 +179,7 @@ fn main() {
     for threads in thread_counts {
         let mut seconds = Vec::new();
         let mut cpu_seconds_used = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             // A fresh lake view each round: delete the previous versions by using a new view dir.
             let batch = Batch::new(
                 BatchSettings {
@@ -214,12 +219,13 @@ fn main() {
             seconds.push(run.elapsed.as_secs_f64());
             cpu_seconds_used.push(cpu);
             println!(
-                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), cpu {cpu:.2}s ({:.2}M rows per cpu-second), {} view rows, pool peak {} MiB, spilled {} MiB, rss peak {} MiB",
+                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), cpu {cpu:.2}s ({:.2}M rows per cpu-second), {} view rows, {} time slices, pool peak {} MiB, spilled {} MiB, rss peak {} MiB",
                 run.elapsed.as_secs_f64(),
                 run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6,
                 run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6 / threads as f64,
                 run.rows_read as f64 / cpu / 1e6,
                 manifest.row_count,
+                run.slices,
                 run.peak_memory_bytes >> 20,
                 run.spilled_bytes >> 20,
                 peak_rss_mib()
