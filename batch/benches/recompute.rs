@@ -171,6 +171,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    // RECOMPUTE_SLICE_ROWS=<n> sets the rows a time slice aims at (groups in proportion).
+    let slice_target = std::env::var("RECOMPUTE_SLICE_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(SliceTarget::DEFAULT, |rows| SliceTarget {
+            rows,
+            groups: rows
+                / SliceTarget::DEFAULT
+                    .rows
+                    .div_ceil(SliceTarget::DEFAULT.groups),
+        });
     let thread_counts: Vec<usize> = std::env::var("RECOMPUTE_THREADS")
         .ok()
         .map_or(vec![1, 2], |v| {
@@ -192,7 +203,7 @@ fn main() {
                         .map_or(2 << 30, |mb| mb << 20),
                     threads,
                     part_rows: 1_000_000,
-                    slice: SliceTarget::DEFAULT,
+                    slice: slice_target,
                     lock_lease: Duration::from_secs(600),
                 },
                 config.events.clone(),
