@@ -603,17 +603,19 @@ impl ViewJob {
             rows = input_rows,
             "time slices"
         );
-        match ranges.as_slice() {
-            [only] => runs.push(
-                self.run_slice(&ctx, input, *only, &mut parts, &mut slice)
-                    .await?,
-            ),
-            _ => {
-                let concurrent = self
-                    .run_concurrently(&ctx, input, ranges, &mut parts, &mut slice)
-                    .await?;
-                runs.extend(concurrent);
+        if ranges.len() == 1 || self.settings.threads <= 1 {
+            // One at a time: each slice streams into the parts as it sorts.
+            for range in ranges {
+                runs.push(
+                    self.run_slice(&ctx, input, range, &mut parts, &mut slice)
+                        .await?,
+                );
             }
+        } else {
+            let concurrent = self
+                .run_concurrently(&ctx, input, ranges, &mut parts, &mut slice)
+                .await?;
+            runs.extend(concurrent);
         }
         let spilled_bytes = runs.iter().map(|r| r.spilled_bytes).sum();
         let slices = runs.len();
