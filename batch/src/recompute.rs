@@ -292,6 +292,10 @@ impl Batch {
             .running
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
+        let mut cancelled = self.cancel.subscribe();
+        if *cancelled.borrow_and_update() {
+            return Err(BatchError::Cancelled);
+        }
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let runtime = self
             .runtime
@@ -307,7 +311,17 @@ impl Batch {
                 store: Arc::clone(&self.store),
                 progress: Arc::clone(&progress),
             };
-            match runtime.spawn(job.run()).await {
+            // Dropping the job's task (aborting it) drops its plans and slice tasks with it.
+            let task = AbortOnDrop(runtime.spawn(job.run()));
+            let finished = tokio::select! {
+                finished = task => finished,
+                _ = cancelled.wait_for(|&cancel| cancel) => {
+                    tracing::info!("recompute cancelled");
+                    failure = Some(BatchError::Cancelled);
+                    break;
+                }
+            };
+            match finished {
                 Ok(Ok(run)) => runs.push(run),
                 Ok(Err(error)) => {
                     failure = Some(error);
@@ -347,6 +361,10 @@ impl Batch {
             .running
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
+        let mut cancelled = self.cancel.subscribe();
+        if *cancelled.borrow_and_update() {
+            return Err(BatchError::Cancelled);
+        }
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let result = self.rollback_locked(definition, version).await;
         release(lock).await;

@@ -564,6 +564,78 @@ fn versions_are_kept_rolled_back_and_collected() {
     assert_eq!(published(&runs[0]).version, 5);
 }
 
+/// Shutdown cancels a running recompute: it stops, publishes nothing, releases the lake's lock at
+/// once (not after its lease), refuses further runs, and the next process's run collects its files.
+#[test]
+fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
+    let config = defaults();
+    let rt = runtime();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let stream = random_stream(11, 3, 40_000, &config);
+    rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
+    let mut slow = settings("events", 100, 2);
+    // A lease far longer than the test: only a release frees the lake in time.
+    slow.lock_lease = Duration::from_secs(3600);
+    let batch = Arc::new(
+        Batch::new(
+            slow.clone(),
+            config.events.clone(),
+            config.views.clone(),
+            Arc::clone(&store),
+        )
+        .unwrap(),
+    );
+    let lock = Path::from(tributary_batch::recompute::lock::LOCK_PATH);
+    let running = {
+        let batch = Arc::clone(&batch);
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || handle.block_on(batch.run(None, quiet())))
+    };
+    // Cancel once the run holds the lake.
+    let started = std::time::Instant::now();
+    while rt.block_on(store.head(&lock)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    batch.cancel();
+    let error = running.join().unwrap().unwrap_err();
+    assert!(matches!(error, BatchError::Cancelled), "{error}");
+    assert!(
+        rt.block_on(store.head(&lock)).is_err(),
+        "the lock is still held"
+    );
+    for view in &config.views {
+        let current = Path::from(lake::current_path(&view.name));
+        assert!(
+            rt.block_on(store.head(&current)).is_err(),
+            "{} was published",
+            view.name
+        );
+    }
+    let again = rt.block_on(batch.run(None, quiet())).unwrap_err();
+    assert!(matches!(again, BatchError::Cancelled), "{again}");
+
+    let next = Batch::new(
+        slow,
+        config.events,
+        config.views.clone(),
+        Arc::clone(&store),
+    )
+    .unwrap();
+    let runs = rt.block_on(next.run(None, quiet())).unwrap();
+    for (run, view) in runs.iter().zip(&config.views) {
+        let manifest = published(run);
+        let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+        assert_same_states(view, &got, &truth(view, &stream, &manifest.boundary));
+    }
+    let listed = rt.block_on(next.list()).unwrap();
+    assert!(listed.iter().all(|v| v.incomplete.is_empty()), "{listed:?}");
+}
+
 #[test]
 fn a_second_run_is_refused_while_one_holds_the_lake() {
     let config = defaults();
