@@ -230,13 +230,14 @@ fn main() {
             seconds.push(run.elapsed.as_secs_f64());
             cpu_seconds_used.push(cpu);
             println!(
-                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), cpu {cpu:.2}s ({:.2}M rows per cpu-second), {} view rows, {} time slices, pool peak {} MiB, spilled {} MiB, rss peak {} MiB",
+                "threads {threads}: {:.2}s, {:.2}M raw rows/s ({:.2}M/s per thread), cpu {cpu:.2}s ({:.2}M rows per cpu-second), {} view rows, {} time slices ({:.2}x the rows scanned), pool peak {} MiB, spilled {} MiB, rss peak {} MiB",
                 run.elapsed.as_secs_f64(),
                 run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6,
                 run.rows_read as f64 / run.elapsed.as_secs_f64() / 1e6 / threads as f64,
                 run.rows_read as f64 / cpu / 1e6,
                 manifest.row_count,
                 run.slices,
+                run.rows_scanned as f64 / run.rows_read as f64,
                 run.peak_memory_bytes >> 20,
                 run.spilled_bytes >> 20,
                 peak_rss_mib()

@@ -186,6 +186,8 @@ pub struct ViewRun {
     pub outcome: Outcome,
     /// Raw rows the scan read (0 when nothing was computed).
     pub rows_read: u64,
+    /// Raw rows the scans decoded: more than `rows_read` where time slices share a page.
+    pub rows_scanned: u64,
     pub elapsed: Duration,
     /// Largest DataFusion memory reservation during the run.
     pub peak_memory_bytes: usize,
@@ -461,6 +463,7 @@ impl ViewJob {
             view: name.clone(),
             outcome,
             rows_read: computed.rows_read,
+            rows_scanned: computed.rows_scanned,
             elapsed: started.elapsed(),
             peak_memory_bytes: computed.peak_memory_bytes,
             spilled_bytes: computed.spilled_bytes,
@@ -530,6 +533,7 @@ impl ViewJob {
             version,
             rows = manifest.row_count,
             rows_read = computed.rows_read,
+            rows_scanned = computed.rows_scanned,
             spilled_bytes = computed.spilled_bytes,
             slices = computed.slices,
             seconds = started.elapsed().as_secs_f64(),
@@ -642,6 +646,7 @@ impl ViewJob {
             files,
             // The input's rows, however many slices read some of them twice.
             rows_read: input_rows.unwrap_or(slice.scanned),
+            rows_scanned: slice.scanned,
             peak_memory_bytes: pool.peak(),
             spilled_bytes,
             slices,
@@ -854,6 +859,7 @@ struct SliceRun {
 struct Computed {
     files: Vec<ManifestFile>,
     rows_read: u64,
+    rows_scanned: u64,
     peak_memory_bytes: usize,
     spilled_bytes: u64,
     slices: usize,
