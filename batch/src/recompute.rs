@@ -73,9 +73,9 @@ pub struct BatchSettings {
     pub threads: usize,
     /// Rows per view Parquet part (each part's row groups hold [`ROW_GROUP_ROWS`]).
     pub part_rows: usize,
-    /// Input rows and view groups a time slice aims at (see [`slices`]): fewer slices when the
-    /// live version shows few groups, or when the raw files' time statistics would make slices
-    /// re-read much.
+    /// Input rows and view groups a time slice aims at (see [`slices`]; from the config,
+    /// [`SliceTarget::for_pool`]): fewer slices when the live version shows few groups, or when
+    /// the raw files' time statistics would make slices re-read much.
     pub slice: SliceTarget,
     /// Lease of the lake's run lock (renewed every quarter of it while a run lives).
     pub lock_lease: Duration,
@@ -91,14 +91,15 @@ impl BatchSettings {
             0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
         };
+        let memory_limit_bytes = config.batch.memory_limit_mb.saturating_mul(1 << 20);
         Self {
             topic: config.kafka.topic.clone(),
             epoch_size: config.batch.epoch_size,
             keep_versions: config.batch.keep_versions,
-            memory_limit_bytes: config.batch.memory_limit_mb.saturating_mul(1 << 20),
+            memory_limit_bytes,
             threads,
             part_rows: 1_000_000,
-            slice: SliceTarget::DEFAULT,
+            slice: SliceTarget::for_pool(memory_limit_bytes, threads),
             lock_lease: Duration::from_secs(120),
         }
     }

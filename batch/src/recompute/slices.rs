@@ -164,6 +164,21 @@ impl SliceTarget {
         rows: 1_000_000,
         groups: 160_000,
     };
+
+    /// Bytes of pool a slice's group takes, generously (`pageviews`: ~500).
+    const GROUP_BYTES: usize = 1024;
+
+    /// [`SliceTarget::DEFAULT`], with fewer groups and rows where `threads` slices at once would
+    /// not fit a pool of `memory_limit_bytes` (a view of 2 rows a group needs no more rows).
+    pub fn for_pool(memory_limit_bytes: usize, threads: usize) -> Self {
+        let groups = (memory_limit_bytes / threads.max(1) / Self::GROUP_BYTES)
+            .clamp(1, Self::DEFAULT.groups);
+        let rows = Self::DEFAULT.rows * groups / Self::DEFAULT.groups;
+        Self {
+            rows: rows.max(1),
+            groups,
+        }
+    }
 }
 
 /// How many slices a recompute aims at: one per `target.rows` input rows, but no more than one per
@@ -497,6 +512,19 @@ mod tests {
             assert_eq!(*bound, (i as i64 + 1) * 50 * 5 * MINUTE, "bound {i}");
         }
         assert_eq!(read_rows(&spans, &bounds), 2_000_000_000);
+    }
+
+    #[test]
+    fn slices_shrink_to_fit_the_pool_of_the_slices_at_once() {
+        assert_eq!(SliceTarget::for_pool(1 << 30, 1), SliceTarget::DEFAULT);
+        assert_eq!(SliceTarget::for_pool(1 << 30, 4), SliceTarget::DEFAULT);
+        let small = SliceTarget::for_pool(64 << 20, 2);
+        assert_eq!(small.groups, 32 * 1024);
+        assert_eq!(small.rows, 1_000_000 * 32 * 1024 / 160_000);
+        assert_eq!(
+            SliceTarget::for_pool(0, 0),
+            SliceTarget { rows: 6, groups: 1 }
+        );
     }
 
     #[test]
