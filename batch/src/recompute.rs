@@ -41,7 +41,7 @@ use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryLimit, MemoryPool, MemoryReservation,
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -714,8 +714,7 @@ impl ViewJob {
         parts: &mut PartWriter,
         progress: &mut SliceProgress<'_>,
     ) -> Result<SliceRun, BatchError> {
-        let frame = plan::view_frame(ctx, &self.events, &self.view, input, range).await?;
-        let physical = time_sort::plan_sorts(frame.create_physical_plan().await?)?;
+        let physical = slice_plan(ctx, &self.events, &self.view, input, range).await?;
         if progress.rows_total.is_none() {
             progress.rows_total = progress::scan_total_rows(physical.as_ref());
         }
@@ -825,6 +824,18 @@ struct CollectedSlice {
     run: SliceRun,
 }
 
+/// The physical plan computing `view`'s sorted states over the rows of `input` in `range`.
+async fn slice_plan(
+    ctx: &SessionContext,
+    events: &EventSchema,
+    view: &ViewDef,
+    input: &Input,
+    range: TimeRange,
+) -> Result<Arc<dyn ExecutionPlan>, BatchError> {
+    let frame = plan::view_frame(ctx, events, view, input, range).await?;
+    Ok(time_sort::plan_sorts(frame.create_physical_plan().await?)?)
+}
+
 /// Aggregates the rows of `range` on its own task and keeps the sorted output.
 async fn collect_slice(
     ctx: SessionContext,
@@ -833,8 +844,7 @@ async fn collect_slice(
     input: Arc<Input>,
     range: TimeRange,
 ) -> Result<CollectedSlice, BatchError> {
-    let frame = plan::view_frame(&ctx, &events, &view, &input, range).await?;
-    let physical = time_sort::plan_sorts(frame.create_physical_plan().await?)?;
+    let physical = slice_plan(&ctx, &events, &view, &input, range).await?;
     let batches: Vec<RecordBatch> = execute_stream(Arc::clone(&physical), ctx.task_ctx())?
         .try_collect()
         .await?;
