@@ -28,6 +28,8 @@ pub mod lock;
 pub mod plan;
 pub mod progress;
 pub mod slices;
+#[cfg(test)]
+mod test_support;
 pub mod time_sort;
 
 use std::sync::Arc;

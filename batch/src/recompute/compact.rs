@@ -118,16 +118,15 @@ mod tests {
     use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::memory::MemorySourceConfig;
-    use datafusion::execution::memory_pool::GreedyMemoryPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::physical_expr::expressions::col;
     use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::ExecutionPlan;
     use datafusion::physical_plan::sorts::sort::SortExec;
-    use datafusion::physical_plan::{ExecutionPlan, collect};
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionConfig;
 
     use super::*;
     use crate::recompute::progress::spilled_bytes;
+    use crate::recompute::test_support::{collect_in_pool, zero_copy_slices};
 
     const ROWS: usize = 400_000;
     const SLICE: usize = 8192;
@@ -146,11 +145,7 @@ mod tests {
             (0..ROWS).map(|i| (i as u64).to_le_bytes().repeat(3)),
         ));
         let whole = RecordBatch::try_new(Arc::clone(&schema), vec![times, sketches]).unwrap();
-        let slices = (0..ROWS)
-            .step_by(SLICE)
-            .map(|start| whole.slice(start, SLICE.min(ROWS - start)))
-            .collect();
-        (schema, slices)
+        (schema, zero_copy_slices(&whole, SLICE))
     }
 
     #[test]
@@ -183,16 +178,7 @@ mod tests {
             false => input,
         };
         let plan: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(order.unwrap(), input));
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(64 << 20)))
-            .build_arc()
-            .unwrap();
-        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
-        let batches = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(collect(Arc::clone(&plan), ctx.task_ctx()))
-            .unwrap();
+        let batches = collect_in_pool(Arc::clone(&plan), 64 << 20, SessionConfig::new());
         let times = batches
             .iter()
             .flat_map(|b| {

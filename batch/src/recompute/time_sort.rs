@@ -399,15 +399,13 @@ mod tests {
     use arrow::datatypes::{Field, Schema};
     use datafusion::arrow::compute::SortOptions;
     use datafusion::datasource::memory::MemorySourceConfig;
-    use datafusion::execution::memory_pool::GreedyMemoryPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::physical_expr::expressions::col;
     use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-    use datafusion::physical_plan::collect;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionConfig;
 
     use super::*;
     use crate::recompute::progress::spilled_bytes;
+    use crate::recompute::test_support::{collect_in_pool, zero_copy_slices};
 
     const ROWS: usize = 200_000;
     const SLICE: usize = 8192;
@@ -436,11 +434,7 @@ mod tests {
         ));
         let whole =
             RecordBatch::try_new(Arc::clone(&schema), vec![times, positions, sketches]).unwrap();
-        let slices = (0..ROWS)
-            .step_by(SLICE)
-            .map(|start| whole.slice(start, SLICE.min(ROWS - start)))
-            .collect();
-        (schema, slices)
+        (schema, zero_copy_slices(&whole, SLICE))
     }
 
     /// A row as the tests compare it: its time and its input position.
@@ -468,18 +462,9 @@ mod tests {
         let key = PhysicalSortExpr::new(col("time", &schema).unwrap(), options);
         let sort = SortExec::new(LexOrdering::new([key]).unwrap(), input);
         let plan = plan_sorts(Arc::new(sort)).unwrap();
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(pool_bytes)))
-            .build_arc()
-            .unwrap();
         // As the recompute sets it: a sixteenth of the pool held back for merging spills.
         let config = SessionConfig::new().with_sort_spill_reservation_bytes(pool_bytes / 16);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let batches = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(collect(Arc::clone(&plan), ctx.task_ctx()))
-            .unwrap();
+        let batches = collect_in_pool(Arc::clone(&plan), pool_bytes, config);
         (plan, rows_of(&batches))
     }
 
