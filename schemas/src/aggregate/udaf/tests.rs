@@ -231,6 +231,15 @@ fn folding_rows(groups: usize) -> (Vec<usize>, Vec<f64>) {
         .unzip()
 }
 
+/// The algebra's HyperLogLog of the `picked` strings.
+fn distinct_of(strings: &[String], picked: &[usize]) -> MetricState {
+    let mut sketch = Hll::default();
+    picked
+        .iter()
+        .for_each(|&r| sketch.insert_hash(hll::hash_str(&strings[r])));
+    MetricState::CountDistinct(sketch)
+}
+
 /// Emits `states` first in part, then whole (groups renumbered, as DataFusion does), and checks
 /// every group's bytes against the sketch built value by value.
 fn emits_in_parts_match<S: ColumnState>(
@@ -299,13 +308,7 @@ fn logged_sketch_updates_fold_and_emit_in_parts_as_the_algebra_computes() {
         groups,
         &column,
         &rows,
-        |picked| {
-            let mut sketch = Hll::default();
-            picked
-                .iter()
-                .for_each(|&r| sketch.insert_hash(hll::hash_str(&strings[r])));
-            MetricState::CountDistinct(sketch)
-        },
+        |picked| distinct_of(&strings, picked),
     );
 }
 
@@ -328,12 +331,6 @@ fn logged_distinct_counts_allocate_no_states_and_emit_in_parts() {
         groups,
         &column,
         rows,
-        |picked| {
-            let mut sketch = Hll::default();
-            picked
-                .iter()
-                .for_each(|&r| sketch.insert_hash(hll::hash_str(&strings[r])));
-            MetricState::CountDistinct(sketch)
-        },
+        |picked| distinct_of(&strings, picked),
     );
 }
