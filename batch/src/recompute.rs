@@ -283,6 +283,16 @@ impl Batch {
             })
     }
 
+    /// The signal a run watches for [`Batch::cancel`]; `Cancelled` once it has been sent.
+    fn cancellation(&self) -> Result<tokio::sync::watch::Receiver<bool>, BatchError> {
+        let mut cancelled = self.cancel.subscribe();
+        let sent = *cancelled.borrow_and_update();
+        match sent {
+            true => Err(BatchError::Cancelled),
+            false => Ok(cancelled),
+        }
+    }
+
     /// Recomputes every view (or only `only`), one after the other.
     pub async fn run(
         &self,
@@ -297,10 +307,7 @@ impl Batch {
             .running
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
-        let mut cancelled = self.cancel.subscribe();
-        if *cancelled.borrow_and_update() {
-            return Err(BatchError::Cancelled);
-        }
+        let mut cancelled = self.cancellation()?;
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let runtime = self
             .runtime
@@ -366,10 +373,7 @@ impl Batch {
             .running
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
-        let mut cancelled = self.cancel.subscribe();
-        if *cancelled.borrow_and_update() {
-            return Err(BatchError::Cancelled);
-        }
+        self.cancellation()?;
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let result = self.rollback_locked(definition, version).await;
         release(lock).await;
