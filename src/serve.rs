@@ -150,9 +150,9 @@ pub fn serve_until(
                 .await
         }));
     }
-    if let Some(batch) = &batch {
-        runtime.spawn(schedule(Arc::clone(batch), config.batch.interval, metrics));
-    }
+    let scheduled = batch
+        .as_ref()
+        .map(|batch| runtime.spawn(schedule(Arc::clone(batch), config.batch.interval, metrics)));
     drop(failed_tx);
 
     runtime.block_on(async {
@@ -180,6 +180,17 @@ pub fn serve_until(
     if let Some(batch) = &batch {
         batch.cancel();
     }
+    if let Some(scheduled) = scheduled {
+        // A cancelled recompute stops at its next step and releases the lake's lock before the
+        // scheduler returns. Should that take too long, the lock's lease frees the lake later.
+        let stopped =
+            runtime.block_on(async { tokio::time::timeout(SCHEDULER_STOP, scheduled).await });
+        if stopped.is_err() {
+            tracing::warn!(
+                "the cancelled recompute did not stop within {SCHEDULER_STOP:?}; its lock on the lake expires with its lease"
+            );
+        }
+    }
     let archived = match archiver.map(thread::JoinHandle::join) {
         None | Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(error))) => Err(anyhow::Error::new(error).context("the archiver stopped")),
@@ -188,7 +199,6 @@ pub fn serve_until(
     for worker in workers {
         let _ = worker.join();
     }
-    // Give a cancelled recompute a moment to release the lake's lock.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     archived
 }
@@ -253,13 +263,20 @@ async fn follow_versions(live: Arc<Live>, every: std::time::Duration) {
     }
 }
 
-/// Runs a recompute every `interval` (the first one interval after start). A run still going when
-/// the next is due delays it rather than overlapping it.
+/// How long shutdown waits for the batch scheduler, and a recompute it is running, to stop.
+const SCHEDULER_STOP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a recompute every `interval` (the first one interval after start) until the batch layer
+/// is cancelled, returning at once when that happens between runs. A run still going when the
+/// next is due delays it rather than overlapping it.
 async fn schedule(batch: Arc<Batch>, interval: std::time::Duration, metrics: Arc<Metrics>) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = batch.cancelled() => return,
+        }
         match batch.run(None, logged()).await {
             Ok(runs) => {
                 for run in &runs {
@@ -294,5 +311,35 @@ pub async fn wait_for_shutdown_signal() {
             tracing::warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shutdown waits for the scheduler to return, which must not take until its next interval.
+    #[tokio::test]
+    async fn a_cancelled_scheduler_returns_between_runs_without_waiting_for_the_interval() {
+        let lake = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", lake.path().display());
+        let config = Config::from_sources(None, [("TRIBUTARY_LAKE__URL".to_owned(), url)]).unwrap();
+        let batch = Arc::new(crate::batch::open(&config).unwrap());
+        let hour = std::time::Duration::from_secs(3600);
+        let scheduled = tokio::spawn(schedule(
+            Arc::clone(&batch),
+            hour,
+            Arc::new(Metrics::default()),
+        ));
+        tokio::task::yield_now().await;
+        assert!(
+            !scheduled.is_finished(),
+            "the scheduler waits for its interval"
+        );
+        batch.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), scheduled)
+            .await
+            .expect("the scheduler returns once cancelled, not at the next interval")
+            .unwrap();
     }
 }

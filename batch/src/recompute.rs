@@ -268,6 +268,14 @@ impl Batch {
         self.cancel.send_replace(true);
     }
 
+    /// Completes once [`Batch::cancel`] has been called: what a scheduler waiting for its next
+    /// run selects on, so that shutdown does not wait for the interval.
+    pub async fn cancelled(&self) {
+        let mut cancel = self.cancel.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = cancel.wait_for(|&cancel| cancel).await;
+    }
+
     fn view(&self, name: &str) -> Result<&ViewDef, BatchError> {
         self.views
             .iter()
