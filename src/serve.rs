@@ -234,8 +234,13 @@ async fn start_serving(
         versions,
         Arc::new(speed),
     );
-    let engine = Engine::new(Arc::new(live), serving.max_rows, serving.query_timeout)
-        .context("starting the query engine")?;
+    let engine = Engine::new(
+        Arc::new(live),
+        serving.max_rows,
+        serving.query_timeout,
+        serving.partial_cache_mb << 20,
+    )
+    .context("starting the query engine")?;
     let decoder = Decoder::new(config.events.clone());
     let ingest = Ingest::new(IngestSettings::from_config(config), decoder)
         .context("creating the push-ingest producer")?;

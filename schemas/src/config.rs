@@ -67,6 +67,8 @@ pub struct ServingConfig {
     pub listen: SocketAddr,
     /// A live batch version up to this size is held in memory; a bigger one is scanned from Parquet.
     pub memory_budget_mb: usize,
+    /// Merged batch states of repeated query shapes are kept up to this size (0: none are).
+    pub partial_cache_mb: usize,
     /// Longest a query (structured or SQL) may run before it is cancelled.
     pub query_timeout: Duration,
     /// Most rows one reply carries; past it the reply is cut and says so (`meta.truncated`).
@@ -525,6 +527,7 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let mut section = Section::new("serving", merged.get("serving"), problems)?;
     let listen = section.string("listen", problems);
     let memory_budget_mb = section.non_negative_integer("memory_budget_mb", problems);
+    let partial_cache_mb = section.non_negative_integer("partial_cache_mb", problems);
     let query_timeout = section.duration("query_timeout", problems);
     let max_rows = section.positive_integer("max_rows", problems);
     let refresh = section.duration("refresh", problems);
@@ -545,6 +548,7 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
         Ok(listen) => Some(ServingConfig {
             listen,
             memory_budget_mb: usize::try_from(memory_budget_mb?).ok()?,
+            partial_cache_mb: usize::try_from(partial_cache_mb?).ok()?,
             query_timeout: query_timeout?,
             max_rows: usize::try_from(max_rows?).ok()?,
             refresh: refresh?,

@@ -232,7 +232,7 @@ fn main() {
         Arc::new(speed_layer(&config)),
     );
     let app = App {
-        engine: Engine::new(Arc::new(live), 100_000, Duration::from_secs(30)).unwrap(),
+        engine: Engine::new(Arc::new(live), 100_000, Duration::from_secs(30), 256 << 20).unwrap(),
         batch: None,
         archiver: None,
         ingest: None,

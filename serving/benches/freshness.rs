@@ -66,7 +66,7 @@ fn main() {
         Arc::clone(&speed),
     );
     let app = App {
-        engine: Engine::new(Arc::new(live), 1000, Duration::from_secs(10)).unwrap(),
+        engine: Engine::new(Arc::new(live), 1000, Duration::from_secs(10), 256 << 20).unwrap(),
         batch: None,
         archiver: None,
         ingest: None,

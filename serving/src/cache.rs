@@ -101,3 +101,37 @@ impl PartialCache {
         self.entries.lock().map(|e| e.bytes).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    fn answer(rows: i64) -> Arc<Vec<RecordBatch>> {
+        let column = Int64Array::from_iter_values(0..rows);
+        let batch = RecordBatch::try_from_iter([("v", Arc::new(column) as _)]).unwrap();
+        Arc::new(vec![batch])
+    }
+
+    #[test]
+    fn a_zero_budget_keeps_nothing_and_a_budget_evicts_the_least_recently_used() {
+        let off = PartialCache::new(0);
+        off.insert("a".to_owned(), answer(10));
+        assert!(off.get("a").is_none());
+        assert_eq!(off.bytes(), 0);
+
+        let one = answer(1000);
+        let size: usize = one.iter().map(RecordBatch::get_array_memory_size).sum();
+        // Room for eight such answers: each is at most an eighth of the budget.
+        let cache = PartialCache::new(size * 8);
+        for key in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            cache.insert(key.to_owned(), answer(1000));
+        }
+        assert!(cache.get("a").is_some(), "a is now the most recently used");
+        cache.insert("i".to_owned(), answer(1000));
+        assert!(cache.get("b").is_none(), "b went first");
+        assert!(cache.get("a").is_some());
+        assert_eq!(cache.bytes(), size * 8);
+    }
+}

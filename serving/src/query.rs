@@ -142,7 +142,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(live: Arc<Live>, max_rows: usize, timeout: Duration) -> Result<Self, QueryError> {
+    /// `partial_cache_bytes` bounds the merged batch states kept for repeated query shapes.
+    pub fn new(
+        live: Arc<Live>,
+        max_rows: usize,
+        timeout: Duration,
+        partial_cache_bytes: usize,
+    ) -> Result<Self, QueryError> {
         let runtime = RuntimeEnvBuilder::new().build_arc()?;
         runtime.register_object_store(lake_url().as_ref(), Arc::clone(live.store()));
         let config = SessionConfig::new()
@@ -151,7 +157,7 @@ impl Engine {
         let context = SessionContext::new_with_config_rt(config, runtime);
         Ok(Self {
             live,
-            cache: PartialCache::new(256 << 20),
+            cache: PartialCache::new(partial_cache_bytes),
             session: context.state(),
             max_rows,
             timeout,

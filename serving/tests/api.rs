@@ -75,7 +75,7 @@ fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Ap
         Arc::new(Batch::new(settings, config.events.clone(), config.views.clone(), store).unwrap())
     });
     let app = App {
-        engine: Engine::new(Arc::new(live), 1000, timeout).unwrap(),
+        engine: Engine::new(Arc::new(live), 1000, timeout, 256 << 20).unwrap(),
         batch,
         archiver: None,
         ingest,

@@ -39,6 +39,7 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
     assert_eq!(config.archiver.max_file_rows, 500_000);
     assert_eq!(config.archiver.max_file_age, Duration::from_secs(120));
     assert_eq!(config.serving.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.serving.partial_cache_mb, 256);
     let pageviews = config.view("pageviews").unwrap();
     assert_eq!(pageviews.granularity.to_string(), "1m");
     assert_eq!(pageviews.filter.as_ref().unwrap().sql, "page IS NOT NULL");
@@ -103,6 +104,7 @@ fn environment_variables_override_typed_keys() {
         ("TRIBUTARY_KAFKA__BROKERS", "10.0.0.1:9092"),
         ("TRIBUTARY_BATCH__EPOCH_SIZE", "5000"),
         ("TRIBUTARY_SERVING__LISTEN", "0.0.0.0:9000"),
+        ("TRIBUTARY_SERVING__PARTIAL_CACHE_MB", "0"),
         ("TRIBUTARY_KAFKA__DLQ_TOPIC", ""),
         ("TRIBUTARY_LOG", "ignored: not a section override"),
         ("PATH", "/usr/bin"),
@@ -111,6 +113,10 @@ fn environment_variables_override_typed_keys() {
     assert_eq!(config.kafka.brokers, "10.0.0.1:9092");
     assert_eq!(config.batch.epoch_size, 5000);
     assert_eq!(config.serving.listen.port(), 9000);
+    assert_eq!(
+        config.serving.partial_cache_mb, 0,
+        "0 turns the partial cache off"
+    );
     assert_eq!(
         config.kafka.dlq_topic, None,
         "an empty DLQ topic disables it"
