@@ -268,8 +268,8 @@ impl Batch {
         self.cancel.send_replace(true);
     }
 
-    /// Completes once [`Batch::cancel`] has been called: what a scheduler waiting for its next
-    /// run selects on, so that shutdown does not wait for the interval.
+    /// Completes once [`Batch::cancel`] has been called (at once if it was): what a run in
+    /// progress and a scheduler waiting for its next run select on.
     pub async fn cancelled(&self) {
         let mut cancel = self.cancel.subscribe();
         // The sender lives in `self`, so waiting cannot fail.
@@ -291,13 +291,11 @@ impl Batch {
             })
     }
 
-    /// The signal a run watches for [`Batch::cancel`]; `Cancelled` once it has been sent.
-    fn cancellation(&self) -> Result<tokio::sync::watch::Receiver<bool>, BatchError> {
-        let mut cancelled = self.cancel.subscribe();
-        let sent = *cancelled.borrow_and_update();
-        match sent {
+    /// `Cancelled` once [`Batch::cancel`] has been called: shutdown starts nothing new.
+    fn refuse_if_cancelled(&self) -> Result<(), BatchError> {
+        match *self.cancel.borrow() {
             true => Err(BatchError::Cancelled),
-            false => Ok(cancelled),
+            false => Ok(()),
         }
     }
 
@@ -315,7 +313,7 @@ impl Batch {
             .running
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
-        let mut cancelled = self.cancellation()?;
+        self.refuse_if_cancelled()?;
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let runtime = self
             .runtime
@@ -335,7 +333,7 @@ impl Batch {
             let task = AbortOnDrop(runtime.spawn(job.run()));
             let finished = tokio::select! {
                 finished = task => finished,
-                _ = cancelled.wait_for(|&cancel| cancel) => {
+                () = self.cancelled() => {
                     tracing::info!("recompute cancelled");
                     failure = Some(BatchError::Cancelled);
                     break;
@@ -381,7 +379,7 @@ impl Batch {
             .running
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
-        self.cancellation()?;
+        self.refuse_if_cancelled()?;
         let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
         let result = self.rollback_locked(definition, version).await;
         release(lock).await;
