@@ -9,6 +9,8 @@
 //!
 //! A multi-second run is measured as a whole a few times rather than sampled by criterion:
 //! `cargo bench -p tributary-batch --bench recompute` (set `RECOMPUTE_EVENTS` for a smaller run).
+//! `RECOMPUTE_CONFIG=batch/benches/recompute_breakdown.toml` with `RECOMPUTE_VIEW=<name>` runs one
+//! of the views there, which take `pageviews` apart (its scan, metrics and cardinality).
 //! Target (issue 3): >= 5M raw rows/s per core, peak memory reported.
 
 use std::sync::Arc;
@@ -142,7 +144,20 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let config = Config::from_sources(None, []).expect("default config");
+    // RECOMPUTE_CONFIG=<file>: views (and events) from a file instead of the defaults.
+    let config_file = std::env::var("RECOMPUTE_CONFIG").ok().map(|path| {
+        (
+            std::fs::read_to_string(&path).expect("RECOMPUTE_CONFIG"),
+            path,
+        )
+    });
+    let config = Config::from_sources(
+        config_file
+            .as_ref()
+            .map(|(text, path)| (text.as_str(), path.as_str())),
+        [],
+    )
+    .expect("config");
     // RECOMPUTE_VIEW=traffic measures the other default view (1h by device and referrer: few groups).
     let view_name = std::env::var("RECOMPUTE_VIEW").unwrap_or_else(|_| "pageviews".to_owned());
     let view = config.view(&view_name).expect("a default view").clone();

@@ -961,3 +961,26 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
         assert_same_states(view, &got, &want);
     }
 }
+
+/// The recompute bench's breakdown views take the shipped `pageviews` apart: its `pageviews` and
+/// `traffic` must stay the shipped views, over the shipped events, or the figures compare
+/// something else.
+#[test]
+fn the_bench_breakdown_measures_the_shipped_views() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/recompute_breakdown.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let breakdown = Config::from_sources(Some((&text, path)), []).unwrap();
+    let shipped = defaults();
+    assert_eq!(breakdown.events, shipped.events);
+    for name in ["pageviews", "traffic"] {
+        assert_eq!(breakdown.view(name), shipped.view(name), "{name}");
+    }
+    let daily = breakdown.view("pageviews_daily").unwrap();
+    let pageviews = shipped.view("pageviews").unwrap();
+    assert_eq!(daily.metrics, pageviews.metrics);
+    assert_eq!(daily.dimensions, pageviews.dimensions);
+    assert_ne!(daily.granularity, pageviews.granularity);
+}
