@@ -146,12 +146,39 @@ pub enum BatchError {
     Version(#[from] VersionError),
     #[error("the recompute query failed")]
     Query(#[from] DataFusionError),
+    #[error(
+        "view {view:?} needs more memory than the recompute's pool holds even when spilling to disk: raise [batch] memory_limit_mb (now {limit_mb})"
+    )]
+    OutOfMemory {
+        view: String,
+        limit_mb: usize,
+        source: DataFusionError,
+    },
     #[error("cannot encode a view part")]
     Parquet(#[from] ParquetError),
     #[error("cannot start the batch runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the recompute task failed")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl BatchError {
+    /// A query that ran out of the memory pool names the setting to raise: DataFusion's own
+    /// message speaks of reservations and operators, not of Tributary's configuration.
+    fn naming_the_pool(self, view: &str, pool_bytes: usize) -> Self {
+        match self {
+            BatchError::Query(source)
+                if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
+            {
+                BatchError::OutOfMemory {
+                    view: view.to_owned(),
+                    limit_mb: pool_bytes >> 20,
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// What a run did to one view.
@@ -322,6 +349,7 @@ impl Batch {
         let mut runs = Vec::with_capacity(views.len());
         let mut failure = None;
         for view in views {
+            let name = view.name.clone();
             let job = ViewJob {
                 settings: self.settings.clone(),
                 events: self.events.clone(),
@@ -342,7 +370,7 @@ impl Batch {
             match finished {
                 Ok(Ok(run)) => runs.push(run),
                 Ok(Err(error)) => {
-                    failure = Some(error);
+                    failure = Some(error.naming_the_pool(&name, self.settings.memory_limit_bytes));
                     break;
                 }
                 Err(error) => {

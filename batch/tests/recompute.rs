@@ -984,3 +984,55 @@ fn the_bench_breakdown_measures_the_shipped_views() {
     assert_eq!(daily.dimensions, pageviews.dimensions);
     assert_ne!(daily.granularity, pageviews.granularity);
 }
+
+/// A pool too small for a view's groups even when spilling fails the run with an error that names
+/// the view and the setting to raise, and publishes nothing; the same lake then recomputes with a
+/// pool that fits.
+#[test]
+fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
+    let config = defaults();
+    let rt = runtime();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let stream = random_stream(11, 3, 4000, &config);
+    rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
+    let mut tiny = settings("events", 1, 2);
+    tiny.memory_limit_bytes = 1 << 20;
+    let batch = Batch::new(
+        tiny,
+        config.events.clone(),
+        config.views.clone(),
+        Arc::clone(&store),
+    )
+    .unwrap();
+    let error = rt.block_on(batch.run(None, quiet())).unwrap_err();
+    let BatchError::OutOfMemory { view, limit_mb, .. } = &error else {
+        panic!("expected OutOfMemory, got {error:?}");
+    };
+    assert_eq!((view.as_str(), *limit_mb), ("pageviews", 1));
+    assert!(
+        error.to_string().contains("raise [batch] memory_limit_mb"),
+        "{error}"
+    );
+    for view in &config.views {
+        assert_eq!(
+            rt.block_on(read_current(store.as_ref(), &view.name))
+                .unwrap(),
+            None
+        );
+    }
+    drop(batch);
+
+    let batch = Batch::new(
+        settings("events", 1, 2),
+        config.events.clone(),
+        config.views.clone(),
+        Arc::clone(&store),
+    )
+    .unwrap();
+    let runs = rt.block_on(batch.run(None, quiet())).unwrap();
+    assert!(
+        runs.iter()
+            .all(|run| matches!(run.outcome, Outcome::Published(_)))
+    );
+}
