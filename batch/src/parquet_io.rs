@@ -36,7 +36,7 @@ fn raw_properties(schema: &SchemaRef) -> WriterProperties {
 
 /// Encodes `batches` (all of one schema) as one raw Parquet file.
 pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
-    encode_with(batches, raw_properties(&schema_of(batches)?))
+    encode_with(batches, raw_properties(&schema_of(batches)?), 0)
 }
 
 /// Encodes one part of a batch view: sorted rows in row groups of `row_group_rows`, so that a scan
@@ -93,7 +93,10 @@ pub fn encode_view(
             }
         }
     }
-    encode_with(batches, properties.build())
+    // View parts are mostly uncompressed: their Arrow size bounds the file, and a buffer of that
+    // capacity (untouched pages cost nothing) saves regrowing and copying a ~100 MB part.
+    let capacity = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    encode_with(batches, properties.build(), capacity)
 }
 
 fn schema_of(batches: &[RecordBatch]) -> Result<SchemaRef, ParquetError> {
@@ -106,9 +109,10 @@ fn schema_of(batches: &[RecordBatch]) -> Result<SchemaRef, ParquetError> {
 fn encode_with(
     batches: &[RecordBatch],
     properties: WriterProperties,
+    capacity: usize,
 ) -> Result<Bytes, ParquetError> {
     let schema = schema_of(batches)?;
-    let mut buffer = Vec::new();
+    let mut buffer = Vec::with_capacity(capacity);
     let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(properties))?;
     for batch in batches {
         writer.write(batch)?;

@@ -63,11 +63,21 @@ pub struct StateColumnBuilder {
 
 impl StateColumnBuilder {
     pub fn new(kind: StateKind) -> Self {
+        Self::with_capacity(kind, 0, 0)
+    }
+
+    /// A builder with room for `states` states and, for sketches, `bytes` bytes of them: emitting
+    /// a recompute's groups then fills its buffers once instead of regrowing and copying them.
+    pub fn with_capacity(kind: StateKind, states: usize, bytes: usize) -> Self {
+        let data_type = kind.data_type();
+        let room = |used: bool| if used { states } else { 0 };
+        let avg = kind == StateKind::Avg;
+        let binary = data_type == DataType::Binary;
         Self {
             kind,
-            ints: Int64Builder::new(),
-            floats: Float64Builder::new(),
-            binary: BinaryBuilder::new(),
+            ints: Int64Builder::with_capacity(room(avg || data_type == DataType::Int64)),
+            floats: Float64Builder::with_capacity(room(avg || data_type == DataType::Float64)),
+            binary: BinaryBuilder::with_capacity(room(binary), if binary { bytes } else { 0 }),
             scratch: Vec::new(),
         }
     }
