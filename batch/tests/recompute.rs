@@ -120,6 +120,13 @@ fn random_stream(seed: u64, partitions: i32, per_partition: usize, config: &Conf
         .collect()
 }
 
+/// A lake in a fresh temporary directory, removed when the directory is dropped.
+fn empty_lake() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path().to_str().unwrap()).unwrap();
+    (dir, store)
+}
+
 /// Writes the stream as raw files that tile each partition's offsets, `file_rows` events per file
 /// (the last file of a partition ends at `last_offset`).
 async fn write_raw(
@@ -371,8 +378,7 @@ fn recomputed_states_equal_the_algebra_over_the_events_below_the_boundary() {
         [(1, 1000, 900), (2, 7, 333), (3, 100_000, 5000), (4, 250, 1)]
     {
         let per_partition = if file_rows == 1 { 300 } else { 4000 };
-        let lake_dir = tempfile::tempdir().unwrap();
-        let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+        let (_lake_dir, store) = empty_lake();
         let stream = random_stream(seed, 3, per_partition, &config);
         rt.block_on(write_raw(
             store.as_ref(),
@@ -447,8 +453,7 @@ fn time_slices_aggregate_exactly_and_bound_memory() {
     let rt = runtime();
     let stream = time_ordered_stream(5, 3, 20_000, &config);
     for threads in [1, 2] {
-        let lake_dir = tempfile::tempdir().unwrap();
-        let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+        let (_lake_dir, store) = empty_lake();
         // The first half of each partition, then all of it.
         let half: Stream = stream
             .iter()
@@ -503,8 +508,7 @@ fn time_slices_aggregate_exactly_and_bound_memory() {
 fn versions_are_kept_rolled_back_and_collected() {
     let config = defaults();
     let rt = runtime();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let (_lake_dir, store) = empty_lake();
     let view = config.view("traffic").unwrap().clone();
     let batch = Batch::new(
         settings("events", 100, 2),
@@ -577,8 +581,7 @@ fn versions_are_kept_rolled_back_and_collected() {
 fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     let config = defaults();
     let rt = runtime();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let (_lake_dir, store) = empty_lake();
     let stream = random_stream(11, 3, 40_000, &config);
     rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
     let mut slow = settings("events", 100, 2);
@@ -647,8 +650,7 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
 fn a_second_run_is_refused_while_one_holds_the_lake() {
     let config = defaults();
     let rt = runtime();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let (_lake_dir, store) = empty_lake();
     let batch = Batch::new(
         settings("events", 100, 2),
         config.events,
@@ -683,8 +685,7 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
     let rt = runtime();
     let broker = Broker::shared();
     let topic = rt.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let (_lake_dir, store) = empty_lake();
     let mut expected = Expected::new();
     rt.block_on(produce_mixed(
         broker,
@@ -786,8 +787,7 @@ fn a_small_memory_pool_spills_and_stays_exact() {
     let stream = random_stream(99, 3, 80_000, &config);
     let view = config.view("pageviews").unwrap().clone();
     for threads in [1, 2] {
-        let lake_dir = tempfile::tempdir().unwrap();
-        let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+        let (_lake_dir, store) = empty_lake();
         rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
         let mut small = settings("events", 1000, 2);
         small.threads = threads;
@@ -821,8 +821,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
     const PARTITIONS: i32 = 2;
     let config = defaults();
     let rt = runtime();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let (_lake_dir, store) = empty_lake();
     let topic = "clicks";
     let archive = |broker: &Broker, expected: &Expected| {
         let archiver = Archiver::new(
@@ -992,8 +991,7 @@ fn the_bench_breakdown_measures_the_shipped_views() {
 fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
     let config = defaults();
     let rt = runtime();
-    let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let (_lake_dir, store) = empty_lake();
     let stream = random_stream(11, 3, 4000, &config);
     rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
     let mut tiny = settings("events", 1, 2);
