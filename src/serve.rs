@@ -24,6 +24,7 @@ use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_speed::health::HealthSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -224,6 +225,10 @@ async fn start_serving(
         topic: topic.clone(),
         poll_batch: 2000,
         poll_wait: std::time::Duration::from_millis(20),
+        health: HealthSettings {
+            ready_max_lag: serving.ready_max_lag,
+            stall_after: serving.stall_after,
+        },
     };
     let speed = SpeedLayer::new(settings, aggregator, Live::speed_start(&versions));
     let live = Live::new(

@@ -79,6 +79,12 @@ pub struct ServingConfig {
     pub ingest_max_body_mb: usize,
     /// Longest push ingest waits for Kafka to acknowledge a request's events.
     pub ingest_timeout: Duration,
+    /// Most messages the speed layer may be behind the broker on any partition while `/readyz`
+    /// says ready and answers say `meta.complete`.
+    pub ready_max_lag: u64,
+    /// How long the speed layer may make no progress on a partition it is behind on before it
+    /// counts as stalled (not ready, answers incomplete) and its consumer is recreated.
+    pub stall_after: Duration,
 }
 
 /// A validated configuration.
@@ -533,7 +539,16 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let refresh = section.duration("refresh", problems);
     let ingest_max_body_mb = section.positive_integer("ingest_max_body_mb", problems);
     let ingest_timeout = section.duration("ingest_timeout", problems);
+    let ready_max_lag = section.non_negative_integer("ready_max_lag", problems);
+    let stall_after = section.duration("stall_after", problems);
     section.finish(problems);
+    if stall_after.is_some_and(|t| t < Duration::from_secs(1)) {
+        problem(
+            problems,
+            "serving.stall_after",
+            "must be at least 1s (the broker's end is checked every second)",
+        );
+    }
     if refresh.is_some_and(|r| r < Duration::from_millis(10)) {
         problem(problems, "serving.refresh", "must be at least 10ms");
     }
@@ -554,6 +569,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
             refresh: refresh?,
             ingest_max_body_mb: usize::try_from(ingest_max_body_mb?).ok()?,
             ingest_timeout: ingest_timeout?,
+            ready_max_lag: ready_max_lag?,
+            stall_after: stall_after?,
         }),
         Err(_) => {
             problem(

@@ -40,6 +40,7 @@ use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_speed::health::HealthSettings;
 use tributary_testkit::rng::Rng;
 
 const DAY_MS: i64 = 86_400_000;
@@ -184,6 +185,10 @@ fn speed_layer(config: &Config) -> SpeedLayer {
         topic: "events".to_owned(),
         poll_batch: 2000,
         poll_wait: Duration::from_millis(20),
+        health: HealthSettings {
+            ready_max_lag: config.serving.ready_max_lag,
+            stall_after: config.serving.stall_after,
+        },
     };
     SpeedLayer::new(settings, aggregator, Boundary([(0, BOUNDARY)].into()))
 }

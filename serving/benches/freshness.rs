@@ -28,6 +28,7 @@ use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_speed::health::HealthSettings;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::clickstream;
 
@@ -54,6 +55,10 @@ fn main() {
         topic: topic.clone(),
         poll_batch: 2000,
         poll_wait: Duration::from_millis(20),
+        health: HealthSettings {
+            ready_max_lag: config.serving.ready_max_lag,
+            stall_after: config.serving.stall_after,
+        },
     };
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let versions = config.views.iter().map(|_| None).collect();
@@ -126,7 +131,7 @@ fn main() {
         producer.poll(Duration::ZERO);
     };
     // Warm up: the consumer is assigned and reading.
-    while !speed.caught_up() {
+    while !speed.ready() {
         std::thread::sleep(Duration::from_millis(10));
     }
     for probe in 0..probes {

@@ -21,6 +21,7 @@ use tributary_batch::archiver::ArchiverStats;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::{Batch, BatchError};
 use tributary_schemas::config::ViewDef;
+use tributary_speed::consumer::SpeedLayer;
 
 use crate::ingest::{Ingest, IngestError};
 use crate::json::{self, timestamp};
@@ -297,13 +298,19 @@ fn freshness(pinned: &Pinned) -> Value {
     })
 }
 
+/// What one view's answer merged. `complete` is false when the speed layer trails the log by more
+/// than `ready_max_lag` on some partition (`speed.lag`) or is stalled (`speed.stalled`): the answer
+/// is exact for the offsets it covers, and misses the rest.
 fn merged_meta(view: &str, pinned: &Pinned) -> Value {
     json!({
         "view": view,
+        "complete": pinned.complete(),
         "batch": batch_meta(pinned),
         "speed": {
             "from": pinned.speed_from.0,
             "next_offsets": pinned.speed_next,
+            "lag": pinned.speed_lag(),
+            "stalled": pinned.speed_stalled(),
             "events": pinned.speed.events,
             "rows": pinned.speed.rows(),
             "sealed_epochs": pinned.speed.parts.iter().filter(|p| p.sealed).count(),
@@ -356,7 +363,8 @@ async fn sql(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiEr
     let views: Vec<Value> = (answer.merged.iter())
         .map(|m| merged_meta(&m.view, &m.pinned))
         .collect();
-    reply(&answer, json!({"views": views}))
+    let complete = answer.merged.iter().all(|m| m.pinned.complete());
+    reply(&answer, json!({"complete": complete, "views": views}))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -444,17 +452,7 @@ async fn status(State(app): State<Arc<App>>) -> axum::Json<Value> {
             })
         })
         .collect();
-    let lag: Vec<Value> = (speed.lag().into_iter())
-        .map(|(partition, l)| {
-            json!({
-                "partition": partition,
-                "start": l.start,
-                "next": l.next,
-                "high_watermark": l.high_watermark,
-                "lag": (l.high_watermark - l.next).max(0),
-            })
-        })
-        .collect();
+    let lag = partitions_json(speed);
     let ordering = std::sync::atomic::Ordering::Relaxed;
     let archiver = app.archiver.as_ref().map(|stats| {
         json!({
@@ -470,7 +468,10 @@ async fn status(State(app): State<Arc<App>>) -> axum::Json<Value> {
     axum::Json(json!({
         "batch": {"views": batch, "role": app.batch.is_some()},
         "speed": {
-            "ready": speed.caught_up(),
+            "ready": speed.ready(),
+            "complete": speed.complete(),
+            "stalls": speed.stalls(),
+            "ready_max_lag": speed.health_settings().ready_max_lag,
             "from": speed.boundary().0,
             "events": totals.events,
             "malformed": totals.malformed,
@@ -510,15 +511,34 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         "gauge",
         "messages between the broker's end and the speed layer, per partition",
     );
-    for (partition, lag) in speed.lag() {
-        let value = (lag.high_watermark - lag.next).max(0) as f64;
+    for (partition, health) in speed.partitions() {
         sample(
             &mut out,
             "tributary_speed_lag_messages",
             &[("partition", partition.to_string())],
-            value,
+            health.lag() as f64,
         );
     }
+    counter(
+        &mut out,
+        (
+            "tributary_speed_stalls_total",
+            "times the watchdog recreated a speed-layer consumer that made no progress while behind",
+            speed.stalls(),
+        ),
+    );
+    family(
+        &mut out,
+        "tributary_speed_ready",
+        "gauge",
+        "1 when the speed layer is ready: within ready_max_lag of the log and not stalled",
+    );
+    sample(
+        &mut out,
+        "tributary_speed_ready",
+        &[],
+        f64::from(u8::from(speed.ready())),
+    );
     family(
         &mut out,
         "tributary_freshness_seconds",
@@ -618,21 +638,42 @@ async fn livez() -> axum::Json<Value> {
 }
 
 /// Ready once the live versions are loaded (they are before the server starts) and the speed layer
-/// has read every partition up to the end it saw when it started.
+/// has read every partition up to the end it saw when it (re)started, is within `ready_max_lag`
+/// of the broker's end on every partition, and is not stalled. Otherwise 503 with the reason and
+/// the lag per partition.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let speed = app.engine.live().speed();
-    if speed.caught_up() {
-        axum::Json(json!({"status": "ready"})).into_response()
-    } else {
-        let behind: Vec<Value> = (speed.lag().into_iter())
-            .map(|(p, l)| json!({"partition": p, "next": l.next, "high_watermark": l.high_watermark}))
-            .collect();
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "catching_up", "partitions": behind})),
-        )
-            .into_response()
+    if speed.ready() {
+        return axum::Json(json!({"status": "ready"})).into_response();
     }
+    let partitions = speed.partitions();
+    let status = if partitions.values().any(|p| p.stalled) {
+        "stalled"
+    } else {
+        "catching_up"
+    };
+    let body = json!({
+        "status": status,
+        "ready_max_lag": speed.health_settings().ready_max_lag,
+        "partitions": partitions_json(speed),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// Per partition: start, next offset, the broker's end, lag and whether it is stalled.
+fn partitions_json(speed: &SpeedLayer) -> Vec<Value> {
+    (speed.partitions().into_iter())
+        .map(|(partition, p)| {
+            json!({
+                "partition": partition,
+                "start": p.start,
+                "next": p.next,
+                "high_watermark": p.high_watermark,
+                "lag": p.lag(),
+                "stalled": p.stalled,
+            })
+        })
+        .collect()
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -11,7 +11,12 @@
 //!   leaves no usable version; a version of an older offset generation, whose boundary says
 //!   nothing about the current log) makes the speed layer forget its states and re-read the log
 //!   from the lowest boundary of all views, since dropped epochs cannot come back otherwise. Until
-//!   it has caught up again, answers miss the re-read events (`meta.speed.next_offsets` shows it).
+//!   it has caught up again, answers miss the re-read events (`meta.speed.next_offsets` shows it,
+//!   and `meta.complete` is false).
+//!
+//! A pin also copies the speed layer's progress against the broker's end, so an answer says
+//! whether it is complete: within `[serving] ready_max_lag` messages of the log on every
+//! partition, and the speed layer not stalled.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -27,6 +32,7 @@ use tributary_schemas::lake::versions::{VersionError, read_current, read_manifes
 use tributary_schemas::lake::{Boundary, Manifest};
 use tributary_speed::aggregator::SpeedSnapshot;
 use tributary_speed::consumer::SpeedLayer;
+use tributary_speed::health::PartitionHealth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -86,6 +92,44 @@ pub struct Pinned {
     pub speed_next: BTreeMap<i32, i64>,
     /// [`SpeedLayer::restarts`] when pinned.
     pub speed_restarts: u64,
+    /// The speed layer's progress against the broker's end when pinned.
+    pub speed_health: BTreeMap<i32, PartitionHealth>,
+    /// `[serving] ready_max_lag`: the most messages per partition an answer may miss and still
+    /// be complete.
+    pub ready_max_lag: u64,
+}
+
+impl Pinned {
+    /// Per partition, the messages between the broker's end and what this answer counts.
+    pub fn speed_lag(&self) -> BTreeMap<i32, u64> {
+        (self.speed_health.iter())
+            .map(|(&partition, health)| {
+                let counted = (self.speed_next.get(&partition).copied())
+                    .unwrap_or(health.next)
+                    .max(health.next);
+                (partition, (health.high_watermark - counted).max(0) as u64)
+            })
+            .collect()
+    }
+
+    /// The partitions the speed layer is stalled on.
+    pub fn speed_stalled(&self) -> Vec<i32> {
+        (self.speed_health.iter())
+            .filter(|(_, health)| health.stalled)
+            .map(|(&partition, _)| partition)
+            .collect()
+    }
+
+    /// Whether the answer misses at most `ready_max_lag` messages per partition of the log
+    /// (it is exact for the offsets it covers either way).
+    pub fn complete(&self) -> bool {
+        !self.speed_health.is_empty()
+            && self.speed_stalled().is_empty()
+            && self
+                .speed_lag()
+                .values()
+                .all(|&lag| lag <= self.ready_max_lag)
+    }
 }
 
 /// The live versions of every view, kept in step with the speed layer.
@@ -194,6 +238,8 @@ impl Live {
             speed_from,
             speed_next,
             speed_restarts,
+            speed_health: self.speed.partitions(),
+            ready_max_lag: self.speed.health_settings().ready_max_lag,
         })
     }
 

@@ -24,6 +24,7 @@ use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_speed::health::HealthSettings;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::clickstream;
 
@@ -56,6 +57,10 @@ fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Ap
         topic: "events".to_owned(),
         poll_batch: 100,
         poll_wait: Duration::from_millis(10),
+        health: HealthSettings {
+            ready_max_lag: config.serving.ready_max_lag,
+            stall_after: config.serving.stall_after,
+        },
     };
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let versions = config.views.iter().map(|_| None).collect();

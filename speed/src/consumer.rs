@@ -7,6 +7,23 @@
 //! the epochs it covers. A boundary of an older generation of the topic's offsets (see
 //! `tributary_schemas::lake::generations`) says nothing about the current log, which is then read
 //! from its start.
+//!
+//! # Two Kafka clients
+//!
+//! The consumer's own client only fetches. The broker's end of every partition (the lag that
+//! `/readyz` and `meta.complete` report, see [`crate::health`]) is asked for every second by a
+//! watcher thread on a client of its own. On the consumer's client those `ListOffsets` requests
+//! would queue behind an in-flight `Fetch` (a Kafka connection answers in order); tansu takes
+//! longer than the request's timeout to answer a fetch over a large backlog, librdkafka then
+//! closes the connection (`socket.max.fails = 1`), the fetch dies with it, and the consumer never
+//! reads past the backlog: the stall of issue 24, fixed by this separation.
+//!
+//! # Watchdog
+//!
+//! A partition that is behind and makes no progress for `stall_after` (or whose end the watcher
+//! cannot learn) is logged with its position and the broker's end, and the consumer is recreated
+//! at the offsets already aggregated: the states are untouched, since they derive from the
+//! boundary and the log alone, and the new client reads on from where the old one stopped.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,8 +39,16 @@ use tributary_schemas::event::batch::KafkaPosition;
 use tributary_schemas::lake::Boundary;
 
 use crate::aggregator::{Aggregator, ViewStates};
+use crate::health::{Health, HealthSettings, PartitionHealth};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the watcher asks the broker for every partition's end.
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one of those requests may take: on its own connection it waits behind nothing, so
+/// this only bounds how long a broker outage takes to notice.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to (re)connect the consumer.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
@@ -43,14 +68,8 @@ pub struct SpeedSettings {
     pub poll_batch: usize,
     /// Longest wait to fill a step before aggregating what arrived.
     pub poll_wait: Duration,
-}
-
-/// Per partition: where consumption started, how far it got, and the broker's end.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PartitionLag {
-    pub start: i64,
-    pub next: i64,
-    pub high_watermark: i64,
+    /// When the speed layer counts as behind or stalled.
+    pub health: HealthSettings,
 }
 
 /// The running speed layer: the aggregator behind a lock that queries read and the consumer
@@ -60,10 +79,7 @@ pub struct SpeedLayer {
     settings: SpeedSettings,
     states: Arc<RwLock<Aggregator>>,
     boundary: RwLock<Boundary>,
-    lag: RwLock<BTreeMap<i32, PartitionLag>>,
-    /// Per partition, the broker's end offset when consumption (re)started: caught up past it, the
-    /// speed layer is ready.
-    start_heads: RwLock<BTreeMap<i32, i64>>,
+    health: RwLock<Health>,
     /// Bumped by [`SpeedLayer::restart_at`]; a poll read before a restart is discarded.
     restarts: AtomicU64,
     /// Offsets deleted by retention before the speed layer read them (and not in the batch view).
@@ -75,11 +91,10 @@ impl SpeedLayer {
     /// generation of the topic's offsets).
     pub fn new(settings: SpeedSettings, aggregator: Aggregator, boundary: Boundary) -> Self {
         Self {
+            health: RwLock::new(Health::new(settings.health)),
             settings,
             states: Arc::new(RwLock::new(aggregator)),
             boundary: RwLock::new(boundary),
-            lag: RwLock::default(),
-            start_heads: RwLock::default(),
             restarts: AtomicU64::new(0),
             lost_offsets: AtomicU64::new(0),
         }
@@ -90,14 +105,37 @@ impl SpeedLayer {
         self.boundary.read().map(|b| b.clone()).unwrap_or_default()
     }
 
-    /// Whether every partition has been read up to the end it had when consumption (re)started.
-    pub fn caught_up(&self) -> bool {
-        let heads = self.start_heads.read().unwrap_or_else(|e| e.into_inner());
-        let lag = self.lag.read().unwrap_or_else(|e| e.into_inner());
-        !heads.is_empty()
-            && heads
-                .iter()
-                .all(|(p, &head)| lag.get(p).is_some_and(|l| l.next >= head))
+    fn health(&self) -> std::sync::RwLockReadGuard<'_, Health> {
+        self.health.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health_mut(&self) -> std::sync::RwLockWriteGuard<'_, Health> {
+        self.health.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn health_settings(&self) -> HealthSettings {
+        self.settings.health
+    }
+
+    /// Ready to answer (`/readyz`): caught up with the backlog present when consumption
+    /// (re)started, within `ready_max_lag` of the broker's end and not stalled.
+    pub fn ready(&self) -> bool {
+        self.health().ready(Instant::now())
+    }
+
+    /// Within `ready_max_lag` of the broker's end on every partition and not stalled.
+    pub fn complete(&self) -> bool {
+        self.health().complete(Instant::now())
+    }
+
+    /// Per partition: start, next offset, the broker's end, and whether it is stalled.
+    pub fn partitions(&self) -> BTreeMap<i32, PartitionHealth> {
+        self.health().partitions(Instant::now())
+    }
+
+    /// How many times the watchdog recreated a stalled consumer.
+    pub fn stalls(&self) -> u64 {
+        self.health().stalls()
     }
 
     /// How many times the states were forgotten ([`Self::restart_at`]): sealed epochs read after
@@ -116,10 +154,8 @@ impl SpeedLayer {
         }
         states.next_offsets.clear();
         *self.boundary.write().unwrap_or_else(|e| e.into_inner()) = boundary;
-        self.start_heads
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        // Not ready until the consumer has started again from the new boundary.
+        self.health_mut().restart(&BTreeMap::new(), Instant::now());
         self.restarts.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -150,10 +186,6 @@ impl SpeedLayer {
         states.next_offsets.clone()
     }
 
-    pub fn lag(&self) -> BTreeMap<i32, PartitionLag> {
-        self.lag.read().map(|l| l.clone()).unwrap_or_default()
-    }
-
     /// A new batch version with `boundary` is live and no query uses an older one: drop the epochs
     /// it covers.
     pub fn advance(&self, boundary: Boundary) {
@@ -164,20 +196,12 @@ impl SpeedLayer {
         *self.boundary.write().unwrap_or_else(|e| e.into_inner()) = boundary;
     }
 
-    /// Consumes until `stop` is set. Blocking: run it on a thread of its own.
+    /// Consumes until `stop` is set. Blocking: run it on a thread of its own (it starts the
+    /// watermark watcher on another, for as long as it runs).
     pub fn run(&self, stop: &AtomicBool) -> Result<(), SpeedError> {
+        let watcher = self.client()?;
         let topic = &self.settings.topic;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.brokers)
-            .set("group.id", format!("tributary-speed-{topic}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
-            // Freshness: a broker that answers a fetch only when this wait ends (tansu does) would
-            // otherwise hold new events back for librdkafka's default 500 ms.
-            .set("fetch.wait.max.ms", "20")
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let metadata = watcher.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -189,106 +213,210 @@ impl SpeedLayer {
                 topic: topic.clone(),
             });
         }
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.watch(&watcher, &partitions, stop, &done));
+            let consumed = self.consume(&partitions, stop);
+            done.store(true, Ordering::SeqCst);
+            consumed
+        })
+    }
+
+    fn client(&self) -> Result<BaseConsumer, KafkaError> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set(
+                "group.id",
+                format!("tributary-speed-{}", self.settings.topic),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            // Freshness: a broker that answers a fetch only when this wait ends (tansu does) would
+            // otherwise hold new events back for librdkafka's default 500 ms.
+            .set("fetch.wait.max.ms", "20")
+            .create()
+    }
+
+    /// Asks for every partition's end each [`WATERMARK_INTERVAL`] until `stop` or `done`.
+    fn watch(
+        &self,
+        watcher: &BaseConsumer,
+        partitions: &[i32],
+        stop: &AtomicBool,
+        done: &AtomicBool,
+    ) {
+        let topic = &self.settings.topic;
+        let running = || !stop.load(Ordering::SeqCst) && !done.load(Ordering::SeqCst);
+        while running() {
+            let asked = Instant::now();
+            for &partition in partitions {
+                match watcher.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT) {
+                    Ok((_, high)) => {
+                        self.health_mut()
+                            .high_watermark(partition, high, Instant::now())
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "cannot learn the broker's end of a partition");
+                    }
+                }
+            }
+            while running() && asked.elapsed() < WATERMARK_INTERVAL {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The poll loop, with the watchdog: (re)connects when the boundary changed, when a partition
+    /// stalled, or after a failed connection.
+    fn consume(&self, partitions: &[i32], stop: &AtomicBool) -> Result<(), SpeedError> {
+        let stall_after = self.settings.health.stall_after;
+        let mut consumer: Option<BaseConsumer> = None;
         let mut restarts = self.restarts.load(Ordering::SeqCst);
-        self.assign(&consumer, &partitions)?;
-        let mut last_watermarks = Instant::now();
+        // Whether a new consumer resumes at the offsets aggregated (after a stall) or starts at
+        // the boundary (at start and after a restart).
+        let mut resume = false;
+        let mut connected_at = Instant::now();
         while !stop.load(Ordering::SeqCst) {
-            if self.restarts.load(Ordering::SeqCst) != restarts {
-                restarts = self.restarts.load(Ordering::SeqCst);
-                self.assign(&consumer, &partitions)?;
+            let current = self.restarts.load(Ordering::SeqCst);
+            if current != restarts {
+                (restarts, resume, consumer) = (current, false, None);
             }
-            let deadline = Instant::now() + self.settings.poll_wait;
-            let mut messages = Vec::with_capacity(self.settings.poll_batch);
-            while messages.len() < self.settings.poll_batch {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                match consumer.poll(wait) {
-                    Some(Ok(message)) => messages.push(message),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "Kafka consumer error (librdkafka retries)");
-                    }
-                    None => break,
-                }
-                if Instant::now() >= deadline {
-                    break;
+            if consumer.is_some() && connected_at.elapsed() >= stall_after {
+                let now = Instant::now();
+                let stalled = self.health().stalled(now);
+                if !stalled.is_empty() {
+                    self.report_stall(&stalled, now);
+                    (resume, consumer) = (true, None);
                 }
             }
-            if !messages.is_empty() {
-                let batch: Vec<(KafkaPosition, &[u8])> = messages
-                    .iter()
-                    .map(|m| {
-                        let position = KafkaPosition {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                        };
-                        (position, m.payload().unwrap_or_default())
-                    })
-                    .collect();
-                let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-                if self.restarts.load(Ordering::SeqCst) != restarts {
-                    continue; // read from before a restart: the next step re-seeks
-                }
-                states.apply(&batch)?;
-                let next = states.next_offsets.clone();
-                drop(states);
-                let mut lag = self.lag.write().unwrap_or_else(|e| e.into_inner());
-                for (partition, next) in next {
-                    lag.entry(partition).or_default().next = next;
-                }
-            }
-            if last_watermarks.elapsed() >= Duration::from_secs(1) {
-                last_watermarks = Instant::now();
-                for &partition in &partitions {
-                    if let Ok((_, high)) =
-                        consumer.fetch_watermarks(topic, partition, Duration::from_secs(1))
-                    {
-                        let mut lag = self.lag.write().unwrap_or_else(|e| e.into_inner());
-                        lag.entry(partition).or_default().high_watermark = high;
+            let Some(client) = consumer.as_ref() else {
+                match self.connect(partitions, resume) {
+                    Ok(client) => (consumer, connected_at) = (Some(client), Instant::now()),
+                    Err(error) => {
+                        tracing::warn!(
+                            error = %error,
+                            source = ?std::error::Error::source(&error),
+                            "cannot connect the speed layer's consumer; retrying"
+                        );
+                        std::thread::sleep(RECONNECT_PAUSE);
                     }
                 }
-            }
+                continue;
+            };
+            self.poll_step(client, restarts)?;
         }
         Ok(())
     }
 
-    /// Assigns every partition at the boundary (or the low watermark where retention deleted
-    /// offsets above it, counting them as lost).
-    fn assign(&self, consumer: &BaseConsumer, partitions: &[i32]) -> Result<(), SpeedError> {
+    /// Polls up to `poll_batch` messages for at most `poll_wait` and aggregates them.
+    fn poll_step(&self, consumer: &BaseConsumer, restarts: u64) -> Result<(), SpeedError> {
+        let deadline = Instant::now() + self.settings.poll_wait;
+        let mut messages = Vec::with_capacity(self.settings.poll_batch);
+        while messages.len() < self.settings.poll_batch {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match consumer.poll(wait) {
+                Some(Ok(message)) => messages.push(message),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Kafka consumer error (librdkafka retries; the watchdog recreates a consumer that stalls)");
+                }
+                None => break,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(KafkaPosition, &[u8])> = messages
+            .iter()
+            .map(|m| {
+                let position = KafkaPosition {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                };
+                (position, m.payload().unwrap_or_default())
+            })
+            .collect();
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        if self.restarts.load(Ordering::SeqCst) != restarts {
+            return Ok(()); // read from before a restart: the next step re-seeks
+        }
+        states.apply(&batch)?;
+        let next = states.next_offsets.clone();
+        drop(states);
+        let now = Instant::now();
+        let mut health = self.health_mut();
+        for (partition, next) in next {
+            health.progress(partition, next, now);
+        }
+        Ok(())
+    }
+
+    fn report_stall(&self, stalled: &[i32], now: Instant) {
+        let mut health = self.health_mut();
+        let partitions = health.partitions(now);
+        for partition in stalled {
+            if let Some(p) = partitions.get(partition) {
+                tracing::warn!(
+                    partition,
+                    position = p.next,
+                    high_watermark = p.high_watermark,
+                    stall_after = ?self.settings.health.stall_after,
+                    "the speed layer made no progress on a partition it is behind on (or cannot learn its end): recreating its consumer"
+                );
+            }
+        }
+        health.recreated(now);
+    }
+
+    /// A new consumer with every partition assigned: at the boundary (`resume` false), or at the
+    /// offsets already aggregated; where retention deleted offsets above that, at the low
+    /// watermark, counting them as lost.
+    fn connect(&self, partitions: &[i32], resume: bool) -> Result<BaseConsumer, SpeedError> {
         let topic = &self.settings.topic;
+        let consumer = self.client()?;
         let boundary = self.boundary();
+        let aggregated = self.health().next_offsets();
         let mut assignment = TopicPartitionList::new();
-        let mut lag = BTreeMap::new();
+        let mut starts = BTreeMap::new();
         for &partition in partitions {
             let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-            let w = boundary.get(partition);
-            let start = if w < low {
-                let lost = low - w;
+            let wanted = match aggregated.get(&partition) {
+                Some(&next) if resume => next,
+                _ => boundary.get(partition),
+            };
+            let start = if wanted < low {
+                let lost = low - wanted;
                 self.lost_offsets.fetch_add(lost as u64, Ordering::Relaxed);
                 tracing::error!(
                     partition,
-                    from = w,
+                    from = wanted,
                     to = low - 1,
                     "offsets above the batch boundary were deleted by retention before the speed layer read them"
                 );
                 low
             } else {
-                w
+                wanted
             };
             assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-            lag.insert(
-                partition,
-                PartitionLag {
-                    start,
-                    next: start,
-                    high_watermark: high,
-                },
-            );
+            starts.insert(partition, (start, high));
         }
         consumer.assign(&assignment)?;
-        *self.start_heads.write().unwrap_or_else(|e| e.into_inner()) =
-            lag.iter().map(|(&p, l)| (p, l.high_watermark)).collect();
-        *self.lag.write().unwrap_or_else(|e| e.into_inner()) = lag;
-        tracing::info!(topic, boundary = ?boundary.0, "speed layer reading from the batch boundary");
-        Ok(())
+        let now = Instant::now();
+        let mut health = self.health_mut();
+        if resume {
+            for (&partition, &(start, high)) in &starts {
+                health.progress(partition, start, now);
+                health.high_watermark(partition, high, now);
+            }
+            tracing::info!(topic, positions = ?starts, "speed layer consumer recreated");
+        } else {
+            health.restart(&starts, now);
+            tracing::info!(topic, boundary = ?boundary.0, "speed layer reading from the batch boundary");
+        }
+        Ok(consumer)
     }
 }

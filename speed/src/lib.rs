@@ -7,10 +7,13 @@
 //! - [`aggregator`]: the incremental aggregation (decode once, the view filter as the batch
 //!   layer's DataFusion expression, the shared states);
 //! - [`consumer`]: the Kafka consumer (assign every partition, seek to the live version's boundary,
-//!   aggregate per poll, drop what a newer version covers, per-partition lag).
+//!   aggregate per poll, drop what a newer version covers, the watermark watcher and watchdog);
+//! - [`health`]: lag, stalls, readiness and completeness from the consumer's progress and the
+//!   broker's ends.
 //!
 //! Wiring into `tributary serve` (following `_current`, pinning versions per query) comes with the
 //! serving layer.
 
 pub mod aggregator;
 pub mod consumer;
+pub mod health;

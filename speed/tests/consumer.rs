@@ -11,6 +11,7 @@ use tributary_schemas::decode::Decoder;
 use tributary_schemas::lake::Boundary;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_speed::health::HealthSettings;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
 
@@ -56,6 +57,48 @@ fn speed_views(layer: &SpeedLayer, boundary: &Boundary) -> BTreeMap<(i64, String
     })
 }
 
+fn speed_layer(
+    config: &Config,
+    broker: &Broker,
+    topic: &str,
+    boundary: Boundary,
+    health: HealthSettings,
+) -> SpeedLayer {
+    SpeedLayer::new(
+        SpeedSettings {
+            brokers: broker.bootstrap_servers(),
+            topic: topic.to_owned(),
+            poll_batch: 500,
+            poll_wait: Duration::from_millis(20),
+            health,
+        },
+        Aggregator::new(&config.events, &config.views, 500).unwrap(),
+        boundary,
+    )
+}
+
+/// Waits until the speed layer has aggregated everything the broker holds.
+fn caught_up(layer: &SpeedLayer, broker: &Broker, topic: &str) {
+    let target = broker.high_watermarks(topic, PARTITIONS).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while layer.next_offsets() != target {
+        assert!(
+            Instant::now() < deadline,
+            "speed layer stuck at {:?} of {target:?}",
+            layer.next_offsets()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_speed_layer_counts_exactly_the_events_above_the_boundary() {
     let config = Config::from_sources(None, []).unwrap();
@@ -73,29 +116,13 @@ fn the_speed_layer_counts_exactly_the_events_above_the_boundary() {
     ));
 
     let boundary = Boundary([(0, 1000), (1, 1500)].into());
-    let layer = SpeedLayer::new(
-        SpeedSettings {
-            brokers: broker.bootstrap_servers(),
-            topic: topic.clone(),
-            poll_batch: 500,
-            poll_wait: Duration::from_millis(20),
-        },
-        Aggregator::new(&config.events, &config.views, 500).unwrap(),
-        boundary.clone(),
-    );
-    let stop = AtomicBool::new(false);
-    let caught_up = |layer: &SpeedLayer| {
-        let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while layer.next_offsets() != target {
-            assert!(
-                Instant::now() < deadline,
-                "speed layer stuck at {:?} of {target:?}",
-                layer.next_offsets()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let health = HealthSettings {
+        ready_max_lag: config.serving.ready_max_lag,
+        stall_after: config.serving.stall_after,
     };
+    let layer = speed_layer(&config, broker, &topic, boundary.clone(), health);
+    let stop = AtomicBool::new(false);
+    let caught_up = |layer: &SpeedLayer| caught_up(layer, broker, &topic);
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| layer.run(&stop));
         caught_up(&layer);
@@ -103,9 +130,9 @@ fn the_speed_layer_counts_exactly_the_events_above_the_boundary() {
             speed_views(&layer, &boundary),
             expected_views(&expected, &config, &boundary)
         );
-        let lag = layer.lag();
-        assert_eq!(lag[&0].start, 1000);
-        assert_eq!(lag[&2].start, 0);
+        let partitions = layer.partitions();
+        assert_eq!(partitions[&0].start, 1000);
+        assert_eq!(partitions[&2].start, 0);
 
         // New events arrive while it runs.
         rt.block_on(produce_mixed(
@@ -130,6 +157,74 @@ fn the_speed_layer_counts_exactly_the_events_above_the_boundary() {
             expected_views(&expected, &config, &newer)
         );
 
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        worker.join().unwrap().unwrap();
+    });
+}
+
+/// A broker that stops answering (frozen with SIGSTOP: connections open, requests unanswered)
+/// leaves the speed layer stalled: not ready, counted by the watchdog, which recreates the
+/// consumer; once the broker answers again the layer catches up and counts every event once.
+#[test]
+fn a_hung_broker_is_a_stall_that_the_watchdog_recovers_from() {
+    let config = Config::from_sources(None, []).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A broker of its own: pausing the shared one would stall the other tests.
+    let broker = Broker::start().unwrap_or_else(|error| panic!("{error}"));
+    let topic = rt.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let mut expected = Expected::new();
+    rt.block_on(produce_mixed(
+        &broker,
+        &topic,
+        PARTITIONS,
+        0,
+        3000,
+        &mut expected,
+    ));
+    let health = HealthSettings {
+        ready_max_lag: 0,
+        stall_after: Duration::from_secs(2),
+    };
+    let layer = speed_layer(&config, &broker, &topic, Boundary::default(), health);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| layer.run(&stop));
+        caught_up(&layer, &broker, &topic);
+        wait_for("ready", Duration::from_secs(10), || layer.ready());
+        assert_eq!(layer.stalls(), 0);
+
+        broker.pause();
+        wait_for("a stall", Duration::from_secs(30), || {
+            !layer.ready() && layer.stalls() >= 1
+        });
+        assert!(
+            layer.partitions().values().all(|p| p.stalled),
+            "with the broker's end unknown every partition is stalled: {:?}",
+            layer.partitions()
+        );
+        broker.resume();
+
+        rt.block_on(produce_mixed(
+            &broker,
+            &topic,
+            PARTITIONS,
+            3000,
+            3000,
+            &mut expected,
+        ));
+        caught_up(&layer, &broker, &topic);
+        wait_for("ready again", Duration::from_secs(60), || layer.ready());
+        assert!(
+            layer
+                .partitions()
+                .values()
+                .all(|p| !p.stalled && p.lag() == 0)
+        );
+        let all = Boundary::default();
+        assert_eq!(
+            speed_views(&layer, &all),
+            expected_views(&expected, &config, &all)
+        );
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         worker.join().unwrap().unwrap();
     });

@@ -156,7 +156,29 @@ impl Broker {
         // The watchdog leads its own process group: signal the group so the broker goes too.
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        // A paused broker handles the TERM only once it runs again.
+        let _ = Command::new("kill").args(["-CONT", "--", &group]).status();
         let _ = self.child.wait();
+    }
+
+    /// Freezes the broker (`SIGSTOP`): connections stay open and requests go unanswered, as with a
+    /// hung broker or a network partition, until [`Broker::resume`].
+    pub fn pause(&self) {
+        self.signal_group("-STOP");
+    }
+
+    /// Lets a [`Broker::pause`]d broker run again; it answers the requests that queued meanwhile.
+    pub fn resume(&self) {
+        self.signal_group("-CONT");
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let group = format!("-{}", self.child.id());
+        let status = Command::new("kill").args([signal, "--", &group]).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill {signal} -- {group} failed"
+        );
     }
 
     /// Starts the broker again on the same address over the same data (topics and logs survive).

@@ -40,6 +40,8 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
     assert_eq!(config.archiver.max_file_age, Duration::from_secs(120));
     assert_eq!(config.serving.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.serving.partial_cache_mb, 256);
+    assert_eq!(config.serving.ready_max_lag, 10_000);
+    assert_eq!(config.serving.stall_after, Duration::from_secs(30));
     let pageviews = config.view("pageviews").unwrap();
     assert_eq!(pageviews.granularity.to_string(), "1m");
     assert_eq!(pageviews.filter.as_ref().unwrap().sql, "page IS NOT NULL");
@@ -246,6 +248,14 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
         (
             "[kafka]\ntopic = \"my topic\"".to_owned(),
             "kafka.topic: \"my topic\" is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')",
+        ),
+        (
+            "[serving]\nstall_after = \"500ms\"".to_owned(),
+            "serving.stall_after: must be at least 1s (the broker's end is checked every second)",
+        ),
+        (
+            "[serving]\nready_max_lag = -1".to_owned(),
+            "serving.ready_max_lag: must be an integer >= 0",
         ),
         (
             "[metrics]\nport = 1".to_owned(),

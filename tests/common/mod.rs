@@ -1,0 +1,535 @@
+//! What the end-to-end tests of the binary share: `tributary serve` as a child process on a free
+//! port over a temp-dir lake ([`Service`]), a random event stream with its ground truth
+//! ([`Truth`]), and checks of `/v1/query` and `/v1/sql` answers against that truth.
+//!
+//! Each test binary that says `mod common;` uses part of it.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value as Json, json};
+use tributary_schemas::aggregate::{Finalized, MetricState};
+use tributary_schemas::config::{Config, ViewDef};
+use tributary_schemas::decode::Decoder;
+use tributary_schemas::event::{Event, EventSchema, Value};
+use tributary_testkit::http::{Reply, request};
+use tributary_testkit::rng::Rng;
+use tributary_testkit::{Broker, free_port};
+
+pub const PARTITIONS: i32 = 3;
+pub const BASE_MS: i64 = 1_795_000_000_000;
+
+pub struct Service {
+    pub broker: &'static Broker,
+    pub topic: String,
+    pub lake: tempfile::TempDir,
+    pub address: SocketAddr,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    /// Settings of this test over the defaults below, as `TRIBUTARY_*` variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Service {
+    /// A service (not started) on a free port over a fresh temp-dir lake.
+    pub fn new(broker: &'static Broker, topic: &str) -> Self {
+        let lake = tempfile::tempdir().unwrap();
+        Self {
+            broker,
+            topic: topic.to_owned(),
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap())),
+            log: lake.path().join("serve.log"),
+            lake,
+            child: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts `tributary serve` and waits until `/readyz` says ready; `memory_budget_mb` 0 makes
+    /// it scan batch versions from Parquet.
+    pub fn start(&mut self, memory_budget_mb: u32) {
+        self.spawn(memory_budget_mb);
+        self.wait_for("ready", |s| {
+            s.call("GET", "/readyz", None)
+                .is_some_and(|r| r.status == 200)
+        });
+    }
+
+    /// Starts `tributary serve` without waiting for it.
+    pub fn spawn(&mut self, memory_budget_mb: u32) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["serve"])
+            .env("TRIBUTARY_KAFKA__BROKERS", self.broker.bootstrap_servers())
+            .env("TRIBUTARY_KAFKA__TOPIC", &self.topic)
+            .env("TRIBUTARY_KAFKA__DLQ_TOPIC", "")
+            .env("TRIBUTARY_LAKE__URL", self.lake.path())
+            .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "700")
+            .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "100ms")
+            .env("TRIBUTARY_BATCH__INTERVAL", "1h")
+            .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
+            .env("TRIBUTARY_BATCH__THREADS", "1")
+            .env("TRIBUTARY_SERVING__LISTEN", self.address.to_string())
+            .env("TRIBUTARY_SERVING__REFRESH", "100ms")
+            .env(
+                "TRIBUTARY_SERVING__MEMORY_BUDGET_MB",
+                memory_budget_mb.to_string(),
+            )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tributary serve");
+        self.child = Some(child);
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&Json>) -> Option<Reply> {
+        let body = body.map(Json::to_string);
+        request(self.address, method, path, body.as_deref()).ok()
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: Option<&Json>) -> Json {
+        let reply = self
+            .call(method, path, body)
+            .unwrap_or_else(|| panic!("{method} {path}: no reply\n{}", self.log_text()));
+        assert_eq!(
+            reply.status,
+            200,
+            "{method} {path} {body:?}: {}\n{}",
+            reply.body,
+            self.log_text()
+        );
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        self.wait_within(what, Duration::from_secs(90), done);
+    }
+
+    pub fn wait_within(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            if let Some(child) = &mut self.child.as_ref()
+                && std::fs::metadata(format!("/proc/{}", child.id())).is_err()
+            {
+                panic!(
+                    "the service exited while waiting for {what}\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the speed layer has read, and the archiver archived, everything produced.
+    pub fn wait_for_log(&self) {
+        let heads = self
+            .broker
+            .high_watermarks(&self.topic, PARTITIONS)
+            .unwrap();
+        self.wait_for("the log to be read and archived", |s| {
+            let Some(reply) = s.call("GET", "/v1/status", None) else {
+                return false;
+            };
+            let status: Json = serde_json::from_str(&reply.body).unwrap();
+            let read = heads.iter().all(|(p, head)| {
+                status["speed"]["partitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["partition"] == json!(p) && l["next"].as_i64() >= Some(*head))
+            });
+            let archived = heads.iter().all(|(p, head)| {
+                status["archiver"]["progress"][p.to_string()].as_i64() >= Some(*head)
+            });
+            read && archived
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One random event of the default configuration: power-law pages (some missing, which
+/// `pageviews` filters out), late timestamps (up to two days), about 1% malformed.
+pub fn event(rng: &mut Rng, n: u64) -> Vec<u8> {
+    if rng.chance(1) {
+        return br#"{"page":"/no-time"}"#.to_vec();
+    }
+    let mut ts = BASE_MS + n as i64 * 250;
+    if rng.chance(10) {
+        ts -= rng.below(2 * 86_400_000) as i64;
+    }
+    let page = match rng.below(100) {
+        0..8 => Json::Null,
+        r => json!(format!("/p/{}", r * r / 1000)),
+    };
+    let countries = ["NL", "US", "DE", "IN", "BR"];
+    let devices = ["mobile", "desktop", "tablet"];
+    let mut event = json!({
+        "ts": ts,
+        "user_id": format!("u{}", rng.below(400)),
+        "session_id": format!("s{}", rng.below(900)),
+        "country": countries[rng.below(5) as usize],
+        "device": devices[rng.below(3) as usize],
+        "latency_ms": (rng.unit() * 900.0 * 1000.0).round() / 1000.0 + 1.0,
+        "bytes": rng.below(100_000),
+    });
+    if !page.is_null() {
+        event["page"] = page;
+    }
+    if rng.chance(30) {
+        event["referrer"] = json!("https://search.example/");
+    }
+    event.to_string().into_bytes()
+}
+
+/// Every valid event produced so far, with a decoder to read them.
+pub struct Truth {
+    pub config: Config,
+    pub decoder: Decoder,
+    pub payloads: Vec<Vec<u8>>,
+    pub rng: Rng,
+    pub produced: u64,
+}
+
+impl Truth {
+    pub fn new() -> Self {
+        let config = Config::from_sources(None, []).unwrap();
+        Self {
+            decoder: Decoder::new(config.events.clone()),
+            config,
+            payloads: Vec::new(),
+            rng: Rng(0x05ee_de2e),
+            produced: 0,
+        }
+    }
+
+    /// The next `count` events; the valid ones are remembered as truth.
+    pub fn next_events(&mut self, count: u64) -> Vec<Vec<u8>> {
+        let mut events = Vec::new();
+        for n in self.produced..self.produced + count {
+            let payload = event(&mut self.rng, n);
+            if self.decoder.decode(&payload).is_ok() {
+                self.payloads.push(payload.clone());
+            }
+            events.push(payload);
+        }
+        self.produced += count;
+        events
+    }
+
+    /// Sends `count` events through push ingest (`POST /v1/events`, NDJSON) instead of Kafka.
+    pub fn push(&mut self, service: &Service, count: u64) {
+        let events = self.next_events(count);
+        let valid = events
+            .iter()
+            .filter(|e| self.decoder.decode(e).is_ok())
+            .count();
+        let body: Vec<u8> = events
+            .iter()
+            .flat_map(|e| [e.as_slice(), b"\n"].concat())
+            .collect();
+        let body = String::from_utf8(body).unwrap();
+        let reply = request(service.address, "POST", "/v1/events", Some(&body)).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let report: Json = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(report["accepted"], json!(valid), "{report}");
+        assert_eq!(report["rejected"], json!(events.len() - valid), "{report}");
+    }
+
+    pub fn produce(&mut self, broker: &Broker, topic: &str, count: u64) {
+        let producer: FutureProducer = broker.producer_config().create().unwrap();
+        let first = self.produced;
+        let messages: Vec<(i32, Vec<u8>)> = (first..)
+            .zip(self.next_events(count))
+            .map(|(n, payload)| ((n % PARTITIONS as u64) as i32, payload))
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // In chunks, so a million events do not wait in librdkafka's queue (or in memory) at once.
+        for chunk in messages.chunks(50_000) {
+            runtime.block_on(async {
+                let sends = chunk.iter().map(|(partition, payload)| {
+                    let record = FutureRecord::<(), _>::to(topic)
+                        .partition(*partition)
+                        .payload(payload);
+                    producer.send(record, Duration::from_secs(60))
+                });
+                for delivery in futures::future::join_all(sends).await {
+                    delivery.unwrap_or_else(|(error, _)| panic!("delivery failed: {error}"));
+                }
+            });
+        }
+    }
+
+    pub fn view(&self, name: &str) -> &ViewDef {
+        self.config.view(name).unwrap()
+    }
+
+    /// The algebra's states per (bucket, group values) over every valid event the view keeps.
+    pub fn states(&self, query: &Query) -> BTreeMap<Key, Vec<MetricState>> {
+        let view = self.view(query.view);
+        let mut rows: BTreeMap<Key, Vec<MetricState>> = BTreeMap::new();
+        for payload in &self.payloads {
+            let event = self.decoder.decode(payload).unwrap();
+            if view.name == "pageviews" && value(&event, &self.config.events, "page") == "null" {
+                continue; // the view's filter: page IS NOT NULL
+            }
+            if let Some((field, wanted)) = query.filter
+                && value(&event, &self.config.events, field) != wanted
+            {
+                continue;
+            }
+            let bucket = query
+                .bucket_ms
+                .map(|g| event.time_ms - event.time_ms.rem_euclid(g));
+            let groups = query
+                .group_by
+                .iter()
+                .map(|d| value(&event, &self.config.events, d))
+                .collect();
+            let states = rows.entry((bucket, groups)).or_insert_with(|| {
+                (view.metrics.iter())
+                    .map(|m| MetricState::empty(m.state_kind()))
+                    .collect()
+            });
+            for (state, metric) in states.iter_mut().zip(&view.metrics) {
+                state.update(metric.value(&event.values));
+            }
+        }
+        rows
+    }
+}
+
+pub type Key = (Option<i64>, Vec<String>);
+
+/// A field's value as text (`null` when missing).
+pub fn value(event: &Event<'_>, schema: &EventSchema, field: &str) -> String {
+    let index = schema.field_index(field).unwrap();
+    match &event.values[index] {
+        Value::Null => "null".to_owned(),
+        Value::Str(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+pub struct Query {
+    pub view: &'static str,
+    pub granularity: &'static str,
+    pub bucket_ms: Option<i64>,
+    pub group_by: &'static [&'static str],
+    pub filter: Option<(&'static str, &'static str)>,
+}
+
+impl Query {
+    pub fn body(&self) -> Json {
+        let mut body = json!({
+            "view": self.view,
+            "granularity": self.granularity,
+            "group_by": self.group_by,
+        });
+        if let Some((field, value)) = self.filter {
+            body["filter"] = json!([{"field": field, "op": "eq", "value": value}]);
+        }
+        body
+    }
+}
+
+pub const QUERIES: [Query; 4] = [
+    Query {
+        view: "pageviews",
+        granularity: "all",
+        bucket_ms: None,
+        group_by: &[],
+        filter: None,
+    },
+    Query {
+        view: "pageviews",
+        granularity: "all",
+        bucket_ms: None,
+        group_by: &["country"],
+        filter: None,
+    },
+    Query {
+        view: "pageviews",
+        granularity: "1h",
+        bucket_ms: Some(3_600_000),
+        group_by: &["page"],
+        filter: Some(("country", "NL")),
+    },
+    Query {
+        view: "traffic",
+        granularity: "1d",
+        bucket_ms: Some(86_400_000),
+        group_by: &["device", "referrer"],
+        filter: None,
+    },
+];
+
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Asserts one reply equals the truth; returns the reply's `meta`.
+pub fn check(service: &Service, truth: &Truth, query: &Query, when: &str) -> Json {
+    let reply = service.json("POST", "/v1/query", Some(&query.body()));
+    let view = truth.view(query.view);
+    let expected = truth.states(query);
+    let rows = reply["rows"].as_array().unwrap();
+    let mut seen = BTreeSet::new();
+    for row in rows {
+        let bucket = row.get("time").map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        });
+        let groups: Vec<String> = (query.group_by.iter())
+            .map(|d| row[d].as_str().unwrap_or("null").to_owned())
+            .collect();
+        let key = (bucket, groups);
+        let states = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("{when}: {} has a row {key:?} no event makes", query.view));
+        for (metric, state) in view.metrics.iter().zip(states) {
+            let got = &row[&metric.name];
+            let ok = match metric.finalize(state) {
+                Finalized::Null => got.is_null(),
+                Finalized::Int(v) => got.as_i64() == Some(v),
+                Finalized::Float(v) => got.as_f64().is_some_and(|g| close(g, v)),
+                Finalized::Timestamp(_) => {
+                    unreachable!("no timestamp metrics in the default views")
+                }
+            };
+            assert!(
+                ok,
+                "{when}: {} {key:?} {}: got {got}, the algebra says {:?}",
+                query.view,
+                metric.name,
+                metric.finalize(state)
+            );
+        }
+        seen.insert(key);
+    }
+    let missing: Vec<_> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{when}: {} lacks rows {missing:?}",
+        query.view
+    );
+    assert!(!rows.is_empty(), "{when}: {} answered nothing", query.view);
+    reply["meta"].clone()
+}
+
+/// The sketches against the exact answers over all pageviews: distinct users and the p95 latency.
+pub fn check_sketch_errors(service: &Service, truth: &Truth, when: &str) {
+    let reply = service.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+    let row = &reply["rows"][0];
+    let (mut users, mut latencies) = (BTreeSet::new(), Vec::new());
+    for payload in &truth.payloads {
+        let event = truth.decoder.decode(payload).unwrap();
+        if value(&event, &truth.config.events, "page") == "null" {
+            continue;
+        }
+        users.insert(value(&event, &truth.config.events, "user_id"));
+        latencies.push(
+            event.values[truth.config.events.field_index("latency_ms").unwrap()]
+                .as_f64()
+                .unwrap(),
+        );
+    }
+    let distinct = row["users"].as_f64().unwrap();
+    let exact = users.len() as f64;
+    assert!(
+        (distinct - exact).abs() <= 0.03 * exact,
+        "{when}: users {distinct} vs exact {exact}"
+    );
+    latencies.sort_by(f64::total_cmp);
+    let rank = 0.95 * (latencies.len() - 1) as f64;
+    let (low, high) = (
+        latencies[rank.floor() as usize],
+        latencies[rank.ceil() as usize],
+    );
+    let p95 = row["latency_p95"].as_f64().unwrap();
+    assert!(
+        p95 >= low * 0.99 && p95 <= high * 1.01,
+        "{when}: p95 {p95} outside 1% of the exact [{low}, {high}]"
+    );
+}
+
+/// The SQL surface over the same truth: views per country.
+pub fn check_sql(service: &Service, truth: &Truth, when: &str) {
+    let sql =
+        "SELECT country, sum(views) AS views FROM pageviews GROUP BY country ORDER BY country";
+    let reply = service.json("POST", "/v1/sql", Some(&json!({"sql": sql})));
+    let expected = truth.states(&QUERIES[1]);
+    let got: BTreeMap<String, i64> = (reply["rows"].as_array().unwrap().iter())
+        .map(|r| {
+            (
+                r["country"].as_str().unwrap().to_owned(),
+                r["views"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, i64> = (expected.iter())
+        .map(|((_, groups), states)| {
+            let MetricState::Count(count) = &states[0] else {
+                panic!()
+            };
+            (groups[0].clone(), count.finalize())
+        })
+        .collect();
+    assert_eq!(got, want, "{when}: SQL views per country");
+}
+
+pub fn check_all(service: &Service, truth: &Truth, when: &str) -> Json {
+    let meta = check(service, truth, &QUERIES[0], when);
+    for query in &QUERIES[1..] {
+        check(service, truth, query, when);
+    }
+    check_sketch_errors(service, truth, when);
+    check_sql(service, truth, when);
+    meta
+}
+
+pub fn meta_in_memory(service: &Service) -> Option<bool> {
+    let reply = service.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+    reply["meta"]["batch"]["in_memory"].as_bool()
+}
+
+pub fn run_batch(service: &Service) -> Json {
+    let reply = service.json("POST", "/v1/batch/run", None);
+    for view in reply["views"].as_array().unwrap() {
+        assert_eq!(view["outcome"], "published", "{reply}");
+    }
+    reply
+}
