@@ -254,7 +254,7 @@ impl SpeedLayer {
                 match watcher.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT) {
                     Ok((_, high)) => {
                         self.health_mut()
-                            .high_watermark(partition, high, Instant::now())
+                            .high_watermark(partition, high, Instant::now());
                     }
                     Err(error) => {
                         tracing::warn!(partition, %error, "cannot learn the broker's end of a partition");
