@@ -31,7 +31,6 @@ use tributary_batch::archiver::{Archiver, ArchiverSettings, StopSignal};
 use tributary_schemas::config::Config;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
-use tributary_speed::health::HealthSettings;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::clickstream;
 
@@ -180,17 +179,7 @@ fn archiver(config: &Config, runtime: &tokio::runtime::Runtime, events: u64) -> 
 fn speed_layer(config: &Config, events: u64) -> Duration {
     let aggregator =
         Aggregator::new(&config.events, &config.views, config.batch.epoch_size).unwrap();
-    // The same settings `tributary serve` gives it.
-    let settings = SpeedSettings {
-        brokers: config.kafka.brokers.clone(),
-        topic: config.kafka.topic.clone(),
-        poll_batch: 2000,
-        poll_wait: Duration::from_millis(20),
-        health: HealthSettings {
-            ready_max_lag: config.serving.ready_max_lag,
-            stall_after: config.serving.stall_after,
-        },
-    };
+    let settings = SpeedSettings::from_config(config);
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

@@ -24,7 +24,6 @@ use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
-use tributary_speed::health::HealthSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -220,16 +219,7 @@ async fn start_serving(
         .context("loading the live batch versions")?;
     let aggregator = Aggregator::new(&config.events, &config.views, config.batch.epoch_size)
         .context("planning the view filters for the speed layer")?;
-    let settings = SpeedSettings {
-        brokers: config.kafka.brokers.clone(),
-        topic: topic.clone(),
-        poll_batch: 2000,
-        poll_wait: std::time::Duration::from_millis(20),
-        health: HealthSettings {
-            ready_max_lag: serving.ready_max_lag,
-            stall_after: serving.stall_after,
-        },
-    };
+    let settings = SpeedSettings::from_config(config);
     let speed = SpeedLayer::new(settings, aggregator, Live::speed_start(&versions));
     let live = Live::new(
         Arc::clone(store),

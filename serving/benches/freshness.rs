@@ -28,7 +28,6 @@ use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
-use tributary_speed::health::HealthSettings;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::clickstream;
 
@@ -46,20 +45,13 @@ fn main() {
         .unwrap();
     let broker = Broker::start().expect("tansu (see the README's set-up)");
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let config = Config::from_sources(None, []).unwrap();
+    let mut config = Config::from_sources(None, []).unwrap();
+    config.kafka.brokers = broker.bootstrap_servers();
+    config.kafka.topic.clone_from(&topic);
     let lake = tempfile::tempdir().unwrap();
     let store = tributary_schemas::lake::open_store(lake.path().to_str().unwrap()).unwrap();
     let aggregator = Aggregator::new(&config.events, &config.views, 100_000).unwrap();
-    let settings = SpeedSettings {
-        brokers: broker.bootstrap_servers(),
-        topic: topic.clone(),
-        poll_batch: 2000,
-        poll_wait: Duration::from_millis(20),
-        health: HealthSettings {
-            ready_max_lag: config.serving.ready_max_lag,
-            stall_after: config.serving.stall_after,
-        },
-    };
+    let settings = SpeedSettings::from_config(&config);
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let versions = config.views.iter().map(|_| None).collect();
     let live = Live::new(

@@ -35,6 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tributary_schemas::config::Config;
 use tributary_schemas::event::batch::KafkaPosition;
 use tributary_schemas::lake::Boundary;
 
@@ -70,6 +71,23 @@ pub struct SpeedSettings {
     pub poll_wait: Duration,
     /// When the speed layer counts as behind or stalled.
     pub health: HealthSettings,
+}
+
+impl SpeedSettings {
+    /// The settings `tributary serve` runs the speed layer with. Steps of up to 2000 messages or
+    /// 20 ms keep an answer's freshness near the broker's own latency (BENCHMARKS.md, Freshness).
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            brokers: config.kafka.brokers.clone(),
+            topic: config.kafka.topic.clone(),
+            poll_batch: 2000,
+            poll_wait: Duration::from_millis(20),
+            health: HealthSettings {
+                ready_max_lag: config.serving.ready_max_lag,
+                stall_after: config.serving.stall_after,
+            },
+        }
+    }
 }
 
 /// The running speed layer: the aggregator behind a lock that queries read and the consumer
