@@ -467,16 +467,21 @@ async fn write_current(
     Ok(())
 }
 
-/// A test hook: `TRIBUTARY_BATCH_CRASH_AT=<point>` aborts the process at that point of a publish,
-/// as a kill -9 would, so tests can prove each point leaves the lake consistent. Points:
-/// `after_parts` (parts written, no manifest) and `before_current` (manifest written, `_current`
-/// not replaced).
+/// A test hook, compiled only with the `fault-injection` feature (the workspace's tests enable it;
+/// a release build has no such hook): `TRIBUTARY_BATCH_CRASH_AT=<point>` aborts the process at that
+/// point of a publish, as a kill -9 would, so tests can prove each point leaves the lake
+/// consistent. Points: `after_parts` (parts written, no manifest) and `before_current` (manifest
+/// written, `_current` not replaced).
+#[cfg(feature = "fault-injection")]
 fn crash_point(point: &str) {
     if std::env::var("TRIBUTARY_BATCH_CRASH_AT").is_ok_and(|wanted| wanted == point) {
         tracing::error!(point, "TRIBUTARY_BATCH_CRASH_AT: aborting the process");
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "fault-injection"))]
+fn crash_point(_point: &str) {}
 
 /// One view's recompute, run on the batch runtime.
 struct ViewJob {
