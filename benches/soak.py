@@ -19,7 +19,11 @@ Prints a Markdown summary (RSS, p50/p99 per window, lag, checks) and writes ever
 `soak.json` in the work directory. Exits non-zero when a check fails.
 
     cargo build --release --bin tributary
-    python3 benches/soak.py --minutes 30 --rate 25000 --qps 20 --batch-interval 5m
+    python3 benches/soak.py --minutes 30 --rate 6000 --qps 20 --batch-interval 5m
+
+The rate: tansu 0.6 on this 2-core machine takes ~28k/s from one producer with nothing reading, but
+with the archiver and the speed layer reading and queries running it fell over at 25k/s at once and
+at 12k/s after ~100 s (produce timeouts, connections dropped); see BENCHMARKS.md.
 
 DuckDB comes from PyPI into a virtualenv of its own under target/ (created on first use).
 """
@@ -148,7 +152,7 @@ def wait_until(what, check, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--rate", type=int, default=25000, help="events/s the generator sends")
+    parser.add_argument("--rate", type=int, default=6000, help="events/s the generator sends")
     parser.add_argument("--qps", type=float, default=20)
     parser.add_argument("--batch-interval", default="5m")
     parser.add_argument("--window", type=float, default=5, help="minutes per reported window")
@@ -178,9 +182,11 @@ def main():
     processes = Processes()
     try:
         url = f"tcp://{broker}"
+        # tansu logs every request at info: 37 GB in 10 minutes at 6k/s, which is most of what
+        # the broker then does. Warnings only.
         processes.start([args.tansu, "broker", "--listener-url", url, "--advertised-listener-url",
                          url, "--storage-engine", "sqlite://tansu.db", "--cluster-id", "soak"],
-                        work / "tansu", env, open(work / "tansu.log", "w"))
+                        work / "tansu", dict(env, RUST_LOG="warn"), open(work / "tansu.log", "w"))
         wait_until("the broker listening", lambda: socket.socket().connect_ex(
             ("127.0.0.1", broker_port)) == 0, 60)
         for topic, partitions in (("events", 3), ("events.dlq", 1)):
@@ -239,9 +245,11 @@ def main():
             code, status = http(base, "GET", "/v1/status")
             if code != 200:
                 return False
-            archived = status["archiver"]["archived"] + status["archiver"]["quarantined"]
+            # `progress` is what the raw files hold (the next offset per partition); the
+            # `archived` counter also counts events still buffered for the next file.
+            written = sum(status["archiver"]["progress"].values())
             read = sum(p["next"] for p in status["speed"]["partitions"])
-            return archived >= count and read >= count and status["speed"]["complete"]
+            return written >= count and read >= count and status["speed"]["complete"]
 
         wait_until("the archiver and speed layer holding every offset", settled, 900)
         settled_in = time.monotonic() - started - produced_in
@@ -294,10 +302,28 @@ print(json.dumps({{"rows": rows, "total": total}}))
     code, ran = http(base, "POST", "/v1/batch/run", timeout=900)
     checks.append({"check": "a batch run after the load", "ok": code == 200, "detail": str(ran)[:200]})
     code, after = http(base, "POST", "/v1/query", TRUTH_QUERY, timeout=120)
-    checks.append({"check": "every metric equal before and after the seam moves",
-                   "ok": code == 200 and after["rows"] == merged["rows"],
-                   "detail": f"batch version now {after['meta'].get('batch')}"[:200]})
+    moved = [(a, b) for a, b in zip(merged["rows"], after["rows"] if code == 200 else [])
+             if not same_row(a, b)]
+    checks.append({"check": "every metric equal before and after the seam moves (floats to 1e-9)",
+                   "ok": code == 200 and len(after["rows"]) == len(merged["rows"]) and not moved,
+                   "detail": f"{len(moved)} rows differ, first: {moved[:1]}; "
+                             f"batch version now {after.get('meta', {}).get('batch')}"[:400]})
     return checks
+
+
+def same_row(a, b):
+    """Equal, except that float sums may differ in the last bits: the seam moving changes the order
+    in which they are added (as tests/common does, 1e-9 relative)."""
+    if a.keys() != b.keys():
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def report(args, count, produced_in, settled_in, samples, answers, checks):
