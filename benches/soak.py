@@ -19,11 +19,11 @@ Prints a Markdown summary (RSS, p50/p99 per window, lag, checks) and writes ever
 `soak.json` in the work directory. Exits non-zero when a check fails.
 
     cargo build --release --bin tributary
-    python3 benches/soak.py --minutes 30 --rate 6000 --qps 20 --batch-interval 5m
+    python3 benches/soak.py --minutes 30 --rate 10000 --qps 20 --batch-interval 5m
 
-The rate: tansu 0.6 on this 2-core machine takes ~28k/s from one producer with nothing reading, but
-with the archiver and the speed layer reading and queries running it fell over at 25k/s at once and
-at 12k/s after ~100 s (produce timeouts, connections dropped); see BENCHMARKS.md.
+The rate: tansu 0.6 on this 2-core machine takes ~28k/s from one producer with nothing reading;
+with every role reading and the query load it sent 13.4k/s of 15k/s asked, and the speed layer
+trailed; 10k/s is ~75% of that (BENCHMARKS.md, Soak).
 
 DuckDB comes from PyPI into a virtualenv of its own under target/ (created on first use).
 """
@@ -152,7 +152,7 @@ def wait_until(what, check, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--rate", type=int, default=6000, help="events/s the generator sends")
+    parser.add_argument("--rate", type=int, default=10000, help="events/s the generator sends")
     parser.add_argument("--qps", type=float, default=20)
     parser.add_argument("--batch-interval", default="5m")
     parser.add_argument("--window", type=float, default=5, help="minutes per reported window")
