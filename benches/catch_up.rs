@@ -19,7 +19,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
@@ -27,8 +27,9 @@ use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tributary_batch::archiver::{Archiver, ArchiverSettings, StopSignal};
+use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_schemas::config::Config;
+use tributary_schemas::shutdown::Shutdown;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
 use tributary_testkit::Broker;
@@ -154,7 +155,7 @@ fn archiver(config: &Config, runtime: &tokio::runtime::Runtime, events: u64) -> 
     let store = tributary_schemas::lake::open_store(lake.path().to_str().unwrap()).unwrap();
     let archiver = Archiver::new(ArchiverSettings::from_config(config), store);
     let stats = archiver.stats();
-    let stop = StopSignal::default();
+    let stop = Shutdown::default();
     let started = Instant::now();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| archiver.run(runtime.handle(), &stop));
@@ -181,10 +182,10 @@ fn speed_layer(config: &Config, events: u64) -> Duration {
         Aggregator::new(&config.events, &config.views, config.batch.epoch_size).unwrap();
     let settings = SpeedSettings::from_config(config);
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::default();
     let started = Instant::now();
     let worker = {
-        let (speed, stop) = (Arc::clone(&speed), Arc::clone(&stop));
+        let (speed, stop) = (Arc::clone(&speed), stop.clone());
         std::thread::spawn(move || speed.run(&stop))
     };
     let took = loop {
@@ -199,7 +200,7 @@ fn speed_layer(config: &Config, events: u64) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    stop.store(true, Ordering::SeqCst);
+    stop.stop();
     worker.join().unwrap().unwrap();
     took
 }

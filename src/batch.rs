@@ -9,16 +9,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tributary_batch::recompute::progress::for_humans;
-use tributary_batch::recompute::{Batch, BatchError, BatchSettings, Outcome, ViewRun};
+use tributary_batch::recompute::{BatchError, BatchSettings, Outcome, RecomputeService, ViewRun};
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::{Boundary, open_store};
 
 /// Exit code of `batch run` when another run holds the lake.
 pub const EXIT_ALREADY_RUNNING: u8 = 3;
 
-pub fn open(config: &Config) -> anyhow::Result<Batch> {
+pub fn open(config: &Config) -> anyhow::Result<RecomputeService> {
     let store = open_store(&config.lake.url).context("opening the lake")?;
-    Batch::new(
+    RecomputeService::new(
         BatchSettings::from_config(config),
         config.events.clone(),
         config.views.clone(),

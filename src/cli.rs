@@ -111,7 +111,7 @@ impl Cli {
             }
             Command::Gen(args) => {
                 let config = Config::load(self.config.as_deref())?;
-                let stop = std::sync::atomic::AtomicBool::new(false);
+                let stop = tributary_schemas::shutdown::Shutdown::default();
                 let sent = generator::run(&config, &args, &stop, true)?;
                 Ok(if sent.failed == 0 {
                     ExitCode::SUCCESS

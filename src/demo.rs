@@ -14,8 +14,6 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,6 +24,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use tributary_schemas::config::Config;
+use tributary_schemas::shutdown::Shutdown;
 
 use crate::generator::{self, GenArgs, Target};
 use crate::serve::{self, Role};
@@ -53,9 +52,9 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
     let _broker = LocalBroker::start_unless_running(&config.kafka.brokers)?;
     create_topics(&config)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::default();
     let generator = {
-        let (config, stop) = (config.clone(), Arc::clone(&stop));
+        let (config, stop) = (config.clone(), stop.clone());
         let args = GenArgs {
             rate: args.rate,
             count: 0,
@@ -72,7 +71,7 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
             .context("starting the generator")?
     };
     let first_batch = args.first_batch_after;
-    let helper_stop = Arc::clone(&stop);
+    let helper_stop = stop.clone();
     let mut helper = None;
     let served = serve::serve_until(
         &config,
@@ -86,7 +85,7 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
                 .ok();
         },
     );
-    stop.store(true, Ordering::SeqCst);
+    stop.stop();
     let generated = generator
         .join()
         .map_err(|_| anyhow::anyhow!("the generator panicked"))?;
@@ -137,7 +136,7 @@ Ctrl-C stops the demo, its broker and the generator.
 
 /// After `after` seconds, asks the server for recomputes until one publishes (the first raw files
 /// roll after `archiver.max_file_age`), and reports it.
-fn first_recompute(address: SocketAddr, after: u64, stop: &AtomicBool) {
+fn first_recompute(address: SocketAddr, after: u64, stop: &Shutdown) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -147,7 +146,7 @@ fn first_recompute(address: SocketAddr, after: u64, stop: &AtomicBool) {
     };
     let client = reqwest::Client::new();
     let mut due = Instant::now() + Duration::from_secs(after);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopping() {
         if Instant::now() < due {
             thread::sleep(Duration::from_millis(100));
             continue;

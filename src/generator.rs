@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,6 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use tributary_schemas::config::Config;
+use tributary_schemas::shutdown::Shutdown;
 
 /// Where generated events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,12 +82,7 @@ impl GenArgs {
 
 /// Runs the generator until `count` events went out or `stop` is set; prints progress to stderr
 /// when `report` is set.
-pub fn run(
-    config: &Config,
-    args: &GenArgs,
-    stop: &AtomicBool,
-    report: bool,
-) -> anyhow::Result<Sent> {
+pub fn run(config: &Config, args: &GenArgs, stop: &Shutdown, report: bool) -> anyhow::Result<Sent> {
     args.check()?;
     let mut stream = Clickstream::new(args.seed, args.late_fraction);
     let mut progress = Progress::new(args.to, report);
@@ -190,7 +186,7 @@ fn to_kafka(
     args: &GenArgs,
     stream: &mut Clickstream,
     progress: &mut Progress,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) -> anyhow::Result<Sent> {
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)
@@ -204,7 +200,7 @@ fn to_kafka(
     let pace = Pace::new(args);
     let (mut sent, mut event) = (0u64, Vec::with_capacity(512));
     while let Some(due) = pace.due(sent, 10_000) {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopping() {
             break;
         }
         for n in sent..due {
@@ -241,7 +237,7 @@ async fn to_http(
     args: &GenArgs,
     stream: &mut Clickstream,
     progress: &mut Progress,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) -> anyhow::Result<Sent> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -252,7 +248,7 @@ async fn to_http(
     let mut totals = Sent::default();
     let (mut sent, mut event) = (0u64, Vec::with_capacity(512));
     while let Some(due) = pace.due(sent, args.batch as u64) {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopping() {
             break;
         }
         let mut lines: Vec<Vec<u8>> = (sent..due)
@@ -262,7 +258,7 @@ async fn to_http(
             })
             .collect();
         // A 503 lists the events Kafka did not take: resend exactly those until they are in.
-        while !lines.is_empty() && !stop.load(Ordering::Relaxed) {
+        while !lines.is_empty() && !stop.is_stopping() {
             let body: Vec<u8> = lines
                 .iter()
                 .flat_map(|l| [l.as_slice(), b"\n"].concat())

@@ -6,17 +6,19 @@
 //! fails, the process stops with its error so that a supervisor restarts it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use anyhow::{Context, bail};
 use object_store::ObjectStore;
-use tributary_batch::archiver::{Archiver, ArchiverSettings, ArchiverStats, StopSignal};
+use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_batch::recompute::progress::logged;
-use tributary_batch::recompute::{Batch, BatchError};
+use tributary_batch::recompute::{BatchError, RecomputeService};
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::lake::open_store;
+use tributary_schemas::layers::StatusSource;
+use tributary_schemas::layers::recompute::Recompute;
+use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{self, App};
 use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
@@ -74,7 +76,9 @@ pub fn serve_until(
         .build()
         .context("starting the async runtime")?;
     let store = open_store(&config.lake.url).context("opening the lake")?;
-    let stop = Arc::new(StopSignal::default());
+    // The roles stop together once the HTTP server has drained (`roles`); the HTTP server first
+    // (`http`), so that requests in flight (a recompute on request among them) finish.
+    let (roles_stop, http_stop) = (Shutdown::default(), Shutdown::default());
     let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
 
     let mut archiver_stats = None;
@@ -83,7 +87,7 @@ pub fn serve_until(
         archiver_stats = Some(archiver.stats());
         let (handle, stop, failed) = (
             runtime.handle().clone(),
-            Arc::clone(&stop),
+            roles_stop.clone(),
             failed_tx.clone(),
         );
         let worker = thread::Builder::new()
@@ -102,25 +106,24 @@ pub fn serve_until(
     };
 
     let batch = if roles.contains(&Role::Batch) {
-        Some(Arc::new(crate::batch::open(config)?))
+        Some(Arc::new(
+            crate::batch::open(config)?.with_shutdown(roles_stop.clone()),
+        ))
     } else {
         None
     };
     let metrics = Arc::new(Metrics::default());
-    let speed_stop = Arc::new(AtomicBool::new(false));
-    let (http_stop, mut http_stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     let mut http = None;
     if serving {
-        let app = runtime.block_on(start_serving(
+        let (app, speed) = runtime.block_on(start_serving(
             config,
             &store,
-            batch.clone(),
-            archiver_stats,
+            batch.clone().map(|batch| batch as Arc<dyn Recompute>),
+            archiver_stats.map(|stats| stats as Arc<dyn StatusSource>),
             Arc::clone(&metrics),
         ))?;
-        let speed = Arc::clone(app.engine.live().speed());
-        let (stop, failed) = (Arc::clone(&speed_stop), failed_tx.clone());
+        let (stop, failed) = (roles_stop.clone(), failed_tx.clone());
         workers.push(
             thread::Builder::new()
                 .name("speed".to_owned())
@@ -142,11 +145,10 @@ pub fn serve_until(
         tracing::info!("serving http://{}", config.serving.listen);
         started(config.serving.listen);
         let router = api::router(app);
+        let stopped = http_stop.clone();
         http = Some(runtime.spawn(async move {
             axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|stop| *stop).await;
-                })
+                .with_graceful_shutdown(async move { stopped.stopped().await })
                 .await
         }));
     }
@@ -166,7 +168,7 @@ pub fn serve_until(
     })
     .inspect_err(|error| tracing::error!("{error:#}; shutting down"))
     .ok();
-    let _ = http_stop.send(true);
+    http_stop.stop();
     if let Some(http) = http {
         match runtime.block_on(async { tokio::time::timeout(api::DRAIN, http).await }) {
             Ok(Ok(Ok(()))) => {}
@@ -175,11 +177,7 @@ pub fn serve_until(
             Err(_) => tracing::warn!("requests still running after {:?} were cut", api::DRAIN),
         }
     }
-    stop.stop();
-    speed_stop.store(true, Ordering::SeqCst);
-    if let Some(batch) = &batch {
-        batch.cancel();
-    }
+    roles_stop.stop();
     if let Some(scheduled) = scheduled {
         // A cancelled recompute stops at its next step and releases the lake's lock before the
         // scheduler returns. Should that take too long, the lock's lease frees the lake later.
@@ -204,13 +202,14 @@ pub fn serve_until(
 }
 
 /// Loads the live versions, builds the speed layer at their boundary, and the HTTP app over both.
+/// Returns the app and the speed layer, for its thread to run.
 async fn start_serving(
     config: &Config,
     store: &Arc<dyn ObjectStore>,
-    batch: Option<Arc<Batch>>,
-    archiver: Option<Arc<ArchiverStats>>,
+    recompute: Option<Arc<dyn Recompute>>,
+    archiver: Option<Arc<dyn StatusSource>>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<App>> {
+) -> anyhow::Result<(Arc<App>, Arc<SpeedLayer>)> {
     let serving = &config.serving;
     let budget = serving.memory_budget_mb << 20;
     let topic = &config.kafka.topic;
@@ -220,14 +219,18 @@ async fn start_serving(
     let aggregator = Aggregator::new(&config.events, &config.views, config.batch.epoch_size)
         .context("planning the view filters for the speed layer")?;
     let settings = SpeedSettings::from_config(config);
-    let speed = SpeedLayer::new(settings, aggregator, Live::speed_start(&versions));
+    let speed = Arc::new(SpeedLayer::new(
+        settings,
+        aggregator,
+        Live::speed_start(&versions),
+    ));
     let live = Live::new(
         Arc::clone(store),
         topic.clone(),
         config.views.clone(),
         budget,
         versions,
-        Arc::new(speed),
+        Arc::clone(&speed) as _,
     );
     let engine = Engine::new(
         Arc::new(live),
@@ -239,13 +242,14 @@ async fn start_serving(
     let decoder = Decoder::new(config.events.clone());
     let ingest = Ingest::new(IngestSettings::from_config(config), decoder)
         .context("creating the push-ingest producer")?;
-    Ok(Arc::new(App {
+    let app = App {
         engine,
-        batch,
+        recompute,
         archiver,
         ingest: Some(Arc::new(ingest)),
         metrics,
-    }))
+    };
+    Ok((Arc::new(app), speed))
 }
 
 /// Checks for newly published versions every `every` (the recompute may run in another process).
@@ -269,7 +273,11 @@ const SCHEDULER_STOP: std::time::Duration = std::time::Duration::from_secs(30);
 /// Runs a recompute every `interval` (the first one interval after start) until the batch layer
 /// is cancelled, returning at once when that happens between runs. A run still going when the
 /// next is due delays it rather than overlapping it.
-async fn schedule(batch: Arc<Batch>, interval: std::time::Duration, metrics: Arc<Metrics>) {
+async fn schedule(
+    batch: Arc<RecomputeService>,
+    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -3,38 +3,23 @@
 //! dataset exactly once and every malformed one in quarantine exactly once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tributary_batch::archiver::audit::audit;
-use tributary_batch::archiver::progress::partition_progress;
+use tributary_batch::archiver::resume::partition_progress;
 use tributary_schemas::lake::open_store;
-use tributary_testkit::Broker;
 use tributary_testkit::stream::{Expected, produce_mixed};
+use tributary_testkit::{Broker, TestServer};
 
 const PARTITIONS: i32 = 3;
 
-fn start_archiver(broker: &Broker, topic: &str, lake: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["serve", "--roles", "archiver"])
-        .env("TRIBUTARY_KAFKA__BROKERS", broker.bootstrap_servers())
-        .env("TRIBUTARY_KAFKA__TOPIC", topic)
-        .env("TRIBUTARY_KAFKA__DLQ_TOPIC", "")
-        .env("TRIBUTARY_LAKE__URL", lake)
+/// `serve --roles archiver` over the test's topic, rolling small files every 20 ms.
+fn archiver(broker: &Broker, topic: &str) -> TestServer {
+    let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, topic);
+    server
         .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "1500")
-        .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "20ms")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tributary")
+        .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "20ms");
+    server
 }
 
 #[test]
@@ -42,9 +27,8 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = Broker::shared();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    let log = dir.path().join("archiver.log");
+    let mut server = archiver(broker, &topic);
+    let lake = server.lake();
     let mut expected = Expected::new();
     runtime.block_on(produce_mixed(
         broker,
@@ -71,21 +55,22 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
     };
     let total = |progress: &BTreeMap<i32, i64>| progress.values().sum::<i64>();
     // Runs the archiver until `done` holds for the lake's progress, or fails the test.
-    let run_until = |child: &mut Child, done: &dyn Fn(&BTreeMap<i32, i64>) -> bool| {
+    let run_until = |server: &mut TestServer, done: &dyn Fn(&BTreeMap<i32, i64>) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let now = progress();
             if done(&now) {
                 return now;
             }
-            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
             assert!(
-                child.try_wait().unwrap().is_none(),
-                "archiver exited early:\n{log_text}"
+                server.running(),
+                "archiver exited early:\n{}",
+                server.log_text()
             );
             assert!(
                 Instant::now() < deadline,
-                "lake stuck at {now:?}\n{log_text}"
+                "lake stuck at {now:?}\n{}",
+                server.log_text()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -100,11 +85,10 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
     {
         let goal =
             (total(&broker.high_watermarks(&topic, PARTITIONS).unwrap()) as f64 * share) as i64;
-        let mut child = start_archiver(broker, &topic, &lake, &log);
-        run_until(&mut child, &|now| total(now) >= goal);
+        server.spawn(&["serve", "--roles", "archiver"]);
+        run_until(&mut server, &|now| total(now) >= goal);
         std::thread::sleep(Duration::from_millis(jitter_ms));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        server.kill(); // SIGKILL
         seen_at_kill.push(total(&progress()));
         if round == 1 {
             runtime.block_on(produce_mixed(
@@ -126,17 +110,13 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
         "every kill must land mid-stream: lake totals at kills {seen_at_kill:?}, broker {}",
         total(&target)
     );
-    let mut child = start_archiver(broker, &topic, &lake, &log);
-    run_until(&mut child, &|now| *now == target);
-    let terminated = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(terminated.success());
-    let status = child.wait().unwrap();
+    server.spawn(&["serve", "--roles", "archiver"]);
+    run_until(&mut server, &|now| *now == target);
+    let status = server.terminate();
     assert!(
         status.success(),
-        "SIGTERM must stop the archiver cleanly: {status}"
+        "SIGTERM must stop the archiver cleanly: {status}\n{}",
+        server.log_text()
     );
 
     assert!(expected.len() >= 100_000);
@@ -155,10 +135,8 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
 
 #[test]
 fn serve_runs_speed_and_serving_only_together() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["serve", "--roles", "archiver,speed"])
-        .output()
-        .unwrap();
+    let server = TestServer::without_broker(env!("CARGO_BIN_EXE_tributary"));
+    let output = server.run(&["serve", "--roles", "archiver,speed"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

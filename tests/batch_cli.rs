@@ -4,69 +4,38 @@
 //! previous version live and intact, and the next run succeeds.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use tributary_batch::archiver::progress::partition_progress;
+use tributary_batch::archiver::resume::partition_progress;
 use tributary_batch::parquet_io;
 use tributary_schemas::lake::versions::{live_manifest, read_current, read_manifest};
 use tributary_schemas::lake::{Manifest, open_store};
-use tributary_testkit::Broker;
 use tributary_testkit::stream::{Expected, produce_mixed};
+use tributary_testkit::{Broker, TestServer};
 
 const PARTITIONS: i32 = 3;
 
-struct Setup {
-    broker: &'static Broker,
-    topic: String,
-    lake: std::path::PathBuf,
-    log: std::path::PathBuf,
+/// The binary over the test's topic, with small files and epochs and a 1 s schedule.
+fn server(broker: &Broker, topic: &str) -> TestServer {
+    let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, topic);
+    server
+        .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "700")
+        .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "100ms")
+        .env("TRIBUTARY_BATCH__INTERVAL", "1s")
+        .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
+        .env("TRIBUTARY_BATCH__KEEP_VERSIONS", "3")
+        .env("TRIBUTARY_BATCH__THREADS", "1");
+    server
 }
 
-impl Setup {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
-        command
-            .args(args)
-            .env("TRIBUTARY_KAFKA__BROKERS", self.broker.bootstrap_servers())
-            .env("TRIBUTARY_KAFKA__TOPIC", &self.topic)
-            .env("TRIBUTARY_KAFKA__DLQ_TOPIC", "")
-            .env("TRIBUTARY_LAKE__URL", &self.lake)
-            .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "700")
-            .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "100ms")
-            .env("TRIBUTARY_BATCH__INTERVAL", "1s")
-            .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
-            .env("TRIBUTARY_BATCH__KEEP_VERSIONS", "3")
-            .env("TRIBUTARY_BATCH__THREADS", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let mut command = self.command(args);
-        command.envs(envs.iter().copied());
-        command.output().expect("run tributary")
-    }
-
-    fn serve(&self, roles: &str) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.command(&["serve", "--roles", roles])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tributary serve")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// Runs a one-shot command with extra variables.
+fn run(server: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = server.command(args);
+    command.envs(envs.iter().copied());
+    command.output().expect("run tributary")
 }
 
 fn text(output: &Output) -> String {
@@ -78,35 +47,16 @@ fn text(output: &Output) -> String {
     )
 }
 
-fn terminate(child: &mut Child) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = child.wait().unwrap();
+fn terminate(server: &mut TestServer) {
+    let status = server.terminate();
     assert!(
         status.success(),
-        "SIGTERM must stop serve cleanly: {status}"
+        "SIGTERM must stop serve cleanly: {status}\n{}",
+        server.log_text()
     );
 }
 
-fn wait_for(setup: &Setup, child: &mut Child, what: &str, done: &mut dyn FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "serve exited early:\n{}",
-            setup.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            setup.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+const WAIT: Duration = Duration::from_secs(120);
 
 /// Every part of the version is there and holds the rows its manifest says.
 async fn assert_intact(store: &dyn object_store::ObjectStore, manifest: &Manifest) {
@@ -137,14 +87,8 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = Broker::shared();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        broker,
-        topic: topic.clone(),
-        lake: dir.path().join("lake"),
-        log: dir.path().join("serve.log"),
-    };
-    let store = open_store(setup.lake.to_str().unwrap()).unwrap();
+    let mut server = server(broker, &topic);
+    let store = open_store(server.lake().to_str().unwrap()).unwrap();
     let mut expected = Expected::new();
     runtime.block_on(produce_mixed(
         broker,
@@ -156,8 +100,8 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     ));
 
     // 1. `serve` archives and its scheduler publishes version 1 of both views.
-    let mut child = setup.serve("archiver,batch");
-    wait_for(&setup, &mut child, "the scheduled recompute", &mut || {
+    server.spawn(&["serve", "--roles", "archiver,batch"]);
+    server.wait_within("the scheduled recompute", WAIT, |_| {
         ["pageviews", "traffic"].iter().all(|view| {
             runtime
                 .block_on(read_current(store.as_ref(), view))
@@ -165,11 +109,11 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
                 .is_some()
         })
     });
-    terminate(&mut child);
+    terminate(&mut server);
     assert!(
-        setup.log_text().contains("pageviews: published version 1"),
+        server.log_text().contains("pageviews: published version 1"),
         "{}",
-        setup.log_text()
+        server.log_text()
     );
     let first = runtime
         .block_on(live_manifest(store.as_ref(), "pageviews"))
@@ -187,7 +131,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
         &mut expected,
     ));
     let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
-    let mut child = setup.serve("archiver");
+    server.spawn(&["serve", "--roles", "archiver"]);
     let progress = || -> BTreeMap<i32, i64> {
         (0..PARTITIONS)
             .map(|p| {
@@ -199,14 +143,13 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
             })
             .collect()
     };
-    wait_for(&setup, &mut child, "the archiver", &mut || {
-        progress() == target
-    });
-    terminate(&mut child);
+    server.wait_within("the archiver", WAIT, |_| progress() == target);
+    terminate(&mut server);
 
     // 2. Killed after writing parts and manifest, before `_current`: version 1 stays live, intact.
     for (point, version) in [("before_current", 2u64), ("after_parts", 3)] {
-        let crashed = setup.run(
+        let crashed = run(
+            &server,
             &["batch", "run", "--view", "pageviews"],
             &[("TRIBUTARY_BATCH_CRASH_AT", point)],
         );
@@ -229,7 +172,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
             .unwrap();
         assert_eq!(left.is_some(), point == "before_current", "{point}");
     }
-    let listed = setup.run(&["batch", "list"], &[]);
+    let listed = run(&server, &["batch", "list"], &[]);
     let listing = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(
         listing.contains("incomplete (running, or left by a crashed run"),
@@ -243,7 +186,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
             Duration::from_secs(60),
         ))
         .unwrap();
-    let refused = setup.run(&["batch", "run"], &[]);
+    let refused = run(&server, &["batch", "run"], &[]);
     assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
     assert!(
         text(&refused).contains("a recompute is already running (lock held by "),
@@ -253,7 +196,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     runtime.block_on(lock.release()).unwrap();
 
     // 4. The next run succeeds and collects the crashed run's incomplete version.
-    let ok = setup.run(&["batch", "run"], &[]);
+    let ok = run(&server, &["batch", "run"], &[]);
     assert!(ok.status.success(), "{}", text(&ok));
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
@@ -272,13 +215,13 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     assert!(live.boundary.0.values().sum::<i64>() > first.boundary.0.values().sum::<i64>());
     runtime.block_on(assert_intact(store.as_ref(), &live));
     assert!(
-        !setup
-            .lake
+        !server
+            .lake()
             .join("views/pageviews/00000000000000000003")
             .exists(),
         "the incomplete version is collected"
     );
-    let again = setup.run(&["batch", "run"], &[]);
+    let again = run(&server, &["batch", "run"], &[]);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("pageviews: unchanged, version 4"),
         "{}",
@@ -286,7 +229,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     );
 
     // 5. Rollback, and a rollback to a version that does not exist.
-    let rolled = setup.run(&["batch", "rollback", "pageviews", "1"], &[]);
+    let rolled = run(&server, &["batch", "rollback", "pageviews", "1"], &[]);
     assert!(rolled.status.success(), "{}", text(&rolled));
     assert_eq!(
         runtime
@@ -294,9 +237,10 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
             .unwrap(),
         Some(1)
     );
-    let listing = String::from_utf8_lossy(&setup.run(&["batch", "list"], &[]).stdout).to_string();
+    let listing =
+        String::from_utf8_lossy(&run(&server, &["batch", "list"], &[]).stdout).to_string();
     assert!(listing.contains("  *    1  "), "{listing}");
-    let missing = setup.run(&["batch", "rollback", "pageviews", "3"], &[]);
+    let missing = run(&server, &["batch", "rollback", "pageviews", "3"], &[]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(
         text(&missing)

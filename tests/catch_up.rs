@@ -40,9 +40,9 @@ fn catching_up_service(broker: &'static Broker, topic: &str) -> Service {
         ("TRIBUTARY_BATCH__EPOCH_SIZE", "10000"),
         ("TRIBUTARY_SERVING__READY_MAX_LAG", "1000"),
     ];
-    service.env = (settings.iter())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    for (key, value) in settings {
+        service.server.env(key, value);
+    }
     service
 }
 

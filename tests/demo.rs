@@ -3,12 +3,11 @@
 //! work as printed, and stops everything it started on Ctrl-C (SIGINT).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use tributary_testkit::free_port;
 use tributary_testkit::http::request;
+use tributary_testkit::{TestServer, free_port};
 
 fn poll<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -23,30 +22,13 @@ fn poll<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -
 
 #[test]
 fn the_demo_serves_live_numbers_within_a_minute_and_stops_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap()));
+    // If an assertion fails, dropping the harness stops the demo (SIGTERM), and with it its broker.
+    let mut demo = TestServer::without_broker(env!("CARGO_BIN_EXE_tributary"));
+    let api = demo.address;
     let broker = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap()));
+    demo.env("TRIBUTARY_KAFKA__BROKERS", broker.to_string());
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["demo", "--rate", "200", "--first-batch-after", "5"])
-        .current_dir(dir.path())
-        .env("TRIBUTARY_SERVING__LISTEN", api.to_string())
-        .env("TRIBUTARY_KAFKA__BROKERS", broker.to_string())
-        .env_remove("TRIBUTARY_CONFIG")
-        .stdout(std::fs::File::create(dir.path().join("demo.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id().to_string();
-    // If an assertion fails, the demo (and with it its broker) must not outlive the test.
-    struct Interrupt<'a>(&'a str);
-    impl Drop for Interrupt<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-INT", self.0]).status();
-        }
-    }
-    let interrupt = Interrupt(&pid);
-    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    demo.spawn(&["demo", "--rate", "200", "--first-batch-after", "5"]);
 
     let totals = r#"{"view":"pageviews","granularity":"all","metrics":["views","users"]}"#;
     let views = poll("non-empty answer", Duration::from_secs(60), || {
@@ -72,7 +54,7 @@ fn the_demo_serves_live_numbers_within_a_minute_and_stops_on_ctrl_c() {
     });
 
     // The printed examples, run as printed, return live numbers.
-    let printed = read("demo.out");
+    let printed = demo.stdout_text();
     let examples: Vec<&str> = (printed.lines())
         .filter_map(|l| l.trim().strip_prefix("-d '")?.strip_suffix('\''))
         .collect();
@@ -93,16 +75,12 @@ fn the_demo_serves_live_numbers_within_a_minute_and_stops_on_ctrl_c() {
     }
 
     // Ctrl-C: the demo stops the service, the generator and its broker, and exits 0.
-    drop(interrupt);
-    let mut child = child;
-    let status = poll("exit after SIGINT", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
-    assert!(status.success(), "{status}\n{}", read("demo.log"));
+    let status = demo.interrupt(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", demo.log_text());
     assert!(
-        read("demo.out").contains("demo stopped"),
+        demo.stdout_text().contains("demo stopped"),
         "{}",
-        read("demo.out")
+        demo.stdout_text()
     );
     assert!(
         TcpStream::connect_timeout(&broker, Duration::from_millis(500)).is_err(),

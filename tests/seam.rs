@@ -10,17 +10,18 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use tributary_batch::archiver::{Archiver, ArchiverSettings, StopSignal};
+use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::SliceTarget;
-use tributary_batch::recompute::{Batch, BatchSettings, Outcome};
+use tributary_batch::recompute::{BatchSettings, Outcome, RecomputeService};
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::read_state;
 use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_schemas::lake::{Manifest, open_store};
+use tributary_schemas::shutdown::Shutdown;
 use tributary_speed::aggregator::Aggregator;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
@@ -125,7 +126,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
         Arc::clone(&store),
     );
     let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
-    let stop = StopSignal::default();
+    let stop = Shutdown::default();
     let handle = rt.handle().clone();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| archiver.run(&handle, &stop));
@@ -136,7 +137,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
         stop.stop();
         worker.join().unwrap().unwrap();
     });
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         BatchSettings {
             topic: topic.clone(),
             epoch_size: 700,

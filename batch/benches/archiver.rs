@@ -13,7 +13,7 @@ use tributary_batch::archiver::partition::PartitionBuffer;
 use tributary_batch::parquet_io;
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_testkit::stream::clickstream;
 
 const EVENTS: usize = 200_000;

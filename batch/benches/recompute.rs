@@ -1,6 +1,6 @@
 //! Recompute throughput and memory: the default `pageviews` view (1m buckets by page and country;
 //! count, count_distinct, sum, min, max, avg, quantile) over 10 million raw events in Parquet on a
-//! local lake, through the real [`Batch::run`] (scan, boundary and view filter, aggregation into
+//! local lake, through the real [`RecomputeService::run`] (scan, boundary and view filter, aggregation into
 //! states, sort, Parquet parts, manifest, `_current`).
 //!
 //! Data: one day of clickstream, 3 partitions of 500 000-event files (the archiver's default
@@ -21,9 +21,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::SliceTarget;
-use tributary_batch::recompute::{Batch, BatchSettings, Outcome};
+use tributary_batch::recompute::{BatchSettings, Outcome, RecomputeService};
 use tributary_schemas::config::Config;
-use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder};
+use tributary_schemas::event::raw_rows::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::event::{Event, Value};
 use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
 use tributary_testkit::rng::Rng;
@@ -207,7 +207,7 @@ fn main() {
         let mut cpu_seconds_used = Vec::new();
         for _ in 0..rounds {
             // A fresh lake view each round: delete the previous versions by using a new view dir.
-            let batch = Batch::new(
+            let batch = RecomputeService::new(
                 BatchSettings {
                     topic: "events".to_owned(),
                     epoch_size: 1,

@@ -8,7 +8,7 @@
 //! 3. the raw file, named by the offset range it covers — this put is the commit.
 //!
 //! A kill at any moment therefore loses nothing and duplicates nothing: buffered messages are
-//! consumed again, a quarantine file without its raw file is deleted on restart (see [`progress`]),
+//! consumed again, a quarantine file without its raw file is deleted on restart (see [`resume`]),
 //! and object puts are atomic. Malformed events never stop a partition.
 //!
 //! Before consuming, it compares the lake with the broker. A partition whose archived offsets run
@@ -22,42 +22,45 @@
 
 pub mod audit;
 pub mod partition;
-pub mod progress;
 pub mod quarantine;
+pub mod resume;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
+use tributary_schemas::blame::chain;
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::EventSchema;
-use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::event::raw_rows::KafkaPosition;
+use tributary_schemas::kafka::{
+    TopicError, assign_at, positioned_consumer, topic_partitions, watermarks,
+};
 use tributary_schemas::lake::generations::{read_generations, write_generations};
 use tributary_schemas::lake::versions::VersionError;
 use tributary_schemas::lake::{self, Area};
+use tributary_schemas::shutdown::{Shutdown, Stop};
 
 use partition::{PartitionBuffer, PendingFile};
-
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+pub use stats::ArchiverStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiverError {
     #[error("Kafka request failed")]
     Kafka(#[from] KafkaError),
-    #[error("topic {topic} does not exist or has no partitions")]
-    TopicMissing { topic: String },
+    #[error(transparent)]
+    Topic(#[from] TopicError),
     #[error(
         "partition {partition} of {topic} ends at offset {broker_end} but generation {generation} of \
          the lake holds offsets up to {archived_end}, which a new generation cannot explain"
@@ -93,56 +96,6 @@ impl EncodedFile {
             raw: encode(&file.raw)?,
             quarantine: file.quarantine.as_ref().map(encode).transpose()?,
         })
-    }
-}
-
-/// How a running archiver should stop.
-#[derive(Debug, Default)]
-pub struct StopSignal(AtomicU8);
-
-// 0 (the default) is "running".
-const GRACEFUL: u8 = 1;
-const ABANDON: u8 = 2;
-
-impl StopSignal {
-    /// Write every buffered event, then return.
-    pub fn stop(&self) {
-        self.0.store(GRACEFUL, Ordering::SeqCst);
-    }
-
-    /// Return at once, dropping buffered events as a crash would (they are consumed again on restart).
-    pub fn abandon(&self) {
-        self.0.store(ABANDON, Ordering::SeqCst);
-    }
-
-    fn state(&self) -> u8 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Counters for `/v1/status` and metrics.
-#[derive(Debug, Default)]
-pub struct ArchiverStats {
-    pub archived: AtomicU64,
-    pub quarantined: AtomicU64,
-    pub files: AtomicU64,
-    /// Offsets deleted by retention before they could be archived.
-    pub lost_offsets: AtomicU64,
-    pub dlq_failures: AtomicU64,
-    pub store_errors: AtomicU64,
-    progress: Mutex<BTreeMap<i32, i64>>,
-}
-
-impl ArchiverStats {
-    /// Per partition, the first offset not yet in the lake.
-    pub fn progress(&self) -> BTreeMap<i32, i64> {
-        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-
-    fn set_progress(&self, partition: i32, next_offset: i64) {
-        if let Ok(mut progress) = self.progress.lock() {
-            progress.insert(partition, next_offset);
-        }
     }
 }
 
@@ -197,22 +150,16 @@ impl Archiver {
 
     /// Archives until `stop` says otherwise. Blocking: run it on a thread of its own; `runtime` serves
     /// the object-store requests.
-    pub fn run(&self, runtime: &Handle, stop: &StopSignal) -> Result<(), ArchiverError> {
+    pub fn run(&self, runtime: &Handle, stop: &Shutdown) -> Result<(), ArchiverError> {
         let topic = &self.settings.topic;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.brokers)
-            .set("group.id", format!("tributary-archiver-{topic}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Never let librdkafka silently jump to another offset: the lake decides where to resume.
-            .set("auto.offset.reset", "error")
-            .create()?;
-        let partitions = self.partitions(&consumer)?;
+        let consumer: BaseConsumer =
+            positioned_consumer(&self.settings.brokers, "archiver", topic).create()?;
+        let partitions = topic_partitions(&consumer, topic)?;
         let store = self.store.as_ref();
         let mut generations = runtime.block_on(read_generations(store, topic))?;
         let mut lake_topic = generations.current_topic(topic);
         let mut resume =
-            runtime.block_on(progress::resume_points(store, &lake_topic, &partitions))?;
+            runtime.block_on(resume::resume_points(store, &lake_topic, &partitions))?;
         if let Some(reason) = self.offsets_restarted(&consumer, generations.current, &resume)? {
             let next_offsets = resume.iter().map(|(p, r)| (*p, r.next_offset)).collect();
             generations.close_current(next_offsets, reason.clone());
@@ -226,17 +173,17 @@ impl Archiver {
                  whole); archiving the new log as the next generation"
             );
             lake_topic = generations.current_topic(topic);
-            resume = runtime.block_on(progress::resume_points(store, &lake_topic, &partitions))?;
+            resume = runtime.block_on(resume::resume_points(store, &lake_topic, &partitions))?;
         }
         self.generation.store(generations.current, Ordering::SeqCst);
 
-        let mut assignment = TopicPartitionList::new();
+        let mut starts = BTreeMap::new();
         let mut buffers = BTreeMap::new();
         for (&partition, progress) in &resume {
             for hole in &progress.holes {
                 tracing::error!(partition, %hole, "raw files are missing from the lake; those offsets are not archived");
             }
-            let removed = runtime.block_on(progress::remove_orphan_quarantine(
+            let removed = runtime.block_on(resume::remove_orphan_quarantine(
                 store,
                 &lake_topic,
                 partition,
@@ -250,14 +197,14 @@ impl Archiver {
                 );
             }
             let start = self.check_against_broker(&consumer, partition, progress.next_offset)?;
-            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            starts.insert(partition, start);
             buffers.insert(
                 partition,
                 PartitionBuffer::new(partition, progress.next_offset, &self.settings.events),
             );
             self.stats.set_progress(partition, progress.next_offset);
         }
-        consumer.assign(&assignment)?;
+        assign_at(&consumer, topic, &starts)?;
         tracing::info!(
             topic,
             generation = generations.current,
@@ -268,14 +215,14 @@ impl Archiver {
         let dlq = self.dlq_producer()?;
         loop {
             match stop.state() {
-                ABANDON => return Ok(()),
-                GRACEFUL => {
+                Stop::Abandon => return Ok(()),
+                Stop::Graceful => {
                     for buffer in buffers.values_mut() {
                         self.flush(runtime, buffer, dlq.as_ref(), stop)?;
                     }
                     return Ok(());
                 }
-                _ => {}
+                Stop::Running => {}
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
@@ -313,34 +260,16 @@ impl Archiver {
         }
     }
 
-    fn partitions(&self, consumer: &BaseConsumer) -> Result<Vec<i32>, ArchiverError> {
-        let topic = &self.settings.topic;
-        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(ArchiverError::TopicMissing {
-                topic: topic.clone(),
-            });
-        }
-        Ok(partitions)
-    }
-
     /// Why the broker's log cannot be the one `generation` archived, if it cannot: a partition whose
     /// log ends before the offsets the lake already holds.
     fn offsets_restarted(
         &self,
         consumer: &BaseConsumer,
         generation: u32,
-        resume: &BTreeMap<i32, progress::PartitionProgress>,
+        resume: &BTreeMap<i32, resume::PartitionProgress>,
     ) -> Result<Option<String>, ArchiverError> {
         for (&partition, progress) in resume {
-            let (_, high) =
-                consumer.fetch_watermarks(&self.settings.topic, partition, METADATA_TIMEOUT)?;
+            let (_, high) = watermarks(consumer, &self.settings.topic, partition)?;
             if progress.next_offset > high {
                 return Ok(Some(format!(
                     "partition {partition} ends at offset {high} but generation {generation} holds offsets up to {}",
@@ -359,7 +288,7 @@ impl Archiver {
         next: i64,
     ) -> Result<i64, ArchiverError> {
         let topic = &self.settings.topic;
-        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        let (low, high) = watermarks(consumer, topic, partition)?;
         if next > high {
             // The log shrank between the generation check and now.
             return Err(ArchiverError::OffsetsRestarted {
@@ -406,7 +335,7 @@ impl Archiver {
         runtime: &Handle,
         buffer: &mut PartitionBuffer,
         dlq: Option<&ThreadedProducer<DefaultProducerContext>>,
-        stop: &StopSignal,
+        stop: &Shutdown,
     ) -> Result<(), ArchiverError> {
         let Some(file) = buffer.take()? else {
             return Ok(());
@@ -420,10 +349,10 @@ impl Archiver {
         loop {
             match runtime.block_on(self.write(&file, &encoded)) {
                 Ok(()) => break,
-                Err(error) if stop.state() == ABANDON => return Err(error.into()),
+                Err(error) if stop.state() == Stop::Abandon => return Err(error.into()),
                 Err(error) => {
                     self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, partition = file.partition, range = %file.range, "writing to the lake failed; retrying");
+                    tracing::error!(error = %chain(&error), partition = file.partition, range = %file.range, "writing to the lake failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }

@@ -10,9 +10,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Runtime;
 use tributary_batch::archiver::audit::audit;
-use tributary_batch::archiver::{Archiver, ArchiverError, ArchiverSettings, StopSignal};
+use tributary_batch::archiver::{Archiver, ArchiverError, ArchiverSettings};
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
+use tributary_schemas::shutdown::Shutdown;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::{Expected, produce_mixed};
 
@@ -71,7 +72,7 @@ fn run_archiver(
     stop_after: Option<Duration>,
     target: &BTreeMap<i32, i64>,
 ) -> Result<(), ArchiverError> {
-    let stop = StopSignal::default();
+    let stop = Shutdown::default();
     let handle = runtime.handle().clone();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| archiver.run(&handle, &stop));

@@ -11,20 +11,21 @@ use arrow::array::Array;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::runtime::Runtime;
-use tributary_batch::archiver::{Archiver, ArchiverSettings, StopSignal};
+use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::{MAX_READ_FACTOR, SliceTarget};
-use tributary_batch::recompute::{Batch, BatchError, BatchSettings, Outcome, ViewRun};
+use tributary_batch::recompute::{BatchError, BatchSettings, Outcome, RecomputeService, ViewRun};
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::read_state;
 use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder};
+use tributary_schemas::event::raw_rows::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::event::{Event, Value};
 use tributary_schemas::lake::versions::read_current;
 use tributary_schemas::lake::{self, Area, Manifest, OffsetRange, open_store};
 use tributary_schemas::seam::aligned_boundary;
+use tributary_schemas::shutdown::Shutdown;
 use tributary_testkit::Broker;
 use tributary_testkit::rng::Rng;
 use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
@@ -387,7 +388,7 @@ fn recomputed_states_equal_the_algebra_over_the_events_below_the_boundary() {
             &stream,
             file_rows,
         ));
-        let batch = Batch::new(
+        let batch = RecomputeService::new(
             settings("events", epoch_size, 5),
             config.events.clone(),
             config.views.clone(),
@@ -465,7 +466,7 @@ fn time_slices_aggregate_exactly_and_bound_memory() {
             rows: 3000,
             groups: 800,
         };
-        let batch = Batch::new(
+        let batch = RecomputeService::new(
             sliced,
             config.events.clone(),
             config.views.clone(),
@@ -510,7 +511,7 @@ fn versions_are_kept_rolled_back_and_collected() {
     let rt = runtime();
     let (_lake_dir, store) = empty_lake();
     let view = config.view("traffic").unwrap().clone();
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         settings("events", 100, 2),
         config.events.clone(),
         vec![view.clone()],
@@ -558,7 +559,7 @@ fn versions_are_kept_rolled_back_and_collected() {
     // A version computed under another definition cannot be made live.
     let mut changed = view;
     changed.metrics.pop();
-    let other = Batch::new(
+    let other = RecomputeService::new(
         settings("events", 100, 2),
         config.events.clone(),
         vec![changed],
@@ -588,7 +589,7 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     // A lease far longer than the test: only a release frees the lake in time.
     slow.lock_lease = Duration::from_secs(3600);
     let batch = Arc::new(
-        Batch::new(
+        RecomputeService::new(
             slow.clone(),
             config.events.clone(),
             config.views.clone(),
@@ -629,7 +630,7 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     let again = rt.block_on(batch.run(None, quiet())).unwrap_err();
     assert!(matches!(again, BatchError::Cancelled), "{again}");
 
-    let next = Batch::new(
+    let next = RecomputeService::new(
         slow,
         config.events,
         config.views.clone(),
@@ -651,7 +652,7 @@ fn a_second_run_is_refused_while_one_holds_the_lake() {
     let config = defaults();
     let rt = runtime();
     let (_lake_dir, store) = empty_lake();
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         settings("events", 100, 2),
         config.events,
         config.views,
@@ -720,7 +721,7 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
             )
         })
         .collect();
-    let stop = StopSignal::default();
+    let stop = Shutdown::default();
     let handle = rt.handle().clone();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| archiver.run(&handle, &stop));
@@ -752,7 +753,7 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
     }
 
     let epoch_size = 1000;
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         settings(&topic, epoch_size, 3),
         config.events.clone(),
         config.views.clone(),
@@ -793,7 +794,7 @@ fn a_small_memory_pool_spills_and_stays_exact() {
         small.threads = threads;
         small.memory_limit_bytes = 20 << 20;
         small.part_rows = 100_000;
-        let batch = Batch::new(
+        let batch = RecomputeService::new(
             small,
             config.events.clone(),
             vec![view.clone()],
@@ -848,7 +849,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
                 )
             })
             .collect();
-        let stop = StopSignal::default();
+        let stop = Shutdown::default();
         let handle = rt.handle().clone();
         std::thread::scope(|scope| {
             let worker = scope.spawn(|| archiver.run(&handle, &stop));
@@ -930,7 +931,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
     );
 
     let epoch_size = 100;
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         settings(topic, epoch_size, 3),
         config.events.clone(),
         config.views.clone(),
@@ -996,7 +997,7 @@ fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
     rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
     let mut tiny = settings("events", 1, 2);
     tiny.memory_limit_bytes = 1 << 20;
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         tiny,
         config.events.clone(),
         config.views.clone(),
@@ -1021,7 +1022,7 @@ fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
     }
     drop(batch);
 
-    let batch = Batch::new(
+    let batch = RecomputeService::new(
         settings("events", 1, 2),
         config.events.clone(),
         config.views.clone(),

@@ -22,11 +22,10 @@ pub mod arrow;
 mod avg;
 pub mod codec;
 mod count;
-mod ddsketch;
+pub(crate) mod ddsketch;
 mod extremum;
 pub mod hll;
 mod sum;
-pub mod udaf;
 
 pub use avg::Avg;
 pub use count::Count;
@@ -85,7 +84,8 @@ pub enum StateKind {
 }
 
 impl StateKind {
-    const ALL: [StateKind; 10] = [
+    /// Every kind, in tag order.
+    pub const ALL: [StateKind; 10] = [
         StateKind::Count,
         StateKind::IntSum,
         StateKind::FloatSum,
@@ -334,4 +334,4 @@ pub fn hash_value(value: &Value<'_>) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

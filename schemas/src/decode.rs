@@ -28,6 +28,7 @@ use crate::event::{Event, EventSchema, FieldType, Value};
 
 mod fast;
 mod names;
+mod strings;
 
 /// 0001-01-01T00:00:00Z in epoch milliseconds.
 pub const MIN_TIME_MS: i64 = -62_135_596_800_000;

@@ -3,10 +3,10 @@
 //! Events are JSON objects. The configured time field (RFC 3339 string or integer epoch milliseconds)
 //! is required; every configured field is optional (absent or `null` is SQL `NULL`); fields that are not
 //! configured are ignored, so producers can add fields before the configuration names them.
-//! [`crate::decode::Decoder`] turns bytes into an [`Event`]; [`batch::RawBatchBuilder`] turns events
+//! [`crate::decode::Decoder`] turns bytes into an [`Event`]; [`raw_rows::RawBatchBuilder`] turns events
 //! into the Arrow batches of the master dataset.
 
-pub mod batch;
+pub mod raw_rows;
 
 use std::borrow::Cow;
 use std::fmt;

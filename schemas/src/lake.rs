@@ -23,6 +23,16 @@ pub use store::{StoreError, open_store};
 
 use std::fmt;
 
+use datafusion::execution::object_store::ObjectStoreUrl;
+
+/// The URL DataFusion knows the lake by (the recompute's and the serving layer's scans alike);
+/// paths under it are the lake's own relative paths.
+pub const LAKE_URL: &str = "tributary-lake://lake/";
+
+pub fn lake_url() -> ObjectStoreUrl {
+    ObjectStoreUrl::parse(LAKE_URL).expect("a valid object store URL")
+}
+
 /// A contiguous, inclusive range of Kafka offsets held by one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OffsetRange {

@@ -29,7 +29,7 @@ use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::Config;
 use tributary_schemas::event::Value;
-use tributary_schemas::event::batch::{KafkaPosition, ValueColumnBuilder};
+use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder};
 use tributary_schemas::lake::{
     Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile, current_path, manifest_path,
     open_store, version_part,
@@ -238,7 +238,7 @@ fn main() {
     );
     let app = App {
         engine: Engine::new(Arc::new(live), 100_000, Duration::from_secs(30), 256 << 20).unwrap(),
-        batch: None,
+        recompute: None,
         archiver: None,
         ingest: None,
         metrics: Arc::new(Metrics::default()),

@@ -13,7 +13,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -22,6 +21,7 @@ use http_body_util::BodyExt;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tower::ServiceExt;
 use tributary_schemas::config::Config;
+use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{App, router};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
@@ -60,19 +60,19 @@ fn main() {
         config.views,
         64 << 20,
         versions,
-        Arc::clone(&speed),
+        Arc::clone(&speed) as _,
     );
     let app = App {
         engine: Engine::new(Arc::new(live), 1000, Duration::from_secs(10), 256 << 20).unwrap(),
-        batch: None,
+        recompute: None,
         archiver: None,
         ingest: None,
         metrics: Arc::new(Metrics::default()),
     };
     let router = router(Arc::new(app));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::default();
     let consumer = {
-        let (speed, stop) = (Arc::clone(&speed), Arc::clone(&stop));
+        let (speed, stop) = (Arc::clone(&speed), stop.clone());
         std::thread::spawn(move || speed.run(&stop))
     };
 
@@ -153,7 +153,7 @@ fn main() {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::SeqCst);
+    stop.stop();
     consumer.join().unwrap().unwrap();
     let at = |samples: &mut Vec<Duration>, q: f64| {
         samples.sort();

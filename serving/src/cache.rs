@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
+use tributary_schemas::layers::prometheus::Exposition;
 
 #[derive(Debug)]
 struct Entry {
@@ -45,6 +46,25 @@ impl PartialCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// Hits, misses and the memory held, for `/metrics`.
+    pub fn metrics(&self, out: &mut Exposition) {
+        out.counter(
+            "tributary_query_cache_hits_total",
+            "structured queries answered with a cached batch part",
+            self.hits.load(Ordering::Relaxed),
+        );
+        out.counter(
+            "tributary_query_cache_misses_total",
+            "structured queries that merged the batch version's rows",
+            self.misses.load(Ordering::Relaxed),
+        );
+        out.gauge(
+            "tributary_query_cache_bytes",
+            "memory held by cached batch parts",
+            self.bytes() as f64,
+        );
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Vec<RecordBatch>>> {

@@ -31,6 +31,7 @@ use rdkafka::util::Timeout;
 use serde::Serialize;
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
+use tributary_schemas::layers::prometheus::Exposition;
 
 /// How long the brokers have to answer the metadata request made before a request is produced.
 const PREFLIGHT: Duration = Duration::from_secs(2);
@@ -154,6 +155,30 @@ impl Ingest {
             rejected: AtomicU64::new(0),
             unwritten: AtomicU64::new(0),
         })
+    }
+
+    /// The push-ingest counters for `/metrics`.
+    pub fn metrics(&self, out: &mut Exposition) {
+        let counters = [
+            (
+                "tributary_ingest_accepted_total",
+                "pushed events Kafka acknowledged",
+                &self.accepted,
+            ),
+            (
+                "tributary_ingest_rejected_total",
+                "pushed events the decoder refused",
+                &self.rejected,
+            ),
+            (
+                "tributary_ingest_unwritten_total",
+                "valid pushed events Kafka did not take (answered with 503)",
+                &self.unwritten,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            out.counter(name, help, counter.load(Ordering::Relaxed));
+        }
     }
 
     pub fn max_body(&self) -> usize {

@@ -4,13 +4,12 @@
 //! its boundary (ARCHITECTURE.md §5-§6):
 //! - [`live`] follows the published versions and keeps the speed layer in step with them;
 //! - [`query`] plans one DataFusion query over batch ∪ speed rows, re-aggregated with the merge
-//!   functions, rolled up and finalized ([`finalize`]);
+//!   functions, rolled up and finalized (the functions of `tributary_schemas::functions`);
 //! - [`api`] is the HTTP API (axum), with [`metrics`] for Prometheus and [`json`] for answers;
 //! - [`ingest`] validates pushed events and produces them to Kafka.
 
 pub mod api;
 pub mod cache;
-pub mod finalize;
 pub mod ingest;
 pub mod json;
 pub mod live;

@@ -30,9 +30,7 @@ use tributary_schemas::config::ViewDef;
 use tributary_schemas::lake::generations::read_generations;
 use tributary_schemas::lake::versions::{VersionError, read_current, read_manifest};
 use tributary_schemas::lake::{Boundary, Manifest};
-use tributary_speed::aggregator::SpeedSnapshot;
-use tributary_speed::consumer::SpeedLayer;
-use tributary_speed::health::PartitionHealth;
+use tributary_schemas::layers::speed::{PartitionHealth, SpeedSnapshot, SpeedView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -90,7 +88,7 @@ pub struct Pinned {
     pub speed_from: Boundary,
     /// Per partition, the next offset the speed layer will read: everything below it is counted.
     pub speed_next: BTreeMap<i32, i64>,
-    /// [`SpeedLayer::restarts`] when pinned.
+    /// [`SpeedView::restarts`] when pinned.
     pub speed_restarts: u64,
     /// The speed layer's progress against the broker's end when pinned.
     pub speed_health: BTreeMap<i32, PartitionHealth>,
@@ -140,7 +138,7 @@ pub struct Live {
     views: Vec<ViewDef>,
     budget_bytes: usize,
     versions: RwLock<Vec<Option<Arc<BatchVersion>>>>,
-    speed: Arc<SpeedLayer>,
+    speed: Arc<dyn SpeedView>,
 }
 
 impl Live {
@@ -186,7 +184,7 @@ impl Live {
         views: Vec<ViewDef>,
         budget_bytes: usize,
         versions: Vec<Option<Arc<BatchVersion>>>,
-        speed: Arc<SpeedLayer>,
+        speed: Arc<dyn SpeedView>,
     ) -> Self {
         Self {
             store,
@@ -202,7 +200,7 @@ impl Live {
         &self.views
     }
 
-    pub fn speed(&self) -> &Arc<SpeedLayer> {
+    pub fn speed(&self) -> &Arc<dyn SpeedView> {
         &self.speed
     }
 
@@ -226,20 +224,17 @@ impl Live {
             .as_ref()
             .map(|v| v.speed_boundary.clone())
             .unwrap_or_default();
-        let (speed, speed_next, speed_restarts) = self.speed.read(|aggregator| {
-            let next = &aggregator.next_offsets;
-            let snapshot = aggregator.views()[view].snapshot_parts(&speed_from, next);
-            (snapshot, next.clone(), self.speed.restarts())
-        });
+        let speed = self.speed.pin(view, &speed_from);
         drop(versions);
+        let speed = speed?;
         Ok(Pinned {
             version,
-            speed: speed?,
+            speed: speed.snapshot,
             speed_from,
-            speed_next,
-            speed_restarts,
+            speed_next: speed.next_offsets,
+            speed_restarts: speed.restarts,
             speed_health: self.speed.partitions(),
-            ready_max_lag: self.speed.health_settings().ready_max_lag,
+            ready_max_lag: self.speed.ready_max_lag(),
         })
     }
 

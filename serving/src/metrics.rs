@@ -1,10 +1,12 @@
-//! Prometheus metrics in the text exposition format: the few counters and histograms the service
-//! keeps itself, plus gauges read from the layers when `/metrics` is scraped.
+//! The counters and histograms the serving layer keeps itself (HTTP requests, query latency,
+//! recompute durations). `/metrics` writes them after each layer's own samples
+//! (`tributary_schemas::layers::StatusSource`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use tributary_schemas::layers::prometheus::Exposition;
 
 /// Upper bounds (seconds) of latency buckets: queries are expected in milliseconds, recomputes in
 /// seconds to minutes, so both share one wide ladder.
@@ -31,16 +33,17 @@ impl Histogram {
         self.sum += seconds;
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    fn render(&self, out: &mut Exposition, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (count, bound) in self.counts.iter().zip(BOUNDS) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+            out.line(format_args!(
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}"
+            ));
         }
-        let _ = writeln!(
-            out,
+        out.line(format_args!(
             "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
             self.count
-        );
+        ));
         let braces = |s: &str| {
             if s.is_empty() {
                 String::new()
@@ -48,8 +51,12 @@ impl Histogram {
                 format!("{{{s}}}")
             }
         };
-        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
-        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
+        out.line(format_args!("{name}_sum{} {}", braces(labels), self.sum));
+        out.line(format_args!(
+            "{name}_count{} {}",
+            braces(labels),
+            self.count
+        ));
     }
 }
 
@@ -86,24 +93,20 @@ impl Metrics {
     }
 
     /// The recorded series, in exposition format.
-    pub fn render(&self, out: &mut String) {
+    pub fn render(&self, out: &mut Exposition) {
         let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        header(
-            out,
-            "tributary_http_requests_total",
-            "counter",
-            "HTTP requests by route and status",
-        );
+        let name = "tributary_http_requests_total";
+        out.family(name, "counter", "HTTP requests by route and status");
         for ((route, status), count) in requests.iter() {
-            let _ = writeln!(
-                out,
-                "tributary_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
+            let labels = [
+                ("route", (*route).to_owned()),
+                ("status", status.to_string()),
+            ];
+            out.sample(name, &labels, *count as f64);
         }
         drop(requests);
         let name = "tributary_query_duration_seconds";
-        header(
-            out,
+        out.family(
             name,
             "histogram",
             "query latency by route (planning, merge and finalize)",
@@ -114,37 +117,10 @@ impl Metrics {
         }
         drop(queries);
         let name = "tributary_batch_run_duration_seconds";
-        header(
-            out,
-            name,
-            "histogram",
-            "recompute duration per view by outcome",
-        );
+        out.family(name, "histogram", "recompute duration per view by outcome");
         let runs = self.batch_runs.lock().unwrap_or_else(|e| e.into_inner());
         for (outcome, histogram) in runs.iter() {
             histogram.render(out, name, &format!("outcome=\"{outcome}\""));
         }
-    }
-}
-
-/// Writes the `# HELP` and `# TYPE` lines of a metric family.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Writes a counter family with its one unlabelled sample: `(name, help, value)`.
-pub fn counter(out: &mut String, (name, help, value): (&str, &str, u64)) {
-    header(out, name, "counter", help);
-    sample(out, name, &[], value as f64);
-}
-
-/// Writes one sample.
-pub fn sample(out: &mut String, name: &str, labels: &[(&str, String)], value: f64) {
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {value}");
-    } else {
-        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
     }
 }

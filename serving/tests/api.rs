@@ -12,11 +12,12 @@ use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use tributary_batch::recompute::{Batch, BatchSettings};
+use tributary_batch::recompute::{BatchSettings, RecomputeService};
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_schemas::lake::open_store;
+use tributary_schemas::layers::recompute::Recompute;
 use tributary_serving::api::{App, router};
 use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
@@ -72,16 +73,18 @@ fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Ap
         versions,
         speed,
     );
-    let batch = with_batch.then(|| {
+    let recompute = with_batch.then(|| {
         let settings = BatchSettings {
             threads: 1,
             ..BatchSettings::from_config(&config)
         };
-        Arc::new(Batch::new(settings, config.events.clone(), config.views.clone(), store).unwrap())
+        let batch =
+            RecomputeService::new(settings, config.events.clone(), config.views.clone(), store);
+        Arc::new(batch.unwrap()) as Arc<dyn Recompute>
     });
     let app = App {
         engine: Engine::new(Arc::new(live), 1000, timeout, 256 << 20).unwrap(),
-        batch,
+        recompute,
         archiver: None,
         ingest,
         metrics: Arc::new(Metrics::default()),

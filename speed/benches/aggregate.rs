@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tributary_schemas::config::Config;
-use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_speed::aggregator::Aggregator;
 use tributary_testkit::stream::clickstream;
 

@@ -12,151 +12,41 @@
 //! appears in an epoch: dimension values are interned per view (a string is copied once per
 //! distinct value), and row keys are looked up with a reused buffer.
 //!
+//! Pieces: [`dictionary`] (interned dimension values), [`epochs`] (one view's states in one
+//! epoch), [`filter`] (the columns a view filter is evaluated on).
+//!
 //! [`Granularity::bucket_start`]: tributary_schemas::duration::Granularity::bucket_start
 
-use std::borrow::Cow;
+mod dictionary;
+mod epochs;
+mod filter;
+
 use std::collections::BTreeMap;
-use std::hash::BuildHasher;
 
 /// Hash maps of the hot path: foldhash, built for short keys like these (SipHash took ~9% of the
 /// aggregation, and xxh3's streaming `Hasher` still ~9%).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondBuilder};
-use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use hashbrown::HashTable;
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::{MetricDef, ViewDef};
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::batch::{KafkaPosition, ValueColumnBuilder};
+use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder};
 use tributary_schemas::event::{EventSchema, Value};
 use tributary_schemas::lake::Boundary;
+use tributary_schemas::layers::speed::{SpeedPart, SpeedSnapshot};
 use tributary_schemas::seam::{epoch_of, first_speed_epoch};
 
-/// One distinct value of one dimension, owned.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum DimValue {
-    Null,
-    Str(Box<str>),
-    /// Ints, timestamps (epoch ms), bools (0/1) and floats (IEEE bits), tagged by kind.
-    Scalar(u8, u64),
-}
-
-/// Interns one dimension's values: ids are dense, 0 is `NULL`.
-#[derive(Debug, Default)]
-struct Dictionary {
-    strings: HashMap<Box<str>, u32>,
-    scalars: HashMap<(u8, u64), u32>,
-    values: Vec<DimValue>,
-}
-
-impl Dictionary {
-    fn new() -> Self {
-        Self {
-            values: vec![DimValue::Null],
-            ..Self::default()
-        }
-    }
-
-    fn id(&mut self, value: &Value<'_>) -> u32 {
-        let next = self.values.len() as u32;
-        let scalar = match value {
-            Value::Null => return 0,
-            Value::Str(s) => {
-                if let Some(&id) = self.strings.get(s.as_ref()) {
-                    return id;
-                }
-                self.strings.insert(s.as_ref().into(), next);
-                self.values.push(DimValue::Str(s.as_ref().into()));
-                return next;
-            }
-            Value::Int(v) => (1, *v as u64),
-            Value::Timestamp(v) => (2, *v as u64),
-            Value::Bool(v) => (3, u64::from(*v)),
-            Value::Float(v) => (4, v.to_bits()),
-        };
-        *self.scalars.entry(scalar).or_insert_with(|| {
-            self.values.push(DimValue::Scalar(scalar.0, scalar.1));
-            next
-        })
-    }
-
-    /// The value of `id`, borrowing the interned string.
-    fn borrowed(&self, id: u32) -> Value<'_> {
-        match &self.values[id as usize] {
-            DimValue::Str(s) => Value::Str(Cow::Borrowed(s)),
-            _ => self.value(id),
-        }
-    }
-
-    fn value(&self, id: u32) -> Value<'static> {
-        match &self.values[id as usize] {
-            DimValue::Null => Value::Null,
-            DimValue::Str(s) => Value::Str(s.to_string().into()),
-            DimValue::Scalar(1, v) => Value::Int(*v as i64),
-            DimValue::Scalar(2, v) => Value::Timestamp(*v as i64),
-            DimValue::Scalar(3, v) => Value::Bool(*v != 0),
-            DimValue::Scalar(_, v) => Value::Float(f64::from_bits(*v)),
-        }
-    }
-}
-
-/// The states of one view in one `(partition, epoch)`.
-#[derive(Debug, Default)]
-pub struct EpochStates {
-    /// Row keys (`[bucket, dimension ids…]`, [`ViewStates::key_width`] words each), row after
-    /// row: one allocation for all of them.
-    keys: Vec<u64>,
-    /// The rows by their key's hash. A row's key is in `keys`, so the table holds only the row
-    /// (compared word by word: slice equality would call `memcmp` for a few words).
-    index: HashTable<usize>,
-    /// One state per [`ViewStates::defining`] metric per row, row-major.
-    states: Vec<MetricState>,
-    /// Events counted (after the filter).
-    pub events: u64,
-    /// Largest event time counted, epoch ms.
-    pub newest_event_ms: Option<i64>,
-    /// The Arrow form, kept once the epoch is sealed (every offset read).
-    sealed: std::sync::OnceLock<RecordBatch>,
-}
-
-impl EpochStates {
-    /// The row of `key`; a new one, its states appended by `empty`, when the key is new.
-    fn row(
-        &mut self,
-        key: &[u64],
-        hasher: &impl BuildHasher,
-        empty: impl FnOnce(&mut Vec<MetricState>),
-    ) -> usize {
-        let width = key.len();
-        let keys = &self.keys;
-        let key_of = |row: usize| &keys[row * width..(row + 1) * width];
-        let hash = hasher.hash_one(key);
-        let same = |&row: &usize| key_of(row).iter().zip(key).all(|(a, b)| a == b);
-        if let Some(&row) = self.index.find(hash, same) {
-            return row;
-        }
-        let row = self.index.len();
-        self.keys.extend_from_slice(key);
-        let keys = &self.keys;
-        self.index.insert_unique(hash, row, |&row| {
-            hasher.hash_one(&keys[row * width..(row + 1) * width])
-        });
-        empty(&mut self.states);
-        row
-    }
-
-    pub fn rows(&self) -> usize {
-        self.index.len()
-    }
-}
+use dictionary::Dictionary;
+pub use epochs::EpochStates;
+use filter::FilterColumns;
 
 /// One row of a speed snapshot: the bucket, the dimension values and one state per metric.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,36 +54,6 @@ pub struct SpeedRow {
     pub bucket_ms: i64,
     pub dimensions: Vec<Value<'static>>,
     pub states: Vec<MetricState>,
-}
-
-/// The rows of one `(partition, epoch)` in the stored-state Arrow form ([`ViewDef::state_schema`]).
-#[derive(Debug, Clone)]
-pub struct SpeedPart {
-    pub partition: i32,
-    pub epoch: i64,
-    /// Every offset of the epoch has been read: its rows never change again.
-    pub sealed: bool,
-    pub batch: RecordBatch,
-}
-
-/// A view's speed rows above a boundary, one part per epoch, ready to be merged with batch rows.
-#[derive(Debug, Clone, Default)]
-pub struct SpeedSnapshot {
-    pub parts: Vec<SpeedPart>,
-    /// Events counted in the epochs taken.
-    pub events: u64,
-    /// Largest event time counted in the epochs taken, epoch ms.
-    pub newest_event_ms: Option<i64>,
-}
-
-impl SpeedSnapshot {
-    pub fn rows(&self) -> usize {
-        self.parts.iter().map(|p| p.batch.num_rows()).sum()
-    }
-
-    pub fn batches(&self) -> Vec<RecordBatch> {
-        self.parts.iter().map(|p| p.batch.clone()).collect()
-    }
 }
 
 /// One view's speed-layer states.
@@ -406,55 +266,6 @@ impl ViewStates {
 
     pub fn epochs(&self) -> &BTreeMap<(i32, i64), EpochStates> {
         &self.epochs
-    }
-}
-
-/// The columns the views' filters read, as an Arrow batch of a poll's events: the time and the
-/// fields the filters name, nothing else (a filter on `page` should not pay for copying every
-/// string of every event into Arrow).
-#[derive(Debug)]
-struct FilterColumns {
-    schema: SchemaRef,
-    time: TimestampMillisecondBuilder,
-    /// `(index in the event's values, builder)` for each field a filter names.
-    fields: Vec<(usize, ValueColumnBuilder)>,
-}
-
-impl FilterColumns {
-    fn new(events: &EventSchema, views: &[ViewDef]) -> Self {
-        let named: std::collections::HashSet<&str> = views
-            .iter()
-            .filter_map(|v| v.filter.as_ref())
-            .flat_map(|f| f.expr.column_refs())
-            .map(|c| c.name.as_str())
-            .collect();
-        let full = events.arrow_schema();
-        let mut columns = vec![full.field(0).clone()];
-        let mut fields = Vec::new();
-        for (index, field) in events.fields.iter().enumerate() {
-            if named.contains(field.name.as_str()) {
-                columns.push(full.field(index + 1).clone());
-                fields.push((index, ValueColumnBuilder::new(field.ty)));
-            }
-        }
-        Self {
-            schema: Arc::new(Schema::new(columns)),
-            time: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            fields,
-        }
-    }
-
-    fn append(&mut self, time_ms: i64, values: &[Value<'_>]) {
-        self.time.append_value(time_ms);
-        for (index, column) in &mut self.fields {
-            column.append(&values[*index]);
-        }
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut columns = vec![Arc::new(self.time.finish()) as _];
-        columns.extend(self.fields.iter_mut().map(|(_, column)| column.finish()));
-        RecordBatch::try_new(self.schema.clone(), columns)
     }
 }
 

@@ -3,8 +3,9 @@
 //! worth of messages at a time (ARCHITECTURE.md §5).
 //!
 //! Its state derives only from (boundary, Kafka log), so it needs no checkpoint: after a restart it
-//! seeks to the boundary again. When a new batch version goes live, [`SpeedLayer::advance`] drops
-//! the epochs it covers. A boundary of an older generation of the topic's offsets (see
+//! seeks to the boundary again. When a new batch version of a view goes live,
+//! [`SpeedLayer::drop_below`] drops the epochs it covers (the one way epochs are dropped; a lower
+//! boundary instead makes [`SpeedLayer::restart_at`] forget them all). A boundary of an older generation of the topic's offsets (see
 //! `tributary_schemas::lake::generations`) says nothing about the current log, which is then read
 //! from its start.
 //!
@@ -30,19 +31,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use tributary_schemas::blame::chain;
 use tributary_schemas::config::Config;
-use tributary_schemas::event::batch::KafkaPosition;
+use tributary_schemas::event::raw_rows::KafkaPosition;
+use tributary_schemas::kafka::{
+    TopicError, assign_at, positioned_consumer, topic_partitions, watermarks,
+};
 use tributary_schemas::lake::Boundary;
+use tributary_schemas::shutdown::Shutdown;
 
 use crate::aggregator::{Aggregator, ViewStates};
 use crate::health::{Health, HealthSettings, PartitionHealth};
 
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the watcher asks the broker for every partition's end.
 const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one of those requests may take: on its own connection it waits behind nothing, so
@@ -55,8 +58,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 pub enum SpeedError {
     #[error("Kafka request failed")]
     Kafka(#[from] KafkaError),
-    #[error("topic {topic} does not exist or has no partitions")]
-    TopicMissing { topic: String },
+    #[error(transparent)]
+    Topic(#[from] TopicError),
     #[error("cannot evaluate a view filter")]
     Filter(#[from] datafusion::error::DataFusionError),
 }
@@ -204,33 +207,11 @@ impl SpeedLayer {
         states.next_offsets.clone()
     }
 
-    /// A new batch version with `boundary` is live and no query uses an older one: drop the epochs
-    /// it covers.
-    pub fn advance(&self, boundary: Boundary) {
-        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-        for view in states.views_mut() {
-            view.drop_below(&boundary);
-        }
-        *self.boundary.write().unwrap_or_else(|e| e.into_inner()) = boundary;
-    }
-
     /// Consumes until `stop` is set. Blocking: run it on a thread of its own (it starts the
     /// watermark watcher on another, for as long as it runs).
-    pub fn run(&self, stop: &AtomicBool) -> Result<(), SpeedError> {
+    pub fn run(&self, stop: &Shutdown) -> Result<(), SpeedError> {
         let watcher = self.client()?;
-        let topic = &self.settings.topic;
-        let metadata = watcher.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(SpeedError::TopicMissing {
-                topic: topic.clone(),
-            });
-        }
+        let partitions = topic_partitions(&watcher, &self.settings.topic)?;
         let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| self.watch(&watcher, &partitions, stop, &done));
@@ -241,15 +222,7 @@ impl SpeedLayer {
     }
 
     fn client(&self) -> Result<BaseConsumer, KafkaError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.brokers)
-            .set(
-                "group.id",
-                format!("tributary-speed-{}", self.settings.topic),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
+        positioned_consumer(&self.settings.brokers, "speed", &self.settings.topic)
             // Freshness: a broker that answers a fetch only when this wait ends (tansu does) would
             // otherwise hold new events back for librdkafka's default 500 ms.
             .set("fetch.wait.max.ms", "20")
@@ -261,11 +234,11 @@ impl SpeedLayer {
         &self,
         watcher: &BaseConsumer,
         partitions: &[i32],
-        stop: &AtomicBool,
+        stop: &Shutdown,
         done: &AtomicBool,
     ) {
         let topic = &self.settings.topic;
-        let running = || !stop.load(Ordering::SeqCst) && !done.load(Ordering::SeqCst);
+        let running = || !stop.is_stopping() && !done.load(Ordering::SeqCst);
         while running() {
             let asked = Instant::now();
             for &partition in partitions {
@@ -287,7 +260,7 @@ impl SpeedLayer {
 
     /// The poll loop, with the watchdog: (re)connects when the boundary changed, when a partition
     /// stalled, or after a failed connection.
-    fn consume(&self, partitions: &[i32], stop: &AtomicBool) -> Result<(), SpeedError> {
+    fn consume(&self, partitions: &[i32], stop: &Shutdown) -> Result<(), SpeedError> {
         let stall_after = self.settings.health.stall_after;
         let mut consumer: Option<BaseConsumer> = None;
         let mut restarts = self.restarts.load(Ordering::SeqCst);
@@ -295,7 +268,7 @@ impl SpeedLayer {
         // the boundary (at start and after a restart).
         let mut resume = false;
         let mut connected_at = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_stopping() {
             let current = self.restarts.load(Ordering::SeqCst);
             if current != restarts {
                 (restarts, resume, consumer) = (current, false, None);
@@ -313,8 +286,7 @@ impl SpeedLayer {
                     Ok(client) => (consumer, connected_at) = (Some(client), Instant::now()),
                     Err(error) => {
                         tracing::warn!(
-                            error = %error,
-                            source = ?std::error::Error::source(&error),
+                            error = %chain(&error),
                             "cannot connect the speed layer's consumer; retrying"
                         );
                         std::thread::sleep(RECONNECT_PAUSE);
@@ -398,10 +370,9 @@ impl SpeedLayer {
         let consumer = self.client()?;
         let boundary = self.boundary();
         let aggregated = self.health().next_offsets();
-        let mut assignment = TopicPartitionList::new();
         let mut starts = BTreeMap::new();
         for &partition in partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            let (low, high) = watermarks(&consumer, topic, partition)?;
             let wanted = match aggregated.get(&partition) {
                 Some(&next) if resume => next,
                 _ => boundary.get(partition),
@@ -419,10 +390,10 @@ impl SpeedLayer {
             } else {
                 wanted
             };
-            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
             starts.insert(partition, (start, high));
         }
-        consumer.assign(&assignment)?;
+        let positions = starts.iter().map(|(&p, &(start, _))| (p, start)).collect();
+        assign_at(&consumer, topic, &positions)?;
         let now = Instant::now();
         let mut health = self.health_mut();
         if resume {

@@ -19,29 +19,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+pub use tributary_schemas::layers::speed::PartitionHealth;
+
 /// The two thresholds (`[serving] ready_max_lag` and `stall_after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthSettings {
     pub ready_max_lag: u64,
     pub stall_after: Duration,
-}
-
-/// One partition as status pages show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionHealth {
-    /// Where consumption (re)started from the boundary.
-    pub start: i64,
-    /// The next offset to aggregate: everything below it is counted.
-    pub next: i64,
-    /// The broker's end when last asked.
-    pub high_watermark: i64,
-    pub stalled: bool,
-}
-
-impl PartitionHealth {
-    pub fn lag(&self) -> u64 {
-        (self.high_watermark - self.next).max(0) as u64
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -9,11 +9,12 @@
 //! - [`consumer`]: the Kafka consumer (assign every partition, seek to the live version's boundary,
 //!   aggregate per poll, drop what a newer version covers, the watermark watcher and watchdog);
 //! - [`health`]: lag, stalls, readiness and completeness from the consumer's progress and the
-//!   broker's ends.
-//!
-//! Wiring into `tributary serve` (following `_current`, pinning versions per query) comes with the
-//! serving layer.
+//!   broker's ends;
+//! - [`view`]: the speed layer as the serving layer sees it (`SpeedView` and `StatusSource` of
+//!   `tributary_schemas::layers`): pins per query, drops and restarts when a batch version goes
+//!   live, and its own status section and Prometheus samples.
 
 pub mod aggregator;
 pub mod consumer;
 pub mod health;
+pub mod view;

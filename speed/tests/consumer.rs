@@ -2,13 +2,13 @@
 //! the events above it, keeps up with new ones, and drops what a newer version covers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::lake::Boundary;
+use tributary_schemas::shutdown::Shutdown;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
 use tributary_speed::health::HealthSettings;
@@ -121,7 +121,7 @@ fn the_speed_layer_counts_exactly_the_events_above_the_boundary() {
         stall_after: config.serving.stall_after,
     };
     let layer = speed_layer(&config, broker, &topic, boundary.clone(), health);
-    let stop = AtomicBool::new(false);
+    let stop = Shutdown::default();
     let caught_up = |layer: &SpeedLayer| caught_up(layer, broker, &topic);
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| layer.run(&stop));
@@ -151,13 +151,15 @@ fn the_speed_layer_counts_exactly_the_events_above_the_boundary() {
 
         // A newer version covers more: its epochs are dropped and the rest still adds up.
         let newer = Boundary([(0, 2000), (1, 2000), (2, 1500)].into());
-        layer.advance(newer.clone());
+        for view in 0..config.views.len() {
+            layer.drop_below(view, &newer);
+        }
         assert_eq!(
             speed_views(&layer, &Boundary::default()),
             expected_views(&expected, &config, &newer)
         );
 
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.stop();
         worker.join().unwrap().unwrap();
     });
 }
@@ -186,7 +188,7 @@ fn a_hung_broker_is_a_stall_that_the_watchdog_recovers_from() {
         stall_after: Duration::from_secs(2),
     };
     let layer = speed_layer(&config, &broker, &topic, Boundary::default(), health);
-    let stop = AtomicBool::new(false);
+    let stop = Shutdown::default();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| layer.run(&stop));
         caught_up(&layer, &broker, &topic);
@@ -225,7 +227,7 @@ fn a_hung_broker_is_a_stall_that_the_watchdog_recovers_from() {
             speed_views(&layer, &all),
             expected_views(&expected, &config, &all)
         );
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.stop();
         worker.join().unwrap().unwrap();
     });
 }

@@ -7,11 +7,16 @@
 //! private one a test can stop (to test a broker outage, say). [`stream`] produces a reproducible
 //! mix of valid and malformed events and records where each landed.
 //!
+//! [`TestServer`] runs the real `tributary` binary on free ports over a temp-dir lake and kills it
+//! on drop: every end-to-end test starts the binary through it.
+//!
 //! A dev-dependency only: nothing in the service depends on it.
 
 mod broker;
 pub mod http;
 pub mod rng;
+mod server;
 pub mod stream;
 
 pub use broker::{Broker, HarnessError, free_port};
+pub use server::TestServer;

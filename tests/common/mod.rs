@@ -1,15 +1,12 @@
 //! What the end-to-end tests of the binary share: `tributary serve` as a child process on a free
-//! port over a temp-dir lake ([`Service`]), a random event stream with its ground truth
+//! port over a temp-dir lake ([`Service`], on testkit's `TestServer`), a random event stream with its ground truth
 //! ([`Truth`]), and checks of `/v1/query` and `/v1/sql` answers against that truth.
 //!
 //! Each test binary that says `mod common;` uses part of it.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value as Json, json};
@@ -17,86 +14,61 @@ use tributary_schemas::aggregate::{Finalized, MetricState};
 use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::{Event, EventSchema, Value};
-use tributary_testkit::http::{Reply, request};
+use tributary_testkit::http::Reply;
 use tributary_testkit::rng::Rng;
-use tributary_testkit::{Broker, free_port};
+use tributary_testkit::{Broker, TestServer};
 
 pub const PARTITIONS: i32 = 3;
 pub const BASE_MS: i64 = 1_795_000_000_000;
 
+/// `tributary serve` with every role over the test's topic, on [`TestServer`], with settings that
+/// make files, epochs and refreshes small and quick.
 pub struct Service {
     pub broker: &'static Broker,
     pub topic: String,
-    pub lake: tempfile::TempDir,
-    pub address: SocketAddr,
-    pub log: PathBuf,
-    pub child: Option<Child>,
-    /// Settings of this test over the defaults below, as `TRIBUTARY_*` variables.
-    pub env: Vec<(String, String)>,
+    pub server: TestServer,
 }
 
 impl Service {
     /// A service (not started) on a free port over a fresh temp-dir lake.
     pub fn new(broker: &'static Broker, topic: &str) -> Self {
-        let lake = tempfile::tempdir().unwrap();
+        let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, topic);
+        server
+            .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "700")
+            .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "100ms")
+            .env("TRIBUTARY_BATCH__INTERVAL", "1h")
+            .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
+            .env("TRIBUTARY_BATCH__THREADS", "1")
+            .env("TRIBUTARY_SERVING__REFRESH", "100ms");
         Self {
             broker,
             topic: topic.to_owned(),
-            address: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap())),
-            log: lake.path().join("serve.log"),
-            lake,
-            child: None,
-            env: Vec::new(),
+            server,
         }
     }
 
     /// Starts `tributary serve` and waits until `/readyz` says ready; `memory_budget_mb` 0 makes
     /// it scan batch versions from Parquet.
     pub fn start(&mut self, memory_budget_mb: u32) {
-        self.spawn(memory_budget_mb);
-        self.wait_for("ready", |s| {
-            s.call("GET", "/readyz", None)
-                .is_some_and(|r| r.status == 200)
-        });
+        self.budget(memory_budget_mb);
+        self.server.start(&["serve"]);
     }
 
     /// Starts `tributary serve` without waiting for it.
     pub fn spawn(&mut self, memory_budget_mb: u32) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["serve"])
-            .env("TRIBUTARY_KAFKA__BROKERS", self.broker.bootstrap_servers())
-            .env("TRIBUTARY_KAFKA__TOPIC", &self.topic)
-            .env("TRIBUTARY_KAFKA__DLQ_TOPIC", "")
-            .env("TRIBUTARY_LAKE__URL", self.lake.path())
-            .env("TRIBUTARY_ARCHIVER__MAX_FILE_ROWS", "700")
-            .env("TRIBUTARY_ARCHIVER__MAX_FILE_AGE", "100ms")
-            .env("TRIBUTARY_BATCH__INTERVAL", "1h")
-            .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
-            .env("TRIBUTARY_BATCH__THREADS", "1")
-            .env("TRIBUTARY_SERVING__LISTEN", self.address.to_string())
-            .env("TRIBUTARY_SERVING__REFRESH", "100ms")
-            .env(
-                "TRIBUTARY_SERVING__MEMORY_BUDGET_MB",
-                memory_budget_mb.to_string(),
-            )
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tributary serve");
-        self.child = Some(child);
+        self.budget(memory_budget_mb);
+        self.server.spawn(&["serve"]);
+    }
+
+    fn budget(&mut self, memory_budget_mb: u32) {
+        let budget = memory_budget_mb.to_string();
+        self.server
+            .env("TRIBUTARY_SERVING__MEMORY_BUDGET_MB", budget);
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Json>) -> Option<Reply> {
         let body = body.map(Json::to_string);
-        request(self.address, method, path, body.as_deref()).ok()
+        self.server.call(method, path, body.as_deref())
     }
 
     pub fn json(&self, method: &str, path: &str, body: Option<&Json>) -> Json {
@@ -114,27 +86,11 @@ impl Service {
     }
 
     pub fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
-        self.wait_within(what, Duration::from_secs(90), done);
+        self.server.wait_for(what, |_| done(self));
     }
 
     pub fn wait_within(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            if let Some(child) = &mut self.child.as_ref()
-                && std::fs::metadata(format!("/proc/{}", child.id())).is_err()
-            {
-                panic!(
-                    "the service exited while waiting for {what}\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.server.wait_within(what, timeout, |_| done(self));
     }
 
     /// Waits until the speed layer has read, and the archiver archived, everything produced.
@@ -162,21 +118,13 @@ impl Service {
         });
     }
 
+    /// kill -9.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
+        self.server.kill();
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.log_text()
     }
 }
 
@@ -261,7 +209,7 @@ impl Truth {
             .flat_map(|e| [e.as_slice(), b"\n"].concat())
             .collect();
         let body = String::from_utf8(body).unwrap();
-        let reply = request(service.address, "POST", "/v1/events", Some(&body)).unwrap();
+        let reply = (service.server.call("POST", "/v1/events", Some(&body))).unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
         let report: Json = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(report["accepted"], json!(valid), "{report}");

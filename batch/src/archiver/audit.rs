@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use arrow::array::AsArray;
 use arrow::datatypes::{Int32Type, Int64Type};
 use object_store::{ObjectStore, ObjectStoreExt};
-use tributary_schemas::event::batch::{OFFSET_COLUMN, PARTITION_COLUMN};
+use tributary_schemas::event::raw_rows::{OFFSET_COLUMN, PARTITION_COLUMN};
 use tributary_schemas::lake::Area;
 
-use super::progress::list_ranges;
 use super::quarantine::ERROR_CODE_COLUMN;
+use super::resume::list_ranges;
 use crate::parquet_io;
 
 #[derive(Debug, thiserror::Error)]

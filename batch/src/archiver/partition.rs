@@ -9,7 +9,7 @@ use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::EventSchema;
-use tributary_schemas::event::batch::{KafkaPosition, RawBatchBuilder};
+use tributary_schemas::event::raw_rows::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::lake::OffsetRange;
 
 use super::quarantine::QuarantineBuilder;

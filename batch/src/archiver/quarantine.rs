@@ -10,7 +10,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
-use tributary_schemas::event::batch::{
+use tributary_schemas::event::raw_rows::{
     KAFKA_TS_COLUMN, KafkaPosition, OFFSET_COLUMN, PARTITION_COLUMN,
 };
 use tributary_schemas::event::timestamp_type;

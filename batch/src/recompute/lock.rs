@@ -17,6 +17,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tributary_schemas::blame::chain;
 
 pub const LOCK_PATH: &str = "views/_lock";
 
@@ -191,13 +192,13 @@ async fn renew(store: Arc<dyn ObjectStore>, mut holder: LockHolder, lease: Durat
                 return;
             }
             Err(error) => {
-                tracing::warn!(error = %error, "cannot check the recompute lock; will retry");
+                tracing::warn!(error = %chain(&error), "cannot check the recompute lock; will retry");
                 continue;
             }
         }
         holder.expires_at = Utc::now() + lease_chrono;
         if let Err(error) = store.put(&Path::from(LOCK_PATH), body(&holder)).await {
-            tracing::warn!(error = %error, "cannot renew the recompute lock; will retry");
+            tracing::warn!(error = %chain(&error), "cannot renew the recompute lock; will retry");
         }
     }
 }

@@ -15,37 +15,26 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{
-    DataType, Field, FieldRef, Schema, SchemaRef, TimestampMillisecondType,
-};
-use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::{
-    ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    SortExpr, Volatility, cast, ident, lit,
-};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Result as DfResult, plan_err};
+use datafusion::logical_expr::{Expr, SortExpr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use object_store::ObjectStore;
 use object_store::path::Path;
-use tributary_schemas::aggregate::udaf::{Phase, StateUdaf};
 use tributary_schemas::config::{TIME_COLUMN, ViewDef};
 use tributary_schemas::duration::Granularity;
-use tributary_schemas::event::batch::{OFFSET_COLUMN, PARTITION_COLUMN, raw_schema};
+use tributary_schemas::event::raw_rows::{OFFSET_COLUMN, PARTITION_COLUMN, raw_schema};
 use tributary_schemas::event::{EventSchema, timestamp_type};
+use tributary_schemas::functions::{
+    self,
+    state::{Phase, StateUdaf},
+};
 use tributary_schemas::lake::generations::{generation_topic, read_generations};
 use tributary_schemas::lake::versions::VersionError;
-use tributary_schemas::lake::{self, Area, Boundary, OffsetRange};
+use tributary_schemas::lake::{self, Area, Boundary, LAKE_URL, OffsetRange};
 use tributary_schemas::seam::aligned_boundary;
 
-use crate::archiver::progress::list_ranges;
-
-/// The URL DataFusion knows the lake by; paths under it are the lake's own relative paths.
-pub const LAKE_URL: &str = "tributary-lake://lake/";
-
-pub fn lake_url() -> ObjectStoreUrl {
-    ObjectStoreUrl::parse(LAKE_URL).expect("a valid object store URL")
-}
+use crate::archiver::resume::list_ranges;
 
 /// One raw file a recompute reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,72 +143,7 @@ fn boundary_predicate(boundary: &Boundary) -> Expr {
 /// The bucket start of the event time, floored like [`Granularity::bucket_start`] (also before
 /// 1970), as the `time` column.
 fn time_bucket(time_field: &str, granularity: Granularity) -> Expr {
-    ScalarUDF::from(TimeBucket::new(granularity))
-        .call(vec![ident(time_field)])
-        .alias(TIME_COLUMN)
-}
-
-/// `time_bucket_<granularity>(time)`: one pass and one division per row. The same floor written as
-/// DataFusion arithmetic on epoch milliseconds, `t - ((t % g) + g) % g` between two casts, took
-/// four kernels (two of them divisions) and ~3% of a recompute.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct TimeBucket {
-    granularity: Granularity,
-    name: String,
-    signature: Signature,
-}
-
-impl TimeBucket {
-    fn new(granularity: Granularity) -> Self {
-        Self {
-            granularity,
-            name: format!("time_bucket_{granularity}"),
-            signature: Signature::exact(vec![timestamp_type()], Volatility::Immutable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for TimeBucket {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(timestamp_type())
-    }
-
-    /// Null exactly where the time is: the bucket of a required time field is required too.
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
-        let nullable = args.arg_fields.iter().any(|field| field.is_nullable());
-        Ok(Arc::new(Field::new(&self.name, timestamp_type(), nullable)))
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let bucket = |time_ms: i64| self.granularity.bucket_start(time_ms);
-        match args.args.as_slice() {
-            [ColumnarValue::Array(times)] => {
-                let times = times.as_primitive::<TimestampMillisecondType>();
-                let buckets = times
-                    .unary::<_, TimestampMillisecondType>(bucket)
-                    .with_timezone_opt(times.timezone());
-                Ok(ColumnarValue::Array(Arc::new(buckets)))
-            }
-            [ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(time, zone))] => {
-                Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
-                    time.map(bucket),
-                    zone.clone(),
-                )))
-            }
-            other => exec_err!(
-                "{} takes one millisecond timestamp, got {other:?}",
-                self.name
-            ),
-        }
-    }
+    functions::time_bucket(ident(time_field), granularity).alias(TIME_COLUMN)
 }
 
 /// The master dataset's schema as the recompute scans it: strings as `Utf8View`, which the Parquet
@@ -365,55 +289,8 @@ pub fn describe(input: &Input) -> String {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
 
     use super::*;
-
-    #[tokio::test]
-    async fn time_buckets_floor_like_the_algebra_before_and_after_1970_and_keep_nulls() {
-        let times: Vec<Option<i64>> = [
-            -86_400_001,
-            -60_001,
-            -60_000,
-            -59_999,
-            -1,
-            0,
-            1,
-            59_999,
-            60_000,
-            1_795_046_459_999,
-            1_795_046_460_000,
-        ]
-        .into_iter()
-        .map(Some)
-        .chain([None])
-        .collect();
-        let column = TimestampMillisecondArray::from(times.clone()).with_timezone("UTC");
-        let batch = RecordBatch::try_from_iter([("ts", Arc::new(column) as _)]).unwrap();
-        let ctx = SessionContext::new();
-        for text in ["1m", "1h", "1d"] {
-            let granularity = Granularity::parse(text).unwrap();
-            let buckets = ctx
-                .read_batch(batch.clone())
-                .unwrap()
-                .select(vec![time_bucket("ts", granularity)])
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
-            let column = buckets[0].column_by_name(TIME_COLUMN).unwrap();
-            assert_eq!(column.data_type(), &timestamp_type());
-            let got: Vec<Option<i64>> = column
-                .as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .collect();
-            let want: Vec<Option<i64>> = times
-                .iter()
-                .map(|t| t.map(|t| granularity.bucket_start(t)))
-                .collect();
-            assert_eq!(got, want, "{text}");
-        }
-    }
 
     #[test]
     fn a_split_range_tiles_it_in_order_at_the_bounds_inside_it() {

@@ -8,7 +8,7 @@ use super::arrow::{StateColumnBuilder, read_state};
 use super::*;
 
 /// A state kind with a stream of values that fits it (nulls included).
-pub(super) fn kind_and_values() -> impl Strategy<Value = (StateKind, Vec<Value<'static>>)> {
+pub(crate) fn kind_and_values() -> impl Strategy<Value = (StateKind, Vec<Value<'static>>)> {
     let int = prop_oneof![
         9 => any::<i64>().prop_map(Value::Int),
         1 => Just(Value::Null),
@@ -42,20 +42,20 @@ pub(super) fn kind_and_values() -> impl Strategy<Value = (StateKind, Vec<Value<'
     ]
 }
 
-pub(super) fn aggregate(kind: StateKind, values: &[Value<'_>]) -> MetricState {
+pub(crate) fn aggregate(kind: StateKind, values: &[Value<'_>]) -> MetricState {
     let mut state = MetricState::empty(kind);
     values.iter().for_each(|v| state.update(v));
     state
 }
 
-pub(super) fn merged(mut left: MetricState, right: &MetricState) -> MetricState {
+pub(crate) fn merged(mut left: MetricState, right: &MetricState) -> MetricState {
     left.merge(right).expect("same kinds merge");
     left
 }
 
 /// Equal, bit for bit, except float sums (and avg's sum), which add in a different order and must
 /// agree within 1e-9 of the sum of magnitudes (the bound that holds whatever the cancellation).
-pub(super) fn assert_equivalent(
+pub(crate) fn assert_equivalent(
     left: &MetricState,
     right: &MetricState,
     values: &[Value<'_>],

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::Slot;
-use super::fast::string_end;
+use super::strings::string_end;
 
 /// Longest name the table holds.
 const MAX_LEN: usize = 16;

@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
+use crate::aggregate::{Avg, Finalized, MetricState, hll, quantile_from_bytes};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use tributary_schemas::aggregate::{Avg, Finalized, MetricState, hll, quantile_from_bytes};
 
 /// The finalizing function of one metric kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -5,7 +5,7 @@
 //! - **update** ([`Phase::Update`], named `state_<kind>`): aggregates raw event values (one column of
 //!   the master dataset) into the kind's state. The batch layer's recompute uses these.
 //! - **merge** ([`Phase::Merge`], named `merge_<kind>`): merges state columns (the Arrow form of
-//!   [`super::arrow`]) into one state. The serving layer uses these to re-aggregate batch and speed
+//!   [`crate::aggregate::arrow`]) into one state. The serving layer uses these to re-aggregate batch and speed
 //!   rows, and to roll a 1m view up to hours or days.
 //!
 //! Both return the Arrow form of the state, and both use the state as their intermediate form, so
@@ -18,7 +18,7 @@
 //! Input values are read exactly as [`MetricState::update`] reads an event [`Value`](crate::event::Value):
 //! `count` counts every row (nulls included), the other kinds skip nulls; `sum`/`avg`/`quantile`
 //! over `int64` add the value as `f64` where the state is a float; `count_distinct` hashes with
-//! [`super::hash_value`]'s functions (strings by their UTF-8 bytes, timestamps as their `i64`
+//! [`crate::aggregate::hash_value`]'s functions (strings by their UTF-8 bytes, timestamps as their `i64`
 //! milliseconds).
 
 use std::fmt::Debug;
@@ -34,9 +34,9 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use super::arrow::StateColumnBuilder;
-use super::ddsketch::BucketKey;
-use super::{
+use crate::aggregate::arrow::StateColumnBuilder;
+use crate::aggregate::ddsketch::BucketKey;
+use crate::aggregate::{
     AggregateState, Avg, Count, DdSketch, FloatSum, Hll, IntSum, Max, MetricState, Min, StateError,
     StateKind, hll,
 };
@@ -455,7 +455,7 @@ impl ColumnState for DdSketch {
     variant!(Quantile);
 }
 
-/// Calls `f(row, hash)` for the selected rows of `values`, hashed as [`super::hash_value`] hashes.
+/// Calls `f(row, hash)` for the selected rows of `values`, hashed as [`crate::aggregate::hash_value`] hashes.
 fn for_each_hash(values: &dyn Array, rows: Option<&BooleanBuffer>, mut f: impl FnMut(usize, u64)) {
     let len = values.len();
     match values.data_type() {
@@ -792,7 +792,7 @@ impl<S: ColumnState> States<S> {
         let mut result = Ok(());
         self.tracked(groups, |mine| {
             result = groups.iter().enumerate().try_for_each(|(row, &group)| {
-                let theirs = super::arrow::read_state(kind, &column, row)
+                let theirs = crate::aggregate::arrow::read_state(kind, &column, row)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 let theirs = S::unwrap(theirs).expect("read_state checks the kind");
                 mine[group].absorb(theirs);
@@ -807,7 +807,7 @@ impl<S: ColumnState> States<S> {
     fn merge_sketches(&mut self, column: &ArrayRef, groups: &[usize]) -> Result<()> {
         let kind = self.kind;
         let decode = |row: usize| -> Result<S> {
-            let state = super::arrow::read_state(kind, column, row)
+            let state = crate::aggregate::arrow::read_state(kind, column, row)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             Ok(S::unwrap(state).expect("read_state checks the kind"))
         };

@@ -9,9 +9,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 use proptest::prelude::*;
 
-use super::super::arrow::read_state;
-use super::super::tests::{aggregate, assert_equivalent, kind_and_values, merged};
 use super::*;
+use crate::aggregate::arrow::read_state;
+use crate::aggregate::tests::{aggregate, assert_equivalent, kind_and_values, merged};
 use crate::event::Value;
 
 /// One Arrow column can hold one type: floats read ints as `f64` (as `Value::as_f64` does) and

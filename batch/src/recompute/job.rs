@@ -1,0 +1,466 @@
+//! One view's recompute (steps 1 and 2 of a run, see the parent module): choose the input, plan
+//! the aggregation slice by slice on the batch runtime (concurrently up to `[batch] threads`),
+//! write the sorted parts, then hand the manifest to [`super::publish`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use chrono::Utc;
+use datafusion::common::DataFusionError;
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use tributary_schemas::config::ViewDef;
+use tributary_schemas::event::EventSchema;
+use tributary_schemas::functions;
+use tributary_schemas::lake::versions::{list_versions, live_manifest};
+use tributary_schemas::lake::{MANIFEST_FORMAT, Manifest, ManifestFile};
+
+use super::parts::PartWriter;
+use super::plan::{self, Input, InputFile, TimeRange};
+use super::pool::PeakPool;
+use super::progress::{self, ProgressSink, RunProgress};
+use super::publish::{collect_garbage, crash_point, publish};
+use super::slices::{self, FileSpans, Span};
+use super::time_sort;
+use super::{BatchError, BatchSettings, Outcome, ViewRun};
+
+/// One view's recompute, run on the batch runtime.
+pub(super) struct ViewJob {
+    pub(super) settings: BatchSettings,
+    pub(super) events: EventSchema,
+    pub(super) view: ViewDef,
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) progress: ProgressSink,
+}
+
+impl ViewJob {
+    pub(super) async fn run(self) -> Result<ViewRun, BatchError> {
+        let started = Instant::now();
+        let store = self.store.as_ref();
+        let name = self.view.name.clone();
+        let input =
+            plan::select_input(store, &self.settings.topic, self.settings.epoch_size).await?;
+        let live = live_manifest(store, &name).await?;
+        let definition_hash = self.view.definition_hash();
+        let known_groups = live
+            .as_ref()
+            .filter(|live| live.definition_hash == definition_hash)
+            .map(|live| live.row_count);
+        let finished = |outcome, computed: Computed, removed_versions| ViewRun {
+            view: name.clone(),
+            outcome,
+            rows_read: computed.rows_read,
+            rows_scanned: computed.rows_scanned,
+            elapsed: started.elapsed(),
+            peak_memory_bytes: computed.peak_memory_bytes,
+            spilled_bytes: computed.spilled_bytes,
+            slices: computed.slices,
+            removed_versions,
+        };
+        if let Some(live) = live
+            && live.definition_hash == definition_hash
+            && live.boundary == input.boundary
+            && live.generation == input.generation
+            && live.closed_generations == input.closed_generations
+        {
+            tracing::info!(view = name, version = live.version, boundary = ?live.boundary.0, "unchanged since the live version");
+            return Ok(finished(
+                Outcome::Unchanged(live),
+                Computed::default(),
+                Vec::new(),
+            ));
+        }
+        if input.is_empty() {
+            tracing::info!(
+                view = name,
+                "nothing to recompute: no partition has archived a whole epoch yet"
+            );
+            return Ok(finished(
+                Outcome::NothingArchived,
+                Computed::default(),
+                Vec::new(),
+            ));
+        }
+        let version = list_versions(store, &name)
+            .await?
+            .last()
+            .map_or(1, |v| v + 1);
+        tracing::info!(
+            view = name,
+            version,
+            input = plan::describe(&input),
+            "recompute started"
+        );
+
+        let computed = self.compute(&input, version, started, known_groups).await?;
+        crash_point("after_parts");
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            view: name.clone(),
+            definition_hash,
+            version,
+            created_at: Utc::now(),
+            row_count: computed.files.iter().map(|f| f.rows).sum(),
+            files: computed.files.clone(),
+            epoch_size: self.settings.epoch_size,
+            generation: input.generation,
+            closed_generations: input.closed_generations.clone(),
+            boundary: input.boundary.clone(),
+        };
+        publish(store, &manifest).await?;
+        tracing::info!(
+            view = name,
+            version,
+            rows = manifest.row_count,
+            rows_read = computed.rows_read,
+            rows_scanned = computed.rows_scanned,
+            spilled_bytes = computed.spilled_bytes,
+            slices = computed.slices,
+            seconds = started.elapsed().as_secs_f64(),
+            "published"
+        );
+        let removed = collect_garbage(store, &name, self.settings.keep_versions).await?;
+        Ok(finished(Outcome::Published(manifest), computed, removed))
+    }
+
+    fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {
+        let pool = Arc::new(PeakPool::new(self.settings.memory_limit_bytes));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
+            .build_arc()?;
+        runtime.register_object_store(
+            tributary_schemas::lake::lake_url().as_ref(),
+            Arc::clone(&self.store),
+        );
+        // A sort holds this much back for merging its spills. DataFusion's 10 MB is more than
+        // all of a small pool, where every sort would fail instead of spilling.
+        let merge_reserve = (self.settings.memory_limit_bytes / 16).min(10 << 20);
+        let config = SessionConfig::new()
+            .with_target_partitions(self.settings.threads.max(1))
+            .with_batch_size(8192)
+            .with_sort_spill_reservation_bytes(merge_reserve);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        functions::register_all(&ctx);
+        Ok((ctx, pool))
+    }
+
+    /// Runs the plan over the input's time slices (see [`slices`]) and writes the parts in time
+    /// order. `known_groups`: the live version's rows, when it has this definition.
+    async fn compute(
+        &self,
+        input: &Input,
+        version: u64,
+        started: Instant,
+        known_groups: Option<u64>,
+    ) -> Result<Computed, BatchError> {
+        let (ctx, pool) = self.session()?;
+        let files: Vec<&InputFile> = input.files.iter().chain(&input.closed_files).collect();
+        let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
+        let file_spans =
+            slices::read_spans(&self.store, &cache, &files, &self.events.time_field).await?;
+        let spans: Vec<Span> = file_spans
+            .iter()
+            .flatten()
+            .flat_map(|f| f.spans.iter().copied())
+            .collect();
+        let input_rows = file_spans
+            .as_ref()
+            .map(|files| files.iter().map(FileSpans::rows).sum::<u64>());
+        let granularity = self.view.granularity.millis();
+        let target = self.settings.slice;
+        let mut bounds = match input_rows {
+            Some(rows) => slices::plan(
+                &spans,
+                granularity,
+                slices::wanted_slices(rows, target, known_groups),
+            ),
+            None => Vec::new(),
+        };
+        let mut slice = SliceProgress {
+            started,
+            files: &files,
+            file_spans: file_spans.as_deref(),
+            rows_total: input_rows,
+            scanned: 0,
+            passed: None,
+        };
+        let mut parts = PartWriter::new(&self.view, version, self.settings.part_rows);
+        let mut runs: Vec<SliceRun> = Vec::new();
+        let mut rest = TimeRange::default();
+        if known_groups.is_none()
+            && let Some(&to) = bounds.first()
+        {
+            // A first run: the first slice's groups tell how many the rest will have.
+            let first = TimeRange {
+                from: None,
+                to: Some(to),
+            };
+            let run = self
+                .run_slice(&ctx, input, first, &mut parts, &mut slice)
+                .await?;
+            bounds = slices::replan(&spans, granularity, target, to, run.groups);
+            runs.push(run);
+            rest.from = Some(to);
+        }
+        let ranges: Vec<TimeRange> = rest.split(&bounds);
+        tracing::debug!(
+            view = self.view.name,
+            slices = ranges.len() + runs.len(),
+            reads = slices::read_rows(&spans, &bounds),
+            rows = input_rows,
+            "time slices"
+        );
+        if ranges.len() == 1 || self.settings.threads <= 1 {
+            // One at a time: each slice streams into the parts as it sorts.
+            for range in ranges {
+                runs.push(
+                    self.run_slice(&ctx, input, range, &mut parts, &mut slice)
+                        .await?,
+                );
+            }
+        } else {
+            let concurrent = self
+                .run_concurrently(&ctx, input, ranges, &mut parts, &mut slice)
+                .await?;
+            runs.extend(concurrent);
+        }
+        let spilled_bytes = runs.iter().map(|r| r.spilled_bytes).sum();
+        let slices = runs.len();
+        let files = parts.finish(self.store.as_ref()).await?;
+        Ok(Computed {
+            files,
+            // The input's rows, however many slices read some of them twice.
+            rows_read: input_rows.unwrap_or(slice.scanned),
+            rows_scanned: slice.scanned,
+            peak_memory_bytes: pool.peak(),
+            spilled_bytes,
+            slices,
+        })
+    }
+
+    /// Runs `ranges` (in time order) up to `[batch] threads` at a time, each on one partition (a
+    /// slice's groups are its own, so no partial and final aggregation merge sketches twice), and
+    /// writes their outputs in order.
+    async fn run_concurrently(
+        &self,
+        ctx: &SessionContext,
+        input: &Input,
+        ranges: Vec<TimeRange>,
+        parts: &mut PartWriter,
+        progress: &mut SliceProgress<'_>,
+    ) -> Result<Vec<SliceRun>, BatchError> {
+        let config = ctx.copied_config().with_target_partitions(1);
+        let single = SessionContext::new_with_config_rt(config, ctx.runtime_env());
+        let input = Arc::new(input.clone());
+        let last = ranges.last().copied().unwrap_or_default();
+        let tasks = ranges.into_iter().map(|range| {
+            let task = tokio::spawn(collect_slice(
+                single.clone(),
+                self.events.clone(),
+                self.view.clone(),
+                Arc::clone(&input),
+                range,
+            ));
+            AbortOnDrop(task)
+        });
+        let mut done = futures::stream::iter(tasks).buffered(self.settings.threads.max(1));
+        let mut runs = Vec::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let collected = tokio::select! {
+                next = done.next() => match next {
+                    Some(collected) => collected??,
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    (self.progress)(&progress.report(&self.view.name, 0, false));
+                    continue;
+                }
+            };
+            for batch in collected.batches {
+                parts.push(batch, self.store.as_ref()).await?;
+            }
+            progress.scanned += collected.scanned;
+            progress.passed = collected.range.to;
+            let finished = collected.range == last;
+            (self.progress)(&progress.report(&self.view.name, 0, finished));
+            runs.push(collected.run);
+        }
+        Ok(runs)
+    }
+
+    /// Aggregates the rows of `range` into `parts`, reporting progress as it goes.
+    async fn run_slice(
+        &self,
+        ctx: &SessionContext,
+        input: &Input,
+        range: TimeRange,
+        parts: &mut PartWriter,
+        progress: &mut SliceProgress<'_>,
+    ) -> Result<SliceRun, BatchError> {
+        let physical = slice_plan(ctx, &self.events, &self.view, input, range).await?;
+        if progress.rows_total.is_none() {
+            progress.rows_total = progress::scan_total_rows(physical.as_ref());
+        }
+        let report = |progress: &SliceProgress<'_>, finished: bool| {
+            let scanned = progress::scan_counts(physical.as_ref()).1;
+            let last = finished && range.to.is_none();
+            (self.progress)(&progress.report(&self.view.name, scanned, last));
+            scanned
+        };
+        let mut stream = execute_stream(Arc::clone(&physical), ctx.task_ctx())?;
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut groups = 0u64;
+        loop {
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(batch) => {
+                        let batch = batch?;
+                        groups += batch.num_rows() as u64;
+                        parts.push(batch, self.store.as_ref()).await?;
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => { report(progress, false); }
+            }
+        }
+        tracing::debug!(
+            view = self.view.name,
+            ?range,
+            plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(physical.as_ref()).indent(true),
+            "recompute plan with metrics"
+        );
+        progress.scanned += report(progress, true);
+        progress.passed = range.to;
+        Ok(SliceRun {
+            groups,
+            spilled_bytes: progress::spilled_bytes(physical.as_ref()),
+        })
+    }
+}
+
+/// What the progress of a sliced run counts.
+struct SliceProgress<'a> {
+    started: Instant,
+    files: &'a [&'a InputFile],
+    /// Per file, in `files` order; `None` without statistics.
+    file_spans: Option<&'a [FileSpans]>,
+    rows_total: Option<u64>,
+    /// Rows the finished slices read (some twice, where slices share a page).
+    scanned: u64,
+    /// Every event before this time is aggregated.
+    passed: Option<i64>,
+}
+
+impl SliceProgress<'_> {
+    /// The progress while the running slice has read `scanning` rows.
+    fn report(&self, view: &str, scanning: u64, finished: bool) -> RunProgress {
+        let scanned = self.scanned + scanning;
+        RunProgress {
+            view: view.to_owned(),
+            files_done: self.files_done(finished),
+            files_total: self.files.len(),
+            rows_done: self.rows_total.map_or(scanned, |total| scanned.min(total)),
+            rows_total: self.rows_total,
+            elapsed: self.started.elapsed(),
+            finished,
+        }
+    }
+
+    /// Files whose every event the finished slices have aggregated.
+    fn files_done(&self, finished: bool) -> usize {
+        match (self.file_spans, self.passed) {
+            _ if finished => self.files.len(),
+            (Some(spans), Some(passed)) => spans
+                .iter()
+                .filter(|f| f.max().is_none_or(|max| max < passed))
+                .count(),
+            _ => 0,
+        }
+    }
+}
+
+/// A spawned task that is aborted when dropped: a failed or dropped run stops its other slices.
+pub(super) struct AbortOnDrop<T>(pub(super) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// One slice's output, held until the slices before it are written.
+struct CollectedSlice {
+    range: TimeRange,
+    batches: Vec<RecordBatch>,
+    scanned: u64,
+    run: SliceRun,
+}
+
+/// The physical plan computing `view`'s sorted states over the rows of `input` in `range`.
+async fn slice_plan(
+    ctx: &SessionContext,
+    events: &EventSchema,
+    view: &ViewDef,
+    input: &Input,
+    range: TimeRange,
+) -> Result<Arc<dyn ExecutionPlan>, BatchError> {
+    let frame = plan::view_frame(ctx, events, view, input, range).await?;
+    Ok(time_sort::plan_sorts(frame.create_physical_plan().await?)?)
+}
+
+/// Aggregates the rows of `range` on its own task and keeps the sorted output.
+async fn collect_slice(
+    ctx: SessionContext,
+    events: EventSchema,
+    view: ViewDef,
+    input: Arc<Input>,
+    range: TimeRange,
+) -> Result<CollectedSlice, BatchError> {
+    let physical = slice_plan(&ctx, &events, &view, &input, range).await?;
+    let batches: Vec<RecordBatch> = execute_stream(Arc::clone(&physical), ctx.task_ctx())?
+        .try_collect()
+        .await?;
+    Ok(CollectedSlice {
+        range,
+        scanned: progress::scan_counts(physical.as_ref()).1,
+        run: SliceRun {
+            groups: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            spilled_bytes: progress::spilled_bytes(physical.as_ref()),
+        },
+        batches,
+    })
+}
+
+/// What one slice produced.
+struct SliceRun {
+    groups: u64,
+    spilled_bytes: u64,
+}
+
+/// What computing a version produced.
+#[derive(Debug, Default)]
+struct Computed {
+    files: Vec<ManifestFile>,
+    rows_read: u64,
+    rows_scanned: u64,
+    peak_memory_bytes: usize,
+    spilled_bytes: u64,
+    slices: usize,
+}

@@ -1,0 +1,85 @@
+//! The part writer: a view's sorted state rows, encoded into Parquet parts of
+//! `[batch] part_rows` rows under the new version's directory, as they arrive.
+
+use arrow::array::RecordBatch;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tributary_schemas::config::ViewDef;
+use tributary_schemas::lake::{ManifestFile, version_part};
+
+use super::{BatchError, ROW_GROUP_ROWS};
+use crate::parquet_io;
+
+/// Streams sorted view rows into parts of at most `part_rows` rows.
+pub(super) struct PartWriter {
+    view: String,
+    dimensions: Vec<String>,
+    version: u64,
+    part_rows: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    written: Vec<ManifestFile>,
+}
+
+impl PartWriter {
+    pub(super) fn new(view: &ViewDef, version: u64, part_rows: usize) -> Self {
+        Self {
+            view: view.name.clone(),
+            dimensions: view.dimensions.iter().map(|d| d.name.clone()).collect(),
+            version,
+            part_rows: part_rows.max(1),
+            pending: Vec::new(),
+            pending_rows: 0,
+            written: Vec::new(),
+        }
+    }
+
+    pub(super) async fn push(
+        &mut self,
+        batch: RecordBatch,
+        store: &dyn ObjectStore,
+    ) -> Result<(), BatchError> {
+        let mut batch = batch;
+        while self.pending_rows + batch.num_rows() >= self.part_rows {
+            let take = self.part_rows - self.pending_rows;
+            self.pending.push(batch.slice(0, take));
+            self.pending_rows += take;
+            batch = batch.slice(take, batch.num_rows() - take);
+            self.flush(store).await?;
+        }
+        if batch.num_rows() > 0 {
+            self.pending_rows += batch.num_rows();
+            self.pending.push(batch);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn flush(&mut self, store: &dyn ObjectStore) -> Result<(), BatchError> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let dimensions: Vec<&str> = self.dimensions.iter().map(String::as_str).collect();
+        let bytes = parquet_io::encode_view(&self.pending, ROW_GROUP_ROWS, &dimensions)?;
+        let path = version_part(&self.view, self.version, self.written.len());
+        let size = bytes.len() as u64;
+        store
+            .put(&Path::from(path.as_str()), PutPayload::from(bytes))
+            .await?;
+        self.written.push(ManifestFile {
+            path,
+            rows: self.pending_rows as u64,
+            bytes: size,
+        });
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(())
+    }
+
+    pub(super) async fn finish(
+        mut self,
+        store: &dyn ObjectStore,
+    ) -> Result<Vec<ManifestFile>, BatchError> {
+        self.flush(store).await?;
+        Ok(self.written)
+    }
+}

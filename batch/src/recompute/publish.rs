@@ -1,0 +1,121 @@
+//! Publishing a version and collecting old ones (steps 3 and 4 of a run, see the parent module):
+//! the manifest, then `_current` (the one write that changes what readers see); garbage
+//! collection of versions past `keep_versions` and of incomplete ones left by crashed runs
+//! (manifest first, so a half-deleted version never looks complete). Also the fault hooks that
+//! prove each step leaves the lake consistent.
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tributary_schemas::blame::chain;
+use tributary_schemas::lake::versions::{
+    list_versions, read_current, read_manifest, version_objects,
+};
+use tributary_schemas::lake::{CurrentPointer, Manifest, current_path, manifest_path};
+
+use super::BatchError;
+use super::lock::RunLock;
+
+/// Makes `manifest`'s version the live one: the manifest first, then `_current` (the only write
+/// that changes what readers see). A crash between the two leaves the previous version live and
+/// the new one complete but unlisted; the next run collects it.
+pub(super) async fn publish(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+) -> Result<(), BatchError> {
+    let (view, version) = (&manifest.view, manifest.version);
+    store
+        .put(
+            &Path::from(manifest_path(view, version)),
+            PutPayload::from(manifest.to_json()),
+        )
+        .await?;
+    crash_point("before_current");
+    write_current(store, view, version).await?;
+    Ok(())
+}
+
+pub(super) async fn write_current(
+    store: &dyn ObjectStore,
+    view: &str,
+    version: u64,
+) -> Result<(), object_store::Error> {
+    let pointer = serde_json::to_vec(&CurrentPointer { version }).expect("a pointer serializes");
+    store
+        .put(&Path::from(current_path(view)), PutPayload::from(pointer))
+        .await?;
+    Ok(())
+}
+
+/// A test hook, compiled only with the `fault-injection` feature (the workspace's tests enable it;
+/// a release build has no such hook): `TRIBUTARY_BATCH_CRASH_AT=<point>` aborts the process at that
+/// point of a publish, as a kill -9 would, so tests can prove each point leaves the lake
+/// consistent. Points: `after_parts` (parts written, no manifest) and `before_current` (manifest
+/// written, `_current` not replaced).
+#[cfg(feature = "fault-injection")]
+pub(super) fn crash_point(point: &str) {
+    if std::env::var("TRIBUTARY_BATCH_CRASH_AT").is_ok_and(|wanted| wanted == point) {
+        tracing::error!(point, "TRIBUTARY_BATCH_CRASH_AT: aborting the process");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub(super) fn crash_point(_point: &str) {}
+
+/// A view's version directories, ascending: the complete ones (with their manifests) and the
+/// numbers of those without a manifest (being written, or left by a crashed run).
+pub(super) async fn versions_of(
+    store: &dyn ObjectStore,
+    view: &str,
+) -> Result<(Vec<Manifest>, Vec<u64>), BatchError> {
+    let mut complete = Vec::new();
+    let mut incomplete = Vec::new();
+    for version in list_versions(store, view).await? {
+        match read_manifest(store, view, version).await? {
+            Some(manifest) => complete.push(manifest),
+            None => incomplete.push(version),
+        }
+    }
+    Ok((complete, incomplete))
+}
+
+/// Releases the run lock; a failure only delays the next run until the lease expires.
+pub(super) async fn release(lock: RunLock) {
+    if let Err(error) = lock.release().await {
+        tracing::warn!(error = %chain(&error), "cannot release the recompute lock; it expires on its own");
+    }
+}
+
+/// Keeps the live version and the newest `keep` complete versions; deletes the rest, and the
+/// incomplete versions crashed runs left behind. Call only while holding the run lock.
+pub(super) async fn collect_garbage(
+    store: &dyn ObjectStore,
+    view: &str,
+    keep: usize,
+) -> Result<Vec<u64>, BatchError> {
+    let current = read_current(store, view).await?;
+    let (complete, incomplete) = versions_of(store, view).await?;
+    let old_complete = complete.len().saturating_sub(keep);
+    let doomed: Vec<u64> = complete[..old_complete]
+        .iter()
+        .map(|m| &m.version)
+        .chain(&incomplete)
+        .copied()
+        .filter(|v| Some(*v) != current)
+        .collect();
+    for &version in &doomed {
+        // Manifest first: a version whose deletion is interrupted no longer looks complete.
+        match store
+            .delete(&Path::from(manifest_path(view, version)))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        for object in version_objects(store, view, version).await? {
+            store.delete(&object).await?;
+        }
+        tracing::info!(view, version, "removed an old or incomplete version");
+    }
+    Ok(doomed)
+}

@@ -1,0 +1,95 @@
+//! `POST /v1/batch/run`: a recompute now, through the recompute service of this process (the batch
+//! role), made live before the reply.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tributary_schemas::layers::recompute::{Recompute, RecomputeError};
+
+use super::{ApiError, App, parse};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    view: Option<String>,
+}
+
+pub(super) async fn batch_run(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let request: RunRequest = match body.is_empty() {
+        true => RunRequest::default(),
+        false => parse(&body)?,
+    };
+    let Some(recompute) = &app.recompute else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "batch_not_here",
+            "this process does not run the batch role; run `tributary batch run` or call a process started with --roles including batch",
+        ));
+    };
+    if let Some(view) = &request.view {
+        app.engine.view(view)?;
+    }
+    let runs = run_batch(&app, recompute.as_ref(), request.view.as_deref()).await?;
+    Ok(axum::Json(json!({"views": runs})))
+}
+
+/// Runs a recompute, records it, and makes what it published live before returning.
+pub async fn run_batch(
+    app: &App,
+    recompute: &dyn Recompute,
+    only: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    let started = Instant::now();
+    let runs = match recompute.run(only).await {
+        Ok(runs) => runs,
+        Err(RecomputeError::Busy(error)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "batch_running",
+                error.to_string(),
+            ));
+        }
+        Err(RecomputeError::UnknownView(error)) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_view",
+                error.to_string(),
+            ));
+        }
+        Err(RecomputeError::Unavailable(error)) => {
+            app.metrics.batch_run("failed", started.elapsed());
+            return Err(ApiError::unavailable("the recompute", error.as_ref()));
+        }
+        Err(error) => {
+            app.metrics.batch_run("failed", started.elapsed());
+            return Err(ApiError::internal("the recompute", &error));
+        }
+    };
+    app.engine
+        .live()
+        .refresh()
+        .await
+        .map_err(|e| ApiError::internal("loading the new versions", &e))?;
+    let mut out = Vec::new();
+    for run in &runs {
+        let manifest = run.manifest.as_ref();
+        app.metrics.batch_run(run.outcome, run.elapsed);
+        out.push(json!({
+            "view": run.view,
+            "outcome": run.outcome,
+            "version": manifest.map(|m| m.version),
+            "boundary": manifest.map(|m| m.boundary.0.clone()),
+            "rows_read": run.rows_read,
+            "elapsed_ms": run.elapsed.as_secs_f64() * 1e3,
+        }));
+    }
+    Ok(out)
+}

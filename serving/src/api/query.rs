@@ -1,0 +1,143 @@
+//! `GET /v1/views`, `POST /v1/query` and `POST /v1/sql`: answers and the `meta` that says what
+//! each one merged (batch version, speed offsets, completeness, freshness).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tributary_schemas::config::ViewDef;
+
+use super::{ApiError, App, parse};
+use crate::json::{self, timestamp};
+use crate::live::Pinned;
+use crate::query::{Answer, QueryRequest};
+
+fn view_json(view: &ViewDef) -> Value {
+    json!({
+        "name": view.name,
+        "granularity": view.granularity.to_string(),
+        "dimensions": view.dimensions.iter()
+            .map(|d| json!({"name": d.name, "type": d.ty.name()}))
+            .collect::<Vec<_>>(),
+        "metrics": view.metrics.iter()
+            .map(|m| json!({
+                "name": m.name,
+                "expression": m.expression,
+                "type": json::type_name(&m.output_type()),
+            }))
+            .collect::<Vec<_>>(),
+        "filter": view.filter.as_ref().map(|f| f.sql.clone()),
+    })
+}
+
+pub(super) async fn views(State(app): State<Arc<App>>) -> Result<axum::Json<Value>, ApiError> {
+    let live = app.engine.live();
+    let mut out = Vec::new();
+    for (index, view) in live.views().iter().enumerate() {
+        let pinned = live
+            .pin(index)
+            .map_err(|e| ApiError::internal("reading the views", &e))?;
+        let mut entry = view_json(view);
+        entry["batch"] = batch_meta(&pinned);
+        entry["freshness"] = freshness(&pinned);
+        out.push(entry);
+    }
+    Ok(axum::Json(json!({"views": out})))
+}
+
+fn batch_meta(pinned: &Pinned) -> Value {
+    match &pinned.version {
+        None => Value::Null,
+        Some(version) => json!({
+            "version": version.manifest.version,
+            "created_at": version.manifest.created_at,
+            "rows": version.manifest.row_count,
+            "generation": version.manifest.generation,
+            "boundary": version.manifest.boundary.0,
+            "in_memory": version.in_memory(),
+        }),
+    }
+}
+
+fn freshness(pinned: &Pinned) -> Value {
+    let newest = pinned.speed.newest_event_ms;
+    json!({
+        "newest_event": newest.map_or(Value::Null, timestamp),
+        "age_ms": newest.map(|t| Utc::now().timestamp_millis() - t),
+    })
+}
+
+/// What one view's answer merged. `complete` is false when the speed layer trails the log by more
+/// than `ready_max_lag` on some partition (`speed.lag`) or is stalled (`speed.stalled`): the answer
+/// is exact for the offsets it covers, and misses the rest.
+fn merged_meta(view: &str, pinned: &Pinned) -> Value {
+    json!({
+        "view": view,
+        "complete": pinned.complete(),
+        "batch": batch_meta(pinned),
+        "speed": {
+            "from": pinned.speed_from.0,
+            "next_offsets": pinned.speed_next,
+            "lag": pinned.speed_lag(),
+            "stalled": pinned.speed_stalled(),
+            "events": pinned.speed.events,
+            "rows": pinned.speed.rows(),
+            "sealed_epochs": pinned.speed.parts.iter().filter(|p| p.sealed).count(),
+        },
+        "freshness": freshness(pinned),
+    })
+}
+
+/// A query's answer, `{"columns", "meta", "rows"}` (the order a JSON map sorts them in, as in every
+/// other reply), written into one buffer: the rows straight from Arrow, without a `Value` per cell
+/// or a second parse to validate them.
+fn reply(answer: &Answer, mut meta: Value) -> Result<Response, ApiError> {
+    let failed =
+        |e: &(dyn std::error::Error + 'static)| ApiError::internal("writing the answer", e);
+    let mut rows = Vec::new();
+    let mut written = 0;
+    for batch in &answer.batches {
+        json::write_rows(batch, &mut rows, &mut written).map_err(|e| failed(&e))?;
+    }
+    meta["rows"] = json!(written);
+    meta["truncated"] = json!(answer.truncated);
+    meta["elapsed_ms"] = json!(answer.elapsed.as_secs_f64() * 1e3);
+    let mut body = br#"{"columns":"#.to_vec();
+    serde_json::to_writer(&mut body, &json::columns(&answer.schema)).map_err(|e| failed(&e))?;
+    body.extend_from_slice(br#","meta":"#);
+    serde_json::to_writer(&mut body, &meta).map_err(|e| failed(&e))?;
+    body.extend_from_slice(br#","rows":["#);
+    body.extend_from_slice(&rows);
+    body.extend_from_slice(b"]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+pub(super) async fn query(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: QueryRequest = parse(&body)?;
+    let answer = app.engine.query(&request).await?;
+    app.metrics.query("/v1/query", answer.elapsed);
+    let merged = &answer.merged[0];
+    reply(&answer, merged_meta(&merged.view, &merged.pinned))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+pub(super) async fn sql(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: SqlRequest = parse(&body)?;
+    let answer = app.engine.sql(&request.sql).await?;
+    app.metrics.query("/v1/sql", answer.elapsed);
+    let views: Vec<Value> = (answer.merged.iter())
+        .map(|m| merged_meta(&m.view, &m.pinned))
+        .collect();
+    let complete = answer.merged.iter().all(|m| m.pinned.complete());
+    reply(&answer, json!({"complete": complete, "views": views}))
+}
