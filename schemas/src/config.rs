@@ -9,6 +9,9 @@
 //!
 //! Validation collects every problem, each naming its key (`views[1].metrics.users`) and saying what
 //! is wrong, so `tributary config check` reports them all at once.
+//!
+//! One file past the usual size on purpose: every section's settings, defaults and checks read as
+//! one schema (the view definitions, the largest part, are `config/view.rs`).
 
 mod view;
 

@@ -10,6 +10,9 @@
 //!
 //! Buckets are never collapsed: the number of buckets grows with the logarithm of the value range
 //! (1 ms to 1 hour of latency is ~410 buckets), which keeps every merge exact.
+//!
+//! One file past the usual size on purpose: the bucket mapping, the merge and the byte form must
+//! agree bit for bit, and are read together.
 
 use std::cmp::Ordering;
 
