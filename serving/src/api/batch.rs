@@ -59,7 +59,7 @@ pub async fn run_batch(
         }
         Err(RecomputeError::UnknownView(error)) => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
+                StatusCode::BAD_REQUEST,
                 "unknown_view",
                 error.to_string(),
             ));
