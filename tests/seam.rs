@@ -187,7 +187,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             manifest.boundary
         );
         let mut merged = rt.block_on(batch_rows(store.as_ref(), view, manifest));
-        for row in speed.snapshot(&manifest.boundary) {
+        for row in speed.snapshot(&manifest.boundary).unwrap() {
             let key = (
                 row.bucket_ms,
                 row.dimensions.iter().map(|v| format!("{v:?}")).collect(),

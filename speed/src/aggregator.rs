@@ -29,16 +29,17 @@ pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondBuilder};
+use arrow::datatypes::TimestampMillisecondType;
 use arrow::error::ArrowError;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use tributary_schemas::aggregate::MetricState;
-use tributary_schemas::aggregate::arrow::StateColumnBuilder;
+use tributary_schemas::aggregate::arrow::{StateColumnBuilder, read_state};
 use tributary_schemas::config::{MetricDef, ViewDef};
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder};
+use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder, read_value};
 use tributary_schemas::event::{EventSchema, Value};
 use tributary_schemas::lake::Boundary;
 use tributary_schemas::layers::speed::{SpeedPart, SpeedSnapshot};
@@ -169,30 +170,37 @@ impl ViewStates {
         });
     }
 
-    /// Rows of the epochs above `boundary`: what a query pinned to that batch version merges.
-    pub fn snapshot(&self, boundary: &Boundary) -> Vec<SpeedRow> {
+    /// Rows of the epochs above `boundary`, read back from [`Self::snapshot_parts`], the one form a
+    /// query takes: for tests and tools that compare states row by row.
+    pub fn snapshot(&self, boundary: &Boundary) -> Result<Vec<SpeedRow>, ArrowError> {
+        let view = &self.view;
+        let corrupt = |what: &str| ArrowError::ComputeError(format!("a speed part's {what}"));
         let mut rows = Vec::new();
-        for (&(partition, epoch), states) in &self.epochs {
-            if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
-                continue;
-            }
-            for (row, key) in self.keys(states).enumerate() {
-                let row = self.row(states, row);
+        for part in self.snapshot_parts(boundary, &BTreeMap::new())?.parts {
+            let batch = &part.batch;
+            let time = batch.column(0).as_primitive::<TimestampMillisecondType>();
+            for row in 0..batch.num_rows() {
+                let dimensions = (view.dimensions.iter().enumerate())
+                    .map(|(i, d)| read_value(d.ty, batch.column(1 + i), row))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| corrupt("dimension column"))?;
+                let first_state = 1 + view.dimensions.len();
+                let states = (view.metrics.iter().enumerate())
+                    .map(|(i, m)| read_state(m.state_kind(), batch.column(first_state + i), row))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| corrupt("state column"))?;
                 rows.push(SpeedRow {
-                    bucket_ms: key[0] as i64,
-                    dimensions: key[1..]
-                        .iter()
-                        .zip(&self.dictionaries)
-                        .map(|(&id, dictionary)| dictionary.value(id as u32))
-                        .collect(),
-                    states: self.sources.iter().map(|&s| row[s].clone()).collect(),
+                    bucket_ms: time.value(row),
+                    dimensions,
+                    states,
                 });
             }
         }
-        rows
+        Ok(rows)
     }
 
-    /// [`Self::snapshot`] straight into Arrow, one part per epoch. An epoch whose offsets have all
+    /// The view's rows in the epochs above `boundary` in the stored-state Arrow form, one part per
+    /// epoch: what a query pinned to that batch version merges. An epoch whose offsets have all
     /// been read (`next_offsets` past its end) is sealed: its Arrow form is built once and kept.
     pub fn snapshot_parts(
         &self,

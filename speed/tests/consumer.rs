@@ -45,7 +45,7 @@ fn expected_views(
 fn speed_views(layer: &SpeedLayer, boundary: &Boundary) -> BTreeMap<(i64, String), i64> {
     layer.with_views(|views| {
         let mut counts = BTreeMap::new();
-        for row in views[0].snapshot(boundary) {
+        for row in views[0].snapshot(boundary).unwrap() {
             let MetricState::Count(count) = &row.states[0] else {
                 panic!("views is a count")
             };

@@ -6,11 +6,14 @@
 
 use std::sync::Arc;
 
+use arrow::array::{Array, AsArray};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{
+    Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+};
 use arrow::error::ArrowError;
 
 use super::{Event, EventSchema, FieldType, Value, timestamp_type};
@@ -100,6 +103,27 @@ impl ValueColumnBuilder {
             Self::Timestamp(b) => Arc::new(b.finish()),
         }
     }
+}
+
+/// The value at `row` of a column written by [`ValueColumnBuilder`] for `ty` (`None` when the
+/// column is not of that type).
+pub fn read_value(ty: FieldType, column: &dyn Array, row: usize) -> Option<Value<'static>> {
+    if column.is_null(row) {
+        return Some(Value::Null);
+    }
+    Some(match ty {
+        FieldType::String => {
+            Value::Str(column.as_string_opt::<i32>()?.value(row).to_owned().into())
+        }
+        FieldType::Int64 => Value::Int(column.as_primitive_opt::<Int64Type>()?.value(row)),
+        FieldType::Float64 => Value::Float(column.as_primitive_opt::<Float64Type>()?.value(row)),
+        FieldType::Bool => Value::Bool(column.as_boolean_opt()?.value(row)),
+        FieldType::Timestamp => Value::Timestamp(
+            column
+                .as_primitive_opt::<TimestampMillisecondType>()?
+                .value(row),
+        ),
+    })
 }
 
 /// Accumulates decoded events with their Kafka positions into master-dataset batches.

@@ -172,7 +172,7 @@ fn speed_states_equal_the_algebra_over_the_same_events() {
         [(0, 6667), (1, 6667), (2, 6666)].into()
     );
     for (states, view) in aggregator.views().iter().zip(&config.views) {
-        let got = merged(states.snapshot(&Boundary::default()));
+        let got = merged(states.snapshot(&Boundary::default()).unwrap());
         assert_equivalent(&got, &truth(&config, view, &all));
     }
 }
@@ -191,13 +191,17 @@ fn snapshots_take_only_epochs_above_the_boundary_and_dropping_frees_them() {
         .cloned()
         .collect();
     let view = &config.views[0];
-    let got = merged(aggregator.views()[0].snapshot(&boundary));
+    let got = merged(aggregator.views()[0].snapshot(&boundary).unwrap());
     assert_equivalent(&got, &truth(&config, view, &above));
 
     let before = aggregator.views()[0].epochs().len();
     aggregator.views_mut()[0].drop_below(&boundary);
     assert_eq!(aggregator.views()[0].epochs().len(), before - 3 - 2);
-    let after = merged(aggregator.views()[0].snapshot(&Boundary::default()));
+    let after = merged(
+        aggregator.views()[0]
+            .snapshot(&Boundary::default())
+            .unwrap(),
+    );
     assert_equivalent(&after, &truth(&config, view, &above));
 }
 
@@ -278,7 +282,7 @@ fn views_of_any_number_of_dimensions_give_the_rows_of_the_algebra() {
     let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
     apply_in_polls(&mut aggregator, &all);
     for (states, view) in aggregator.views().iter().zip(&config.views) {
-        let got = merged(states.snapshot(&Boundary::default()));
+        let got = merged(states.snapshot(&Boundary::default()).unwrap());
         let want = truth(&config, view, &all);
         assert!(want.len() >= 9, "{}: {} rows", view.name, want.len());
         assert_equivalent(&got, &want);
@@ -314,7 +318,10 @@ fn metrics_with_equal_states_share_one_and_each_still_reads_its_own() {
     apply_in_polls(&mut aggregator, &all);
     let states = &aggregator.views()[0];
     let want = truth(&config, view, &all);
-    assert_equivalent(&merged(states.snapshot(&Boundary::default())), &want);
+    assert_equivalent(
+        &merged(states.snapshot(&Boundary::default()).unwrap()),
+        &want,
+    );
 
     let parts = states
         .snapshot_parts(&Boundary::default(), &aggregator.next_offsets)
