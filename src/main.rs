@@ -16,6 +16,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc instead of glibc's malloc. A long-running `serve` swaps in a new batch version every few
+/// minutes and drops the old one (hundreds of MB of Arrow buffers, freed by threads other than the
+/// ones that allocated them). glibc keeps such memory in its per-thread arenas: in the 30-minute soak
+/// (BENCHMARKS.md "Soak") RSS doubled while the live data stayed the same size, and telling glibc to
+/// return memory (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`) flattened RSS but slowed every
+/// answer. jemalloc's background thread purges dirty pages after `dirty_decay_ms` (10 s by default,
+/// tunable at run time through `_RJEM_MALLOC_CONF`) without slowing allocation. Only Rust's heap
+/// moves: librdkafka's C code keeps the system malloc.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
