@@ -152,7 +152,7 @@ fn bare_consumer(broker: &Broker, topic: &str, events: u64) -> Duration {
 
 fn archiver(config: &Config, runtime: &tokio::runtime::Runtime, events: u64) -> Duration {
     let lake = tempfile::tempdir().unwrap();
-    let store = tributary_schemas::lake::open_store(lake.path().to_str().unwrap()).unwrap();
+    let store = tributary_schemas::lake::Lake::open(lake.path().to_str().unwrap()).unwrap();
     let archiver = Archiver::new(ArchiverSettings::from_config(config), store);
     let stats = archiver.stats();
     let stop = Shutdown::default();

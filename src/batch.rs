@@ -11,18 +11,23 @@ use anyhow::Context;
 use tributary_batch::recompute::progress::for_humans;
 use tributary_batch::recompute::{BatchError, BatchSettings, Outcome, RecomputeService, ViewRun};
 use tributary_schemas::config::Config;
-use tributary_schemas::lake::{Boundary, open_store};
+use tributary_schemas::lake::{Boundary, Lake};
 
 /// Exit code of `batch run` when another run holds the lake.
 pub const EXIT_ALREADY_RUNNING: u8 = 3;
 
-pub fn open(config: &Config) -> anyhow::Result<RecomputeService> {
-    let store = open_store(&config.lake.url).context("opening the lake")?;
+/// Opens the lake named by the configuration.
+pub fn open_lake(config: &Config) -> anyhow::Result<Lake> {
+    Lake::open(&config.lake.url).context("opening the lake")
+}
+
+/// The recompute service over `lake`.
+pub fn open(config: &Config, lake: Lake) -> anyhow::Result<RecomputeService> {
     RecomputeService::new(
         BatchSettings::from_config(config),
         config.events.clone(),
         config.views.clone(),
-        store,
+        lake,
     )
     .context("starting the batch layer")
 }
@@ -73,7 +78,7 @@ pub fn describe(run: &ViewRun) -> String {
 }
 
 pub fn run(config: &Config, view: Option<&str>) -> anyhow::Result<ExitCode> {
-    let batch = open(config)?;
+    let batch = open(config, open_lake(config)?)?;
     let result = runtime()?.block_on(batch.run(view, for_humans()));
     let mut out = std::io::stdout().lock();
     match result {
@@ -92,7 +97,7 @@ pub fn run(config: &Config, view: Option<&str>) -> anyhow::Result<ExitCode> {
 }
 
 pub fn list(config: &Config) -> anyhow::Result<ExitCode> {
-    let batch = open(config)?;
+    let batch = open(config, open_lake(config)?)?;
     let views = runtime()?.block_on(batch.list())?;
     let mut out = std::io::stdout().lock();
     for view in views {
@@ -129,7 +134,7 @@ pub fn list(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rollback(config: &Config, view: &str, version: u64) -> anyhow::Result<ExitCode> {
-    let batch = open(config)?;
+    let batch = open(config, open_lake(config)?)?;
     let manifest = runtime()?.block_on(batch.rollback(view, version))?;
     writeln!(
         std::io::stdout(),

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::thread;
 
 use anyhow::{Context, bail};
-use object_store::ObjectStore;
 use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_batch::recompute::progress::logged;
 use tributary_batch::recompute::{BatchError, RecomputeService};
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::lake::open_store;
+use tributary_schemas::lake::Lake;
 use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::recompute::Recompute;
 use tributary_schemas::shutdown::Shutdown;
@@ -75,7 +74,7 @@ pub fn serve_until(
         .thread_name("tributary-io")
         .build()
         .context("starting the async runtime")?;
-    let store = open_store(&config.lake.url).context("opening the lake")?;
+    let lake = crate::batch::open_lake(config)?;
     // The roles stop together once the HTTP server has drained (`roles`); the HTTP server first
     // (`http`), so that requests in flight (a recompute on request among them) finish.
     let (roles_stop, http_stop) = (Shutdown::default(), Shutdown::default());
@@ -83,7 +82,7 @@ pub fn serve_until(
 
     let mut archiver_stats = None;
     let archiver = if roles.contains(&Role::Archiver) {
-        let archiver = Archiver::new(ArchiverSettings::from_config(config), Arc::clone(&store));
+        let archiver = Archiver::new(ArchiverSettings::from_config(config), lake.clone());
         archiver_stats = Some(archiver.stats());
         let (handle, stop, failed) = (
             runtime.handle().clone(),
@@ -107,7 +106,7 @@ pub fn serve_until(
 
     let batch = if roles.contains(&Role::Batch) {
         Some(Arc::new(
-            crate::batch::open(config)?.with_shutdown(roles_stop.clone()),
+            crate::batch::open(config, lake.clone())?.with_shutdown(roles_stop.clone()),
         ))
     } else {
         None
@@ -118,7 +117,7 @@ pub fn serve_until(
     if serving {
         let (app, speed) = runtime.block_on(start_serving(
             config,
-            &store,
+            &lake,
             batch.clone().map(|batch| batch as Arc<dyn Recompute>),
             archiver_stats.map(|stats| stats as Arc<dyn StatusSource>),
             Arc::clone(&metrics),
@@ -205,7 +204,7 @@ pub fn serve_until(
 /// Returns the app and the speed layer, for its thread to run.
 async fn start_serving(
     config: &Config,
-    store: &Arc<dyn ObjectStore>,
+    lake: &Lake,
     recompute: Option<Arc<dyn Recompute>>,
     archiver: Option<Arc<dyn StatusSource>>,
     metrics: Arc<Metrics>,
@@ -213,7 +212,7 @@ async fn start_serving(
     let serving = &config.serving;
     let budget = serving.memory_budget_mb << 20;
     let topic = &config.kafka.topic;
-    let versions = Live::load_versions(store.as_ref(), topic, &config.views, budget)
+    let versions = Live::load_versions(lake, topic, &config.views, budget)
         .await
         .context("loading the live batch versions")?;
     let aggregator = Aggregator::new(&config.events, &config.views, config.batch.epoch_size)
@@ -225,7 +224,7 @@ async fn start_serving(
         Live::speed_start(&versions),
     ));
     let live = Live::new(
-        Arc::clone(store),
+        lake.clone(),
         topic.clone(),
         config.views.clone(),
         budget,
@@ -332,7 +331,9 @@ mod tests {
         let lake = tempfile::tempdir().unwrap();
         let url = format!("file://{}", lake.path().display());
         let config = Config::from_sources(None, [("TRIBUTARY_LAKE__URL".to_owned(), url)]).unwrap();
-        let batch = Arc::new(crate::batch::open(&config).unwrap());
+        let batch = Arc::new(
+            crate::batch::open(&config, crate::batch::open_lake(&config).unwrap()).unwrap(),
+        );
         let hour = std::time::Duration::from_secs(3600);
         let scheduled = tokio::spawn(schedule(
             Arc::clone(&batch),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tributary_batch::archiver::audit::audit;
 use tributary_batch::archiver::resume::partition_progress;
-use tributary_schemas::lake::open_store;
+use tributary_schemas::lake::Lake;
 use tributary_testkit::stream::{Expected, produce_mixed};
 use tributary_testkit::{Broker, TestServer};
 
@@ -39,14 +39,14 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
         &mut expected,
     ));
 
-    let store = open_store(lake.to_str().unwrap()).unwrap();
+    let store = Lake::open(lake.to_str().unwrap()).unwrap();
     let progress = || -> BTreeMap<i32, i64> {
         (0..PARTITIONS)
             .map(|p| {
                 (
                     p,
                     runtime
-                        .block_on(partition_progress(store.as_ref(), &topic, p))
+                        .block_on(partition_progress(&store, &topic, p))
                         .unwrap()
                         .next_offset,
                 )
@@ -122,7 +122,7 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
     assert!(expected.len() >= 100_000);
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
     let problems = runtime
-        .block_on(audit(store.as_ref(), &topic, &partitions))
+        .block_on(audit(&store, &topic, &partitions))
         .unwrap()
         .discrepancies(&expected);
     assert!(

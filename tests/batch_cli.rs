@@ -7,12 +7,8 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
-use object_store::ObjectStoreExt;
-use object_store::path::Path as ObjectPath;
 use tributary_batch::archiver::resume::partition_progress;
-use tributary_batch::parquet_io;
-use tributary_schemas::lake::versions::{live_manifest, read_current, read_manifest};
-use tributary_schemas::lake::{Manifest, open_store};
+use tributary_schemas::lake::{Lake, Manifest};
 use tributary_testkit::stream::{Expected, produce_mixed};
 use tributary_testkit::{Broker, TestServer};
 
@@ -59,21 +55,12 @@ fn terminate(server: &mut TestServer) {
 const WAIT: Duration = Duration::from_secs(120);
 
 /// Every part of the version is there and holds the rows its manifest says.
-async fn assert_intact(store: &dyn object_store::ObjectStore, manifest: &Manifest) {
+async fn assert_intact(store: &Lake, manifest: &Manifest) {
     let mut rows = 0;
     for file in &manifest.files {
-        let bytes = store
-            .get(&ObjectPath::from(file.path.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        rows += parquet_io::decode(bytes)
-            .unwrap()
-            .iter()
-            .map(|b| b.num_rows() as u64)
-            .sum::<u64>();
+        for batch in store.read_parquet(&file.path, 8192).await.unwrap() {
+            rows += batch.unwrap().num_rows() as u64;
+        }
     }
     assert_eq!(
         rows, manifest.row_count,
@@ -88,7 +75,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     let broker = Broker::shared();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
     let mut server = server(broker, &topic);
-    let store = open_store(server.lake().to_str().unwrap()).unwrap();
+    let store = Lake::open(server.lake().to_str().unwrap()).unwrap();
     let mut expected = Expected::new();
     runtime.block_on(produce_mixed(
         broker,
@@ -102,12 +89,9 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     // 1. `serve` archives and its scheduler publishes version 1 of both views.
     server.spawn(&["serve", "--roles", "archiver,batch"]);
     server.wait_within("the scheduled recompute", WAIT, |_| {
-        ["pageviews", "traffic"].iter().all(|view| {
-            runtime
-                .block_on(read_current(store.as_ref(), view))
-                .unwrap()
-                .is_some()
-        })
+        ["pageviews", "traffic"]
+            .iter()
+            .all(|view| runtime.block_on(store.current(view)).unwrap().is_some())
     });
     terminate(&mut server);
     assert!(
@@ -116,7 +100,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
         server.log_text()
     );
     let first = runtime
-        .block_on(live_manifest(store.as_ref(), "pageviews"))
+        .block_on(store.live_manifest("pageviews"))
         .unwrap()
         .unwrap();
     assert_eq!(first.version, 1);
@@ -136,7 +120,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
         (0..PARTITIONS)
             .map(|p| {
                 let next = runtime
-                    .block_on(partition_progress(store.as_ref(), &topic, p))
+                    .block_on(partition_progress(&store, &topic, p))
                     .unwrap()
                     .next_offset;
                 (p, next)
@@ -159,16 +143,16 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
             text(&crashed)
         );
         let live = runtime
-            .block_on(live_manifest(store.as_ref(), "pageviews"))
+            .block_on(store.live_manifest("pageviews"))
             .unwrap()
             .unwrap();
         assert_eq!(
             live, first,
             "after a crash at {point}, version 1 is still live"
         );
-        runtime.block_on(assert_intact(store.as_ref(), &live));
+        runtime.block_on(assert_intact(&store, &live));
         let left = runtime
-            .block_on(read_manifest(store.as_ref(), "pageviews", version))
+            .block_on(store.manifest("pageviews", version))
             .unwrap();
         assert_eq!(left.is_some(), point == "before_current", "{point}");
     }
@@ -182,7 +166,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     // 3. Another run holds the lake: refused with exit code 3, nothing done.
     let lock = runtime
         .block_on(tributary_batch::recompute::lock::RunLock::acquire(
-            std::sync::Arc::clone(&store),
+            store.store().clone(),
             Duration::from_secs(60),
         ))
         .unwrap();
@@ -208,12 +192,12 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
         "{stdout}"
     );
     let live = runtime
-        .block_on(live_manifest(store.as_ref(), "pageviews"))
+        .block_on(store.live_manifest("pageviews"))
         .unwrap()
         .unwrap();
     assert_eq!(live.version, 4);
     assert!(live.boundary.0.values().sum::<i64>() > first.boundary.0.values().sum::<i64>());
-    runtime.block_on(assert_intact(store.as_ref(), &live));
+    runtime.block_on(assert_intact(&store, &live));
     assert!(
         !server
             .lake()
@@ -232,9 +216,7 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
     let rolled = run(&server, &["batch", "rollback", "pageviews", "1"], &[]);
     assert!(rolled.status.success(), "{}", text(&rolled));
     assert_eq!(
-        runtime
-            .block_on(read_current(store.as_ref(), "pageviews"))
-            .unwrap(),
+        runtime.block_on(store.current("pageviews")).unwrap(),
         Some(1)
     );
     let listing =

@@ -4,14 +4,10 @@
 //! algebra over every valid event: no event counted twice, none missed, whatever its event time.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use object_store::ObjectStoreExt;
-use object_store::path::Path;
 use tributary_batch::archiver::{Archiver, ArchiverSettings};
-use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::SliceTarget;
 use tributary_batch::recompute::{BatchSettings, Outcome, RecomputeService};
@@ -20,7 +16,7 @@ use tributary_schemas::aggregate::arrow::read_state;
 use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::raw_rows::KafkaPosition;
-use tributary_schemas::lake::{Manifest, open_store};
+use tributary_schemas::lake::{Lake, Manifest};
 use tributary_schemas::shutdown::Shutdown;
 use tributary_speed::aggregator::Aggregator;
 use tributary_testkit::Broker;
@@ -43,21 +39,11 @@ fn merge_into(rows: &mut Rows, key: (i64, Vec<String>), states: Vec<MetricState>
     }
 }
 
-async fn batch_rows(
-    store: &dyn object_store::ObjectStore,
-    view: &ViewDef,
-    manifest: &Manifest,
-) -> Rows {
+async fn batch_rows(store: &Lake, view: &ViewDef, manifest: &Manifest) -> Rows {
     let mut rows = Rows::new();
     for file in &manifest.files {
-        let bytes = store
-            .get(&Path::from(file.path.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        for batch in parquet_io::decode(bytes).unwrap() {
+        for batch in store.read_parquet(&file.path, 8192).await.unwrap() {
+            let batch = batch.unwrap();
             let times = batch
                 .column(0)
                 .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
@@ -102,7 +88,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
     let broker = Broker::shared();
     let topic = rt.block_on(broker.create_topic(PARTITIONS)).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let store = open_store(lake.path().to_str().unwrap()).unwrap();
+    let store = Lake::open(lake.path().to_str().unwrap()).unwrap();
     let mut expected = Expected::new();
     rt.block_on(produce_mixed(
         broker,
@@ -123,7 +109,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             max_file_age: Duration::from_millis(200),
             events: config.events.clone(),
         },
-        Arc::clone(&store),
+        store.clone(),
     );
     let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
     let stop = Shutdown::default();
@@ -150,7 +136,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
         },
         config.events.clone(),
         config.views.clone(),
-        Arc::clone(&store),
+        store.clone(),
     )
     .unwrap();
     let runs = rt.block_on(batch.run(None, quiet())).unwrap();
@@ -186,7 +172,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             "both layers must hold part of the log: W = {:?}",
             manifest.boundary
         );
-        let mut merged = rt.block_on(batch_rows(store.as_ref(), view, manifest));
+        let mut merged = rt.block_on(batch_rows(&store, view, manifest));
         for row in speed.snapshot(&manifest.boundary).unwrap() {
             let key = (
                 row.bucket_ms,

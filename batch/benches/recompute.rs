@@ -13,11 +13,10 @@
 //! of the views there, which take `pageviews` apart (its scan, metrics and cardinality).
 //! Target (issue 3): >= 5M raw rows/s per core, peak memory reported.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::SliceTarget;
@@ -25,7 +24,7 @@ use tributary_batch::recompute::{BatchSettings, Outcome, RecomputeService};
 use tributary_schemas::config::Config;
 use tributary_schemas::event::raw_rows::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::event::{Event, Value};
-use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
+use tributary_schemas::lake::{self, Area, Lake, OffsetRange};
 use tributary_testkit::rng::Rng;
 
 const PARTITIONS: i32 = 3;
@@ -65,7 +64,7 @@ fn event(rng: &mut Rng, n: usize, total: usize, config: &Config) -> Event<'stati
     Event { time_ms, values }
 }
 
-async fn write_lake(store: &dyn ObjectStore, config: &Config, events: usize) {
+async fn write_lake(store: &Lake, config: &Config, events: usize) {
     let mut rng = Rng(7);
     let per_partition = events / PARTITIONS as usize;
     for partition in 0..PARTITIONS {
@@ -95,9 +94,7 @@ async fn write_lake(store: &dyn ObjectStore, config: &Config, events: usize) {
                 end: offset + rows as i64 - 1,
             };
             let bytes = parquet_io::encode(&batches).expect("encode");
-            let path = lake::partition_file(Area::Raw, "events", partition, range);
-            store
-                .put(&Path::from(path), PutPayload::from(bytes))
+            (store.put_partition_file(Area::Raw, "events", partition, range, bytes))
                 .await
                 .expect("put");
             offset += rows as i64;
@@ -169,10 +166,10 @@ fn main() {
         .clone()
         .unwrap_or_else(|| dir.path().to_str().expect("utf-8 path").to_owned());
     let reuse = kept.is_some_and(|d| std::path::Path::new(&d).join("raw").exists());
-    let store = open_store(&root).expect("lake");
+    let store = Lake::open(&root).expect("lake");
     if !reuse {
         let started = Instant::now();
-        runtime.block_on(write_lake(store.as_ref(), &config, events));
+        runtime.block_on(write_lake(&store, &config, events));
         println!(
             "wrote {events} raw events in {:.1}s (rss peak so far {} MiB)",
             started.elapsed().as_secs_f64(),
@@ -223,12 +220,16 @@ fn main() {
                 },
                 config.events.clone(),
                 vec![view.clone()],
-                Arc::clone(&store),
+                store.clone(),
             )
             .expect("batch");
             // Remove `_current` so the run is not "unchanged".
             runtime
-                .block_on(store.delete(&Path::from(lake::current_path(&view_name))))
+                .block_on(
+                    store
+                        .store()
+                        .delete(&Path::from(lake::current_path(&view_name))),
+                )
                 .ok();
             let cpu_before = cpu_seconds();
             let runs = runtime

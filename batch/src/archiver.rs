@@ -31,8 +31,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -47,9 +45,7 @@ use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_schemas::kafka::{
     TopicError, assign_at, positioned_consumer, topic_partitions, watermarks,
 };
-use tributary_schemas::lake::generations::{read_generations, write_generations};
-use tributary_schemas::lake::versions::VersionError;
-use tributary_schemas::lake::{self, Area};
+use tributary_schemas::lake::{self, Area, Lake, LakeError};
 use tributary_schemas::shutdown::{Shutdown, Stop};
 
 use partition::{PartitionBuffer, PendingFile};
@@ -72,10 +68,8 @@ pub enum ArchiverError {
         broker_end: i64,
         archived_end: i64,
     },
-    #[error("cannot read the lake's generations of the topic")]
-    Generations(#[from] VersionError),
     #[error("lake request failed")]
-    Store(#[from] object_store::Error),
+    Lake(#[from] LakeError),
     #[error("cannot build a raw or quarantine batch")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("cannot encode a raw or quarantine file as Parquet")]
@@ -127,18 +121,18 @@ impl ArchiverSettings {
 pub struct Archiver {
     settings: ArchiverSettings,
     decoder: Decoder,
-    store: Arc<dyn ObjectStore>,
+    lake: Lake,
     stats: Arc<ArchiverStats>,
     /// The generation being archived (set when `run` starts).
     generation: AtomicU32,
 }
 
 impl Archiver {
-    pub fn new(settings: ArchiverSettings, store: Arc<dyn ObjectStore>) -> Self {
+    pub fn new(settings: ArchiverSettings, lake: Lake) -> Self {
         Self {
             decoder: Decoder::new(settings.events.clone()),
             settings,
-            store,
+            lake,
             stats: Arc::default(),
             generation: AtomicU32::new(0),
         }
@@ -155,15 +149,14 @@ impl Archiver {
         let consumer: BaseConsumer =
             positioned_consumer(&self.settings.brokers, "archiver", topic).create()?;
         let partitions = topic_partitions(&consumer, topic)?;
-        let store = self.store.as_ref();
-        let mut generations = runtime.block_on(read_generations(store, topic))?;
+        let lake = &self.lake;
+        let mut generations = runtime.block_on(lake.generations(topic))?;
         let mut lake_topic = generations.current_topic(topic);
-        let mut resume =
-            runtime.block_on(resume::resume_points(store, &lake_topic, &partitions))?;
+        let mut resume = runtime.block_on(resume::resume_points(lake, &lake_topic, &partitions))?;
         if let Some(reason) = self.offsets_restarted(&consumer, generations.current, &resume)? {
             let next_offsets = resume.iter().map(|(p, r)| (*p, r.next_offset)).collect();
             generations.close_current(next_offsets, reason.clone());
-            runtime.block_on(write_generations(store, topic, &generations))?;
+            runtime.block_on(lake.write_generations(topic, &generations))?;
             tracing::warn!(
                 topic,
                 closed = generations.current - 1,
@@ -173,7 +166,7 @@ impl Archiver {
                  whole); archiving the new log as the next generation"
             );
             lake_topic = generations.current_topic(topic);
-            resume = runtime.block_on(resume::resume_points(store, &lake_topic, &partitions))?;
+            resume = runtime.block_on(resume::resume_points(lake, &lake_topic, &partitions))?;
         }
         self.generation.store(generations.current, Ordering::SeqCst);
 
@@ -184,7 +177,7 @@ impl Archiver {
                 tracing::error!(partition, %hole, "raw files are missing from the lake; those offsets are not archived");
             }
             let removed = runtime.block_on(resume::remove_orphan_quarantine(
-                store,
+                lake,
                 &lake_topic,
                 partition,
                 progress.next_offset,
@@ -364,36 +357,26 @@ impl Archiver {
     }
 
     /// Puts the quarantine file (if any), then the raw file: the raw put is the commit.
-    async fn write(
-        &self,
-        file: &PendingFile,
-        encoded: &EncodedFile,
-    ) -> Result<(), object_store::Error> {
+    async fn write(&self, file: &PendingFile, encoded: &EncodedFile) -> Result<(), LakeError> {
         let topic = &lake::generations::generation_topic(
             &self.settings.topic,
             self.generation.load(Ordering::SeqCst),
         );
+        let (partition, range) = (file.partition, file.range);
         if let Some(quarantine) = &encoded.quarantine {
-            let path = Path::from(lake::partition_file(
-                Area::Quarantine,
-                topic,
-                file.partition,
-                file.range,
-            ));
-            self.store
-                .put(&path, PutPayload::from(quarantine.clone()))
+            (self.lake)
+                .put_partition_file(
+                    Area::Quarantine,
+                    topic,
+                    partition,
+                    range,
+                    quarantine.clone(),
+                )
                 .await?;
         }
-        let path = Path::from(lake::partition_file(
-            Area::Raw,
-            topic,
-            file.partition,
-            file.range,
-        ));
-        self.store
-            .put(&path, PutPayload::from(encoded.raw.clone()))
-            .await?;
-        Ok(())
+        (self.lake)
+            .put_partition_file(Area::Raw, topic, partition, range, encoded.raw.clone())
+            .await
     }
 
     /// Sends the file's rejected messages to the DLQ with their reason in headers, and waits for

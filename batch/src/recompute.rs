@@ -44,19 +44,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::common::DataFusionError;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::errors::ParquetError;
 use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::event::EventSchema;
-use tributary_schemas::lake::Manifest;
-use tributary_schemas::lake::versions::{VersionError, read_current, read_manifest};
+use tributary_schemas::lake::{Lake, LakeError, Manifest};
 use tributary_schemas::shutdown::Shutdown;
 
 use job::{AbortOnDrop, ViewJob};
 use lock::{LockError, RunLock};
 use progress::ProgressSink;
-use publish::{release, versions_of, write_current};
+use publish::{release, versions_of};
 use slices::SliceTarget;
 
 /// How the batch layer runs.
@@ -137,7 +134,7 @@ pub enum BatchError {
     #[error("cannot access the lake")]
     Store(#[from] object_store::Error),
     #[error(transparent)]
-    Version(#[from] VersionError),
+    Lake(#[from] LakeError),
     #[error("the recompute query failed")]
     Query(#[from] DataFusionError),
     #[error(
@@ -240,7 +237,7 @@ pub struct RecomputeService {
     settings: BatchSettings,
     events: EventSchema,
     views: Vec<ViewDef>,
-    store: Arc<dyn ObjectStore>,
+    lake: Lake,
     runtime: Option<tokio::runtime::Runtime>,
     running: tokio::sync::Mutex<()>,
     shutdown: Shutdown,
@@ -260,7 +257,7 @@ impl RecomputeService {
         settings: BatchSettings,
         events: EventSchema,
         views: Vec<ViewDef>,
-        store: Arc<dyn ObjectStore>,
+        lake: Lake,
     ) -> Result<Self, BatchError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.threads.max(1))
@@ -272,7 +269,7 @@ impl RecomputeService {
             settings,
             events,
             views,
-            store,
+            lake,
             runtime: Some(runtime),
             running: tokio::sync::Mutex::new(()),
             shutdown: Shutdown::default(),
@@ -339,7 +336,8 @@ impl RecomputeService {
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
         self.refuse_if_cancelled()?;
-        let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
+        let lock =
+            RunLock::acquire(Arc::clone(self.lake.store()), self.settings.lock_lease).await?;
         let runtime = self
             .runtime
             .as_ref()
@@ -352,7 +350,7 @@ impl RecomputeService {
                 settings: self.settings.clone(),
                 events: self.events.clone(),
                 view,
-                store: Arc::clone(&self.store),
+                lake: self.lake.clone(),
                 progress: Arc::clone(&progress),
             };
             // Dropping the job's task (aborting it) drops its plans and slice tasks with it.
@@ -385,11 +383,10 @@ impl RecomputeService {
     pub async fn list(&self) -> Result<Vec<ViewVersions>, BatchError> {
         let mut out = Vec::new();
         for view in &self.views {
-            let store = self.store.as_ref();
-            let (versions, incomplete) = versions_of(store, &view.name).await?;
+            let (versions, incomplete) = versions_of(&self.lake, &view.name).await?;
             out.push(ViewVersions {
                 view: view.name.clone(),
-                current: read_current(store, &view.name).await?,
+                current: self.lake.current(&view.name).await?,
                 versions,
                 incomplete,
             });
@@ -406,16 +403,17 @@ impl RecomputeService {
             .try_lock()
             .map_err(|_| BatchError::AlreadyRunning)?;
         self.refuse_if_cancelled()?;
-        let lock = RunLock::acquire(Arc::clone(&self.store), self.settings.lock_lease).await?;
+        let lock =
+            RunLock::acquire(Arc::clone(self.lake.store()), self.settings.lock_lease).await?;
         let result = self.rollback_locked(definition, version).await;
         release(lock).await;
         result
     }
 
     async fn rollback_locked(&self, view: &ViewDef, version: u64) -> Result<Manifest, BatchError> {
-        let store = self.store.as_ref();
-        let Some(manifest) = read_manifest(store, &view.name, version).await? else {
-            let (complete, _) = versions_of(store, &view.name).await?;
+        let lake = &self.lake;
+        let Some(manifest) = lake.manifest(&view.name, version).await? else {
+            let (complete, _) = versions_of(lake, &view.name).await?;
             let available: Vec<String> = complete.iter().map(|m| m.version.to_string()).collect();
             return Err(BatchError::UnknownVersion {
                 view: view.name.clone(),
@@ -437,9 +435,7 @@ impl RecomputeService {
             });
         }
         for file in &manifest.files {
-            if let Err(object_store::Error::NotFound { .. }) =
-                store.head(&Path::from(file.path.as_str())).await
-            {
+            if !lake.exists(&file.path).await? {
                 return Err(BatchError::MissingFile {
                     view: view.name.clone(),
                     version,
@@ -447,7 +443,7 @@ impl RecomputeService {
                 });
             }
         }
-        write_current(store, &view.name, version).await?;
+        lake.write_current(&view.name, version).await?;
         tracing::info!(view = view.name, version, "rolled back");
         Ok(manifest)
     }

@@ -2,17 +2,16 @@
 //! the master dataset exactly once and every malformed one in quarantine, across crashes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Runtime;
 use tributary_batch::archiver::audit::audit;
 use tributary_batch::archiver::{Archiver, ArchiverError, ArchiverSettings};
 use tributary_schemas::config::Config;
-use tributary_schemas::lake::{self, Area, OffsetRange, open_store};
+use tributary_schemas::lake::{self, Area, Lake, OffsetRange};
 use tributary_schemas::shutdown::Shutdown;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::{Expected, produce_mixed};
@@ -24,7 +23,7 @@ struct Fixture {
     runtime: Runtime,
     broker: &'static Broker,
     topic: String,
-    store: Arc<dyn ObjectStore>,
+    store: Lake,
     _lake_dir: tempfile::TempDir,
 }
 
@@ -37,7 +36,7 @@ fn fixture() -> Fixture {
     let broker = Broker::shared();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
     let lake_dir = tempfile::tempdir().unwrap();
-    let store = open_store(lake_dir.path().to_str().unwrap()).unwrap();
+    let store = Lake::open(lake_dir.path().to_str().unwrap()).unwrap();
     Fixture {
         runtime,
         broker,
@@ -102,7 +101,7 @@ fn run_archiver(
     })
 }
 
-async fn assert_exactly_once(store: &dyn ObjectStore, topic: &str, expected: &Expected) {
+async fn assert_exactly_once(store: &Lake, topic: &str, expected: &Expected) {
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
     let problems = audit(store, topic, &partitions)
         .await
@@ -157,7 +156,7 @@ fn archives_every_event_exactly_once_across_crashes() {
     assert!(truth.len() >= 100_000);
     let malformed = truth.values().filter(|e| e.is_some()).count();
     assert!(malformed > 500, "about 1% malformed: {malformed}");
-    runtime.block_on(assert_exactly_once(store.as_ref(), &topic, &truth));
+    runtime.block_on(assert_exactly_once(&store, &topic, &truth));
 }
 
 #[test]
@@ -181,6 +180,7 @@ fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
         let range = OffsetRange { start: 0, end: 499 };
         let path = Path::from(lake::partition_file(Area::Quarantine, &topic, 0, range));
         store
+            .store()
             .put(&path, PutPayload::from_static(b"partial run"))
             .await
             .unwrap();
@@ -189,10 +189,10 @@ fn a_quarantine_file_left_by_an_interrupted_write_is_not_duplicated() {
     let archiver = Archiver::new(settings, store.clone());
     run_archiver(&runtime, &archiver, None, &target).unwrap();
     assert!(
-        runtime.block_on(store.head(&orphan)).is_err(),
+        runtime.block_on(store.store().head(&orphan)).is_err(),
         "the orphan quarantine file must be removed"
     );
-    runtime.block_on(assert_exactly_once(store.as_ref(), &topic, &truth));
+    runtime.block_on(assert_exactly_once(&store, &topic, &truth));
     assert_eq!(
         archiver
             .stats()
@@ -215,7 +215,11 @@ fn a_topic_whose_offsets_restarted_is_archived_as_a_new_generation() {
     let range = OffsetRange { start: 0, end: 999 };
     let old = Path::from(lake::partition_file(Area::Raw, &topic, 1, range));
     runtime
-        .block_on(store.put(&old, PutPayload::from_static(b"earlier generation")))
+        .block_on(
+            store
+                .store()
+                .put(&old, PutPayload::from_static(b"earlier generation")),
+        )
         .unwrap();
     let mut expected = Expected::new();
     runtime.block_on(produce_mixed(
@@ -229,14 +233,12 @@ fn a_topic_whose_offsets_restarted_is_archived_as_a_new_generation() {
 
     let archiver = Archiver::new(
         settings(broker, &topic, 100, Duration::from_millis(50)),
-        Arc::clone(&store),
+        store.clone(),
     );
     let target = broker.high_watermarks(&topic, PARTITIONS).unwrap();
     run_archiver(&runtime, &archiver, None, &target).unwrap();
 
-    let generations = runtime
-        .block_on(lake::generations::read_generations(store.as_ref(), &topic))
-        .unwrap();
+    let generations = runtime.block_on(store.generations(&topic)).unwrap();
     assert_eq!(generations.current, 1);
     let closed = &generations.closed[0];
     assert_eq!(closed.generation, 0);
@@ -246,13 +248,13 @@ fn a_topic_whose_offsets_restarted_is_archived_as_a_new_generation() {
         "partition 1 ends at offset 100 but generation 0 holds offsets up to 999"
     );
     // The old file is untouched, the new log is archived exactly once under `<topic>@1`.
-    let kept = runtime.block_on(store.get(&old)).unwrap();
+    let kept = runtime.block_on(store.store().get(&old)).unwrap();
     assert_eq!(
         &runtime.block_on(kept.bytes()).unwrap()[..],
         b"earlier generation"
     );
     runtime.block_on(assert_exactly_once(
-        store.as_ref(),
+        &store,
         &format!("{topic}@1"),
         &expected,
     ));
@@ -260,12 +262,10 @@ fn a_topic_whose_offsets_restarted_is_archived_as_a_new_generation() {
     // A restart stays in generation 1.
     let again = Archiver::new(
         settings(broker, &topic, 100, Duration::from_millis(50)),
-        Arc::clone(&store),
+        store.clone(),
     );
     run_archiver(&runtime, &again, None, &target).unwrap();
-    let generations = runtime
-        .block_on(lake::generations::read_generations(store.as_ref(), &topic))
-        .unwrap();
+    let generations = runtime.block_on(store.generations(&topic)).unwrap();
     assert_eq!(generations.current, 1);
 }
 

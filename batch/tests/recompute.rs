@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::Array;
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::runtime::Runtime;
 use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_batch::parquet_io;
@@ -22,8 +22,7 @@ use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::raw_rows::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::event::{Event, Value};
-use tributary_schemas::lake::versions::read_current;
-use tributary_schemas::lake::{self, Area, Manifest, OffsetRange, open_store};
+use tributary_schemas::lake::{self, Area, Lake, Manifest, OffsetRange};
 use tributary_schemas::seam::aligned_boundary;
 use tributary_schemas::shutdown::Shutdown;
 use tributary_testkit::Broker;
@@ -122,21 +121,15 @@ fn random_stream(seed: u64, partitions: i32, per_partition: usize, config: &Conf
 }
 
 /// A lake in a fresh temporary directory, removed when the directory is dropped.
-fn empty_lake() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+fn empty_lake() -> (tempfile::TempDir, Lake) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path().to_str().unwrap()).unwrap();
+    let store = Lake::open(dir.path().to_str().unwrap()).unwrap();
     (dir, store)
 }
 
 /// Writes the stream as raw files that tile each partition's offsets, `file_rows` events per file
 /// (the last file of a partition ends at `last_offset`).
-async fn write_raw(
-    store: &dyn ObjectStore,
-    topic: &str,
-    config: &Config,
-    stream: &Stream,
-    file_rows: usize,
-) {
+async fn write_raw(store: &Lake, topic: &str, config: &Config, stream: &Stream, file_rows: usize) {
     for (&partition, events) in stream {
         let mut start = 0;
         for chunk in events.chunks(file_rows) {
@@ -153,10 +146,8 @@ async fn write_raw(
             }
             let end = chunk.last().unwrap().0;
             let bytes = parquet_io::encode(&[builder.finish().unwrap()]).unwrap();
-            let path =
-                lake::partition_file(Area::Raw, topic, partition, OffsetRange { start, end });
-            store
-                .put(&Path::from(path), PutPayload::from(bytes))
+            let range = OffsetRange { start, end };
+            (store.put_partition_file(Area::Raw, topic, partition, range, bytes))
                 .await
                 .unwrap();
             start = end + 1;
@@ -220,7 +211,7 @@ fn everything(stream: &Stream) -> lake::Boundary {
 
 /// Reads a version back: per key, the states in its rows; asserts parts are sorted by time.
 async fn read_version(
-    store: &dyn ObjectStore,
+    store: &Lake,
     view: &ViewDef,
     manifest: &Manifest,
 ) -> BTreeMap<String, Vec<MetricState>> {
@@ -228,14 +219,8 @@ async fn read_version(
     let mut last_time = i64::MIN;
     let mut total = 0;
     for file in &manifest.files {
-        let bytes = store
-            .get(&Path::from(file.path.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        for batch in parquet_io::decode(bytes).unwrap() {
+        for batch in store.read_parquet(&file.path, 8192).await.unwrap() {
+            let batch = batch.unwrap();
             assert_eq!(
                 batch.schema(),
                 view.state_schema(),
@@ -381,18 +366,12 @@ fn recomputed_states_equal_the_algebra_over_the_events_below_the_boundary() {
         let per_partition = if file_rows == 1 { 300 } else { 4000 };
         let (_lake_dir, store) = empty_lake();
         let stream = random_stream(seed, 3, per_partition, &config);
-        rt.block_on(write_raw(
-            store.as_ref(),
-            "events",
-            &config,
-            &stream,
-            file_rows,
-        ));
+        rt.block_on(write_raw(&store, "events", &config, &stream, file_rows));
         let batch = RecomputeService::new(
             settings("events", epoch_size, 5),
             config.events.clone(),
             config.views.clone(),
-            Arc::clone(&store),
+            store.clone(),
         )
         .unwrap();
         let runs = rt.block_on(batch.run(None, quiet())).unwrap();
@@ -408,7 +387,7 @@ fn recomputed_states_equal_the_algebra_over_the_events_below_the_boundary() {
             let manifest = published(run);
             assert_eq!(manifest.boundary, boundary, "seed {seed}");
             assert_eq!(manifest.definition_hash, view.definition_hash());
-            let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+            let got = rt.block_on(read_version(&store, view, manifest));
             assert_same_states(view, &got, &truth(view, &stream, &boundary));
             assert!(run.rows_read > 0 && run.peak_memory_bytes > 0, "{run:?}");
         }
@@ -470,15 +449,15 @@ fn time_slices_aggregate_exactly_and_bound_memory() {
             sliced,
             config.events.clone(),
             config.views.clone(),
-            Arc::clone(&store),
+            store.clone(),
         )
         .unwrap();
         for (round, input) in [&half, &stream].into_iter().enumerate() {
-            rt.block_on(write_raw(store.as_ref(), "events", &config, input, 250));
+            rt.block_on(write_raw(&store, "events", &config, input, 250));
             let runs = rt.block_on(batch.run(None, quiet())).unwrap();
             for (run, view) in runs.iter().zip(&config.views) {
                 let manifest = published(run);
-                let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+                let got = rt.block_on(read_version(&store, view, manifest));
                 assert_same_states(view, &got, &truth(view, &stream, &manifest.boundary));
                 // `pageviews` (minute buckets, a group for ~4 rows) in ~10 slices of 3000 rows
                 // or 800 groups. `traffic` (hours, ~100 groups): on the first run, the first
@@ -515,7 +494,7 @@ fn versions_are_kept_rolled_back_and_collected() {
         settings("events", 100, 2),
         config.events.clone(),
         vec![view.clone()],
-        Arc::clone(&store),
+        store.clone(),
     )
     .unwrap();
     // Each round archives more of the same partitions: a longer prefix of one stream.
@@ -526,7 +505,7 @@ fn versions_are_kept_rolled_back_and_collected() {
             .iter()
             .map(|(&p, events)| (p, events[..300 * round as usize].to_vec()))
             .collect();
-        rt.block_on(write_raw(store.as_ref(), "events", &config, &prefix, 300));
+        rt.block_on(write_raw(&store, "events", &config, &prefix, 300));
         let runs = rt.block_on(batch.run(Some("traffic"), quiet())).unwrap();
         assert_eq!(published(&runs[0]).version, round);
         streams.push(prefix);
@@ -537,12 +516,8 @@ fn versions_are_kept_rolled_back_and_collected() {
     assert_eq!(kept, [3, 4], "keep_versions = 2");
 
     let manifest = rt.block_on(batch.rollback("traffic", 3)).unwrap();
-    assert_eq!(
-        rt.block_on(read_current(store.as_ref(), "traffic"))
-            .unwrap(),
-        Some(3)
-    );
-    let got = rt.block_on(read_version(store.as_ref(), &view, &manifest));
+    assert_eq!(rt.block_on(store.current("traffic")).unwrap(), Some(3));
+    let got = rt.block_on(read_version(&store, &view, &manifest));
     assert_same_states(&view, &got, &truth(&view, &streams[2], &manifest.boundary));
 
     let error = rt.block_on(batch.rollback("traffic", 1)).unwrap_err();
@@ -563,7 +538,7 @@ fn versions_are_kept_rolled_back_and_collected() {
         settings("events", 100, 2),
         config.events.clone(),
         vec![changed],
-        Arc::clone(&store),
+        store,
     )
     .unwrap();
     let error = rt.block_on(other.rollback("traffic", 4)).unwrap_err();
@@ -584,7 +559,7 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     let rt = runtime();
     let (_lake_dir, store) = empty_lake();
     let stream = random_stream(11, 3, 40_000, &config);
-    rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
+    rt.block_on(write_raw(&store, "events", &config, &stream, 5000));
     let mut slow = settings("events", 100, 2);
     // A lease far longer than the test: only a release frees the lake in time.
     slow.lock_lease = Duration::from_secs(3600);
@@ -593,11 +568,11 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
             slow.clone(),
             config.events.clone(),
             config.views.clone(),
-            Arc::clone(&store),
+            store.clone(),
         )
         .unwrap(),
     );
-    let lock = Path::from(tributary_batch::recompute::lock::LOCK_PATH);
+    let lock = Path::from(lake::LOCK_PATH);
     let running = {
         let batch = Arc::clone(&batch);
         let handle = rt.handle().clone();
@@ -605,7 +580,7 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     };
     // Cancel once the run holds the lake.
     let started = std::time::Instant::now();
-    while rt.block_on(store.head(&lock)).is_err() {
+    while rt.block_on(store.store().head(&lock)).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the run never took the lock"
@@ -616,13 +591,13 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     let error = running.join().unwrap().unwrap_err();
     assert!(matches!(error, BatchError::Cancelled), "{error}");
     assert!(
-        rt.block_on(store.head(&lock)).is_err(),
+        rt.block_on(store.store().head(&lock)).is_err(),
         "the lock is still held"
     );
     for view in &config.views {
         let current = Path::from(lake::current_path(&view.name));
         assert!(
-            rt.block_on(store.head(&current)).is_err(),
+            rt.block_on(store.store().head(&current)).is_err(),
             "{} was published",
             view.name
         );
@@ -630,17 +605,12 @@ fn a_cancelled_run_stops_releases_the_lake_and_publishes_nothing() {
     let again = rt.block_on(batch.run(None, quiet())).unwrap_err();
     assert!(matches!(again, BatchError::Cancelled), "{again}");
 
-    let next = RecomputeService::new(
-        slow,
-        config.events,
-        config.views.clone(),
-        Arc::clone(&store),
-    )
-    .unwrap();
+    let next =
+        RecomputeService::new(slow, config.events, config.views.clone(), store.clone()).unwrap();
     let runs = rt.block_on(next.run(None, quiet())).unwrap();
     for (run, view) in runs.iter().zip(&config.views) {
         let manifest = published(run);
-        let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+        let got = rt.block_on(read_version(&store, view, manifest));
         assert_same_states(view, &got, &truth(view, &stream, &manifest.boundary));
     }
     let listed = rt.block_on(next.list()).unwrap();
@@ -656,12 +626,12 @@ fn a_second_run_is_refused_while_one_holds_the_lake() {
         settings("events", 100, 2),
         config.events,
         config.views,
-        Arc::clone(&store),
+        store.clone(),
     )
     .unwrap();
     let held = rt
         .block_on(tributary_batch::recompute::lock::RunLock::acquire(
-            Arc::clone(&store),
+            store.store().clone(),
             Duration::from_secs(30),
         ))
         .unwrap();
@@ -706,7 +676,7 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
             max_file_age: Duration::from_millis(300),
             events: config.events.clone(),
         },
-        Arc::clone(&store),
+        store.clone(),
     );
     let target: BTreeMap<i32, i64> = (0..PARTITIONS)
         .map(|p| {
@@ -757,7 +727,7 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
         settings(&topic, epoch_size, 3),
         config.events.clone(),
         config.views.clone(),
-        Arc::clone(&store),
+        store.clone(),
     )
     .unwrap();
     let runs = rt.block_on(batch.run(None, quiet())).unwrap();
@@ -770,7 +740,7 @@ fn archived_events_from_a_real_broker_recompute_exactly() {
     for (run, view) in runs.iter().zip(&config.views) {
         let manifest = published(run);
         assert_eq!(manifest.boundary, boundary);
-        let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+        let got = rt.block_on(read_version(&store, view, manifest));
         let want = truth(view, &stream, &boundary);
         assert!(!want.is_empty());
         assert_same_states(view, &got, &want);
@@ -789,7 +759,7 @@ fn a_small_memory_pool_spills_and_stays_exact() {
     let view = config.view("pageviews").unwrap().clone();
     for threads in [1, 2] {
         let (_lake_dir, store) = empty_lake();
-        rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
+        rt.block_on(write_raw(&store, "events", &config, &stream, 5000));
         let mut small = settings("events", 1000, 2);
         small.threads = threads;
         small.memory_limit_bytes = 20 << 20;
@@ -798,7 +768,7 @@ fn a_small_memory_pool_spills_and_stays_exact() {
             small,
             config.events.clone(),
             vec![view.clone()],
-            Arc::clone(&store),
+            store.clone(),
         )
         .unwrap();
         let runs = rt.block_on(batch.run(None, quiet())).unwrap();
@@ -809,7 +779,7 @@ fn a_small_memory_pool_spills_and_stays_exact() {
             "the pool must be small enough to spill on {threads} threads: {:?}",
             runs[0]
         );
-        let got = rt.block_on(read_version(store.as_ref(), &view, manifest));
+        let got = rt.block_on(read_version(&store, &view, manifest));
         assert_same_states(&view, &got, &truth(&view, &stream, &manifest.boundary));
     }
 }
@@ -834,7 +804,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
                 max_file_age: Duration::from_millis(200),
                 events: config.events.clone(),
             },
-            Arc::clone(&store),
+            store.clone(),
         );
         let target: BTreeMap<i32, i64> = (0..PARTITIONS)
             .map(|p| {
@@ -916,9 +886,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
     ));
     archive(&second, &expected_second);
 
-    let generations = rt
-        .block_on(lake::generations::read_generations(store.as_ref(), topic))
-        .unwrap();
+    let generations = rt.block_on(store.generations(topic)).unwrap();
     assert_eq!(generations.current, 1);
     assert_eq!(
         generations.closed[0].next_offsets,
@@ -935,7 +903,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
         settings(topic, epoch_size, 3),
         config.events.clone(),
         config.views.clone(),
-        Arc::clone(&store),
+        store.clone(),
     )
     .unwrap();
     let runs = rt.block_on(batch.run(None, quiet())).unwrap();
@@ -953,7 +921,7 @@ fn a_restarted_broker_starts_a_new_generation_and_views_count_both() {
             manifest.boundary,
             lake::Boundary([(0, 500), (1, 500)].into())
         );
-        let got = rt.block_on(read_version(store.as_ref(), view, manifest));
+        let got = rt.block_on(read_version(&store, view, manifest));
         let want = truth_of(
             view,
             &[(&old, &everything(&old)), (&new, &manifest.boundary)],
@@ -994,14 +962,14 @@ fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
     let rt = runtime();
     let (_lake_dir, store) = empty_lake();
     let stream = random_stream(11, 3, 4000, &config);
-    rt.block_on(write_raw(store.as_ref(), "events", &config, &stream, 5000));
+    rt.block_on(write_raw(&store, "events", &config, &stream, 5000));
     let mut tiny = settings("events", 1, 2);
     tiny.memory_limit_bytes = 1 << 20;
     let batch = RecomputeService::new(
         tiny,
         config.events.clone(),
         config.views.clone(),
-        Arc::clone(&store),
+        store.clone(),
     )
     .unwrap();
     let error = rt.block_on(batch.run(None, quiet())).unwrap_err();
@@ -1014,11 +982,7 @@ fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
         "{error}"
     );
     for view in &config.views {
-        assert_eq!(
-            rt.block_on(read_current(store.as_ref(), &view.name))
-                .unwrap(),
-            None
-        );
+        assert_eq!(rt.block_on(store.current(&view.name)).unwrap(), None);
     }
     drop(batch);
 
@@ -1026,7 +990,7 @@ fn a_pool_too_small_for_a_view_fails_naming_the_setting_to_raise() {
         settings("events", 1, 2),
         config.events.clone(),
         config.views.clone(),
-        Arc::clone(&store),
+        store,
     )
     .unwrap();
     let runs = rt.block_on(batch.run(None, quiet())).unwrap();

@@ -7,19 +7,24 @@
 //! views/<view>/<version>/part-<n>.parquet              one immutable batch view version
 //! views/<view>/<version>/manifest.json                 what the version covers
 //! views/<view>/_current                                the live version, replaced atomically
+//! views/_lock                                          the recompute's run lock (a lease)
 //! ```
 //!
 //! Offsets and versions are zero-padded to 20 digits so that a lexicographic listing (what object
-//! stores return) is also the numeric order. Paths are relative to the lake root; the layers join
-//! them onto an object_store location.
+//! stores return) is also the numeric order. Paths are relative to the lake root. This file builds
+//! and parses them; every read and write of them is a method of [`Lake`] (in the submodule of the
+//! object it concerns), so no other file formats a lake path.
 
 pub mod generations;
 mod manifest;
+mod parquet;
+mod raw;
 mod store;
-pub mod versions;
+mod versions;
 
 pub use manifest::{Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile};
-pub use store::{StoreError, open_store};
+pub use parquet::ParquetRows;
+pub use store::{Lake, LakeError, StoreError};
 
 use std::fmt;
 
@@ -81,7 +86,7 @@ pub enum Area {
 }
 
 impl Area {
-    fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             Area::Raw => "raw",
             Area::Quarantine => "quarantine",
@@ -111,6 +116,9 @@ pub fn parse_partition_segment(segment: &str) -> Option<i32> {
         .ok()
         .filter(|p| *p >= 0)
 }
+
+/// The batch layer's run lock: one recompute, rollback or collection at a time per lake.
+pub const LOCK_PATH: &str = "views/_lock";
 
 pub fn view_dir(view: &str) -> String {
     format!("views/{view}")

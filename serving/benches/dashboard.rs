@@ -21,8 +21,6 @@ use axum::http::Request;
 use bytes::Bytes;
 use chrono::Utc;
 use http_body_util::BodyExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tower::ServiceExt;
 use tributary_batch::parquet_io::encode_view;
 use tributary_schemas::aggregate::MetricState;
@@ -30,10 +28,7 @@ use tributary_schemas::aggregate::arrow::StateColumnBuilder;
 use tributary_schemas::config::Config;
 use tributary_schemas::event::Value;
 use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder};
-use tributary_schemas::lake::{
-    Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile, current_path, manifest_path,
-    open_store, version_part,
-};
+use tributary_schemas::lake::{Boundary, Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
 use tributary_serving::api::{App, router};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
@@ -93,7 +88,7 @@ fn minute_batch(config: &Config, minute: i64, rng: &mut Rng) -> RecordBatch {
 }
 
 /// Publishes version 1 of `pageviews` (one day) to the lake, as a recompute would.
-async fn publish(config: &Config, store: &dyn ObjectStore) -> u64 {
+async fn publish(config: &Config, store: &Lake) -> u64 {
     let view = config.view("pageviews").unwrap();
     let mut rng = Rng(7);
     let mut files = Vec::new();
@@ -103,18 +98,18 @@ async fn publish(config: &Config, store: &dyn ObjectStore) -> u64 {
         part.push(minute_batch(config, minute, &mut rng));
         if part.len() == 120 || minute == 1439 {
             let bytes = encode_view(&part, 128 * 1024, &["page", "country"]).unwrap();
-            let path = version_part("pageviews", 1, files.len());
-            let part_rows: usize = part.iter().map(RecordBatch::num_rows).sum();
-            files.push(ManifestFile {
-                path: path.clone(),
-                rows: part_rows as u64,
-                bytes: bytes.len() as u64,
-            });
-            rows += part_rows as u64;
-            store
-                .put(&Path::from(path), PutPayload::from(bytes))
+            let size = bytes.len() as u64;
+            let path = store
+                .put_part("pageviews", 1, files.len(), bytes)
                 .await
                 .unwrap();
+            let part_rows: usize = part.iter().map(RecordBatch::num_rows).sum();
+            files.push(ManifestFile {
+                path,
+                rows: part_rows as u64,
+                bytes: size,
+            });
+            rows += part_rows as u64;
             part.clear();
         }
     }
@@ -131,22 +126,8 @@ async fn publish(config: &Config, store: &dyn ObjectStore) -> u64 {
         closed_generations: Vec::new(),
         boundary: Boundary([(0, BOUNDARY)].into()),
     };
-    let manifest_bytes = manifest.to_json();
-    store
-        .put(
-            &Path::from(manifest_path("pageviews", 1)),
-            PutPayload::from(manifest_bytes),
-        )
-        .await
-        .unwrap();
-    let pointer = serde_json::to_vec(&CurrentPointer { version: 1 }).unwrap();
-    store
-        .put(
-            &Path::from(current_path("pageviews")),
-            PutPayload::from(pointer),
-        )
-        .await
-        .unwrap();
+    store.write_manifest(&manifest).await.unwrap();
+    store.write_current("pageviews", 1).await.unwrap();
     rows
 }
 
@@ -205,9 +186,9 @@ fn main() {
         .unwrap();
     let config = Config::from_sources(None, []).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let store = open_store(lake.path().to_str().unwrap()).unwrap();
+    let store = Lake::open(lake.path().to_str().unwrap()).unwrap();
     let started = Instant::now();
-    let rows = runtime.block_on(publish(&config, store.as_ref()));
+    let rows = runtime.block_on(publish(&config, &store));
     println!(
         "published {rows} state rows in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -216,12 +197,7 @@ fn main() {
     let budget = 4096 << 20;
     let started = Instant::now();
     let versions = runtime
-        .block_on(Live::load_versions(
-            store.as_ref(),
-            "events",
-            &config.views,
-            budget,
-        ))
+        .block_on(Live::load_versions(&store, "events", &config.views, budget))
         .unwrap();
     let in_memory = versions[0].as_ref().unwrap().in_memory();
     println!(
@@ -229,7 +205,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     let live = Live::new(
-        Arc::clone(&store),
+        store,
         "events".to_owned(),
         config.views.clone(),
         budget,

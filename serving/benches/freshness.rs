@@ -49,7 +49,7 @@ fn main() {
     config.kafka.brokers = broker.bootstrap_servers();
     config.kafka.topic.clone_from(&topic);
     let lake = tempfile::tempdir().unwrap();
-    let store = tributary_schemas::lake::open_store(lake.path().to_str().unwrap()).unwrap();
+    let store = tributary_schemas::lake::Lake::open(lake.path().to_str().unwrap()).unwrap();
     let aggregator = Aggregator::new(&config.events, &config.views, 100_000).unwrap();
     let settings = SpeedSettings::from_config(&config);
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));

@@ -22,32 +22,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use arrow::array::RecordBatch;
-use bytes::Bytes;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tributary_schemas::config::ViewDef;
-use tributary_schemas::lake::generations::read_generations;
-use tributary_schemas::lake::versions::{VersionError, read_current, read_manifest};
-use tributary_schemas::lake::{Boundary, Manifest};
+use tributary_schemas::lake::{Boundary, Lake, LakeError, Manifest};
 use tributary_schemas::layers::speed::{PartitionHealth, SpeedSnapshot, SpeedView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
     #[error("cannot read the live versions")]
-    Versions(#[from] VersionError),
-    #[error("cannot read {path}")]
-    Store {
-        path: String,
-        #[source]
-        source: object_store::Error,
-    },
-    #[error("cannot decode {path}")]
-    Parquet {
-        path: String,
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
+    Lake(#[from] LakeError),
     #[error("cannot build the speed snapshot")]
     Snapshot(#[from] arrow::error::ArrowError),
 }
@@ -133,7 +115,7 @@ impl Pinned {
 /// The live versions of every view, kept in step with the speed layer.
 #[derive(Debug)]
 pub struct Live {
-    store: Arc<dyn ObjectStore>,
+    lake: Lake,
     topic: String,
     views: Vec<ViewDef>,
     budget_bytes: usize,
@@ -145,16 +127,16 @@ impl Live {
     /// Loads every view's live version. Call before the speed layer starts:
     /// [`Self::speed_start`] says where it must begin.
     pub async fn load_versions(
-        store: &dyn ObjectStore,
+        lake: &Lake,
         topic: &str,
         views: &[ViewDef],
         budget_bytes: usize,
     ) -> Result<Vec<Option<Arc<BatchVersion>>>, LiveError> {
-        let generation = read_generations(store, topic).await?.current;
+        let generation = lake.generations(topic).await?.current;
         let mut versions = Vec::with_capacity(views.len());
         for view in views {
-            let version = match read_current(store, &view.name).await? {
-                Some(number) => load(store, view, number, generation, budget_bytes).await?,
+            let version = match lake.current(&view.name).await? {
+                Some(number) => load(lake, view, number, generation, budget_bytes).await?,
                 None => None,
             };
             versions.push(version.map(Arc::new));
@@ -179,7 +161,7 @@ impl Live {
     }
 
     pub fn new(
-        store: Arc<dyn ObjectStore>,
+        lake: Lake,
         topic: String,
         views: Vec<ViewDef>,
         budget_bytes: usize,
@@ -187,7 +169,7 @@ impl Live {
         speed: Arc<dyn SpeedView>,
     ) -> Self {
         Self {
-            store,
+            lake,
             topic,
             views,
             budget_bytes,
@@ -204,8 +186,8 @@ impl Live {
         &self.speed
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+    pub fn lake(&self) -> &Lake {
+        &self.lake
     }
 
     /// The live version of every view (for status pages; queries use [`Self::pin`]).
@@ -241,13 +223,13 @@ impl Live {
     /// Checks every view's `_current` and makes newly published versions live. Returns the views
     /// whose version changed.
     pub async fn refresh(&self) -> Result<Vec<String>, LiveError> {
-        let store = self.store.as_ref();
-        let generation = read_generations(store, &self.topic).await?.current;
+        let lake = &self.lake;
+        let generation = lake.generations(&self.topic).await?.current;
         let current = self.versions();
         let mut loaded = Vec::new();
         for (index, view) in self.views.iter().enumerate() {
             let live = current[index].as_ref();
-            let number = read_current(store, &view.name).await?;
+            let number = lake.current(&view.name).await?;
             let unchanged = match (live, number) {
                 (Some(live), Some(number)) => {
                     live.manifest.version == number
@@ -260,7 +242,7 @@ impl Live {
                 continue;
             }
             let version = match number {
-                Some(number) => load(store, view, number, generation, self.budget_bytes).await?,
+                Some(number) => load(lake, view, number, generation, self.budget_bytes).await?,
                 None => None,
             };
             loaded.push((index, version.map(Arc::new)));
@@ -320,13 +302,13 @@ fn lowest(a: &Boundary, b: &Boundary) -> Boundary {
 /// Loads version `number` of `view`, or `None` when it cannot be served: no manifest (being
 /// written or collected) or built under another definition (the next recompute replaces it).
 async fn load(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     view: &ViewDef,
     number: u64,
     generation: u32,
     budget_bytes: usize,
 ) -> Result<Option<BatchVersion>, LiveError> {
-    let Some(manifest) = read_manifest(store, &view.name, number).await? else {
+    let Some(manifest) = lake.manifest(&view.name, number).await? else {
         tracing::warn!(
             view = view.name,
             version = number,
@@ -356,7 +338,7 @@ async fn load(
     let files: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
     let stored: u64 = manifest.files.iter().map(|f| f.bytes).sum();
     let data = match (stored as usize) <= budget_bytes {
-        true => read_parts(store, view, &files, budget_bytes).await?,
+        true => read_parts(lake, view, &files, budget_bytes).await?,
         false => None,
     };
     Ok(Some(BatchVersion {
@@ -369,7 +351,7 @@ async fn load(
 
 /// Decodes the parts, or `None` once they pass `budget_bytes` in memory.
 async fn read_parts(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     view: &ViewDef,
     files: &[String],
     budget_bytes: usize,
@@ -377,29 +359,8 @@ async fn read_parts(
     let schema = view.state_schema();
     let (mut batches, mut bytes) = (Vec::new(), 0usize);
     for file in files {
-        let store_error = |source| LiveError::Store {
-            path: file.clone(),
-            source,
-        };
-        let parquet_error = |source| LiveError::Parquet {
-            path: file.clone(),
-            source,
-        };
-        let data: Bytes = store
-            .get(&Path::from(file.as_str()))
-            .await
-            .map_err(store_error)?
-            .bytes()
-            .await
-            .map_err(store_error)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-            .map_err(parquet_error)?
-            .with_batch_size(64 * 1024)
-            .build()
-            .map_err(parquet_error)?;
-        for batch in reader {
-            let batch = batch.map_err(|e| parquet_error(e.into()))?;
-            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+        for batch in lake.read_parquet(file, 64 * 1024).await? {
+            let batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())?;
             bytes += batch.get_array_memory_size();
             if bytes > budget_bytes {
                 return Ok(None);

@@ -132,7 +132,7 @@ impl Engine {
         partial_cache_bytes: usize,
     ) -> Result<Self, QueryError> {
         let runtime = RuntimeEnvBuilder::new().build_arc()?;
-        runtime.register_object_store(lake_url().as_ref(), Arc::clone(live.store()));
+        runtime.register_object_store(lake_url().as_ref(), Arc::clone(live.lake().store()));
         let config = SessionConfig::new()
             .with_target_partitions(2)
             .with_information_schema(true);

@@ -16,7 +16,7 @@ use tributary_batch::recompute::{BatchSettings, RecomputeService};
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::raw_rows::KafkaPosition;
-use tributary_schemas::lake::open_store;
+use tributary_schemas::lake::Lake;
 use tributary_schemas::layers::recompute::Recompute;
 use tributary_serving::api::{App, router};
 use tributary_serving::ingest::{Ingest, IngestSettings};
@@ -39,7 +39,7 @@ struct Api {
 fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Api {
     let config = Config::from_sources(None, []).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let store = open_store(lake.path().to_str().unwrap()).unwrap();
+    let store = Lake::open(lake.path().to_str().unwrap()).unwrap();
     let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
     let payloads: Vec<Vec<u8>> = (0..EVENTS).map(clickstream).collect();
     let messages: Vec<(KafkaPosition, &[u8])> = (payloads.iter().enumerate())
@@ -66,7 +66,7 @@ fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Ap
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let versions = config.views.iter().map(|_| None).collect();
     let live = Live::new(
-        Arc::clone(&store),
+        store.clone(),
         "events".to_owned(),
         config.views.clone(),
         64 << 20,

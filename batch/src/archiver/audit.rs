@@ -6,24 +6,17 @@ use std::collections::BTreeMap;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Int32Type, Int64Type};
-use object_store::{ObjectStore, ObjectStoreExt};
 use tributary_schemas::event::raw_rows::{OFFSET_COLUMN, PARTITION_COLUMN};
-use tributary_schemas::lake::Area;
+use tributary_schemas::lake::{Area, Lake, LakeError};
 
 use super::quarantine::ERROR_CODE_COLUMN;
-use super::resume::list_ranges;
-use crate::parquet_io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("lake request failed")]
-    Store(#[from] object_store::Error),
-    #[error("{path} is not a readable Parquet file of the expected schema")]
-    BadFile {
-        path: String,
-        #[source]
-        source: Option<parquet::errors::ParquetError>,
-    },
+    #[error("cannot read the lake")]
+    Lake(#[from] LakeError),
+    #[error("{path} lacks the column {column}")]
+    MissingColumn { path: String, column: &'static str },
 }
 
 /// What the lake holds for one topic.
@@ -82,25 +75,21 @@ impl Audit {
 }
 
 /// Audits `partitions` of `topic`.
-pub async fn audit(
-    store: &dyn ObjectStore,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<Audit, AuditError> {
+pub async fn audit(lake: &Lake, topic: &str, partitions: &[i32]) -> Result<Audit, AuditError> {
     let mut audit = Audit::default();
     for &partition in partitions {
         let mut next = 0;
-        for (range, path) in list_ranges(store, Area::Raw, topic, partition).await? {
+        for (range, path) in lake.ranges(Area::Raw, topic, partition).await? {
             if range.start != next && !audit.gaps.contains_key(&partition) {
                 audit.gaps.insert(partition, next);
             }
             next = range.next();
-            for (key, _) in read(store, &path, false).await? {
+            for (key, _) in read(lake, path.as_ref(), false).await? {
                 audit.raw.push(key);
             }
         }
-        for (_, path) in list_ranges(store, Area::Quarantine, topic, partition).await? {
-            for (key, code) in read(store, &path, true).await? {
+        for (_, path) in lake.ranges(Area::Quarantine, topic, partition).await? {
+            for (key, code) in read(lake, path.as_ref(), true).await? {
                 audit.quarantine.push((key, code.unwrap_or_default()));
             }
         }
@@ -110,19 +99,18 @@ pub async fn audit(
 
 type Row = ((i32, i64), Option<String>);
 
-async fn read(
-    store: &dyn ObjectStore,
-    path: &object_store::path::Path,
-    with_code: bool,
-) -> Result<Vec<Row>, AuditError> {
-    let bad = |source| AuditError::BadFile {
-        path: path.to_string(),
-        source,
-    };
-    let bytes = store.get(path).await?.bytes().await?;
+async fn read(lake: &Lake, path: &str, with_code: bool) -> Result<Vec<Row>, AuditError> {
     let mut rows = Vec::new();
-    for batch in parquet_io::decode(bytes).map_err(|e| bad(Some(e)))? {
-        let column = |name| batch.column_by_name(name).ok_or_else(|| bad(None));
+    for batch in lake.read_parquet(path, 8192).await? {
+        let batch = batch?;
+        let column = |column| {
+            batch
+                .column_by_name(column)
+                .ok_or_else(|| AuditError::MissingColumn {
+                    path: path.to_owned(),
+                    column,
+                })
+        };
         let partition = column(PARTITION_COLUMN)?
             .as_primitive::<Int32Type>()
             .clone();

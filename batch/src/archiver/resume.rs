@@ -5,30 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use tributary_schemas::lake::{self, Area, OffsetRange};
-
-/// The offset ranges of one partition's files in an area, sorted by start.
-pub async fn list_ranges(
-    store: &dyn ObjectStore,
-    area: Area,
-    topic: &str,
-    partition: i32,
-) -> Result<Vec<(OffsetRange, Path)>, object_store::Error> {
-    let prefix = Path::from(lake::partition_dir(area, topic, partition));
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-    let mut ranges: Vec<(OffsetRange, Path)> = objects
-        .into_iter()
-        .filter_map(|meta| {
-            let range = OffsetRange::parse_file_name(meta.location.filename()?)?;
-            Some((range, meta.location))
-        })
-        .collect();
-    ranges.sort_by_key(|(range, _)| *range);
-    Ok(ranges)
-}
+use tributary_schemas::lake::{Area, Lake, LakeError, OffsetRange};
 
 /// What the lake says about one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +17,11 @@ pub struct PartitionProgress {
 }
 
 pub async fn partition_progress(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     topic: &str,
     partition: i32,
-) -> Result<PartitionProgress, object_store::Error> {
-    let ranges = list_ranges(store, Area::Raw, topic, partition).await?;
+) -> Result<PartitionProgress, LakeError> {
+    let ranges = lake.ranges(Area::Raw, topic, partition).await?;
     let mut next_offset = 0;
     let mut holes = Vec::new();
     for (range, _) in &ranges {
@@ -61,15 +38,15 @@ pub async fn partition_progress(
 
 /// Deletes quarantine files of `partition` that start at or after `next_offset`; returns how many.
 pub async fn remove_orphan_quarantine(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     topic: &str,
     partition: i32,
     next_offset: i64,
-) -> Result<usize, object_store::Error> {
+) -> Result<usize, LakeError> {
     let mut removed = 0;
-    for (range, path) in list_ranges(store, Area::Quarantine, topic, partition).await? {
+    for (range, _) in lake.ranges(Area::Quarantine, topic, partition).await? {
         if range.start >= next_offset {
-            store.delete(&path).await?;
+            (lake.delete_partition_file(Area::Quarantine, topic, partition, range)).await?;
             removed += 1;
         }
     }
@@ -78,16 +55,13 @@ pub async fn remove_orphan_quarantine(
 
 /// Progress of every partition in `partitions`.
 pub async fn resume_points(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     topic: &str,
     partitions: &[i32],
-) -> Result<BTreeMap<i32, PartitionProgress>, object_store::Error> {
+) -> Result<BTreeMap<i32, PartitionProgress>, LakeError> {
     let mut points = BTreeMap::new();
     for &partition in partitions {
-        points.insert(
-            partition,
-            partition_progress(store, topic, partition).await?,
-        );
+        points.insert(partition, partition_progress(lake, topic, partition).await?);
     }
     Ok(points)
 }

@@ -13,12 +13,10 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::event::EventSchema;
 use tributary_schemas::functions;
-use tributary_schemas::lake::versions::{list_versions, live_manifest};
-use tributary_schemas::lake::{MANIFEST_FORMAT, Manifest, ManifestFile};
+use tributary_schemas::lake::{Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
 
 use super::parts::PartWriter;
 use super::plan::{self, Input, InputFile, TimeRange};
@@ -34,18 +32,18 @@ pub(super) struct ViewJob {
     pub(super) settings: BatchSettings,
     pub(super) events: EventSchema,
     pub(super) view: ViewDef,
-    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) lake: Lake,
     pub(super) progress: ProgressSink,
 }
 
 impl ViewJob {
     pub(super) async fn run(self) -> Result<ViewRun, BatchError> {
         let started = Instant::now();
-        let store = self.store.as_ref();
+        let lake = &self.lake;
         let name = self.view.name.clone();
         let input =
-            plan::select_input(store, &self.settings.topic, self.settings.epoch_size).await?;
-        let live = live_manifest(store, &name).await?;
+            plan::select_input(lake, &self.settings.topic, self.settings.epoch_size).await?;
+        let live = lake.live_manifest(&name).await?;
         let definition_hash = self.view.definition_hash();
         let known_groups = live
             .as_ref()
@@ -86,10 +84,7 @@ impl ViewJob {
                 Vec::new(),
             ));
         }
-        let version = list_versions(store, &name)
-            .await?
-            .last()
-            .map_or(1, |v| v + 1);
+        let version = (lake.versions(&name).await?).last().map_or(1, |v| v + 1);
         tracing::info!(
             view = name,
             version,
@@ -112,7 +107,7 @@ impl ViewJob {
             closed_generations: input.closed_generations.clone(),
             boundary: input.boundary.clone(),
         };
-        publish(store, &manifest).await?;
+        publish(lake, &manifest).await?;
         tracing::info!(
             view = name,
             version,
@@ -124,7 +119,7 @@ impl ViewJob {
             seconds = started.elapsed().as_secs_f64(),
             "published"
         );
-        let removed = collect_garbage(store, &name, self.settings.keep_versions).await?;
+        let removed = collect_garbage(lake, &name, self.settings.keep_versions).await?;
         Ok(finished(Outcome::Published(manifest), computed, removed))
     }
 
@@ -135,7 +130,7 @@ impl ViewJob {
             .build_arc()?;
         runtime.register_object_store(
             tributary_schemas::lake::lake_url().as_ref(),
-            Arc::clone(&self.store),
+            Arc::clone(self.lake.store()),
         );
         // A sort holds this much back for merging its spills. DataFusion's 10 MB is more than
         // all of a small pool, where every sort would fail instead of spilling.
@@ -162,7 +157,7 @@ impl ViewJob {
         let files: Vec<&InputFile> = input.files.iter().chain(&input.closed_files).collect();
         let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
         let file_spans =
-            slices::read_spans(&self.store, &cache, &files, &self.events.time_field).await?;
+            slices::read_spans(self.lake.store(), &cache, &files, &self.events.time_field).await?;
         let spans: Vec<Span> = file_spans
             .iter()
             .flatten()
@@ -231,7 +226,7 @@ impl ViewJob {
         }
         let spilled_bytes = runs.iter().map(|r| r.spilled_bytes).sum();
         let slices = runs.len();
-        let files = parts.finish(self.store.as_ref()).await?;
+        let files = parts.finish(&self.lake).await?;
         Ok(Computed {
             files,
             // The input's rows, however many slices read some of them twice.
@@ -283,7 +278,7 @@ impl ViewJob {
                 }
             };
             for batch in collected.batches {
-                parts.push(batch, self.store.as_ref()).await?;
+                parts.push(batch, &self.lake).await?;
             }
             progress.scanned += collected.scanned;
             progress.passed = collected.range.to;
@@ -322,7 +317,7 @@ impl ViewJob {
                     Some(batch) => {
                         let batch = batch?;
                         groups += batch.num_rows() as u64;
-                        parts.push(batch, self.store.as_ref()).await?;
+                        parts.push(batch, &self.lake).await?;
                     }
                     None => break,
                 },

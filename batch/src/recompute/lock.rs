@@ -18,8 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tributary_schemas::blame::chain;
-
-pub const LOCK_PATH: &str = "views/_lock";
+use tributary_schemas::lake::LOCK_PATH;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {

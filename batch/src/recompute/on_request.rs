@@ -6,6 +6,7 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tributary_schemas::blame::{Blame, classify_datafusion_error};
+use tributary_schemas::lake::LakeError;
 use tributary_schemas::layers::recompute::{Recompute, RecomputeError, RunReport};
 
 use super::progress::quiet;
@@ -32,7 +33,9 @@ fn classify(error: BatchError) -> RecomputeError {
             RecomputeError::Busy(Box::new(busy))
         }
         unknown @ BatchError::UnknownView { .. } => RecomputeError::UnknownView(Box::new(unknown)),
-        store @ BatchError::Store(_) => RecomputeError::Unavailable(Box::new(store)),
+        store @ (BatchError::Store(_) | BatchError::Lake(LakeError::Store(_))) => {
+            RecomputeError::Unavailable(Box::new(store))
+        }
         BatchError::Query(query) if classify_datafusion_error(&query) == Blame::Outside => {
             RecomputeError::Unavailable(Box::new(BatchError::Query(query)))
         }

@@ -2,10 +2,8 @@
 //! `[batch] part_rows` rows under the new version's directory, as they arrive.
 
 use arrow::array::RecordBatch;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_schemas::config::ViewDef;
-use tributary_schemas::lake::{ManifestFile, version_part};
+use tributary_schemas::lake::{Lake, ManifestFile};
 
 use super::{BatchError, ROW_GROUP_ROWS};
 use crate::parquet_io;
@@ -34,18 +32,14 @@ impl PartWriter {
         }
     }
 
-    pub(super) async fn push(
-        &mut self,
-        batch: RecordBatch,
-        store: &dyn ObjectStore,
-    ) -> Result<(), BatchError> {
+    pub(super) async fn push(&mut self, batch: RecordBatch, lake: &Lake) -> Result<(), BatchError> {
         let mut batch = batch;
         while self.pending_rows + batch.num_rows() >= self.part_rows {
             let take = self.part_rows - self.pending_rows;
             self.pending.push(batch.slice(0, take));
             self.pending_rows += take;
             batch = batch.slice(take, batch.num_rows() - take);
-            self.flush(store).await?;
+            self.flush(lake).await?;
         }
         if batch.num_rows() > 0 {
             self.pending_rows += batch.num_rows();
@@ -54,17 +48,14 @@ impl PartWriter {
         Ok(())
     }
 
-    pub(super) async fn flush(&mut self, store: &dyn ObjectStore) -> Result<(), BatchError> {
+    pub(super) async fn flush(&mut self, lake: &Lake) -> Result<(), BatchError> {
         if self.pending_rows == 0 {
             return Ok(());
         }
         let dimensions: Vec<&str> = self.dimensions.iter().map(String::as_str).collect();
         let bytes = parquet_io::encode_view(&self.pending, ROW_GROUP_ROWS, &dimensions)?;
-        let path = version_part(&self.view, self.version, self.written.len());
         let size = bytes.len() as u64;
-        store
-            .put(&Path::from(path.as_str()), PutPayload::from(bytes))
-            .await?;
+        let path = (lake.put_part(&self.view, self.version, self.written.len(), bytes)).await?;
         self.written.push(ManifestFile {
             path,
             rows: self.pending_rows as u64,
@@ -75,11 +66,8 @@ impl PartWriter {
         Ok(())
     }
 
-    pub(super) async fn finish(
-        mut self,
-        store: &dyn ObjectStore,
-    ) -> Result<Vec<ManifestFile>, BatchError> {
-        self.flush(store).await?;
+    pub(super) async fn finish(mut self, lake: &Lake) -> Result<Vec<ManifestFile>, BatchError> {
+        self.flush(lake).await?;
         Ok(self.written)
     }
 }

@@ -19,7 +19,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Result as DfResult, plan_err};
 use datafusion::logical_expr::{Expr, SortExpr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
-use object_store::ObjectStore;
 use object_store::path::Path;
 use tributary_schemas::config::{TIME_COLUMN, ViewDef};
 use tributary_schemas::duration::Granularity;
@@ -29,12 +28,9 @@ use tributary_schemas::functions::{
     self,
     state::{Phase, StateUdaf},
 };
-use tributary_schemas::lake::generations::{generation_topic, read_generations};
-use tributary_schemas::lake::versions::VersionError;
-use tributary_schemas::lake::{self, Area, Boundary, LAKE_URL, OffsetRange};
+use tributary_schemas::lake::generations::generation_topic;
+use tributary_schemas::lake::{Area, Boundary, LAKE_URL, Lake, LakeError, OffsetRange};
 use tributary_schemas::seam::aligned_boundary;
-
-use crate::archiver::resume::list_ranges;
 
 /// One raw file a recompute reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,30 +58,10 @@ impl Input {
     }
 }
 
-/// The partitions the lake holds raw files for.
-pub async fn archived_partitions(
-    store: &dyn ObjectStore,
-    topic: &str,
-) -> Result<Vec<i32>, object_store::Error> {
-    let prefix = Path::from(format!("raw/{topic}"));
-    let listing = store.list_with_delimiter(Some(&prefix)).await?;
-    let mut partitions: Vec<i32> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| lake::parse_partition_segment(p.filename()?))
-        .collect();
-    partitions.sort_unstable();
-    Ok(partitions)
-}
-
 /// Chooses the boundary from the archiver's progress and lists the files below it, plus every
 /// file of the closed generations.
-pub async fn select_input(
-    store: &dyn ObjectStore,
-    topic: &str,
-    epoch_size: u64,
-) -> Result<Input, VersionError> {
-    let generations = read_generations(store, topic).await?;
+pub async fn select_input(lake: &Lake, topic: &str, epoch_size: u64) -> Result<Input, LakeError> {
+    let generations = lake.generations(topic).await?;
     let mut input = Input {
         generation: generations.current,
         ..Input::default()
@@ -93,8 +69,8 @@ pub async fn select_input(
     for closed in &generations.closed {
         let lake_topic = generation_topic(topic, closed.generation);
         input.closed_generations.push(closed.generation);
-        for partition in archived_partitions(store, &lake_topic).await? {
-            let ranges = list_ranges(store, Area::Raw, &lake_topic, partition).await?;
+        for partition in lake.partitions(Area::Raw, &lake_topic).await? {
+            let ranges = lake.ranges(Area::Raw, &lake_topic, partition).await?;
             input
                 .closed_files
                 .extend(ranges.into_iter().map(|(range, path)| InputFile {
@@ -105,8 +81,8 @@ pub async fn select_input(
         }
     }
     let lake_topic = generations.current_topic(topic);
-    for partition in archived_partitions(store, &lake_topic).await? {
-        let ranges = list_ranges(store, Area::Raw, &lake_topic, partition).await?;
+    for partition in lake.partitions(Area::Raw, &lake_topic).await? {
+        let ranges = lake.ranges(Area::Raw, &lake_topic, partition).await?;
         let progress = ranges.last().map_or(0, |(range, _)| range.next());
         let w = aligned_boundary(progress, epoch_size);
         if w == 0 {

@@ -4,13 +4,8 @@
 //! (manifest first, so a half-deleted version never looks complete). Also the fault hooks that
 //! prove each step leaves the lake consistent.
 
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_schemas::blame::chain;
-use tributary_schemas::lake::versions::{
-    list_versions, read_current, read_manifest, version_objects,
-};
-use tributary_schemas::lake::{CurrentPointer, Manifest, current_path, manifest_path};
+use tributary_schemas::lake::{Lake, Manifest};
 
 use super::BatchError;
 use super::lock::RunLock;
@@ -18,31 +13,10 @@ use super::lock::RunLock;
 /// Makes `manifest`'s version the live one: the manifest first, then `_current` (the only write
 /// that changes what readers see). A crash between the two leaves the previous version live and
 /// the new one complete but unlisted; the next run collects it.
-pub(super) async fn publish(
-    store: &dyn ObjectStore,
-    manifest: &Manifest,
-) -> Result<(), BatchError> {
-    let (view, version) = (&manifest.view, manifest.version);
-    store
-        .put(
-            &Path::from(manifest_path(view, version)),
-            PutPayload::from(manifest.to_json()),
-        )
-        .await?;
+pub(super) async fn publish(lake: &Lake, manifest: &Manifest) -> Result<(), BatchError> {
+    lake.write_manifest(manifest).await?;
     crash_point("before_current");
-    write_current(store, view, version).await?;
-    Ok(())
-}
-
-pub(super) async fn write_current(
-    store: &dyn ObjectStore,
-    view: &str,
-    version: u64,
-) -> Result<(), object_store::Error> {
-    let pointer = serde_json::to_vec(&CurrentPointer { version }).expect("a pointer serializes");
-    store
-        .put(&Path::from(current_path(view)), PutPayload::from(pointer))
-        .await?;
+    lake.write_current(&manifest.view, manifest.version).await?;
     Ok(())
 }
 
@@ -65,13 +39,13 @@ pub(super) fn crash_point(_point: &str) {}
 /// A view's version directories, ascending: the complete ones (with their manifests) and the
 /// numbers of those without a manifest (being written, or left by a crashed run).
 pub(super) async fn versions_of(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     view: &str,
 ) -> Result<(Vec<Manifest>, Vec<u64>), BatchError> {
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
-    for version in list_versions(store, view).await? {
-        match read_manifest(store, view, version).await? {
+    for version in lake.versions(view).await? {
+        match lake.manifest(view, version).await? {
             Some(manifest) => complete.push(manifest),
             None => incomplete.push(version),
         }
@@ -89,12 +63,12 @@ pub(super) async fn release(lock: RunLock) {
 /// Keeps the live version and the newest `keep` complete versions; deletes the rest, and the
 /// incomplete versions crashed runs left behind. Call only while holding the run lock.
 pub(super) async fn collect_garbage(
-    store: &dyn ObjectStore,
+    lake: &Lake,
     view: &str,
     keep: usize,
 ) -> Result<Vec<u64>, BatchError> {
-    let current = read_current(store, view).await?;
-    let (complete, incomplete) = versions_of(store, view).await?;
+    let current = lake.current(view).await?;
+    let (complete, incomplete) = versions_of(lake, view).await?;
     let old_complete = complete.len().saturating_sub(keep);
     let doomed: Vec<u64> = complete[..old_complete]
         .iter()
@@ -104,17 +78,7 @@ pub(super) async fn collect_garbage(
         .filter(|v| Some(*v) != current)
         .collect();
     for &version in &doomed {
-        // Manifest first: a version whose deletion is interrupted no longer looks complete.
-        match store
-            .delete(&Path::from(manifest_path(view, version)))
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(error.into()),
-        }
-        for object in version_objects(store, view, version).await? {
-            store.delete(&object).await?;
-        }
+        lake.delete_version(view, version).await?;
         tracing::info!(view, version, "removed an old or incomplete version");
     }
     Ok(doomed)

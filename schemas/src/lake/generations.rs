@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::versions::VersionError;
+use super::{Lake, LakeError};
 
 /// The lake's name for `topic`'s files in `generation` (the `<topic>` of every raw path).
 pub fn generation_topic(topic: &str, generation: u32) -> String {
@@ -27,7 +27,7 @@ pub fn generation_topic(topic: &str, generation: u32) -> String {
     }
 }
 
-pub fn generations_path(topic: &str) -> String {
+fn generations_path(topic: &str) -> String {
     format!("raw/{topic}/_generations.json")
 }
 
@@ -68,48 +68,49 @@ impl Generations {
     }
 }
 
-pub async fn read_generations(
-    store: &dyn ObjectStore,
-    topic: &str,
-) -> Result<Generations, VersionError> {
-    let path = generations_path(topic);
-    let bytes = match store.get(&Path::from(path.as_str())).await {
-        Ok(found) => found.bytes().await?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Generations::default()),
-        Err(error) => return Err(error.into()),
-    };
-    serde_json::from_slice(&bytes).map_err(|source| VersionError::Corrupt { path, source })
-}
+impl Lake {
+    /// The topic's log of generations; the default (generation 0 current, none closed) when
+    /// none has closed yet.
+    pub async fn generations(&self, topic: &str) -> Result<Generations, LakeError> {
+        Ok(self
+            .get_json(&generations_path(topic))
+            .await?
+            .unwrap_or_default())
+    }
 
-pub async fn write_generations(
-    store: &dyn ObjectStore,
-    topic: &str,
-    generations: &Generations,
-) -> Result<(), object_store::Error> {
-    let json = serde_json::to_vec_pretty(generations).expect("generations serialize");
-    store
-        .put(&Path::from(generations_path(topic)), PutPayload::from(json))
-        .await?;
-    Ok(())
+    /// Replaces the topic's log of generations (one atomic put).
+    pub async fn write_generations(
+        &self,
+        topic: &str,
+        generations: &Generations,
+    ) -> Result<(), LakeError> {
+        let json = serde_json::to_vec_pretty(generations).expect("generations serialize");
+        self.store()
+            .put(&Path::from(generations_path(topic)), PutPayload::from(json))
+            .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use object_store::memory::InMemory;
 
     use super::*;
 
     #[tokio::test]
     async fn generations_start_at_zero_and_close_one_at_a_time() {
-        let store = InMemory::new();
-        let mut generations = read_generations(&store, "events").await.unwrap();
+        let lake = Lake::new(Arc::new(InMemory::new()));
+        let mut generations = lake.generations("events").await.unwrap();
         assert_eq!(generations, Generations::default());
         assert_eq!(generations.current_topic("events"), "events");
         generations.close_current([(0, 1000)].into(), "offsets restarted".to_owned());
-        write_generations(&store, "events", &generations)
+        lake.write_generations("events", &generations)
             .await
             .unwrap();
-        let read = read_generations(&store, "events").await.unwrap();
+        let read = lake.generations("events").await.unwrap();
         assert_eq!(read, generations);
         assert_eq!(read.current_topic("events"), "events@1");
         assert_eq!(read.closed[0].next_offsets[&0], 1000);

@@ -1,5 +1,8 @@
-//! Opening the lake: a [`ObjectStore`] rooted at the configured location, so every other path in
-//! this module is relative and every layer reads and writes the same objects.
+//! Opening the lake: the [`Lake`] handle over an [`ObjectStore`] rooted at the configured location,
+//! so every other path in this module is relative and every layer reads and writes the same objects.
+//! What the handle reads and writes lives beside the objects it concerns: raw files in `raw.rs`,
+//! versions, manifests and `_current` in `versions.rs`, generations in `generations.rs`, Parquet
+//! objects in `parquet.rs`.
 //!
 //! Local directories (plain paths or `file:///abs/path`) are created when missing, and emptied
 //! directories removed; object_store
@@ -15,6 +18,52 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
+
+/// The lake: one object store, and every read and write of the contract's objects (ARCHITECTURE.md
+/// §4) as a method that takes what the object is (a view and a version, a topic, a partition and an
+/// offset range), never a hand-built path. Cheap to clone: the store is shared.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Lake {
+    /// Opens the lake at `url` (see [`crate::config::LakeConfig`]).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        open_store(url).map(Self::new)
+    }
+
+    /// A lake over `store` (tests hand in an in-memory or prefixed store).
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    /// The object store itself: for DataFusion's scans, which register it under
+    /// [`super::LAKE_URL`], and for the writes only one layer makes (parts, the run lock).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+}
+
+/// Why a read or write of the lake failed. A missing object is not an error where the contract
+/// allows it to be absent (no `_current` before the first publish): such reads return `None`.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("cannot read or write the lake")]
+    Store(#[from] object_store::Error),
+    #[error("{path} is not valid")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} is not a readable Parquet file")]
+    Parquet {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,8 +101,7 @@ fn local(path: &Path) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Ok(Arc::new(store.with_automatic_cleanup(true)))
 }
 
-/// Opens the lake at `url` (see [`crate::config::LakeConfig`]).
-pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     match url.split_once("://") {
         None => local(Path::new(url)),
         Some(("file", path)) => local(Path::new(path)),
