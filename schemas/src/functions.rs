@@ -5,6 +5,7 @@
 //!   (`state_<kind>`, the recompute) and the one that merges states (`merge_<kind>`, batch ∪ speed
 //!   rows and roll-ups in serving);
 //! - [`finalize`]: the scalar functions that turn a merged state into its answer;
+//! - [`merge`]: `merge(state)`, SQL's roll-up of a `<view>_states` column to its answer;
 //! - [`time_bucket`]: an event time floored to its bucket (the recompute's grouping, and serving's
 //!   roll-up to a coarser grain).
 //!
@@ -13,6 +14,7 @@
 //! the recompute's and the serving layer's alike.
 
 pub mod finalize;
+pub mod merge;
 pub mod state;
 pub mod time_bucket;
 
@@ -25,7 +27,7 @@ use finalize::Finalize;
 use state::{Phase, StateUdaf};
 
 /// Registers every view function under its SQL name: `state_<kind>` and `merge_<kind>` for every
-/// state kind, `finalize_avg` and `finalize_count_distinct`. (Quantiles and time buckets take their
+/// state kind, `merge`, `finalize_avg` and `finalize_count_distinct`. (Quantiles and time buckets take their
 /// parameter in the function itself, `finalize_quantile_<q>` and `time_bucket_<granularity>`,
 /// so plans build them as expressions.)
 pub fn register_all(ctx: &SessionContext) {
@@ -33,6 +35,7 @@ pub fn register_all(ctx: &SessionContext) {
         ctx.register_udaf(StateUdaf::udaf(kind, Phase::Update));
         ctx.register_udaf(StateUdaf::udaf(kind, Phase::Merge));
     }
+    ctx.register_udaf(merge::Merge::udaf());
     ctx.register_udf(Finalize::avg());
     ctx.register_udf(Finalize::count_distinct());
 }
@@ -51,6 +54,7 @@ mod tests {
             "merge_count",
             "merge_quantile",
             "state_count_distinct",
+            "merge",
         ] {
             assert!(state.aggregate_functions().contains_key(name), "{name}");
         }

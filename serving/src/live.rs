@@ -62,7 +62,7 @@ impl BatchVersion {
 }
 
 /// What one query merges for one view: a batch version (if any) and the speed rows above it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pinned {
     pub version: Option<Arc<BatchVersion>>,
     pub speed: SpeedSnapshot,

@@ -12,8 +12,11 @@
 //! A bucket is in `[from, to)` when its *start* is: a range that does not fall on the view's
 //! granularity takes whole buckets (the stored rows cannot be split).
 //!
-//! SQL (`/v1/sql`) sees one table per view, finalized at the stored granularity, built the same way;
-//! DataFusion pushes the caller's `WHERE` on time and dimensions below the merge.
+//! SQL (`/v1/sql`) sees two tables per view, built the same way: `<view>`, finalized at the stored
+//! granularity, and `<view>_states`, the merged states at that grain, which `merge(metric)` rolls
+//! up to any grain or breakdown exactly (summing a finalized distinct count or quantile across
+//! rows would not be). Both of one statement read one pin of the view. DataFusion pushes the
+//! caller's `WHERE` on time and dimensions below the merge.
 //!
 //! [`request`] checks a structured query against its view; [`plan`] builds the DataFusion plan;
 //! this file holds the [`Engine`] that pins, caches, runs and times both kinds of query.
@@ -46,7 +49,10 @@ use tributary_schemas::lake::lake_url;
 
 use crate::cache::PartialCache;
 use crate::live::{Live, Pinned};
-use plan::{batch_states, finalize, group, names, states, view_metrics};
+use plan::{batch_states, finalize, group, names, states, states_table, view_metrics};
+
+/// The suffix of a view's state table in SQL: `pageviews_states`.
+pub const STATES_SUFFIX: &str = "_states";
 use request::QueryPlan;
 
 /// Why a query got no answer.
@@ -301,23 +307,33 @@ impl Engine {
             let TableReference::Bare { table: name } = &table else {
                 continue;
             };
-            let Ok((index, view)) = self.view(name) else {
-                continue; // DataFusion names the missing table
+            // `<view>` (finalized) or `<view>_states` (states for `merge()`), both at the stored grain.
+            let (view_name, as_states) = match self.view(name) {
+                Ok(_) => (name.as_ref(), false),
+                Err(_) => match name.strip_suffix(STATES_SUFFIX) {
+                    Some(view_name) => (view_name, true),
+                    None => continue, // DataFusion names the missing table
+                },
             };
-            if merged.iter().any(|m: &Merged| m.view == view.name) {
+            let Ok((index, view)) = self.view(view_name) else {
                 continue;
+            };
+            let pinned = match merged.iter().position(|m: &Merged| m.view == view.name) {
+                Some(earlier) => merged[earlier].pinned.clone(),
+                None => self.pin(index)?,
+            };
+            let rows = group(states(&ctx, view, &pinned).await?, view, None, &names(view))?;
+            let table_frame = match as_states {
+                true => states_table(view, rows)?,
+                false => finalize(view, view_metrics(view), rows)?,
+            };
+            ctx.register_table(table.clone(), table_frame.into_view())?;
+            if !merged.iter().any(|m| m.view == view.name) {
+                merged.push(Merged {
+                    view: view.name.clone(),
+                    pinned,
+                });
             }
-            let pinned = self.pin(index)?;
-            let finalized = finalize(
-                view,
-                view_metrics(view),
-                group(states(&ctx, view, &pinned).await?, view, None, &names(view))?,
-            )?;
-            ctx.register_table(table.clone(), finalized.into_view())?;
-            merged.push(Merged {
-                view: view.name.clone(),
-                pinned,
-            });
         }
         let plan = state.statement_to_plan(statement).await.map_err(bad_sql)?;
         datafusion::execution::context::SQLOptions::new()

@@ -3,6 +3,7 @@
 //! its consumer would); the lake is a real local directory. Exactness across the layers is
 //! `tests/serving_e2e.rs`'s job, through the real binary.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -709,4 +710,149 @@ async fn push_ingest_is_503_while_kafka_is_down_and_nothing_is_half_accepted() {
     let read = broker.read_topic(&topic, 1).unwrap();
     let payloads: Vec<&Vec<u8>> = read[&0].iter().map(|(_, p)| p).collect();
     assert_eq!(payloads, events.iter().collect::<Vec<_>>());
+}
+
+/// Rows of an answer keyed by their non-metric columns, metrics as JSON values.
+fn keyed(reply: &Value, keys: &[&str]) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let rows = reply["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"));
+    (rows.iter())
+        .map(|row| {
+            let row = row.as_object().unwrap();
+            let key: Vec<String> = keys.iter().map(|k| row[*k].to_string()).collect();
+            let metrics = (row.iter())
+                .filter(|(name, _)| !keys.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            (key.join("|"), metrics)
+        })
+        .collect()
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+#[tokio::test]
+async fn merge_over_the_states_tables_equals_the_query_api_at_every_grain() {
+    let api = default_api();
+    let config = Config::from_sources(None, []).unwrap();
+    for view in &config.views {
+        let metrics: Vec<&str> = view.metrics.iter().map(|m| m.name.as_str()).collect();
+        let merged: Vec<String> = metrics
+            .iter()
+            .map(|m| format!("merge({m}) AS {m}"))
+            .collect();
+        let dimension = &view.dimensions[0].name;
+        // (granularity, SQL time expression, grouping by the first dimension, a filter)
+        let filter_value = if view.name == "pageviews" {
+            "NL"
+        } else {
+            "mobile"
+        };
+        let filter_field = &view.dimensions[usize::from(view.name == "pageviews")].name;
+        for (granularity, time) in [
+            ("1h", Some("date_trunc('hour', time)")),
+            ("1d", Some("date_trunc('day', time)")),
+            ("all", None),
+        ] {
+            for (by_dimension, filtered) in [(false, false), (true, false), (true, true)] {
+                let mut select = Vec::new();
+                let mut keys = Vec::new();
+                let mut group_by = Vec::new();
+                if let Some(time) = time {
+                    select.push(format!("{time} AS time"));
+                    keys.push("time");
+                }
+                if by_dimension {
+                    select.push(dimension.clone());
+                    keys.push(dimension.as_str());
+                }
+                group_by.extend((1..=keys.len()).map(|i| i.to_string()));
+                select.extend(merged.iter().cloned());
+                let mut sql = format!("SELECT {} FROM {}_states", select.join(", "), view.name);
+                let mut request = json!({"view": view.name, "granularity": granularity,
+                                         "metrics": metrics});
+                if by_dimension {
+                    request["group_by"] = json!([dimension]);
+                }
+                if filtered {
+                    sql.push_str(&format!(" WHERE {filter_field} = '{filter_value}'"));
+                    request["filter"] =
+                        json!([{"field": filter_field, "op": "eq", "value": filter_value}]);
+                }
+                if !group_by.is_empty() {
+                    sql.push_str(&format!(" GROUP BY {}", group_by.join(", ")));
+                }
+                let case = format!("{sql} vs {request}");
+                let (status, by_sql) = post(&api, "/v1/sql", json!({"sql": sql})).await;
+                assert_eq!(status, StatusCode::OK, "{case}: {by_sql}");
+                let (status, by_query) = post(&api, "/v1/query", request.clone()).await;
+                assert_eq!(status, StatusCode::OK, "{case}: {by_query}");
+                let (by_sql, by_query) = (keyed(&by_sql, &keys), keyed(&by_query, &keys));
+                assert!(!by_query.is_empty(), "{case}");
+                assert_eq!(
+                    by_sql.keys().collect::<Vec<_>>(),
+                    by_query.keys().collect::<Vec<_>>(),
+                    "{case}"
+                );
+                for (key, expected) in &by_query {
+                    for metric in &metrics {
+                        let (got, want) = (&by_sql[key][*metric], &expected[*metric]);
+                        assert!(
+                            same_value(got, want),
+                            "{case}: {key} {metric}: {got} != {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn merge_takes_another_quantile_and_refuses_what_is_not_a_state() {
+    let api = default_api();
+    let (status, reply) = post(
+        &api,
+        "/v1/sql",
+        json!({"sql": "SELECT merge(latency_p95) AS p95, merge(latency_p95, 0.95) AS again, \
+                        merge(latency_p95, 0.5) AS p50, merge(latency_min) AS low, merge(latency_max) AS high \
+                        FROM pageviews_states"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let row = &reply["rows"][0];
+    assert_eq!(row["p95"], row["again"], "{reply}");
+    let (p50, p95) = (row["p50"].as_f64().unwrap(), row["p95"].as_f64().unwrap());
+    let (low, high) = (row["low"].as_f64().unwrap(), row["high"].as_f64().unwrap());
+    assert!(low <= p50 && p50 <= p95 && p95 <= high * 1.01, "{reply}");
+
+    for (sql, says) in [
+        ("SELECT merge(views) FROM pageviews", "is not one"),
+        ("SELECT merge(page) FROM pageviews_states", "is not one"),
+        (
+            "SELECT merge(views, 0.5) FROM pageviews_states",
+            "only for a quantile metric",
+        ),
+    ] {
+        let message = error(
+            &post(&api, "/v1/sql", json!({"sql": sql})).await,
+            StatusCode::BAD_REQUEST,
+            "bad_sql",
+        );
+        assert!(message.contains(says), "{sql}: {message}");
+    }
+    // The quantile is a literal read when the plan runs: refused then, still the caller's 400.
+    let sql = "SELECT merge(latency_p95, 2) FROM pageviews_states";
+    let message = error(
+        &post(&api, "/v1/sql", json!({"sql": sql})).await,
+        StatusCode::BAD_REQUEST,
+        "sql_failed",
+    );
+    assert!(message.contains("between 0 and 1"), "{sql}: {message}");
 }

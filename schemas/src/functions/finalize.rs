@@ -91,7 +91,7 @@ impl ScalarUDFImpl for Finalize {
     }
 }
 
-fn averages(states: &ArrayRef) -> Result<ArrayRef> {
+pub(super) fn averages(states: &ArrayRef) -> Result<ArrayRef> {
     let Some(avg) = states.as_struct_opt() else {
         return exec_err!(
             "finalize_avg needs an avg state, not {}",
@@ -109,7 +109,7 @@ fn averages(states: &ArrayRef) -> Result<ArrayRef> {
 }
 
 /// HLL estimates; a sparse sketch is answered from its entry count without decoding it.
-fn distinct_counts(states: &ArrayRef) -> Result<ArrayRef> {
+pub(super) fn distinct_counts(states: &ArrayRef) -> Result<ArrayRef> {
     let Some(bytes) = states.as_binary_opt::<i32>() else {
         return exec_err!("a sketch state must be Binary, not {}", states.data_type());
     };
@@ -134,7 +134,7 @@ fn distinct_counts(states: &ArrayRef) -> Result<ArrayRef> {
 }
 
 /// DDSketch quantiles, each read from the encoded sketch in place.
-fn quantiles(states: &ArrayRef, q: f64) -> Result<ArrayRef> {
+pub(super) fn quantiles(states: &ArrayRef, q: f64) -> Result<ArrayRef> {
     let Some(bytes) = states.as_binary_opt::<i32>() else {
         return exec_err!("a sketch state must be Binary, not {}", states.data_type());
     };

@@ -102,7 +102,7 @@ impl StateUdaf {
         Ok(())
     }
 
-    fn groups(&self, input: &DataType) -> Result<Box<dyn GroupsAccumulator + Sync>> {
+    pub(super) fn groups(&self, input: &DataType) -> Result<Box<dyn GroupsAccumulator + Sync>> {
         self.check_input(input)?;
         let (kind, phase) = (self.kind, self.phase);
         Ok(match kind {
@@ -883,7 +883,7 @@ impl<S: ColumnState> States<S> {
 }
 
 /// A one-row column holding `state`.
-fn state_column(state: &MetricState) -> Result<ArrayRef> {
+pub(super) fn state_column(state: &MetricState) -> Result<ArrayRef> {
     let mut builder = StateColumnBuilder::new(state.kind());
     builder
         .append(state)

@@ -15,6 +15,7 @@ use tributary_schemas::aggregate::StateKind;
 use tributary_schemas::config::{MetricDef, MetricFunction, TIME_COLUMN, ViewDef};
 use tributary_schemas::event::{FieldType, timestamp_type};
 use tributary_schemas::functions::finalize::Finalize;
+use tributary_schemas::functions::merge;
 use tributary_schemas::functions::state::{Phase, StateUdaf};
 use tributary_schemas::functions::time_bucket;
 use tributary_schemas::lake::{LAKE_URL, lake_url};
@@ -102,6 +103,18 @@ pub(super) fn group(
             .alias(&m.name)
     });
     Ok(frame.aggregate(keys, merges.collect())?)
+}
+
+/// `<view>_states` as SQL sees it: the view's merged state rows at its stored grain, each metric's
+/// column marked with what it holds (field metadata) so that `merge()` can roll it up and answer it.
+pub(super) fn states_table(view: &ViewDef, merged: DataFrame) -> Result<DataFrame, QueryError> {
+    let mut columns = vec![ident(TIME_COLUMN)];
+    columns.extend(view.dimensions.iter().map(|d| ident(&d.name)));
+    columns.extend(view.metrics.iter().map(|metric| {
+        let metadata = merge::state_metadata(metric);
+        ident(&metric.name).alias_with_metadata(&metric.name, Some(metadata.into()))
+    }));
+    Ok(merged.select(columns)?)
 }
 
 /// Finalizes the merged states of `metrics`, keeping the grouping columns.
