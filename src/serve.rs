@@ -237,7 +237,8 @@ async fn start_serving(
         serving.query_timeout,
         serving.partial_cache_mb << 20,
     )
-    .context("starting the query engine")?;
+    .context("starting the query engine")?
+    .with_snapshots(serving.snapshot_ttl, serving.snapshot_max_mb << 20);
     let decoder = Decoder::new(config.events.clone());
     let ingest = Ingest::new(IngestSettings::from_config(config), decoder)
         .context("creating the push-ingest producer")?;

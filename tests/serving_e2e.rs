@@ -4,6 +4,8 @@
 //! (a) before any batch run (speed layer only), (b) right after a batch run, (c) after more events,
 //! some pushed over HTTP (`POST /v1/events`) (both layers), (d) while a batch run publishes (every answer during the swap is exact), and
 //! (e) after kill -9 of the service and a restart with events produced while it was down.
+//! A snapshot taken at (b) answers with (b)'s data through (c) and (d), over `/v1/query` and over
+//! SQL's `merge()`, and is gone (410) after the restart.
 //!
 //! Counts, integer sums, min and max must be equal; float sums and averages equal up to summation
 //! order (1e-9 relative); distinct counts and quantiles equal the algebra's sketch of the same
@@ -45,11 +47,36 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         .sum();
     assert!(below > 0 && below < 4000, "both layers hold events: {meta}");
 
+    // A snapshot taken now (issue 26): the same data later, across more events and a batch swap.
+    let totals = json!({"view": "pageviews", "granularity": "all", "metrics": ["views", "users", "latency_p95"]});
+    let taken = service.json("POST", "/v1/query", Some(&totals));
+    let snapshot = taken["meta"]["snapshot"].as_str().unwrap().to_owned();
+    let mut in_snapshot = totals.clone();
+    in_snapshot["snapshot"] = json!(snapshot);
+    let sql_in_snapshot = json!({"snapshot": snapshot,
+        "sql": "SELECT merge(views) AS views, merge(users) AS users, merge(latency_p95) AS latency_p95 FROM pageviews_states"});
+    let same_data = |when: &str| {
+        let again = service.json("POST", "/v1/query", Some(&in_snapshot));
+        assert_eq!(again["rows"], taken["rows"], "{when}: {again}");
+        assert_eq!(again["meta"]["snapshot"], json!(snapshot), "{when}");
+        assert_eq!(again["meta"]["batch"], taken["meta"]["batch"], "{when}");
+        let by_sql = service.json("POST", "/v1/sql", Some(&sql_in_snapshot));
+        assert_eq!(by_sql["rows"], taken["rows"], "{when}: {by_sql}");
+    };
+    same_data("(b) at once");
+
     // (c) More events, through Kafka and through push ingest: both layers.
     truth.produce(broker, &topic, 2000);
     truth.push(&service, 1000);
     service.wait_for_log();
     check_all(&service, &truth, "(c) both layers, pushed events too");
+    same_data("(c) after more events");
+    let now = service.json("POST", "/v1/query", Some(&totals));
+    assert_ne!(
+        now["rows"], taken["rows"],
+        "without the snapshot: the new events"
+    );
+    assert_ne!(now["meta"]["snapshot"], json!(snapshot));
 
     // (d) Queries while a recompute publishes: each answer is exact, before and after the swap.
     let versions: BTreeSet<i64> = std::thread::scope(|scope| {
@@ -71,6 +98,7 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         "the queries saw both versions: {versions:?}"
     );
     check_all(&service, &truth, "(d) after the swap");
+    same_data("(d) after a batch swap");
 
     assert_eq!(meta_in_memory(&service), Some(true));
 
@@ -91,6 +119,12 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         "{meta}"
     );
     assert_eq!(meta["batch"]["in_memory"], false, "{meta}");
+    // Snapshots live in the process that took them: after the restart the id is gone, and says so.
+    let reply = service
+        .call("POST", "/v1/query", Some(&in_snapshot))
+        .unwrap();
+    assert_eq!(reply.status, 410, "{}", reply.body);
+    assert!(reply.body.contains("snapshot_expired"), "{}", reply.body);
 
     // The later phases asked shapes the batch version had answered before: those answers merged
     // a cached batch part with the current speed rows, and were exact.

@@ -88,6 +88,10 @@ pub struct ServingConfig {
     /// How long the speed layer may make no progress on a partition it is behind on before it
     /// counts as stalled (not ready, answers incomplete) and its consumer is recreated.
     pub stall_after: Duration,
+    /// How long after it was taken a snapshot (`meta.snapshot`) still answers.
+    pub snapshot_ttl: Duration,
+    /// Most memory the speed rows held by snapshots may take; past it the oldest are dropped.
+    pub snapshot_max_mb: usize,
 }
 
 /// A validated configuration.
@@ -544,6 +548,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let ingest_timeout = section.duration("ingest_timeout", problems);
     let ready_max_lag = section.non_negative_integer("ready_max_lag", problems);
     let stall_after = section.duration("stall_after", problems);
+    let snapshot_ttl = section.duration("snapshot_ttl", problems);
+    let snapshot_max_mb = section.non_negative_integer("snapshot_max_mb", problems);
     section.finish(problems);
     if stall_after.is_some_and(|t| t < Duration::from_secs(1)) {
         problem(
@@ -574,6 +580,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
             ingest_timeout: ingest_timeout?,
             ready_max_lag: ready_max_lag?,
             stall_after: stall_after?,
+            snapshot_ttl: snapshot_ttl?,
+            snapshot_max_mb: usize::try_from(snapshot_max_mb?).ok()?,
         }),
         Err(_) => {
             problem(

@@ -15,3 +15,4 @@ pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod query;
+pub mod snapshots;

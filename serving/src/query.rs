@@ -49,6 +49,7 @@ use tributary_schemas::lake::lake_url;
 
 use crate::cache::PartialCache;
 use crate::live::{Live, Pinned};
+use crate::snapshots::{SnapshotExpired, Snapshots};
 use plan::{batch_states, finalize, group, names, states, states_table, view_metrics};
 
 /// The suffix of a view's state table in SQL: `pageviews_states`.
@@ -69,6 +70,9 @@ pub enum QueryError {
     /// Ours (HTTP 500); the cause is logged, not shown.
     #[error("the query failed")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The caller's snapshot is gone (HTTP 410).
+    #[error(transparent)]
+    SnapshotExpired(#[from] SnapshotExpired),
 }
 
 impl QueryError {
@@ -116,6 +120,8 @@ pub struct Answer {
     pub batches: Vec<RecordBatch>,
     pub truncated: bool,
     pub merged: Vec<Merged>,
+    /// The snapshot the answer was computed from (`meta.snapshot`).
+    pub snapshot: String,
     pub elapsed: Duration,
 }
 
@@ -124,6 +130,7 @@ pub struct Answer {
 pub struct Engine {
     live: Arc<Live>,
     cache: PartialCache,
+    snapshots: Snapshots,
     session: SessionState,
     max_rows: usize,
     timeout: Duration,
@@ -147,10 +154,22 @@ impl Engine {
         Ok(Self {
             live,
             cache: PartialCache::new(partial_cache_bytes),
+            snapshots: Snapshots::new(Duration::from_secs(60), 256 << 20),
             session: context.state(),
             max_rows,
             timeout,
         })
+    }
+
+    /// Keeps snapshots `ttl` after they are taken, their speed rows up to `max_bytes` (defaults:
+    /// 60 s, 256 MiB).
+    pub fn with_snapshots(mut self, ttl: Duration, max_bytes: usize) -> Self {
+        self.snapshots = Snapshots::new(ttl, max_bytes);
+        self
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 
     pub fn live(&self) -> &Arc<Live> {
@@ -208,7 +227,9 @@ impl Engine {
         let started = Instant::now();
         let (index, view) = self.view(&request.view)?;
         let plan = QueryPlan::check(view, request, self.max_rows)?;
-        let pinned = self.pin(index)?;
+        let snapshot =
+            (self.snapshots).open(request.snapshot.as_deref(), self.live.views().len())?;
+        let pinned = snapshot.pin(index, || self.pin(index))?;
         let run = self.run_query(&plan, &pinned);
         let (schema, batches, truncated) = tokio::time::timeout(self.timeout, run)
             .await
@@ -221,6 +242,7 @@ impl Engine {
                 view: view.name.clone(),
                 pinned,
             }],
+            snapshot: snapshot.id().to_owned(),
             elapsed: started.elapsed(),
         })
     }
@@ -290,9 +312,11 @@ impl Engine {
         Ok(batches)
     }
 
-    /// Runs a read-only SQL query over the finalized views.
-    pub async fn sql(&self, sql: &str) -> Result<Answer, QueryError> {
+    /// Runs a read-only SQL query over the views; `snapshot` answers it from an earlier answer's
+    /// data.
+    pub async fn sql(&self, sql: &str, snapshot: Option<&str>) -> Result<Answer, QueryError> {
         let started = Instant::now();
+        let snapshot = self.snapshots.open(snapshot, self.live.views().len())?;
         let ctx = self.context();
         let state = ctx.state();
         let bad_sql = |e: DataFusionError| QueryError::invalid("bad_sql", sql_message(&e));
@@ -318,17 +342,14 @@ impl Engine {
             let Ok((index, view)) = self.view(view_name) else {
                 continue;
             };
-            let pinned = match merged.iter().position(|m: &Merged| m.view == view.name) {
-                Some(earlier) => merged[earlier].pinned.clone(),
-                None => self.pin(index)?,
-            };
+            let pinned = snapshot.pin(index, || self.pin(index))?;
             let rows = group(states(&ctx, view, &pinned).await?, view, None, &names(view))?;
             let table_frame = match as_states {
                 true => states_table(view, rows)?,
                 false => finalize(view, view_metrics(view), rows)?,
             };
             ctx.register_table(table.clone(), table_frame.into_view())?;
-            if !merged.iter().any(|m| m.view == view.name) {
+            if !merged.iter().any(|m: &Merged| m.view == view.name) {
                 merged.push(Merged {
                     view: view.name.clone(),
                     pinned,
@@ -358,6 +379,7 @@ impl Engine {
             batches,
             truncated,
             merged,
+            snapshot: snapshot.id().to_owned(),
             elapsed: started.elapsed(),
         })
     }

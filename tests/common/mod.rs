@@ -39,7 +39,9 @@ impl Service {
             .env("TRIBUTARY_BATCH__INTERVAL", "1h")
             .env("TRIBUTARY_BATCH__EPOCH_SIZE", "500")
             .env("TRIBUTARY_BATCH__THREADS", "1")
-            .env("TRIBUTARY_SERVING__REFRESH", "100ms");
+            .env("TRIBUTARY_SERVING__REFRESH", "100ms")
+            // Long enough for a snapshot to outlive several phases of a test on a slow machine.
+            .env("TRIBUTARY_SERVING__SNAPSHOT_TTL", "10m");
         Self {
             broker,
             topic: topic.to_owned(),

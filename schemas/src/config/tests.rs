@@ -42,6 +42,8 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
     assert_eq!(config.serving.partial_cache_mb, 256);
     assert_eq!(config.serving.ready_max_lag, 10_000);
     assert_eq!(config.serving.stall_after, Duration::from_secs(30));
+    assert_eq!(config.serving.snapshot_ttl, Duration::from_secs(60));
+    assert_eq!(config.serving.snapshot_max_mb, 256);
     let pageviews = config.view("pageviews").unwrap();
     assert_eq!(pageviews.granularity.to_string(), "1m");
     assert_eq!(pageviews.filter.as_ref().unwrap().sql, "page IS NOT NULL");

@@ -71,6 +71,9 @@ impl From<QueryError> for ApiError {
             ),
             QueryError::Unavailable(cause) => ApiError::unavailable("the query", &cause),
             QueryError::Internal(cause) => ApiError::internal("the query", cause.as_ref()),
+            QueryError::SnapshotExpired(expired) => {
+                ApiError::new(StatusCode::GONE, "snapshot_expired", expired.to_string())
+            }
         }
     }
 }

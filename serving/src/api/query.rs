@@ -104,6 +104,7 @@ fn reply(answer: &Answer, mut meta: Value) -> Result<Response, ApiError> {
     for batch in &answer.batches {
         json::write_rows(batch, &mut rows, &mut written).map_err(|e| failed(&e))?;
     }
+    meta["snapshot"] = json!(answer.snapshot);
     meta["rows"] = json!(written);
     meta["truncated"] = json!(answer.truncated);
     meta["elapsed_ms"] = json!(answer.elapsed.as_secs_f64() * 1e3);
@@ -129,11 +130,16 @@ pub(super) async fn query(State(app): State<Arc<App>>, body: Bytes) -> Result<Re
 #[serde(deny_unknown_fields)]
 struct SqlRequest {
     sql: String,
+    /// `meta.snapshot` of an earlier answer: answer from exactly its data.
+    snapshot: Option<String>,
 }
 
 pub(super) async fn sql(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let request: SqlRequest = parse(&body)?;
-    let answer = app.engine.sql(&request.sql).await?;
+    let answer = app
+        .engine
+        .sql(&request.sql, request.snapshot.as_deref())
+        .await?;
     app.metrics.query("/v1/sql", answer.elapsed);
     let views: Vec<Value> = (answer.merged.iter())
         .map(|m| merged_meta(&m.view, &m.pinned))

@@ -35,6 +35,8 @@ pub struct QueryRequest {
     #[serde(default)]
     pub order_by: Vec<Order>,
     pub limit: Option<usize>,
+    /// `meta.snapshot` of an earlier answer: answer from exactly its data.
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
