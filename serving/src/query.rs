@@ -168,10 +168,6 @@ impl Engine {
         self
     }
 
-    pub fn snapshots(&self) -> &Snapshots {
-        &self.snapshots
-    }
-
     pub fn live(&self) -> &Arc<Live> {
         &self.live
     }
@@ -332,15 +328,16 @@ impl Engine {
                 continue;
             };
             // `<view>` (finalized) or `<view>_states` (states for `merge()`), both at the stored grain.
-            let (view_name, as_states) = match self.view(name) {
-                Ok(_) => (name.as_ref(), false),
-                Err(_) => match name.strip_suffix(STATES_SUFFIX) {
-                    Some(view_name) => (view_name, true),
+            let states_of = |name: &str| {
+                let view_name = name.strip_suffix(STATES_SUFFIX)?;
+                self.view(view_name).ok()
+            };
+            let ((index, view), as_states) = match self.view(name) {
+                Ok(found) => (found, false),
+                Err(_) => match states_of(name) {
+                    Some(found) => (found, true),
                     None => continue, // DataFusion names the missing table
                 },
-            };
-            let Ok((index, view)) = self.view(view_name) else {
-                continue;
             };
             let pinned = snapshot.pin(index, || self.pin(index))?;
             let rows = group(states(&ctx, view, &pinned).await?, view, None, &names(view))?;

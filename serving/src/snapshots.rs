@@ -107,15 +107,6 @@ impl Snapshots {
             held -= oldest.bytes.load(Ordering::Relaxed);
         }
     }
-
-    /// How many snapshots are held (expired ones are dropped on the next [`Self::open`]).
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Snapshot {

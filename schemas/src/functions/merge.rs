@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature,
@@ -31,8 +31,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Literal;
 
 use super::finalize::{averages, distinct_counts, quantiles};
-use super::state::{Phase, StateUdaf, state_column};
-use crate::aggregate::{MetricState, StateKind};
+use super::state::{Phase, SingleGroup, StateUdaf};
+use crate::aggregate::StateKind;
 use crate::config::{MetricDef, MetricFunction};
 use crate::event::{FieldType, timestamp_type};
 
@@ -212,7 +212,9 @@ impl AggregateUDFImpl for Merge {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(OneGroup(self.groups(&args)?)))
+        let Finishing { plan, merge } = self.groups(&args)?;
+        let one = SingleGroup::new(plan.kind, merge).finishing(move |state| plan.finish(state));
+        Ok(Box::new(one))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -293,49 +295,5 @@ impl GroupsAccumulator for Finishing {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         self.merge.convert_to_state(&values[..1], opt_filter)
-    }
-}
-
-/// [`Finishing`] over one group (an aggregate without `GROUP BY`).
-#[derive(Debug)]
-struct OneGroup(Finishing);
-
-impl OneGroup {
-    /// The merged state so far, kept for later calls (emitting resets a groups accumulator).
-    fn merged(&mut self) -> Result<ArrayRef> {
-        let states = self.0.merge.evaluate(EmitTo::All)?;
-        if states.is_empty() {
-            return state_column(&MetricState::empty(self.0.plan.kind));
-        }
-        (self.0.merge).merge_batch(&[Arc::clone(&states)], &[0], 1)?;
-        Ok(states)
-    }
-}
-
-impl Accumulator for OneGroup {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let groups = vec![0; values[0].len()];
-        self.0.update_batch(values, &groups, None, 1)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let states = self.merged()?;
-        ScalarValue::try_from_array(&self.0.plan.finish(&states)?, 0)
-    }
-
-    fn size(&self) -> usize {
-        size_of::<Self>() + self.0.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::try_from_array(&self.merged()?, 0)?])
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        if states.len() != 1 {
-            return exec_err!("merge() has one state column, not {}", states.len());
-        }
-        let groups = vec![0; states[0].len()];
-        self.0.merge_batch(states, &groups, 1)
     }
 }

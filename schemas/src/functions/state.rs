@@ -183,10 +183,7 @@ impl AggregateUDFImpl for StateUdaf {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let input = args.expr_fields[0].data_type();
-        Ok(Box::new(SingleGroup {
-            kind: self.kind,
-            groups: self.groups(input)?,
-        }))
+        Ok(Box::new(SingleGroup::new(self.kind, self.groups(input)?)))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -883,7 +880,7 @@ impl<S: ColumnState> States<S> {
 }
 
 /// A one-row column holding `state`.
-pub(super) fn state_column(state: &MetricState) -> Result<ArrayRef> {
+fn state_column(state: &MetricState) -> Result<ArrayRef> {
     let mut builder = StateColumnBuilder::new(state.kind());
     builder
         .append(state)
@@ -962,17 +959,55 @@ impl<S: ColumnState> GroupsAccumulator for States<S> {
 }
 
 /// The [`Accumulator`] DataFusion asks for in plans without grouping: one group of the same
-/// [`GroupsAccumulator`].
-struct SingleGroup {
+/// [`GroupsAccumulator`], whose state is answered through `finish` (the state itself for the
+/// `state_<kind>`/`merge_<kind>` functions, the kind's finalize for `merge`).
+pub(super) struct SingleGroup {
     kind: StateKind,
     groups: Box<dyn GroupsAccumulator + Sync>,
+    finish: Finish,
 }
+
+/// How a [`SingleGroup`] answers its state.
+type Finish = Box<dyn Fn(&ArrayRef) -> Result<ArrayRef> + Send + Sync>;
 
 impl Debug for SingleGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SingleGroup")
             .field("kind", &self.kind)
             .finish()
+    }
+}
+
+impl SingleGroup {
+    /// One group of `groups`, which holds states of `kind`; evaluates to the state.
+    pub(super) fn new(kind: StateKind, groups: Box<dyn GroupsAccumulator + Sync>) -> Self {
+        Self {
+            kind,
+            groups,
+            finish: Box::new(|state| Ok(Arc::clone(state))),
+        }
+    }
+
+    /// Evaluates to `finish` of the state instead.
+    pub(super) fn finishing(
+        self,
+        finish: impl Fn(&ArrayRef) -> Result<ArrayRef> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            finish: Box::new(finish),
+            ..self
+        }
+    }
+
+    /// The state so far, as a one-row column (the empty state before any row).
+    fn merged(&mut self) -> Result<ArrayRef> {
+        // Emitting resets a groups accumulator: put the state back for later calls.
+        let column = self.groups.evaluate(EmitTo::All)?;
+        if column.is_empty() {
+            return state_column(&MetricState::empty(self.kind));
+        }
+        self.groups.merge_batch(&[Arc::clone(&column)], &[0], 1)?;
+        Ok(column)
     }
 }
 
@@ -983,13 +1018,8 @@ impl Accumulator for SingleGroup {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        // Emitting resets a groups accumulator: put the state back for later calls.
-        let column = self.groups.evaluate(EmitTo::All)?;
-        if column.is_empty() {
-            return ScalarValue::try_from_array(&state_column(&MetricState::empty(self.kind))?, 0);
-        }
-        self.groups.merge_batch(&[Arc::clone(&column)], &[0], 1)?;
-        ScalarValue::try_from_array(&column, 0)
+        let state = self.merged()?;
+        ScalarValue::try_from_array(&(self.finish)(&state)?, 0)
     }
 
     fn size(&self) -> usize {
@@ -997,7 +1027,7 @@ impl Accumulator for SingleGroup {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![self.evaluate()?])
+        Ok(vec![ScalarValue::try_from_array(&self.merged()?, 0)?])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {

@@ -13,15 +13,8 @@ use super::{
 impl Lake {
     /// The partitions `topic` (a generation's lake topic) has files for in `area`, ascending.
     pub async fn partitions(&self, area: Area, topic: &str) -> Result<Vec<i32>, LakeError> {
-        let prefix = Path::from(format!("{}/{topic}", area.prefix()));
-        let listing = self.store().list_with_delimiter(Some(&prefix)).await?;
-        let mut partitions: Vec<i32> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| parse_partition_segment(p.filename()?))
-            .collect();
-        partitions.sort_unstable();
-        Ok(partitions)
+        let prefix = format!("{}/{topic}", area.prefix());
+        self.child_dirs(&prefix, parse_partition_segment).await
     }
 
     /// The offset ranges of one partition's files in `area`, sorted by start, with their paths.

@@ -38,6 +38,22 @@ impl Lake {
         Self { store }
     }
 
+    /// The directories right under `prefix` that `parse` reads (partitions, versions), ascending;
+    /// other entries are not the contract's and are skipped.
+    pub(super) async fn child_dirs<T: Ord>(
+        &self,
+        prefix: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>, LakeError> {
+        let prefix = object_store::path::Path::from(prefix);
+        let listing = self.store.list_with_delimiter(Some(&prefix)).await?;
+        let mut children: Vec<T> = (listing.common_prefixes.iter())
+            .filter_map(|dir| parse(dir.filename()?))
+            .collect();
+        children.sort_unstable();
+        Ok(children)
+    }
+
     /// The object store itself: for DataFusion's scans, which register it under
     /// [`super::LAKE_URL`], and for the writes only one layer makes (parts, the run lock).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

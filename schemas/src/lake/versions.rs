@@ -56,17 +56,8 @@ impl Lake {
 
     /// Every version directory of `view` (complete or not), ascending.
     pub async fn versions(&self, view: &str) -> Result<Vec<u64>, LakeError> {
-        let listing = self
-            .store()
-            .list_with_delimiter(Some(&Path::from(view_dir(view))))
-            .await?;
-        let mut versions: Vec<u64> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|prefix| parse_version_segment(prefix.filename()?))
-            .collect();
-        versions.sort_unstable();
-        Ok(versions)
+        self.child_dirs(&view_dir(view), parse_version_segment)
+            .await
     }
 
     /// Every object under a version's directory (parts and manifest).
