@@ -25,6 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use tributary_schemas::config::Config;
 use tributary_schemas::shutdown::Shutdown;
+use tributary_serving::query::DATABASE;
 
 use crate::generator::{self, GenArgs, Target};
 use crate::serve::{self, Role};
@@ -107,6 +108,18 @@ fn print_welcome(address: SocketAddr, config: &Config) {
     let url = format!("http://{address}");
     let query = r#"{"view":"pageviews","granularity":"1m","metrics":["views","users","latency_p95"],"order_by":[{"field":"time","desc":true}],"limit":5}"#;
     let top = r#"{"view":"pageviews","granularity":"all","group_by":["page"],"metrics":["views","users"],"order_by":[{"field":"views","desc":true}],"limit":10}"#;
+    let psql = match config.serving.pg_listen {
+        None => String::new(),
+        Some(pg) => format!(
+            "SQL from psql or a BI tool (Postgres wire, database {DATABASE}; README \"BI tools\"):
+  psql -h {host} -p {port} -U tributary {DATABASE} -c \\
+    \"SELECT date_trunc('hour', time) AS hour, merge(views) AS views, merge(users) AS users FROM pageviews_states GROUP BY 1 ORDER BY 1\"
+
+",
+            host = pg.ip(),
+            port = pg.port(),
+        ),
+    };
     let text = format!(
         "
 Tributary demo: events flow from the generator through Kafka ({brokers}, topic {topic}) into the
@@ -124,7 +137,7 @@ The ten most viewed pages so far:
   curl -s {url}/v1/query -H 'content-type: application/json' \\
     -d '{top}'
 
-Push your own events: curl -s {url}/v1/events --data-binary @events.ndjson
+{psql}Push your own events: curl -s {url}/v1/events --data-binary @events.ndjson
 Ctrl-C stops the demo, its broker and the generator.
 ",
         brokers = config.kafka.brokers,

@@ -1,5 +1,6 @@
 //! `tributary serve`: runs the chosen roles in one process until SIGTERM or SIGINT, then stops them
-//! cleanly: the HTTP server stops accepting and lets in-flight requests finish, the archiver writes
+//! cleanly: the HTTP server and the Postgres wire stop accepting and let in-flight requests and
+//! statements finish, the archiver writes
 //! what it has buffered (nothing is half-written) and a running recompute is cancelled before it
 //! publishes (its files are collected by the next run). The speed and serving roles run together:
 //! queries merge the speed layer's in-memory states. If a role
@@ -22,7 +23,8 @@ use tributary_serving::api::{self, App};
 use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
-use tributary_serving::query::Engine;
+use tributary_serving::query::{DATABASE, Engine};
+use tributary_serving::wire;
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
 
@@ -114,6 +116,7 @@ pub fn serve_until(
     let metrics = Arc::new(Metrics::default());
     let mut workers = Vec::new();
     let mut http = None;
+    let mut pg = None;
     if serving {
         let (app, speed) = runtime.block_on(start_serving(
             config,
@@ -142,6 +145,21 @@ pub fn serve_until(
             .block_on(tokio::net::TcpListener::bind(config.serving.listen))
             .with_context(|| format!("listening on {}", config.serving.listen))?;
         tracing::info!("serving http://{}", config.serving.listen);
+        if let Some(address) = config.serving.pg_listen {
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(address))
+                .with_context(|| {
+                    format!("listening for the Postgres wire on {address} ([serving] pg_listen)")
+                })?;
+            tracing::info!("serving the Postgres wire at {address} (database {DATABASE})");
+            let stopped = http_stop.clone();
+            pg = Some(runtime.spawn(wire::serve(
+                Arc::clone(&app),
+                listener,
+                async move { stopped.stopped().await },
+                api::DRAIN,
+            )));
+        }
         started(config.serving.listen);
         let router = api::router(app);
         let stopped = http_stop.clone();
@@ -175,6 +193,10 @@ pub fn serve_until(
             Ok(Err(error)) => tracing::warn!(%error, "the HTTP server task failed"),
             Err(_) => tracing::warn!("requests still running after {:?} were cut", api::DRAIN),
         }
+    }
+    if let Some(pg) = pg {
+        // The wire drains its statements in flight itself (within DRAIN), then closes connections.
+        let _ = runtime.block_on(async { tokio::time::timeout(api::DRAIN * 2, pg).await });
     }
     roles_stop.stop();
     if let Some(scheduled) = scheduled {

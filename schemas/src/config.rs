@@ -68,6 +68,8 @@ pub struct BatchConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingConfig {
     pub listen: SocketAddr,
+    /// The Postgres wire listener (BI tools); `None` (`pg_listen = ""`) runs none.
+    pub pg_listen: Option<SocketAddr>,
     /// A live batch version up to this size is held in memory; a bigger one is scanned from Parquet.
     pub memory_budget_mb: usize,
     /// Merged batch states of repeated query shapes are kept up to this size (0: none are).
@@ -539,6 +541,7 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
 fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<ServingConfig> {
     let mut section = Section::new("serving", merged.get("serving"), problems)?;
     let listen = section.string("listen", problems);
+    let pg_listen = section.string("pg_listen", problems);
     let memory_budget_mb = section.non_negative_integer("memory_budget_mb", problems);
     let partial_cache_mb = section.non_negative_integer("partial_cache_mb", problems);
     let query_timeout = section.duration("query_timeout", problems);
@@ -567,10 +570,28 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     if ingest_timeout.is_some_and(|t| t < Duration::from_millis(100)) {
         problem(problems, "serving.ingest_timeout", "must be at least 100ms");
     }
+    // `Some(None)`: off; `None`: not an address.
+    let pg_listen = pg_listen.and_then(|address| match address.as_str() {
+        "" => Some(None),
+        address => match address.parse() {
+            Ok(address) => Some(Some(address)),
+            Err(_) => {
+                problem(
+                    problems,
+                    "serving.pg_listen",
+                    format!(
+                        "{address:?} is not an address such as 127.0.0.1:5433 (\"\" turns the Postgres wire off)"
+                    ),
+                );
+                None
+            }
+        },
+    });
     let listen = listen?;
     match listen.parse() {
         Ok(listen) => Some(ServingConfig {
             listen,
+            pg_listen: pg_listen?,
             memory_budget_mb: usize::try_from(memory_budget_mb?).ok()?,
             partial_cache_mb: usize::try_from(partial_cache_mb?).ok()?,
             query_timeout: query_timeout?,

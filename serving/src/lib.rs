@@ -6,7 +6,8 @@
 //! - [`query`] plans one DataFusion query over batch ∪ speed rows, re-aggregated with the merge
 //!   functions, rolled up and finalized (the functions of `tributary_schemas::functions`);
 //! - [`api`] is the HTTP API (axum), with [`metrics`] for Prometheus and [`json`] for answers;
-//! - [`ingest`] validates pushed events and produces them to Kafka.
+//! - [`ingest`] validates pushed events and produces them to Kafka;
+//! - [`wire`] is the Postgres wire protocol, for BI tools, over the same SQL engine as the API.
 
 pub mod api;
 pub mod cache;
@@ -16,3 +17,4 @@ pub mod live;
 pub mod metrics;
 pub mod query;
 pub mod snapshots;
+pub mod wire;

@@ -23,6 +23,7 @@
 
 mod plan;
 mod request;
+mod tables;
 
 pub use request::{Filter, Order, QueryRequest};
 
@@ -36,12 +37,16 @@ use datafusion::catalog::{
     MemorySchemaProvider,
 };
 use datafusion::common::DataFusionError;
-use datafusion::common::TableReference;
-use datafusion::config::Dialect;
 use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use tributary_schemas::blame::{Blame, classify_datafusion_error};
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::functions::{self};
@@ -49,8 +54,10 @@ use tributary_schemas::lake::lake_url;
 
 use crate::cache::PartialCache;
 use crate::live::{Live, Pinned};
-use crate::snapshots::{SnapshotExpired, Snapshots};
-use plan::{batch_states, finalize, group, names, states, states_table, view_metrics};
+use crate::snapshots::{Snapshot, SnapshotExpired, Snapshots};
+use plan::batch_states;
+pub use tables::Reads;
+use tables::{Kind, ViewTable};
 
 /// The suffix of a view's state table in SQL: `pageviews_states`.
 pub const STATES_SUFFIX: &str = "_states";
@@ -125,15 +132,31 @@ pub struct Answer {
     pub elapsed: Duration,
 }
 
+/// The database (DataFusion catalog) the views are tables of, as SQL and the Postgres wire name it.
+pub const DATABASE: &str = "tributary";
+
 /// Plans and runs queries over the live views.
-#[derive(Debug)]
 pub struct Engine {
     live: Arc<Live>,
     cache: PartialCache,
     snapshots: Snapshots,
-    session: SessionState,
+    /// The shared session: functions, the lake's object store, and the catalog of the views'
+    /// tables with `information_schema` and `pg_catalog`. Each statement runs in a copy of it
+    /// that carries the statement's [`Reads`].
+    base: Arc<SessionContext>,
+    parser: PostgresCompatibilityParser,
     max_rows: usize,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("views", &self.live.views().len())
+            .field("max_rows", &self.max_rows)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -148,14 +171,27 @@ impl Engine {
         runtime.register_object_store(lake_url().as_ref(), Arc::clone(live.lake().store()));
         let config = SessionConfig::new()
             .with_target_partitions(2)
-            .with_information_schema(true);
-        let context = SessionContext::new_with_config_rt(config, runtime);
-        functions::register_all(&context);
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(DATABASE, "public");
+        let base = Arc::new(SessionContext::new_with_config_rt(config, runtime));
+        functions::register_all(&base);
+        for (index, view) in live.views().iter().enumerate() {
+            for (name, kind) in [
+                (view.name.clone(), Kind::Finalized),
+                (format!("{}{STATES_SUFFIX}", view.name), Kind::States),
+            ] {
+                let table = ViewTable::new(&base, index, view, kind)?;
+                base.register_table(name.as_str(), Arc::new(table))?;
+            }
+        }
+        setup_pg_catalog(&base, DATABASE, EmptyContextProvider)
+            .map_err(|e| QueryError::Internal(e))?;
         Ok(Self {
             live,
             cache: PartialCache::new(partial_cache_bytes),
             snapshots: Snapshots::new(Duration::from_secs(60), 256 << 20),
-            session: context.state(),
+            base,
+            parser: PostgresCompatibilityParser::new(),
             max_rows,
             timeout,
         })
@@ -180,14 +216,27 @@ impl Engine {
         self.max_rows
     }
 
-    /// A context for one query: the shared functions and object store, and a catalog of its own
-    /// (the query registers the views it pinned there).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+
+    /// The shared session the views' tables are registered in (the Postgres wire plans in it).
+    pub fn base(&self) -> &Arc<SessionContext> {
+        &self.base
+    }
+
+    /// A context for one structured query: the shared functions and object store, and a catalog
+    /// of its own.
     fn context(&self) -> SessionContext {
         let schema = MemoryCatalogProvider::new();
         let _ = schema.register_schema("public", Arc::new(MemorySchemaProvider::new()));
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog("datafusion".to_owned(), Arc::new(schema));
-        let state = SessionStateBuilder::new_from_existing(self.session.clone())
+        let state = SessionStateBuilder::new_from_existing(self.base.state())
             .with_catalog_list(Arc::new(catalogs))
             .build();
         SessionContext::new_with_state(state)
@@ -288,9 +337,7 @@ impl Engine {
             .into_iter()
             .reduce(|a, b| a.union(b).expect("parts of one plan have one schema"))
             .expect("the open part is always there");
-        Ok(self
-            .collect(plan.finish(merged, merge)?, plan.limit)
-            .await?)
+        Ok(collect(plan.finish(merged, merge)?, plan.limit).await?)
     }
 
     /// The part of immutable rows for this query shape, from the cache or computed and kept.
@@ -308,53 +355,73 @@ impl Engine {
         Ok(batches)
     }
 
-    /// Runs a read-only SQL query over the views; `snapshot` answers it from an earlier answer's
-    /// data.
+    /// Runs one read-only SQL statement over the views; `snapshot` answers it from an earlier
+    /// answer's data.
     pub async fn sql(&self, sql: &str, snapshot: Option<&str>) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let snapshot = self.snapshots.open(snapshot, self.live.views().len())?;
-        let ctx = self.context();
-        let state = ctx.state();
-        let bad_sql = |e: DataFusionError| QueryError::invalid("bad_sql", sql_message(&e));
-        let statement = state
-            .sql_to_statement(sql, &Dialect::Generic)
-            .map_err(bad_sql)?;
-        let mut merged = Vec::new();
-        for table in state
-            .resolve_table_references(&statement)
-            .map_err(bad_sql)?
-        {
-            let TableReference::Bare { table: name } = &table else {
-                continue;
-            };
-            // `<view>` (finalized) or `<view>_states` (states for `merge()`), both at the stored grain.
-            let states_of = |name: &str| {
-                let view_name = name.strip_suffix(STATES_SUFFIX)?;
-                self.view(view_name).ok()
-            };
-            let ((index, view), as_states) = match self.view(name) {
-                Ok(found) => (found, false),
-                Err(_) => match states_of(name) {
-                    Some(found) => (found, true),
-                    None => continue, // DataFusion names the missing table
-                },
-            };
-            let pinned = snapshot.pin(index, || self.pin(index))?;
-            let rows = group(states(&ctx, view, &pinned).await?, view, None, &names(view))?;
-            let table_frame = match as_states {
-                true => states_table(view, rows)?,
-                false => finalize(view, view_metrics(view), rows)?,
-            };
-            ctx.register_table(table.clone(), table_frame.into_view())?;
-            if !merged.iter().any(|m: &Merged| m.view == view.name) {
-                merged.push(Merged {
-                    view: view.name.clone(),
-                    pinned,
-                });
-            }
+        let mut statements = self.parse(sql)?;
+        if statements.len() != 1 {
+            return Err(QueryError::invalid(
+                "bad_sql",
+                format!(
+                    "send one statement per request (this has {})",
+                    statements.len()
+                ),
+            ));
         }
-        let plan = state.statement_to_plan(statement).await.map_err(bad_sql)?;
-        datafusion::execution::context::SQLOptions::new()
+        let statement = statements.remove(0);
+        let (ctx, reads) = self.statement_context(snapshot, None);
+        let plan = self.plan(&ctx, statement).await?;
+        let (schema, batches, truncated) = self.execute(&ctx, plan, self.timeout).await?;
+        Ok(Answer {
+            schema,
+            batches,
+            truncated,
+            merged: reads.take_merged(),
+            snapshot: reads.snapshot().id().to_owned(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Parses SQL in the Postgres dialect, rewritten where DataFusion needs it (the forms BI tools
+    /// and their catalog queries send).
+    pub fn parse(&self, sql: &str) -> Result<Vec<SqlStatement>, QueryError> {
+        (self.parser.parse(sql)).map_err(|e| QueryError::invalid("bad_sql", e.to_string()))
+    }
+
+    /// A session for one statement that reads the views from `snapshot`, with the caller's time
+    /// zone (the wire's `SET TIME ZONE`), and what it reads.
+    pub fn statement_context(
+        &self,
+        snapshot: Arc<Snapshot>,
+        time_zone: Option<&str>,
+    ) -> (SessionContext, Arc<Reads>) {
+        let reads = Arc::new(Reads::new(snapshot, Arc::clone(&self.live)));
+        let mut state = self.base.state();
+        let config = state.config_mut();
+        config.set_extension(Arc::clone(&reads));
+        if let Some(time_zone) = time_zone {
+            config.options_mut().execution.time_zone = Some(time_zone.to_owned());
+        }
+        (SessionContext::new_with_state(state), reads)
+    }
+
+    /// Plans a statement, refusing any that is not a query: nothing over SQL creates, changes or
+    /// configures anything.
+    pub async fn plan(
+        &self,
+        ctx: &SessionContext,
+        statement: SqlStatement,
+    ) -> Result<LogicalPlan, QueryError> {
+        let bad_sql = |e: DataFusionError| QueryError::invalid("bad_sql", sql_message(&e));
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+        let plan = ctx
+            .state()
+            .statement_to_plan(statement)
+            .await
+            .map_err(bad_sql)?;
+        SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false)
@@ -365,42 +432,53 @@ impl Engine {
                     "only queries (SELECT, WITH, VALUES, EXPLAIN) can run here: statements that create, change or configure anything are refused",
                 )
             })?;
-        let frame = ctx.execute_logical_plan(plan).await.map_err(bad_sql)?;
-        let run = self.collect(frame, self.max_rows);
-        let (schema, batches, truncated) = tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| QueryError::Timeout(self.timeout))?
-            .map_err(QueryError::of_sql)?;
-        Ok(Answer {
-            schema,
-            batches,
-            truncated,
-            merged,
-            snapshot: snapshot.id().to_owned(),
-            elapsed: started.elapsed(),
-        })
+        Ok(plan)
     }
 
-    /// Runs `frame` for at most `limit` rows.
-    async fn collect(
+    /// Runs a planned statement in its context for at most `timeout` and [`Self::max_rows`] rows.
+    /// It runs as a task of its own, so that the caller gets its timeout on time even while an
+    /// operator that does not yield (a cross join's inner loop) holds the task; the task is
+    /// aborted then, and stops at its next yield.
+    pub async fn execute(
         &self,
-        frame: DataFrame,
-        limit: usize,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>, bool), DataFusionError> {
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let frame = frame.limit(0, Some(limit + 1))?;
-        let mut batches = frame.collect().await?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let truncated = rows > limit;
-        if truncated {
-            let mut keep = limit;
-            for batch in &mut batches {
-                *batch = batch.slice(0, keep.min(batch.num_rows()));
-                keep -= batch.num_rows();
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+        timeout: Duration,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, bool), QueryError> {
+        let (ctx, max_rows) = (ctx.clone(), self.max_rows);
+        let mut run = tokio::spawn(async move {
+            let frame = ctx.execute_logical_plan(plan).await?;
+            collect(frame, max_rows).await
+        });
+        match tokio::time::timeout(timeout, &mut run).await {
+            Ok(Ok(answer)) => answer.map_err(QueryError::of_sql),
+            Ok(Err(failed)) => Err(QueryError::Internal(Box::new(failed))),
+            Err(_) => {
+                run.abort();
+                Err(QueryError::Timeout(timeout))
             }
         }
-        Ok((schema, batches, truncated))
     }
+}
+
+/// Runs `frame` for at most `limit` rows.
+async fn collect(
+    frame: DataFrame,
+    limit: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>, bool), DataFusionError> {
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let frame = frame.limit(0, Some(limit + 1))?;
+    let mut batches = frame.collect().await?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let truncated = rows > limit;
+    if truncated {
+        let mut keep = limit;
+        for batch in &mut batches {
+            *batch = batch.slice(0, keep.min(batch.num_rows()));
+            keep -= batch.num_rows();
+        }
+    }
+    Ok((schema, batches, truncated))
 }
 
 /// The message of a DataFusion planning error, without its internal prefixes.

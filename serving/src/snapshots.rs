@@ -77,6 +77,12 @@ impl Snapshots {
                     ttl: self.ttl,
                 });
         }
+        drop(entries);
+        Ok(self.take(views))
+    }
+
+    /// A new snapshot for `views` views.
+    pub fn take(&self, views: usize) -> Arc<Snapshot> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let snapshot = Arc::new(Snapshot {
             id: format!("{:016x}{n:x}", self.salt),
@@ -84,8 +90,10 @@ impl Snapshots {
             views: Mutex::new(vec![None; views]),
             bytes: AtomicUsize::new(0),
         });
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.collect(&mut entries);
         entries.push_back(Arc::clone(&snapshot));
-        Ok(snapshot)
+        snapshot
     }
 
     /// Drops the expired snapshots, then the oldest while the speed rows held pass the bound.

@@ -13,24 +13,16 @@ use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use tributary_batch::recompute::{BatchSettings, RecomputeService};
 use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
-use tributary_schemas::event::raw_rows::KafkaPosition;
-use tributary_schemas::lake::Lake;
-use tributary_schemas::layers::recompute::Recompute;
-use tributary_serving::api::{App, router};
+use tributary_serving::api::router;
 use tributary_serving::ingest::{Ingest, IngestSettings};
-use tributary_serving::live::Live;
-use tributary_serving::metrics::Metrics;
-use tributary_serving::query::Engine;
-use tributary_speed::aggregator::Aggregator;
-use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
-use tributary_speed::health::HealthSettings;
 use tributary_testkit::Broker;
 use tributary_testkit::stream::clickstream;
 
-const EVENTS: usize = 3000;
+mod common;
+
+use common::{EVENTS, Setup};
 
 struct Api {
     router: Router,
@@ -38,60 +30,14 @@ struct Api {
 }
 
 fn start(with_batch: bool, timeout: Duration, ingest: Option<Arc<Ingest>>) -> Api {
-    let config = Config::from_sources(None, []).unwrap();
-    let lake = tempfile::tempdir().unwrap();
-    let store = Lake::open(lake.path().to_str().unwrap()).unwrap();
-    let mut aggregator = Aggregator::new(&config.events, &config.views, 1000).unwrap();
-    let payloads: Vec<Vec<u8>> = (0..EVENTS).map(clickstream).collect();
-    let messages: Vec<(KafkaPosition, &[u8])> = (payloads.iter().enumerate())
-        .map(|(n, payload)| {
-            let position = KafkaPosition {
-                partition: (n % 2) as i32,
-                offset: (n / 2) as i64,
-                timestamp_ms: None,
-            };
-            (position, payload.as_slice())
-        })
-        .collect();
-    aggregator.apply(&messages).unwrap();
-    let settings = SpeedSettings {
-        brokers: "127.0.0.1:9".to_owned(),
-        topic: "events".to_owned(),
-        poll_batch: 100,
-        poll_wait: Duration::from_millis(10),
-        health: HealthSettings {
-            ready_max_lag: config.serving.ready_max_lag,
-            stall_after: config.serving.stall_after,
-        },
-    };
-    let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
-    let versions = config.views.iter().map(|_| None).collect();
-    let live = Live::new(
-        store.clone(),
-        "events".to_owned(),
-        config.views.clone(),
-        64 << 20,
-        versions,
-        speed,
-    );
-    let recompute = with_batch.then(|| {
-        let settings = BatchSettings {
-            threads: 1,
-            ..BatchSettings::from_config(&config)
-        };
-        let batch =
-            RecomputeService::new(settings, config.events.clone(), config.views.clone(), store);
-        Arc::new(batch.unwrap()) as Arc<dyn Recompute>
-    });
-    let app = App {
-        engine: Engine::new(Arc::new(live), 1000, timeout, 256 << 20).unwrap(),
-        recompute,
-        archiver: None,
+    let (app, lake) = common::app(Setup {
+        with_batch,
+        timeout,
         ingest,
-        metrics: Arc::new(Metrics::default()),
-    };
+        ..Setup::default()
+    });
     Api {
-        router: router(Arc::new(app)),
+        router: router(app),
         _lake: lake,
     }
 }

@@ -10,10 +10,14 @@
 //! [`TestServer`] runs the real `tributary` binary on free ports over a temp-dir lake and kills it
 //! on drop: every end-to-end test starts the binary through it.
 //!
+//! [`pg`] connects to the Postgres wire with a real driver (`tokio-postgres`) and runs the real
+//! `psql`, and reads rows as JSON so that they compare with the HTTP API's.
+//!
 //! A dev-dependency only: nothing in the service depends on it.
 
 mod broker;
 pub mod http;
+pub mod pg;
 pub mod rng;
 mod server;
 pub mod stream;

@@ -1,6 +1,6 @@
 //! The real `tributary` binary as a child process, the way every end-to-end test runs it
 //! (InfluxDB 3's `TestServer`): a temp-dir lake, the test's broker and topic, an HTTP port of its
-//! own, settings as `TRIBUTARY_*` variables, the log in a file that failures print, and a child
+//! own (and a Postgres-wire port), settings as `TRIBUTARY_*` variables, the log in a file that failures print, and a child
 //! that is stopped when the harness is dropped (SIGTERM, so that `demo` stops the broker it
 //! started; SIGKILL after [`STOP`]), so that no failing test leaves a process behind.
 
@@ -23,6 +23,8 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     /// Where `serve` listens for HTTP.
     pub address: SocketAddr,
+    /// Where `serve` listens for the Postgres wire.
+    pub pg_address: SocketAddr,
     /// `TRIBUTARY_*` (and other) variables of every command, later ones winning.
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -48,15 +50,22 @@ impl TestServer {
     /// directory).
     pub fn without_broker(binary: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().expect("a free port")));
+        let free = || SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().expect("a free port")));
+        let address = free();
+        let pg_address = std::iter::repeat_with(free)
+            .find(|a| *a != address)
+            .expect("a second free port");
         let mut server = Self {
             binary: PathBuf::from(binary),
             address,
+            pg_address,
             env: Vec::new(),
             child: None,
             dir,
         };
-        server.env("TRIBUTARY_SERVING__LISTEN", address.to_string());
+        server
+            .env("TRIBUTARY_SERVING__LISTEN", address.to_string())
+            .env("TRIBUTARY_SERVING__PG_LISTEN", pg_address.to_string());
         server
     }
 

@@ -39,6 +39,10 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
     assert_eq!(config.archiver.max_file_rows, 500_000);
     assert_eq!(config.archiver.max_file_age, Duration::from_secs(120));
     assert_eq!(config.serving.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        config.serving.pg_listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:5433")
+    );
     assert_eq!(config.serving.partial_cache_mb, 256);
     assert_eq!(config.serving.ready_max_lag, 10_000);
     assert_eq!(config.serving.stall_after, Duration::from_secs(30));
@@ -109,6 +113,7 @@ fn environment_variables_override_typed_keys() {
         ("TRIBUTARY_BATCH__EPOCH_SIZE", "5000"),
         ("TRIBUTARY_SERVING__LISTEN", "0.0.0.0:9000"),
         ("TRIBUTARY_SERVING__PARTIAL_CACHE_MB", "0"),
+        ("TRIBUTARY_SERVING__PG_LISTEN", ""),
         ("TRIBUTARY_KAFKA__DLQ_TOPIC", ""),
         ("TRIBUTARY_LOG", "ignored: not a section override"),
         ("PATH", "/usr/bin"),
@@ -117,6 +122,10 @@ fn environment_variables_override_typed_keys() {
     assert_eq!(config.kafka.brokers, "10.0.0.1:9092");
     assert_eq!(config.batch.epoch_size, 5000);
     assert_eq!(config.serving.listen.port(), 9000);
+    assert_eq!(
+        config.serving.pg_listen, None,
+        "\"\" turns the Postgres wire off"
+    );
     assert_eq!(
         config.serving.partial_cache_mb, 0,
         "0 turns the partial cache off"

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use datafusion::common::DataFusionError;
+use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, cast, ident};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
@@ -20,7 +20,6 @@ use tributary_schemas::functions::state::{Phase, StateUdaf};
 use tributary_schemas::functions::time_bucket;
 use tributary_schemas::lake::{LAKE_URL, lake_url};
 
-use super::QueryError;
 use super::request::{Bucket, QueryPlan};
 use crate::live::{BatchData, BatchVersion, Pinned};
 
@@ -29,7 +28,7 @@ pub(super) async fn states(
     ctx: &SessionContext,
     view: &ViewDef,
     pinned: &Pinned,
-) -> Result<DataFrame, QueryError> {
+) -> Result<DataFrame> {
     let speed = MemTable::try_new(view.state_schema(), vec![pinned.speed.batches()])?;
     let speed = ctx.read_table(Arc::new(speed))?;
     match &pinned.version {
@@ -43,7 +42,7 @@ pub(super) async fn batch_states(
     ctx: &SessionContext,
     view: &ViewDef,
     version: &BatchVersion,
-) -> Result<DataFrame, QueryError> {
+) -> Result<DataFrame> {
     match &version.data {
         BatchData::Memory(batches) => {
             // Two partitions, so that the scan and the partial merge use both cores.
@@ -87,7 +86,7 @@ pub(super) fn group(
     view: &ViewDef,
     bucket: Option<Bucket>,
     dimensions: &[String],
-) -> Result<DataFrame, QueryError> {
+) -> Result<DataFrame> {
     let mut keys = Vec::new();
     match bucket {
         None => keys.push(ident(TIME_COLUMN)),
@@ -102,19 +101,19 @@ pub(super) fn group(
             .call(vec![ident(&m.name)])
             .alias(&m.name)
     });
-    Ok(frame.aggregate(keys, merges.collect())?)
+    frame.aggregate(keys, merges.collect())
 }
 
 /// `<view>_states` as SQL sees it: the view's merged state rows at its stored grain, each metric's
 /// column marked with what it holds (field metadata) so that `merge()` can roll it up and answer it.
-pub(super) fn states_table(view: &ViewDef, merged: DataFrame) -> Result<DataFrame, QueryError> {
+pub(super) fn states_table(view: &ViewDef, merged: DataFrame) -> Result<DataFrame> {
     let mut columns = vec![ident(TIME_COLUMN)];
     columns.extend(view.dimensions.iter().map(|d| ident(&d.name)));
     columns.extend(view.metrics.iter().map(|metric| {
         let metadata = merge::state_metadata(metric);
         ident(&metric.name).alias_with_metadata(&metric.name, Some(metadata.into()))
     }));
-    Ok(merged.select(columns)?)
+    merged.select(columns)
 }
 
 /// Finalizes the merged states of `metrics`, keeping the grouping columns.
@@ -122,7 +121,7 @@ pub(super) fn finalize(
     view: &ViewDef,
     metrics: Vec<&MetricDef>,
     frame: DataFrame,
-) -> Result<DataFrame, QueryError> {
+) -> Result<DataFrame> {
     let metric_names: Vec<&str> = view.metrics.iter().map(|m| m.name.as_str()).collect();
     let mut columns: Vec<Expr> = frame
         .schema()
@@ -132,7 +131,7 @@ pub(super) fn finalize(
         .map(|f| ident(f.name()))
         .collect();
     columns.extend(metrics.into_iter().map(|m| answer(m).alias(&m.name)));
-    Ok(frame.select(columns)?)
+    frame.select(columns)
 }
 
 /// The expression answering one merged metric.
@@ -155,7 +154,7 @@ fn answer(metric: &MetricDef) -> Expr {
 
 impl QueryPlan<'_> {
     /// Filters state rows and merges them per group: a partial answer, merged again by [`Self::finish`].
-    pub(super) fn part(&self, states: DataFrame) -> Result<DataFrame, QueryError> {
+    pub(super) fn part(&self, states: DataFrame) -> Result<DataFrame> {
         let mut frame = states;
         if let Some(predicate) = self.before.iter().cloned().reduce(Expr::and) {
             frame = frame.filter(predicate)?;
@@ -166,7 +165,7 @@ impl QueryPlan<'_> {
     /// Merges partial answers (`merge`: the union of several, each with a row per group),
     /// finalizes, filters on metrics and orders. A single part is not merged again: its groups
     /// are unique, and DataFusion would add every column that depends on them to the grouping.
-    pub(super) fn finish(&self, parts: DataFrame, merge: bool) -> Result<DataFrame, QueryError> {
+    pub(super) fn finish(&self, parts: DataFrame, merge: bool) -> Result<DataFrame> {
         let frame = match merge {
             true => group(parts, self.view, self.bucket, &self.group_by)?,
             false => parts,
@@ -178,6 +177,6 @@ impl QueryPlan<'_> {
         if self.order.is_empty() {
             return Ok(frame);
         }
-        Ok(frame.sort(self.order.clone())?)
+        frame.sort(self.order.clone())
     }
 }

@@ -1,0 +1,192 @@
+//! The views as SQL tables, for `POST /v1/sql` and the Postgres wire alike: one catalog lists them
+//! all (so `information_schema` and `pg_catalog` describe them), and each statement reads them
+//! through the [`Reads`] its session carries, pinning every view it touches once, from its
+//! snapshot.
+//!
+//! Per view there are two tables. `<view>` holds the finalized metrics at the stored granularity.
+//! `<view>_states` holds the view's *state rows*, time, dimensions and one state per metric, as
+//! the batch version and the speed layer keep them: a (time, dimensions) key may appear once per
+//! layer and speed partition that counted events for it, as in ClickHouse's AggregatingMergeTree
+//! before a merge. `merge(metric)` over any grouping of them is exact, and skips a merge of its
+//! own at the stored grain that a roll-up would repeat.
+//!
+//! Filters on time and dimensions reach the rows before anything is merged (DataFusion also keeps
+//! them above the scan), so a dashboard's `WHERE country = 'DE' AND time >= ...` merges only what
+//! it keeps.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, ident};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
+use tributary_schemas::config::{TIME_COLUMN, ViewDef};
+
+use super::Merged;
+use super::plan::{finalize, group, names, states, states_table, view_metrics};
+use crate::live::{Live, Pinned};
+use crate::snapshots::Snapshot;
+
+/// What one statement reads: the snapshot it pins views from, and the views it pinned (for the
+/// answer's `meta`). A statement's session carries it as a config extension.
+#[derive(Debug)]
+pub struct Reads {
+    snapshot: Arc<Snapshot>,
+    live: Arc<Live>,
+    merged: Mutex<Vec<Merged>>,
+}
+
+impl Reads {
+    pub(crate) fn new(snapshot: Arc<Snapshot>, live: Arc<Live>) -> Self {
+        Self {
+            snapshot,
+            live,
+            merged: Mutex::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// `index`'s pin in this statement's snapshot.
+    fn pin(&self, index: usize) -> Result<Pinned> {
+        let pinned = (self.snapshot)
+            .pin(index, || self.live.pin(index))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let name = &self.live.views()[index].name;
+        let mut merged = self.merged.lock().unwrap_or_else(|e| e.into_inner());
+        if !merged.iter().any(|m| &m.view == name) {
+            merged.push(Merged {
+                view: name.clone(),
+                pinned: pinned.clone(),
+            });
+        }
+        Ok(pinned)
+    }
+
+    /// The views the statement read, in the order it first read them.
+    pub fn take_merged(&self) -> Vec<Merged> {
+        std::mem::take(&mut *self.merged.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Which of a view's two tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `<view>`: finalized at the stored granularity.
+    Finalized,
+    /// `<view>_states`: state rows, for `merge()`.
+    States,
+}
+
+impl Kind {
+    /// The table's rows over a view's state rows.
+    fn rows(self, view: &ViewDef, states: DataFrame) -> Result<DataFrame> {
+        match self {
+            Kind::Finalized => {
+                let merged = group(states, view, None, &names(view))?;
+                finalize(view, view_metrics(view), merged)
+            }
+            Kind::States => states_table(view, states),
+        }
+    }
+}
+
+/// One of a view's tables.
+#[derive(Debug)]
+pub(crate) struct ViewTable {
+    index: usize,
+    view: ViewDef,
+    kind: Kind,
+    schema: SchemaRef,
+}
+
+impl ViewTable {
+    /// The table of `kind` of the `index`th view; `ctx` plans it once over no rows for its schema.
+    pub(crate) fn new(
+        ctx: &SessionContext,
+        index: usize,
+        view: &ViewDef,
+        kind: Kind,
+    ) -> Result<Self> {
+        let none = MemTable::try_new(view.state_schema(), vec![vec![]])?;
+        let rows = kind.rows(view, ctx.read_table(Arc::new(none))?)?;
+        Ok(Self {
+            index,
+            view: view.clone(),
+            kind,
+            schema: Arc::new(rows.schema().as_arrow().clone()),
+        })
+    }
+
+    /// Whether `filter` reads only columns every state row has as they are: time and dimensions.
+    fn on_keys(&self, filter: &Expr) -> bool {
+        !filter.is_volatile()
+            && filter.column_refs().iter().all(|column| {
+                column.name == TIME_COLUMN
+                    || self.view.dimensions.iter().any(|d| d.name == column.name)
+            })
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|filter| match self.on_keys(filter) {
+                true => TableProviderFilterPushDown::Inexact,
+                false => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = (session.as_any().downcast_ref::<SessionState>()).ok_or_else(|| {
+            DataFusionError::Internal("a view is scanned outside a SessionState".to_owned())
+        })?;
+        let reads = state.config().get_extension::<Reads>().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "view {:?} is scanned by a statement without its reads",
+                self.view.name
+            ))
+        })?;
+        let pinned = reads.pin(self.index)?;
+        let ctx = SessionContext::new_with_state(state.clone());
+        let mut rows = states(&ctx, &self.view, &pinned).await?;
+        if let Some(predicate) = filters.iter().cloned().reduce(Expr::and) {
+            rows = rows.filter(predicate)?;
+        }
+        let mut table = self.kind.rows(&self.view, rows)?;
+        if let Some(projection) = projection {
+            let columns = projection
+                .iter()
+                .map(|&i| ident(self.schema.field(i).name()));
+            table = table.select(columns.collect::<Vec<_>>())?;
+        }
+        table.create_physical_plan().await
+    }
+}
