@@ -4,8 +4,9 @@
 //! (a) before any batch run (speed layer only), (b) right after a batch run, (c) after more events,
 //! some pushed over HTTP (`POST /v1/events`) (both layers), (d) while a batch run publishes (every answer during the swap is exact), and
 //! (e) after kill -9 of the service and a restart with events produced while it was down.
-//! A snapshot taken at (b) answers with (b)'s data through (c) and (d), over `/v1/query` and over
-//! SQL's `merge()`, and is gone (410) after the restart.
+//! A snapshot taken at (b) answers with (b)'s data through (c) and (d), over `/v1/query`, over
+//! SQL's `merge()` and in a transaction on the Postgres wire, and is gone (410) after the restart.
+//! At every phase the Postgres wire's `merge()` roll-ups equal the truth too (`check_wire`).
 //!
 //! Counts, integer sums, min and max must be equal; float sums and averages equal up to summation
 //! order (1e-9 relative); distinct counts and quantiles equal the algebra's sketch of the same
@@ -17,7 +18,20 @@ use std::collections::BTreeSet;
 
 use common::*;
 use serde_json::{Value as Json, json};
-use tributary_testkit::Broker;
+use tributary_testkit::{Broker, pg};
+
+/// One row of metrics, from the wire and from HTTP: integers equal, floats to summation order.
+fn assert_same_row(got: &Json, want: &Json, when: &str) {
+    let (got, want) = (got.as_object().unwrap(), want.as_object().unwrap());
+    assert_eq!(got.len(), want.len(), "{when}: {got:?} vs {want:?}");
+    for (name, value) in want {
+        let same = match (got[name].as_f64(), value.as_f64()) {
+            (Some(a), Some(b)) => close(a, b),
+            _ => got[name] == *value,
+        };
+        assert!(same, "{when}: {name}: {} vs {value}", got[name]);
+    }
+}
 
 #[test]
 fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
@@ -55,7 +69,35 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
     in_snapshot["snapshot"] = json!(snapshot);
     let sql_in_snapshot = json!({"snapshot": snapshot,
         "sql": "SELECT merge(views) AS views, merge(users) AS users, merge(latency_p95) AS latency_p95 FROM pageviews_states"});
+    // And a transaction on the Postgres wire: every statement in it reads the snapshot it opened.
+    let wire = runtime
+        .block_on(pg::connect(
+            service.server.pg_address,
+            "dashboard",
+            "tributary",
+        ))
+        .unwrap();
+    let wire_totals = |when: &str| -> Json {
+        let sql = "SELECT merge(views) AS views, merge(users) AS users, merge(latency_p95) AS latency_p95 FROM pageviews_states";
+        let rows = runtime.block_on(wire.query(sql, &[])).unwrap();
+        let rows: Vec<Json> = pg::json_rows(&rows).into_iter().map(Json::Object).collect();
+        assert_eq!(rows.len(), 1, "{when}");
+        rows.into_iter().next().unwrap()
+    };
+    runtime.block_on(wire.batch_execute("BEGIN")).unwrap();
+    let in_transaction = wire_totals("(b) in a transaction");
+    assert_same_row(
+        &in_transaction,
+        &taken["rows"][0],
+        "(b) the wire and HTTP agree",
+    );
     let same_data = |when: &str| {
+        let again = wire_totals(when);
+        assert_same_row(
+            &again,
+            &in_transaction,
+            &format!("{when}: in the transaction"),
+        );
         let again = service.json("POST", "/v1/query", Some(&in_snapshot));
         assert_eq!(again["rows"], taken["rows"], "{when}: {again}");
         assert_eq!(again["meta"]["snapshot"], json!(snapshot), "{when}");
@@ -99,6 +141,35 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
     );
     check_all(&service, &truth, "(d) after the swap");
     same_data("(d) after a batch swap");
+    // The transaction's snapshot, named on the wire, answers over HTTP; after COMMIT the wire
+    // reads the new data.
+    let named = runtime
+        .block_on(wire.simple_query("SHOW tributary.snapshot"))
+        .unwrap();
+    let named = named
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap();
+    let mut by_name = totals.clone();
+    by_name["snapshot"] = json!(named);
+    let by_name = service.json("POST", "/v1/query", Some(&by_name));
+    assert_same_row(
+        &in_transaction,
+        &by_name["rows"][0],
+        "(d) the transaction's snapshot over HTTP",
+    );
+    runtime.block_on(wire.batch_execute("COMMIT")).unwrap();
+    let committed = wire_totals("(d) after COMMIT");
+    let now = service.json("POST", "/v1/query", Some(&totals));
+    assert_same_row(
+        &committed,
+        &now["rows"][0],
+        "(d) after COMMIT: the new data",
+    );
+    assert_ne!(committed["views"], in_transaction["views"]);
 
     assert_eq!(meta_in_memory(&service), Some(true));
 
@@ -159,6 +230,21 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         );
         assert!(!reply.body.contains("parquet"), "{path}: {error}");
     }
+    // The same statement on the Postgres wire: SQLSTATE 58030 (an I/O failure), no internals.
+    let error = runtime
+        .block_on(async {
+            let client = pg::connect(service.server.pg_address, "e2e", "tributary").await?;
+            client
+                .query("SELECT count(*) AS n FROM pageviews", &[])
+                .await
+        })
+        .unwrap_err();
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{error:?}"));
+    assert_eq!(db.code().code(), "58030", "{db:?}");
+    assert!(
+        db.message().contains("object store") && !db.message().contains("parquet"),
+        "{db:?}"
+    );
 
     // A clean stop: SIGTERM ends the process with success.
     let status = service.server.terminate();

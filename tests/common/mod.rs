@@ -1,6 +1,6 @@
 //! What the end-to-end tests of the binary share: `tributary serve` as a child process on a free
 //! port over a temp-dir lake ([`Service`], on testkit's `TestServer`), a random event stream with its ground truth
-//! ([`Truth`]), and checks of `/v1/query` and `/v1/sql` answers against that truth.
+//! ([`Truth`]), and checks of `/v1/query`, `/v1/sql` and Postgres-wire answers against that truth.
 //!
 //! Each test binary that says `mod common;` uses part of it.
 #![allow(dead_code)]
@@ -15,6 +15,7 @@ use tributary_schemas::config::{Config, ViewDef};
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::{Event, EventSchema, Value};
 use tributary_testkit::http::Reply;
+use tributary_testkit::pg;
 use tributary_testkit::rng::Rng;
 use tributary_testkit::{Broker, TestServer};
 
@@ -353,9 +354,15 @@ pub fn close(a: f64, b: f64) -> bool {
 /// Asserts one reply equals the truth; returns the reply's `meta`.
 pub fn check(service: &Service, truth: &Truth, query: &Query, when: &str) -> Json {
     let reply = service.json("POST", "/v1/query", Some(&query.body()));
+    check_rows(reply["rows"].as_array().unwrap(), truth, query, when);
+    reply["meta"].clone()
+}
+
+/// Asserts rows (`time` in RFC 3339 unless the query is over all time, then a column per group-by
+/// dimension and per metric) equal the truth.
+pub fn check_rows(rows: &[Json], truth: &Truth, query: &Query, when: &str) {
     let view = truth.view(query.view);
     let expected = truth.states(query);
-    let rows = reply["rows"].as_array().unwrap();
     let mut seen = BTreeSet::new();
     for row in rows {
         let bucket = row.get("time").map(|t| {
@@ -397,7 +404,84 @@ pub fn check(service: &Service, truth: &Truth, query: &Query, when: &str) -> Jso
         query.view
     );
     assert!(!rows.is_empty(), "{when}: {} answered nothing", query.view);
-    reply["meta"].clone()
+}
+
+/// A query as SQL over `<view>_states`, rolled up with `merge()`; with `parameter`, its filter
+/// value is `$1`.
+pub fn merge_sql(truth: &Truth, query: &Query, parameter: bool) -> String {
+    let view = truth.view(query.view);
+    let mut select = Vec::new();
+    match query.granularity {
+        "all" => {}
+        "1h" => select.push("date_trunc('hour', time) AS time".to_owned()),
+        "1d" => select.push("date_trunc('day', time) AS time".to_owned()),
+        other => panic!("no SQL bucket for {other}"),
+    }
+    let keys = select.len() + query.group_by.len();
+    select.extend(query.group_by.iter().map(|d| (*d).to_owned()));
+    select.extend((view.metrics.iter()).map(|m| format!("merge({0}) AS {0}", m.name)));
+    let mut sql = format!("SELECT {} FROM {}_states", select.join(", "), view.name);
+    if let Some((field, value)) = query.filter {
+        let value = match parameter {
+            true => "$1".to_owned(),
+            false => format!("'{value}'"),
+        };
+        sql.push_str(&format!(" WHERE {field} = {value}"));
+    }
+    if keys > 0 {
+        let keys: Vec<String> = (1..=keys).map(|k| k.to_string()).collect();
+        sql.push_str(&format!(" GROUP BY {}", keys.join(", ")));
+    }
+    sql
+}
+
+/// The Postgres wire against the same truth (the real driver, binary results): every query of
+/// [`QUERIES`] as `merge()` over `<view>_states`, the filtered one with a parameter too, and the
+/// finalized `pageviews` equal to `POST /v1/sql`'s rows.
+pub fn check_wire(service: &Service, truth: &Truth, when: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = pg::connect(service.server.pg_address, "e2e", "tributary")
+            .await
+            .unwrap_or_else(|e| panic!("{when}: connecting to the wire: {e}"));
+        for query in &QUERIES {
+            let sql = merge_sql(truth, query, false);
+            let rows = client
+                .query(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{when}: {sql}: {e:?}"));
+            let rows: Vec<Json> = pg::json_rows(&rows).into_iter().map(Json::Object).collect();
+            check_rows(&rows, truth, query, &format!("{when}, wire: {sql}"));
+            if let Some((_, value)) = query.filter {
+                let sql = merge_sql(truth, query, true);
+                let bound = client.query(&sql, &[&value]).await.unwrap();
+                let bound: Vec<Json> = pg::json_rows(&bound)
+                    .into_iter()
+                    .map(Json::Object)
+                    .collect();
+                check_rows(
+                    &bound,
+                    truth,
+                    query,
+                    &format!("{when}, wire: {sql} with ${value}"),
+                );
+            }
+        }
+        let sql = "SELECT * FROM pageviews WHERE country = 'NL' ORDER BY time, page";
+        let by_wire = pg::json_rows(&client.query(sql, &[]).await.unwrap());
+        let by_http = service.json("POST", "/v1/sql", Some(&json!({"sql": sql})));
+        let by_http = by_http["rows"].as_array().unwrap();
+        assert_eq!(by_wire.len(), by_http.len(), "{when}: {sql}");
+        for (wire, http) in by_wire.iter().zip(by_http) {
+            for (column, value) in wire {
+                let same = match (value.as_f64(), http[column].as_f64()) {
+                    (Some(a), Some(b)) => close(a, b),
+                    _ => *value == http[column],
+                };
+                assert!(same, "{when}: {sql}: {column} {value} vs {}", http[column]);
+            }
+        }
+    });
 }
 
 /// The sketches against the exact answers over all pageviews: distinct users and the p95 latency.
@@ -468,6 +552,7 @@ pub fn check_all(service: &Service, truth: &Truth, when: &str) -> Json {
     }
     check_sketch_errors(service, truth, when);
     check_sql(service, truth, when);
+    check_wire(service, truth, when);
     meta
 }
 
