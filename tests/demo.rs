@@ -1,6 +1,6 @@
 //! `tributary demo` on a machine where nothing is configured or running: it starts its own broker,
-//! serves live numbers within 60 seconds, runs its first batch recompute, prints curl examples that
-//! work as printed, and stops everything it started on Ctrl-C (SIGINT).
+//! serves live numbers within 60 seconds, runs its first batch recompute, prints curl and psql
+//! examples that work as printed, and stops everything it started on Ctrl-C (SIGINT).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -73,6 +73,35 @@ fn the_demo_serves_live_numbers_within_a_minute_and_stops_on_ctrl_c() {
             "{answer}"
         );
     }
+
+    // The printed psql line, run as printed by a shell, answers over the Postgres wire.
+    let lines: Vec<&str> = printed.lines().map(str::trim).collect();
+    let at = (lines.iter())
+        .position(|l| l.starts_with("psql -h"))
+        .unwrap_or_else(|| panic!("no psql line: {printed}"));
+    let command = format!(
+        "{} {}",
+        lines[at].trim_end_matches('\\').trim_end(),
+        lines[at + 1]
+    );
+    assert!(
+        command.contains(&format!("-p {}", demo.pg_address.port())),
+        "{command}"
+    );
+    let output = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .output()
+        .expect("sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{command}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("views") && (stdout.contains("(1 row)") || stdout.contains(" rows)")),
+        "{command}: {stdout}"
+    );
 
     // Ctrl-C: the demo stops the service, the generator and its broker, and exits 0.
     let status = demo.interrupt(Duration::from_secs(30));
