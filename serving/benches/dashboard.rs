@@ -7,6 +7,13 @@
 //! finalize, JSON answer); the network stack is left out. Reports single-client latency
 //! percentiles and the throughput of 16 concurrent clients.
 //!
+//! Then the same series over real loopback sockets, side by side and interleaved: `POST /v1/query`
+//! (axum served on TCP, a keep-alive HTTP client) and the Postgres wire (`tokio-postgres`, a
+//! prepared statement with binary results, as Grafana's driver sends it) asking
+//! `SELECT time, merge(views), merge(users), merge(latency_p95) FROM pageviews_states WHERE
+//! country = $1 AND time >= $2 AND time < $3 GROUP BY time ORDER BY time`; single client, then 16
+//! clients each on its own connection (p50/p99 per query and throughput).
+//!
 //! `cargo bench -p tributary-serving --bench dashboard`; `DASHBOARD_QUERIES` (default 300) sets
 //! the single-client sample size.
 
@@ -219,7 +226,8 @@ fn main() {
         ingest: None,
         metrics: Arc::new(Metrics::default()),
     };
-    let router = router(Arc::new(app));
+    let app = Arc::new(app);
+    let router = router(Arc::clone(&app));
     let body = serde_json::json!({
         "view": "pageviews",
         "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
@@ -308,4 +316,151 @@ fn main() {
         clients * per_client,
         (clients * per_client) as f64 / elapsed
     );
+
+    runtime.block_on(over_sockets(app, samples));
+}
+
+/// One dashboard query over a socket: HTTP `/v1/query` or the Postgres wire.
+#[derive(Clone)]
+enum Client {
+    Http(reqwest::Client, String, String),
+    Wire(Arc<tokio_postgres::Client>, Arc<tokio_postgres::Statement>),
+}
+
+impl Client {
+    async fn query(&self) -> usize {
+        match self {
+            Client::Http(client, url, body) => {
+                let response = (client.post(url.as_str()))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+                let bytes = response.bytes().await.unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                body["rows"].as_array().unwrap().len()
+            }
+            Client::Wire(client, statement) => {
+                let from = chrono::DateTime::from_timestamp_millis(START_MS).unwrap();
+                let to = chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap();
+                let rows = client
+                    .query(statement.as_ref(), &[&"C07", &from, &to])
+                    .await
+                    .unwrap();
+                rows.len()
+            }
+        }
+    }
+}
+
+fn summary(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    format!(
+        "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.95),
+        percentile(latencies, 0.99),
+        percentile(latencies, 1.0)
+    )
+}
+
+async fn over_sockets(app: Arc<App>, samples: usize) {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_address = http.local_addr().unwrap();
+    tokio::spawn(axum::serve(http, router(Arc::clone(&app))).into_future());
+    let pg = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pg_address = pg.local_addr().unwrap();
+    tokio::spawn(tributary_serving::wire::serve(
+        app,
+        pg,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let body = serde_json::json!({
+        "view": "pageviews",
+        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
+        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
+        "granularity": "1m",
+        "metrics": ["views", "users", "latency_p95"],
+        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
+    })
+    .to_string();
+    let sql = "SELECT time, merge(views) AS views, merge(users) AS users, merge(latency_p95) AS latency_p95 \
+               FROM pageviews_states WHERE country = $1 AND time >= $2 AND time < $3 GROUP BY time ORDER BY time";
+    let http_client = || {
+        Client::Http(
+            reqwest::Client::new(),
+            format!("http://{http_address}/v1/query"),
+            body.clone(),
+        )
+    };
+    let wire_client = async || {
+        let client = tributary_testkit::pg::connect(pg_address, "bench", "tributary")
+            .await
+            .unwrap();
+        let statement = client.prepare(sql).await.unwrap();
+        Client::Wire(Arc::new(client), Arc::new(statement))
+    };
+    let (http, wire) = (http_client(), wire_client().await);
+    let started = Instant::now();
+    let rows = wire.query().await;
+    println!(
+        "over sockets: first wire query {:.1} ms, {rows} rows; /v1/query {} rows",
+        started.elapsed().as_secs_f64() * 1e3,
+        http.query().await
+    );
+    for _ in 0..10 {
+        http.query().await;
+        wire.query().await;
+    }
+    let (mut by_http, mut by_wire) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        let started = Instant::now();
+        http.query().await;
+        by_http.push(started.elapsed());
+        let started = Instant::now();
+        wire.query().await;
+        by_wire.push(started.elapsed());
+    }
+    println!("single client, {samples} each, interleaved:");
+    println!("  /v1/query      {}", summary(&mut by_http));
+    println!("  postgres wire  {}", summary(&mut by_wire));
+
+    let clients = 16;
+    let per_client = (samples / 4).max(10);
+    for (name, make) in [("/v1/query", false), ("postgres wire", true)] {
+        let mut connections = Vec::new();
+        for _ in 0..clients {
+            connections.push(match make {
+                false => http_client(),
+                true => wire_client().await,
+            });
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = (connections.into_iter())
+            .map(|client| {
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        let started = Instant::now();
+                        client.query().await;
+                        latencies.push(started.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{clients} clients, {name}: {:.1} queries/s, {}",
+            latencies.len() as f64 / elapsed,
+            summary(&mut latencies)
+        );
+    }
 }

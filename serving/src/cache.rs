@@ -52,12 +52,12 @@ impl PartialCache {
     pub fn metrics(&self, out: &mut Exposition) {
         out.counter(
             "tributary_query_cache_hits_total",
-            "structured queries answered with a cached batch part",
+            "queries (structured, and SQL roll-ups) answered with a cached immutable part",
             self.hits.load(Ordering::Relaxed),
         );
         out.counter(
             "tributary_query_cache_misses_total",
-            "structured queries that merged the batch version's rows",
+            "queries (structured, and SQL roll-ups) that merged an immutable part's rows",
             self.misses.load(Ordering::Relaxed),
         );
         out.gauge(

@@ -23,6 +23,7 @@
 
 mod plan;
 mod request;
+mod rollup;
 mod tables;
 
 pub use request::{Filter, Order, QueryRequest};
@@ -56,6 +57,7 @@ use crate::cache::PartialCache;
 use crate::live::{Live, Pinned};
 use crate::snapshots::{Snapshot, SnapshotExpired, Snapshots};
 use plan::batch_states;
+use rollup::RollupRule;
 pub use tables::Reads;
 use tables::{Kind, ViewTable};
 
@@ -138,7 +140,7 @@ pub const DATABASE: &str = "tributary";
 /// Plans and runs queries over the live views.
 pub struct Engine {
     live: Arc<Live>,
-    cache: PartialCache,
+    cache: Arc<PartialCache>,
     snapshots: Snapshots,
     /// The shared session: functions, the lake's object store, and the catalog of the views'
     /// tables with `information_schema` and `pg_catalog`. Each statement runs in a copy of it
@@ -186,9 +188,11 @@ impl Engine {
         }
         setup_pg_catalog(&base, DATABASE, EmptyContextProvider)
             .map_err(|e| QueryError::Internal(e))?;
+        let cache = Arc::new(PartialCache::new(partial_cache_bytes));
+        base.add_optimizer_rule(Arc::new(RollupRule::new(Arc::clone(&cache))));
         Ok(Self {
             live,
-            cache: PartialCache::new(partial_cache_bytes),
+            cache,
             snapshots: Snapshots::new(Duration::from_secs(60), 256 << 20),
             base,
             parser: PostgresCompatibilityParser::new(),
@@ -467,7 +471,15 @@ async fn collect(
     limit: usize,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, bool), DataFusionError> {
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let frame = frame.limit(0, Some(limit + 1))?;
+    // An EXPLAIN must stay the plan's root; its rows are few.
+    let explain = matches!(
+        frame.logical_plan(),
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)
+    );
+    let frame = match explain {
+        true => frame,
+        false => frame.limit(0, Some(limit + 1))?,
+    };
     let mut batches = frame.collect().await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let truncated = rows > limit;

@@ -263,6 +263,30 @@ async fn the_wire_answers_as_the_sql_api_in_both_formats_and_with_parameters() {
         assert_same_rows(&text, &binary, &format!("text vs binary: {sql}"));
     }
 
+    // The roll-up shapes merge each part per group first (once per shape for immutable parts);
+    // others run as written.
+    let plan = |sql: String| {
+        let client = &client;
+        async move {
+            let rows = simple_rows(client, &format!("EXPLAIN {sql}"))
+                .await
+                .unwrap();
+            (rows.iter())
+                .map(|r| r["plan"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    for sql in &statements[..5] {
+        let explained = plan(sql.to_string()).await;
+        assert!(
+            explained.contains("TableScan: rollup"),
+            "{sql}:\n{explained}"
+        );
+    }
+    let explained = plan(statements[7].to_owned()).await;
+    assert!(!explained.contains("rollup"), "{explained}");
+
     // Parameters through the extended protocol give the rows of the same literals.
     let from: DateTime<Utc> = "2000-01-01T00:00:00Z".parse().unwrap();
     let literal_sql = "SELECT date_trunc('hour', time) AS hour, merge(views) AS views, merge(users) AS users \

@@ -55,7 +55,7 @@ impl Reads {
     }
 
     /// `index`'s pin in this statement's snapshot.
-    fn pin(&self, index: usize) -> Result<Pinned> {
+    pub(crate) fn pin(&self, index: usize) -> Result<Pinned> {
         let pinned = (self.snapshot)
             .pin(index, || self.live.pin(index))
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -123,6 +123,18 @@ impl ViewTable {
             kind,
             schema: Arc::new(rows.schema().as_arrow().clone()),
         })
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    pub(crate) fn view(&self) -> &ViewDef {
+        &self.view
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Whether `filter` reads only columns every state row has as they are: time and dimensions.
