@@ -347,6 +347,31 @@ pub const QUERIES: [Query; 4] = [
     },
 ];
 
+/// More roll-ups for the wire: every grain with and without a dimension filter.
+pub const MORE_ROLLUPS: [Query; 3] = [
+    Query {
+        view: "pageviews",
+        granularity: "1d",
+        bucket_ms: Some(86_400_000),
+        group_by: &[],
+        filter: Some(("country", "DE")),
+    },
+    Query {
+        view: "pageviews",
+        granularity: "1h",
+        bucket_ms: Some(3_600_000),
+        group_by: &["country"],
+        filter: None,
+    },
+    Query {
+        view: "pageviews",
+        granularity: "all",
+        bucket_ms: None,
+        group_by: &["page"],
+        filter: Some(("country", "US")),
+    },
+];
+
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -436,7 +461,7 @@ pub fn merge_sql(truth: &Truth, query: &Query, parameter: bool) -> String {
 }
 
 /// The Postgres wire against the same truth (the real driver, binary results): every query of
-/// [`QUERIES`] as `merge()` over `<view>_states`, the filtered one with a parameter too, and the
+/// [`QUERIES`] and [`MORE_ROLLUPS`] as `merge()` over `<view>_states`, the filtered one with a parameter too, and the
 /// finalized `pageviews` equal to `POST /v1/sql`'s rows.
 pub fn check_wire(service: &Service, truth: &Truth, when: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -444,7 +469,7 @@ pub fn check_wire(service: &Service, truth: &Truth, when: &str) {
         let client = pg::connect(service.server.pg_address, "e2e", "tributary")
             .await
             .unwrap_or_else(|e| panic!("{when}: connecting to the wire: {e}"));
-        for query in &QUERIES {
+        for query in QUERIES.iter().chain(&MORE_ROLLUPS) {
             let sql = merge_sql(truth, query, false);
             let rows = client
                 .query(&sql, &[])
