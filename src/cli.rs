@@ -45,6 +45,22 @@ enum Command {
     Gen(generator::GenArgs),
     /// Run the local demo: a local broker, every role of `serve` and the generator, until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Access tokens for `[auth]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random token and the configuration lines that grant it its scopes (only the
+    /// token's SHA-256 goes into the configuration).
+    New {
+        /// The token's name (the user name on the Postgres wire; in the audit log).
+        name: String,
+        /// read (queries, SQL, the wire), ingest (POST /v1/events), admin (recomputes); repeatable.
+        #[arg(long = "scope", required = true, value_parser = ["read", "ingest", "admin"])]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,8 +140,47 @@ impl Cli {
                 demo::run(config, self.config.is_some(), &args)?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Token(TokenCommand::New { name, scopes }) => {
+                write!(out, "{}", new_token(&name, &scopes)?)?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
+}
+
+/// A fresh token (256 random bits from the OS) and the lines that configure it.
+fn new_token(name: &str, scopes: &[String]) -> anyhow::Result<String> {
+    let valid = !name.is_empty()
+        && (name.chars()).all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        anyhow::bail!(
+            "a token's name is letters, digits, '-', '_' and '.' (it is the user name on the Postgres wire)"
+        );
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).context("reading the OS's random source")?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let token = format!("trb_{}", hex(&secret));
+    let sha256 = hex(&<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let mut unique: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    unique.dedup();
+    let scopes: Vec<String> = unique.iter().map(|s| format!("{s:?}")).collect();
+    Ok(format!(
+        "token: {token}
+
+Keep the token in your secret store: it is shown once and stored nowhere. Add to the
+configuration (only its SHA-256 is kept there):
+
+[[auth.tokens]]
+name = \"{name}\"
+sha256 = \"{sha256}\"
+scopes = [{scopes}]
+
+HTTP: Authorization: Bearer {token}
+Postgres wire: user {name}, password the token
+",
+        scopes = scopes.join(", ")
+    ))
 }
 
 /// What a valid configuration amounts to, for people.

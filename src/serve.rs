@@ -20,6 +20,7 @@ use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::recompute::Recompute;
 use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{self, App};
+use tributary_serving::auth::Auth;
 use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
@@ -70,6 +71,9 @@ pub fn serve_until(
         bail!(
             "the speed and serving roles run together: queries merge the speed layer's in-memory states, so run `--roles speed,serving` (with archiver and batch as you like)"
         );
+    }
+    if serving {
+        check_exposure(config)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -222,6 +226,33 @@ pub fn serve_until(
     archived
 }
 
+/// Refuses listeners that would serve other machines without auth (unless the configuration says
+/// that is meant), and the Postgres wire's cleartext passwords anywhere but on loopback.
+fn check_exposure(config: &Config) -> anyhow::Result<()> {
+    let (serving, auth) = (&config.serving, &config.auth);
+    let listeners = [
+        ("listen", Some(serving.listen)),
+        ("pg_listen", serving.pg_listen),
+    ];
+    let exposed = listeners
+        .into_iter()
+        .filter_map(|(key, address)| Some((key, address?)))
+        .filter(|(_, address)| !address.ip().is_loopback());
+    for (key, address) in exposed {
+        if !auth.enabled && !auth.allow_unauthenticated {
+            bail!(
+                "[serving] {key} = \"{address}\" is reachable from other machines and [auth] is off: anyone who reaches it could read every view, push events and run recomputes. Turn auth on ([auth] enabled = true with [[auth.tokens]]; `tributary token new NAME --scope read` prints one), listen on 127.0.0.1, or set [auth] allow_unauthenticated = true if the network in between is what guards it"
+            );
+        }
+        if auth.enabled && key == "pg_listen" {
+            bail!(
+                "[serving] pg_listen = \"{address}\": the Postgres wire takes a token as a cleartext password, which it accepts on a loopback address only (TLS for the wire is not built yet); listen on 127.0.0.1 and reach it through a tunnel, or set pg_listen = \"\""
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Loads the live versions, builds the speed layer at their boundary, and the HTTP app over both.
 /// Returns the app and the speed layer, for its thread to run.
 async fn start_serving(
@@ -270,6 +301,7 @@ async fn start_serving(
         archiver,
         ingest: Some(Arc::new(ingest)),
         metrics,
+        auth: Auth::new(&config.auth),
     };
     Ok((Arc::new(app), speed))
 }

@@ -13,6 +13,7 @@
 //! One file past the usual size on purpose: every section's settings, defaults and checks read as
 //! one schema (the view definitions, the largest part, are `config/view.rs`).
 
+mod auth;
 mod view;
 
 use std::fmt;
@@ -24,12 +25,13 @@ use toml::{Table, Value as Toml};
 
 use crate::duration::parse_duration;
 use crate::event::{EventSchema, FieldDef, FieldType};
+pub use auth::{AuthConfig, RowFilter, Scope, TokenDef, parse_sha256};
 pub use view::{FieldRef, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFilter};
 
 /// The built-in defaults: a complete local demo over a realistic clickstream.
 pub const DEFAULT_CONFIG: &str = include_str!("config/defaults.toml");
 const ENV_PREFIX: &str = "TRIBUTARY_";
-const MERGED_SECTIONS: [&str; 5] = ["kafka", "lake", "archiver", "batch", "serving"];
+const MERGED_SECTIONS: [&str; 6] = ["kafka", "lake", "archiver", "batch", "serving", "auth"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
@@ -106,6 +108,7 @@ pub struct Config {
     pub archiver: ArchiverConfig,
     pub batch: BatchConfig,
     pub serving: ServingConfig,
+    pub auth: AuthConfig,
 }
 
 /// One thing wrong with a configuration: where, and what to fix.
@@ -232,7 +235,7 @@ fn overlay_file(merged: &mut Table, file: Table, problems: &mut Vec<Problem>) {
             (name, _) => problem(
                 problems,
                 name,
-                "unknown section (expected kafka, lake, events, views, archiver, batch or serving)",
+                "unknown section (expected kafka, lake, events, views, archiver, batch, serving or auth)",
             ),
         }
     }
@@ -386,6 +389,20 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn boolean(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<bool> {
+        match self.get(key) {
+            Some(Toml::Boolean(b)) => Some(*b),
+            Some(_) => {
+                problem(problems, self.key(key), "must be true or false");
+                None
+            }
+            None => {
+                problem(problems, self.key(key), "is missing");
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<Duration> {
         let text = self.string(key, problems)?;
         parse_duration(&text)
@@ -418,6 +435,7 @@ fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
     let views = events
         .as_ref()
         .and_then(|events| view::validate_views(merged.get("views"), events, problems));
+    let auth = auth::validate_auth(merged, views.as_deref(), problems);
     Some(Config {
         kafka: kafka?,
         lake: lake?,
@@ -426,6 +444,7 @@ fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
         archiver: archiver?,
         batch: batch?,
         serving: serving?,
+        auth: auth?,
     })
 }
 

@@ -37,6 +37,7 @@ use tributary_schemas::event::Value;
 use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder};
 use tributary_schemas::lake::{Boundary, Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
 use tributary_serving::api::{App, router};
+use tributary_serving::auth::Auth;
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
@@ -225,6 +226,7 @@ fn main() {
         archiver: None,
         ingest: None,
         metrics: Arc::new(Metrics::default()),
+        auth: Auth::default(),
     };
     let app = Arc::new(app);
     let router = router(Arc::clone(&app));

@@ -23,6 +23,7 @@ use tower::ServiceExt;
 use tributary_schemas::config::Config;
 use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{App, router};
+use tributary_serving::auth::Auth;
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
@@ -68,6 +69,7 @@ fn main() {
         archiver: None,
         ingest: None,
         metrics: Arc::new(Metrics::default()),
+        auth: Auth::default(),
     };
     let router = router(Arc::new(app));
     let stop = Shutdown::default();

@@ -22,12 +22,14 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tributary_schemas::config::{Scope, TokenDef};
 use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::recompute::Recompute;
 
 pub use batch::run_batch;
 pub use errors::ApiError;
 
+use crate::auth::{Auth, Denied};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::query::Engine;
@@ -43,7 +45,13 @@ pub struct App {
     /// Push ingest, when this process has a producer for the events topic.
     pub ingest: Option<Arc<Ingest>>,
     pub metrics: Arc<Metrics>,
+    /// The tokens requests must present (`[auth]`; off by default).
+    pub auth: Auth,
 }
+
+/// The token a request was let through with (auth on), for handlers that answer by who asks.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<TokenDef>);
 
 /// The router of every route.
 pub fn router(app: Arc<App>) -> Router {
@@ -58,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -88,6 +97,63 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
     let response = next.run(request).await;
     app.metrics.request(route, response.status().as_u16());
     response
+}
+
+/// The scope a route needs, if any.
+fn scope_of(app: &App, route: &str) -> Option<Scope> {
+    match route {
+        "/livez" | "/readyz" | "/openapi.json" => None,
+        "/metrics" => app.auth.metrics_need_token().then_some(Scope::Read),
+        "/v1/events" => Some(Scope::Ingest),
+        "/v1/batch/run" => Some(Scope::Admin),
+        _ => Some(Scope::Read),
+    }
+}
+
+/// `Authorization: Bearer <token>`, if that is what the request sent.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Lets a request through when its token holds the route's scope (auth on); 401 or 403 otherwise.
+async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let route = (request.extensions().get::<MatchedPath>())
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(needs) = scope_of(&app, &route) else {
+        return next.run(request).await;
+    };
+    let what = format!("{} {route}", request.method());
+    match app.auth.check(bearer(&request), needs) {
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(Caller(caller));
+            }
+            next.run(request).await
+        }
+        Err(denied @ Denied::Unauthenticated { .. }) => {
+            let error = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                denied.message(&what),
+            );
+            let mut response = error.into_response();
+            (response.headers_mut()).insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"tributary\""),
+            );
+            response
+        }
+        Err(denied @ Denied::Forbidden { .. }) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.message(&what)).into_response()
+        }
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -42,14 +42,14 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use tributary_schemas::blame::{Blame, classify_datafusion_error};
-use tributary_schemas::config::ViewDef;
+use tributary_schemas::config::{TokenDef, ViewDef};
 use tributary_schemas::functions::{self};
 use tributary_schemas::lake::lake_url;
 
@@ -271,11 +271,25 @@ impl Engine {
             .map_err(|e| QueryError::Internal(Box::new(e)))
     }
 
-    /// Runs a structured query.
-    pub async fn query(&self, request: &QueryRequest) -> Result<Answer, QueryError> {
+    /// The caller's row filter per view (by index), from its token (none without auth).
+    pub fn row_filters(&self, caller: Option<&TokenDef>) -> Vec<Option<Expr>> {
+        (self.live.views().iter())
+            .map(|view| Some(caller?.row_filter(&view.name)?.expr.clone()))
+            .collect()
+    }
+
+    /// Runs a structured query for `caller` (its row filter applies before the request's own).
+    pub async fn query(
+        &self,
+        request: &QueryRequest,
+        caller: Option<&TokenDef>,
+    ) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let (index, view) = self.view(&request.view)?;
-        let plan = QueryPlan::check(view, request, self.max_rows)?;
+        let mut plan = QueryPlan::check(view, request, self.max_rows)?;
+        if let Some(allowed) = self.row_filters(caller).swap_remove(index) {
+            plan.before.insert(0, allowed);
+        }
         let snapshot =
             (self.snapshots).open(request.snapshot.as_deref(), self.live.views().len())?;
         let pinned = snapshot.pin(index, || self.pin(index))?;
@@ -359,9 +373,14 @@ impl Engine {
         Ok(batches)
     }
 
-    /// Runs one read-only SQL statement over the views; `snapshot` answers it from an earlier
-    /// answer's data.
-    pub async fn sql(&self, sql: &str, snapshot: Option<&str>) -> Result<Answer, QueryError> {
+    /// Runs one read-only SQL statement over the views for `caller` (its row filters apply in every
+    /// scan); `snapshot` answers it from an earlier answer's data.
+    pub async fn sql(
+        &self,
+        sql: &str,
+        snapshot: Option<&str>,
+        caller: Option<&TokenDef>,
+    ) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let snapshot = self.snapshots.open(snapshot, self.live.views().len())?;
         let mut statements = self.parse(sql)?;
@@ -375,7 +394,7 @@ impl Engine {
             ));
         }
         let statement = statements.remove(0);
-        let (ctx, reads) = self.statement_context(snapshot, None);
+        let (ctx, reads) = self.statement_context(snapshot, None, caller);
         let plan = self.plan(&ctx, statement).await?;
         let (schema, batches, truncated) = self.execute(&ctx, plan, self.timeout).await?;
         Ok(Answer {
@@ -394,14 +413,16 @@ impl Engine {
         (self.parser.parse(sql)).map_err(|e| QueryError::invalid("bad_sql", e.to_string()))
     }
 
-    /// A session for one statement that reads the views from `snapshot`, with the caller's time
-    /// zone (the wire's `SET TIME ZONE`), and what it reads.
+    /// A session for one statement of `caller` that reads the views from `snapshot`, with the
+    /// caller's time zone (the wire's `SET TIME ZONE`), and what it reads.
     pub fn statement_context(
         &self,
         snapshot: Arc<Snapshot>,
         time_zone: Option<&str>,
+        caller: Option<&TokenDef>,
     ) -> (SessionContext, Arc<Reads>) {
-        let reads = Arc::new(Reads::new(snapshot, Arc::clone(&self.live)));
+        let filters = self.row_filters(caller);
+        let reads = Arc::new(Reads::new(snapshot, Arc::clone(&self.live), filters));
         let mut state = self.base.state();
         let config = state.config_mut();
         config.set_extension(Arc::clone(&reads));

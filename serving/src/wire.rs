@@ -43,25 +43,31 @@ use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
-use datafusion_postgres::pgwire::api::auth::StartupHandler;
-use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
+use datafusion_postgres::pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers,
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
+    ErrorHandler, PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
 };
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::startup::Authentication;
 use datafusion_postgres::pgwire::messages::startup::ParameterStatus;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tributary_schemas::blame::{Blame, chain, classify_datafusion_error};
+use tributary_schemas::config::Scope;
 
 use crate::api::App;
 use crate::query::{DATABASE, Engine, QueryError};
@@ -81,6 +87,8 @@ mod key {
     pub const STATEMENT_TIMEOUT: &str = "statement_timeout_ms";
     /// The database named at startup.
     pub const DATABASE: &str = "database";
+    /// The user named at startup.
+    pub const USER: &str = "user";
 }
 
 /// Settings a session may set that datafusion-postgres keeps per connection (`SetShowHook`).
@@ -159,6 +167,7 @@ struct Handlers {
 impl Handlers {
     fn new(app: Arc<App>, in_flight: Arc<AtomicUsize>) -> Self {
         let base = Arc::clone(app.engine.base());
+        let app_for_startup = Arc::clone(&app);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(SessionHook {
                 app: Arc::clone(&app),
@@ -173,7 +182,9 @@ impl Handlers {
                 inner: DfSessionService::new_with_hooks(base, hooks),
             }),
             startup: Arc::new(Startup {
+                app: Arc::clone(&app_for_startup),
                 connections: Arc::clone(&connections),
+                keys: RandomPidSecretKeyGenerator::default(),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
@@ -202,36 +213,101 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// No authentication yet (the *Security and limits* issue adds it); the database must be
-/// `tributary`.
+/// The database must be `tributary`. With `[auth]` on, the user is a token's name and the password
+/// the token (cleartext: `serve` allows it on a loopback address only), and the token needs scope
+/// `read`.
 struct Startup {
+    app: Arc<App>,
     connections: Arc<ConnectionManager>,
+    keys: RandomPidSecretKeyGenerator,
+}
+
+impl Startup {
+    /// Authenticated (or no auth): the server's parameters and ready for queries.
+    async fn finish<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, secret) = self.keys.generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        // Registered for cancel requests (what pgwire's own handlers do).
+        let (handle, guard) = self.connections.register(pid, secret);
+        client
+            .session_extensions()
+            .insert::<Arc<ConnectionHandle>>(handle);
+        client.session_extensions().insert::<ConnectionGuard>(guard);
+        finish_authentication(client, &DefaultServerParameterProvider::default()).await
+    }
 }
 
 #[async_trait]
-impl NoopStartupHandler for Startup {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(Arc::clone(&self.connections))
-    }
-
-    async fn post_startup<C>(
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
         &self,
         client: &mut C,
-        _message: PgWireFrontendMessage,
+        message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match client.metadata().get(key::DATABASE) {
-            Some(database) if database != DATABASE => Err(user_error(
-                "FATAL",
-                "3D000",
-                format!(
-                    "database {database:?} does not exist: Tributary's database is {DATABASE:?}"
-                ),
-            )),
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                if let Some(database) = client.metadata().get(key::DATABASE)
+                    && database != DATABASE
+                {
+                    return Err(user_error(
+                        "FATAL",
+                        "3D000",
+                        format!(
+                            "database {database:?} does not exist: Tributary's database is {DATABASE:?}"
+                        ),
+                    ));
+                }
+                if !self.app.auth.enabled() {
+                    return self.finish(client).await;
+                }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                let ask = Authentication::CleartextPassword;
+                client
+                    .send(PgWireBackendMessage::Authentication(ask))
+                    .await?;
+                Ok(())
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let token = password.into_password()?.password;
+                let user = client
+                    .metadata()
+                    .get(key::USER)
+                    .cloned()
+                    .unwrap_or_default();
+                let failed = || {
+                    user_error(
+                        "FATAL",
+                        "28P01",
+                        format!(
+                            "password authentication failed for user {user:?}: the user is a token's name, the password the token"
+                        ),
+                    )
+                };
+                // Who the token is, first: a token of another name fails like a wrong one.
+                if (self.app.auth.identify(&token)).is_none_or(|c| c.name != user) {
+                    return Err(failed());
+                }
+                match self.app.auth.check(Some(&token), Scope::Read) {
+                    Ok(_) => self.finish(client).await,
+                    Err(denied) => Err(user_error(
+                        "FATAL",
+                        "42501",
+                        denied.message("the Postgres wire"),
+                    )),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -498,7 +574,15 @@ impl ExecuteHook {
             .map_err(|e| wire_error(&QueryError::SnapshotExpired(e)))?;
         (client.metadata_mut()).insert(key::SNAPSHOT.to_owned(), snapshot.id().to_owned());
         let time_zone = client.metadata().get(key::TIME_ZONE).cloned();
-        let (ctx, _reads) = engine.statement_context(snapshot, time_zone.as_deref());
+        // With auth on, the connection authenticated as its user: that token's row filters apply.
+        let user = client
+            .metadata()
+            .get(key::USER)
+            .cloned()
+            .unwrap_or_default();
+        let caller = self.app.auth.named(&user);
+        let (ctx, _reads) =
+            engine.statement_context(snapshot, time_zone.as_deref(), caller.as_deref());
         Ok(ctx)
     }
 

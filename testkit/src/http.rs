@@ -5,11 +5,22 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// A reply: status code and body text.
+/// A reply: status code, the header lines and the body text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
+    pub head: String,
     pub body: String,
+}
+
+impl Reply {
+    /// A header's value (the first, by case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
 }
 
 /// Sends `method path` with an optional JSON body and reads the whole reply.
@@ -19,12 +30,26 @@ pub fn request(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<Reply> {
+    request_with(address, method, path, &[], body)
+}
+
+/// [`request`] with extra header lines (`("Authorization", "Bearer ...")`).
+pub fn request_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.unwrap_or_default();
+    let extra: String = (headers.iter())
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();
@@ -46,6 +71,7 @@ pub fn request(
     }
     Ok(Reply {
         status,
+        head,
         body: String::from_utf8_lossy(&content).to_string(),
     })
 }

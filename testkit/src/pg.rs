@@ -21,11 +21,24 @@ pub async fn connect(
     user: &str,
     database: &str,
 ) -> Result<Client, tokio_postgres::Error> {
-    let config = format!(
+    connect_with_password(address, user, "", database).await
+}
+
+/// [`connect`] with a password (`[auth]` on: a token).
+pub async fn connect_with_password(
+    address: SocketAddr,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut config = format!(
         "host={} port={} user={user} dbname={database} connect_timeout=10",
         address.ip(),
         address.port()
     );
+    if !password.is_empty() {
+        config.push_str(&format!(" password={password}"));
+    }
     let (client, connection) = tokio_postgres::connect(&config, NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;

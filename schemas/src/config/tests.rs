@@ -190,7 +190,7 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
             with_view(
                 "name = \"v\"\ngranularity = \"1m\"\nfilter = \"latency_ms * 2\"\n[views.metrics]\nn = \"count\"",
             ),
-            "views[0].filter: filter \"latency_ms * 2\" must be true or false for an event, not Float64",
+            "views[0].filter: filter \"latency_ms * 2\" must be true or false for one event, not Float64",
         ),
         (
             with_view(
@@ -270,7 +270,7 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
         ),
         (
             "[metrics]\nport = 1".to_owned(),
-            "metrics: unknown section (expected kafka, lake, events, views, archiver, batch or serving)",
+            "metrics: unknown section (expected kafka, lake, events, views, archiver, batch, serving or auth)",
         ),
         (
             EVENTS.to_owned(),
@@ -343,4 +343,80 @@ fn a_missing_file_is_a_clear_error() {
         error.to_string(),
         "cannot read configuration file /nonexistent/tributary.toml"
     );
+}
+
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+#[test]
+fn auth_tokens_carry_scopes_and_row_filters_over_dimensions() {
+    let file = format!(
+        r#"
+[auth]
+enabled = true
+[[auth.tokens]]
+name = "grafana"
+sha256 = "{HASH}"
+scopes = ["read"]
+[auth.tokens.row_filter]
+pageviews = "country = 'DE'"
+[[auth.tokens]]
+name = "ops"
+sha256 = "{}"
+scopes = ["read", "ingest", "admin"]
+"#,
+        HASH.replace('9', "a")
+    );
+    let config = load(&file, &[]).unwrap();
+    assert!(config.auth.enabled);
+    let grafana = &config.auth.tokens[0];
+    assert_eq!(grafana.scopes, [Scope::Read]);
+    assert_eq!(grafana.sha256, parse_sha256(HASH).unwrap());
+    let filter = grafana.row_filter("pageviews").unwrap();
+    assert_eq!(filter.sql, "country = 'DE'");
+    assert!(grafana.row_filter("traffic").is_none());
+    assert_eq!(config.auth.tokens[1].scopes.len(), 3);
+    let defaults = load("", &[]).unwrap();
+    assert!(!defaults.auth.enabled && defaults.auth.tokens.is_empty());
+}
+
+#[test]
+fn auth_problems_name_their_key() {
+    let token = |extra: &str| {
+        format!(
+            "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"t\"\nsha256 = \"{HASH}\"\nscopes = [\"read\"]\n{extra}"
+        )
+    };
+    let cases = [
+        (
+            token("[auth.tokens.row_filter]\npageviews = \"latency_ms > 3\""),
+            "auth.tokens[0].row_filter.pageviews: cannot plan filter",
+        ),
+        (
+            token("[auth.tokens.row_filter]\nnope = \"country = 'DE'\""),
+            "auth.tokens[0].row_filter.nope: no view \"nope\"",
+        ),
+        (
+            token("max_requests = 3"),
+            "auth.tokens[0].max_requests: unknown key",
+        ),
+        (
+            "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"t\"\nsha256 = \"secret\"\nscopes = [\"read\"]".to_owned(),
+            "auth.tokens[0].sha256: must be the token's SHA-256",
+        ),
+        (
+            format!("[[auth.tokens]]\nname = \"t\"\nsha256 = \"{HASH}\"\nscopes = [\"root\"]"),
+            "auth.tokens[0].scopes: must list read, ingest or admin",
+        ),
+        (
+            "[auth]\nenabled = true".to_owned(),
+            "auth.tokens: auth is enabled but no token is configured",
+        ),
+    ];
+    for (file, expected) in cases {
+        let found = problems(&file);
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{file}\n{found:?}"
+        );
+    }
 }

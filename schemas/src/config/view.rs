@@ -262,13 +262,16 @@ fn validate_view(
             .ok()
     });
     let dimensions = validate_dimensions(path, dimensions, events, problems);
-    let filter = filter.and_then(|sql| match plan_filter(&sql, events) {
-        Ok(expr) => Some(ViewFilter { sql, expr }),
-        Err(message) => {
-            problem(problems, format!("{path}.filter"), message);
-            None
-        }
-    });
+    let filter =
+        filter.and_then(
+            |sql| match plan_filter(&sql, &events.arrow_schema(), "one event") {
+                Ok(expr) => Some(ViewFilter { sql, expr }),
+                Err(message) => {
+                    problem(problems, format!("{path}.filter"), message);
+                    None
+                }
+            },
+        );
     let metrics = validate_metrics(
         path,
         metrics,
@@ -490,11 +493,10 @@ fn one_line(error: &datafusion::error::DataFusionError) -> String {
     error.strip_backtrace().replace('\n', " ")
 }
 
-/// Plans a filter with DataFusion against the event schema and checks it is a deterministic
-/// row-level condition.
-fn plan_filter(sql: &str, events: &EventSchema) -> Result<Expr, String> {
-    let arrow_schema = events.arrow_schema();
-    let df_schema = DFSchema::try_from(arrow_schema.as_ref().clone()).map_err(|e| one_line(&e))?;
+/// Plans a filter with DataFusion against `arrow_schema` (an event's fields, or a view's
+/// dimensions) and checks it is a deterministic condition on one row (`row` says what a row is).
+pub(super) fn plan_filter(sql: &str, arrow_schema: &Schema, row: &str) -> Result<Expr, String> {
+    let df_schema = DFSchema::try_from(arrow_schema.clone()).map_err(|e| one_line(&e))?;
     let context = SessionContext::new();
     let expr = context
         .parse_sql_expr(sql, &df_schema)
@@ -513,7 +515,7 @@ fn plan_filter(sql: &str, events: &EventSchema) -> Result<Expr, String> {
         .unwrap_or(true);
     if not_row_level {
         return Err(format!(
-            "filter {sql:?} must be a condition on one event (no aggregates, windows or subqueries)"
+            "filter {sql:?} must be a condition on {row} (no aggregates, windows or subqueries)"
         ));
     }
     if expr.is_volatile() {
@@ -524,10 +526,10 @@ fn plan_filter(sql: &str, events: &EventSchema) -> Result<Expr, String> {
     let physical = context
         .create_physical_expr(expr.clone(), &df_schema)
         .map_err(|e| format!("cannot plan filter {sql:?}: {}", one_line(&e)))?;
-    match physical.data_type(&arrow_schema) {
+    match physical.data_type(arrow_schema) {
         Ok(DataType::Boolean) => Ok(expr),
         Ok(other) => Err(format!(
-            "filter {sql:?} must be true or false for an event, not {other}"
+            "filter {sql:?} must be true or false for {row}, not {other}"
         )),
         Err(e) => Err(format!("cannot plan filter {sql:?}: {}", one_line(&e))),
     }

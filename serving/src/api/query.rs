@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_schemas::config::ViewDef;
 
-use super::{ApiError, App, parse};
+use super::{ApiError, App, Caller, parse};
 use crate::json::{self, timestamp};
 use crate::live::Pinned;
 use crate::query::{Answer, QueryRequest};
@@ -118,9 +119,14 @@ fn reply(answer: &Answer, mut meta: Value) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-pub(super) async fn query(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn query(
+    State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: QueryRequest = parse(&body)?;
-    let answer = app.engine.query(&request).await?;
+    let caller = caller.as_ref().map(|c| c.0.0.as_ref());
+    let answer = app.engine.query(&request, caller).await?;
     app.metrics.query("/v1/query", answer.elapsed);
     let merged = &answer.merged[0];
     reply(&answer, merged_meta(&merged.view, &merged.pinned))
@@ -134,11 +140,16 @@ struct SqlRequest {
     snapshot: Option<String>,
 }
 
-pub(super) async fn sql(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn sql(
+    State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: SqlRequest = parse(&body)?;
+    let caller = caller.as_ref().map(|c| c.0.0.as_ref());
     let answer = app
         .engine
-        .sql(&request.sql, request.snapshot.as_deref())
+        .sql(&request.sql, request.snapshot.as_deref(), caller)
         .await?;
     app.metrics.query("/v1/sql", answer.elapsed);
     let views: Vec<Value> = (answer.merged.iter())

@@ -69,6 +69,8 @@ pub(super) struct QueryPlan<'v> {
     pub(super) bucket: Option<Bucket>,
     pub(super) group_by: Vec<String>,
     pub(super) metrics: Vec<&'v MetricDef>,
+    /// Conditions on state rows, before any merge: the caller's row filter first, then the range
+    /// and the request's dimension filters.
     pub(super) before: Vec<Expr>,
     pub(super) after: Vec<Expr>,
     pub(super) order: Vec<SortExpr>,

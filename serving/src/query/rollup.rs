@@ -254,13 +254,17 @@ impl Rollup {
         };
         let ctx = SessionContext::new();
         let none = MemTable::try_new(view.state_schema(), vec![vec![]])?;
-        let planned = rollup.merged(ctx.read_table(Arc::new(none))?)?;
+        let planned = rollup.merged(ctx.read_table(Arc::new(none))?, None)?;
         rollup.schema = Arc::new(planned.schema().as_arrow().clone());
         Ok(rollup)
     }
 
-    /// One part's rows, filtered and merged per group.
-    fn merged(&self, rows: DataFrame) -> Result<DataFrame> {
+    /// One part's rows, filtered (the caller's row filter first) and merged per group.
+    fn merged(&self, rows: DataFrame, allowed: Option<&Expr>) -> Result<DataFrame> {
+        let rows = match allowed {
+            Some(allowed) => rows.filter(allowed.clone())?,
+            None => rows,
+        };
         let rows = match &self.predicate {
             Some(predicate) => rows.filter(predicate.clone())?,
             None => rows,
@@ -278,13 +282,18 @@ impl Rollup {
         rows.aggregate(keys.collect(), merges.collect())
     }
 
-    /// An immutable part's merged rows, from the cache or computed and kept.
-    async fn cached(&self, part: &str, rows: DataFrame) -> Result<Arc<Vec<RecordBatch>>> {
-        let key = format!("sql/{}/{part}/{}", self.view.name, self.shape);
+    /// An immutable part's merged rows, from the cache or computed and kept (per row filter).
+    async fn cached(
+        &self,
+        part: &str,
+        rows: DataFrame,
+        allowed: Option<&Expr>,
+    ) -> Result<Arc<Vec<RecordBatch>>> {
+        let key = format!("sql/{}/{part}/{}/{allowed:?}", self.view.name, self.shape);
         if let Some(batches) = self.cache.get(&key) {
             return Ok(batches);
         }
-        let batches = Arc::new(self.merged(rows)?.collect().await?);
+        let batches = Arc::new(self.merged(rows, allowed)?.collect().await?);
         self.cache.insert(key, Arc::clone(&batches));
         Ok(batches)
     }
@@ -316,6 +325,7 @@ impl TableProvider for Rollup {
             )
         })?;
         let pinned = reads.pin(self.index)?;
+        let allowed = reads.row_filter(self.index);
         let ctx = SessionContext::new_with_state(state.clone());
         let schema = self.view.state_schema();
         // Rows that may still change (open epochs): merged per query.
@@ -327,7 +337,7 @@ impl TableProvider for Rollup {
             Arc::clone(&schema),
             vec![open],
         )?))?;
-        let mut partitions = vec![self.merged(open)?.collect().await?];
+        let mut partitions = vec![self.merged(open, allowed)?.collect().await?];
         // Immutable rows (sealed epochs, the batch version): merged once per shape.
         let mut immutable = Vec::new();
         for part in pinned.speed.parts.iter().filter(|p| p.sealed) {
@@ -336,13 +346,13 @@ impl TableProvider for Rollup {
                 pinned.speed_restarts, part.partition, part.epoch
             );
             let rows = ctx.read_batch(part.batch.clone())?;
-            immutable.extend(self.cached(&name, rows).await?.iter().cloned());
+            immutable.extend(self.cached(&name, rows, allowed).await?.iter().cloned());
         }
         if let Some(version) = &pinned.version {
             let manifest = &version.manifest;
             let name = format!("batch/{}/{}", manifest.version, manifest.generation);
             let rows = batch_states(&ctx, &self.view, version).await?;
-            immutable.extend(self.cached(&name, rows).await?.iter().cloned());
+            immutable.extend(self.cached(&name, rows, allowed).await?.iter().cloned());
         }
         partitions.push(immutable);
         let exec = MemorySourceConfig::try_new_exec(

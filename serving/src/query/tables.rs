@@ -10,6 +10,10 @@
 //! before a merge. `merge(metric)` over any grouping of them is exact, and skips a merge of its
 //! own at the stored grain that a roll-up would repeat.
 //!
+//! A caller's row filter (`[auth.tokens.row_filter]`) is applied in the scan, to the state rows
+//! themselves, before anything the statement says: no `OR`, subquery, join or `UNION` gets past it,
+//! because every path to a view's rows is a scan of one of its tables.
+//!
 //! Filters on time and dimensions reach the rows before anything is merged (DataFusion also keeps
 //! them above the scan), so a dashboard's `WHERE country = 'DE' AND time >= ...` merges only what
 //! it keeps.
@@ -32,22 +36,35 @@ use super::plan::{finalize, group, names, states, states_table, view_metrics};
 use crate::live::{Live, Pinned};
 use crate::snapshots::Snapshot;
 
-/// What one statement reads: the snapshot it pins views from, and the views it pinned (for the
-/// answer's `meta`). A statement's session carries it as a config extension.
+/// What one statement reads: the snapshot it pins views from, the caller's row filters, and the
+/// views it pinned (for the answer's `meta`). A statement's session carries it as a config
+/// extension.
 #[derive(Debug)]
 pub struct Reads {
     snapshot: Arc<Snapshot>,
     live: Arc<Live>,
+    /// Per view (by index): the caller's row filter, applied to the state rows before anything.
+    row_filters: Vec<Option<Expr>>,
     merged: Mutex<Vec<Merged>>,
 }
 
 impl Reads {
-    pub(crate) fn new(snapshot: Arc<Snapshot>, live: Arc<Live>) -> Self {
+    pub(crate) fn new(
+        snapshot: Arc<Snapshot>,
+        live: Arc<Live>,
+        row_filters: Vec<Option<Expr>>,
+    ) -> Self {
         Self {
             snapshot,
             live,
+            row_filters,
             merged: Mutex::default(),
         }
+    }
+
+    /// The caller's filter on the `index`th view's rows.
+    pub(crate) fn row_filter(&self, index: usize) -> Option<&Expr> {
+        self.row_filters.get(index)?.as_ref()
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -189,6 +206,10 @@ impl TableProvider for ViewTable {
         let pinned = reads.pin(self.index)?;
         let ctx = SessionContext::new_with_state(state.clone());
         let mut rows = states(&ctx, &self.view, &pinned).await?;
+        // The caller's row filter first: nothing the statement says comes before it.
+        if let Some(allowed) = reads.row_filter(self.index) {
+            rows = rows.filter(allowed.clone())?;
+        }
         if let Some(predicate) = filters.iter().cloned().reduce(Expr::and) {
             rows = rows.filter(predicate)?;
         }

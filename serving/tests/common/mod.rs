@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_batch::recompute::{BatchSettings, RecomputeService};
-use tributary_schemas::config::Config;
+use tributary_schemas::config::{AuthConfig, Config};
 use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_schemas::lake::Lake;
 use tributary_schemas::layers::recompute::Recompute;
 use tributary_serving::api::App;
+use tributary_serving::auth::Auth;
 use tributary_serving::ingest::Ingest;
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct Setup {
     pub timeout: Duration,
     pub ingest: Option<Arc<Ingest>>,
     pub max_rows: usize,
+    /// `[auth]` of the app (off by default).
+    pub auth: AuthConfig,
 }
 
 impl Default for Setup {
@@ -37,6 +40,7 @@ impl Default for Setup {
             timeout: Duration::from_secs(30),
             ingest: None,
             max_rows: 1000,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub fn app(setup: Setup) -> (Arc<App>, tempfile::TempDir) {
         archiver: None,
         ingest: setup.ingest,
         metrics: Arc::new(Metrics::default()),
+        auth: Auth::new(&setup.auth),
     };
     (Arc::new(app), lake)
 }

@@ -1,0 +1,167 @@
+//! `[auth]` through the real binary (issue 27): tokens made by `tributary token new`, every route
+//! with no token, a wrong one and each scope over real HTTP, the Postgres wire's token passwords,
+//! and `serve` refusing to expose itself without auth.
+
+use std::collections::BTreeMap;
+
+use tributary_testkit::http::{Reply, request_with};
+use tributary_testkit::pg::connect_with_password;
+use tributary_testkit::{Broker, TestServer};
+
+/// `tributary token new NAME --scope SCOPE`: the token and the configuration lines it printed.
+fn new_token(server: &TestServer, name: &str, scope: &str) -> (String, String) {
+    let output = server.run(&["token", "new", name, "--scope", scope]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token = (text.lines())
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned();
+    let start = text.find("[[auth.tokens]]").unwrap();
+    let end = text[start..].find("\n\n").unwrap() + start;
+    (token, text[start..end].to_owned())
+}
+
+#[test]
+fn every_route_needs_its_scope_and_the_wire_a_token() {
+    let broker = Broker::shared();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let topic = runtime.block_on(broker.create_topic(1)).unwrap();
+    let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, &topic);
+    let mut tokens = BTreeMap::new();
+    let mut config = "[auth]\nenabled = true\n".to_owned();
+    for (name, scope) in [
+        ("reader", "read"),
+        ("pusher", "ingest"),
+        ("operator", "admin"),
+    ] {
+        let (token, lines) = new_token(&server, name, scope);
+        assert!(!lines.contains(&token), "only the hash is configured");
+        config.push_str(&lines);
+        config.push('\n');
+        tokens.insert(scope, token);
+    }
+    let file = server.dir().join("auth.toml");
+    std::fs::write(&file, &config).unwrap();
+    server.env("TRIBUTARY_CONFIG", file.display().to_string());
+    server.start(&["serve"]);
+    let address = server.address;
+
+    let event = r#"{"ts":"2026-11-21T10:00:00Z","page":"/a","user_id":"u1","country":"DE"}"#;
+    let query = r#"{"view":"pageviews","granularity":"all","metrics":["views"]}"#;
+    let sql = r#"{"sql":"SELECT count(*) AS n FROM pageviews"}"#;
+    // (method, path, body, the scope it needs; None: open)
+    let routes: [(&str, &str, Option<&str>, Option<&str>); 10] = [
+        ("GET", "/v1/views", None, Some("read")),
+        ("POST", "/v1/query", Some(query), Some("read")),
+        ("POST", "/v1/sql", Some(sql), Some("read")),
+        ("GET", "/v1/status", None, Some("read")),
+        ("GET", "/metrics", None, Some("read")),
+        ("POST", "/v1/events", Some(event), Some("ingest")),
+        ("POST", "/v1/batch/run", None, Some("admin")),
+        ("GET", "/livez", None, None),
+        ("GET", "/readyz", None, None),
+        ("GET", "/openapi.json", None, None),
+    ];
+    let callers: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("a wrong token", Some("trb_0000".to_owned())),
+        ("read", Some(tokens["read"].clone())),
+        ("ingest", Some(tokens["ingest"].clone())),
+        ("admin", Some(tokens["admin"].clone())),
+    ];
+    for (method, path, body, needs) in routes {
+        for (caller, token) in &callers {
+            let header = token.as_ref().map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = (header.iter())
+                .map(|h| ("Authorization", h.as_str()))
+                .collect();
+            let reply: Reply = request_with(address, method, path, &headers, body).unwrap();
+            let case = format!(
+                "{method} {path} with {caller}: {} {}",
+                reply.status, reply.body
+            );
+            match needs {
+                None => assert!(reply.status < 300, "{case}"),
+                Some(scope) if token.is_none() || *caller == "a wrong token" => {
+                    assert_eq!(reply.status, 401, "{case}");
+                    assert!(
+                        reply
+                            .header("www-authenticate")
+                            .is_some_and(|h| h.starts_with("Bearer")),
+                        "{case}\n{}",
+                        reply.head
+                    );
+                    assert!(reply.body.contains(&format!("scope {scope}")), "{case}");
+                    assert!(reply.body.contains("\"unauthorized\""), "{case}");
+                }
+                Some(scope) if scope == *caller => assert!(reply.status < 300, "{case}"),
+                Some(scope) => {
+                    assert_eq!(reply.status, 403, "{case}");
+                    assert!(
+                        reply.body.contains(&format!("lacks scope {scope}")),
+                        "{case}"
+                    );
+                    assert!(reply.body.contains("\"forbidden\""), "{case}");
+                }
+            }
+        }
+    }
+
+    // The Postgres wire: the user is the token's name, the password the token; it needs `read`.
+    let pg = server.pg_address;
+    runtime.block_on(async {
+        let client = connect_with_password(pg, "reader", &tokens["read"], "tributary")
+            .await
+            .unwrap();
+        let one = client.query_one("SELECT 1::bigint", &[]).await.unwrap();
+        assert_eq!(one.get::<_, i64>(0), 1);
+        for (user, token, code) in [
+            ("reader", "trb_wrong", "28P01"),
+            ("reader", tokens["admin"].as_str(), "28P01"),
+            ("anyone", "trb_anything", "28P01"),
+            ("pusher", tokens["ingest"].as_str(), "42501"),
+        ] {
+            let error = connect_with_password(pg, user, token, "tributary")
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{user} connected"));
+            let db = error
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{user}: {error:?}"));
+            assert_eq!(db.code().code(), code, "{user}: {db:?}");
+        }
+        // Without a password the server asks for one (the driver then refuses to go on).
+        let error = connect_with_password(pg, "reader", "", "tributary")
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            format!("{error:?}").contains("password missing"),
+            "{error:?}"
+        );
+    });
+}
+
+#[test]
+fn serve_refuses_to_expose_itself_without_auth() {
+    let broker = Broker::shared();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let topic = runtime.block_on(broker.create_topic(1)).unwrap();
+    let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, &topic);
+    let port = server.address.port();
+    server.env("TRIBUTARY_SERVING__LISTEN", format!("0.0.0.0:{port}"));
+    let output = server.run(&["serve"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reachable from other machines")
+            && stderr.contains("[auth] enabled = true"),
+        "{stderr}"
+    );
+    // Said on purpose, it serves.
+    server.env("TRIBUTARY_AUTH__ALLOW_UNAUTHENTICATED", "true");
+    server.start(&["serve"]);
+    let reply = request_with(server.address, "GET", "/v1/views", &[], None).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
