@@ -23,6 +23,9 @@
 //!   (42xxx, 22000); a failed object store is 58030 and ours XX000, both without internals (the
 //!   cause is logged).
 //!
+//! - **Tokens** (`[auth]` on): the user is a token's name and the password the token, which needs
+//!   scope `read`; the token's row filters apply to every statement of the connection.
+//!
 //! On shutdown the listener stops accepting, statements in flight finish (for at most the HTTP
 //! server's drain time), and then the connections close.
 
