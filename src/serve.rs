@@ -20,6 +20,7 @@ use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::recompute::Recompute;
 use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{self, App};
+use tributary_serving::audit::Audit;
 use tributary_serving::auth::Auth;
 use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
@@ -165,10 +166,12 @@ pub fn serve_until(
             )));
         }
         started(config.serving.listen);
+        runtime.spawn(reopen_audit_on_hangup(app.audit.clone()));
         let router = api::router(app);
         let stopped = http_stop.clone();
         http = Some(runtime.spawn(async move {
-            axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, service)
                 .with_graceful_shutdown(async move { stopped.stopped().await })
                 .await
         }));
@@ -224,6 +227,21 @@ pub fn serve_until(
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     archived
+}
+
+/// `SIGHUP` reopens the audit log (after logrotate moved it).
+async fn reopen_audit_on_hangup(audit: Audit) {
+    if !audit.enabled() {
+        return;
+    }
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("no SIGHUP handler: the audit log is not reopened on SIGHUP");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        audit.reopen();
+    }
 }
 
 /// Refuses listeners that would serve other machines without auth (unless the configuration says
@@ -302,6 +320,12 @@ async fn start_serving(
         ingest: Some(Arc::new(ingest)),
         metrics,
         auth: Auth::new(&config.auth),
+        audit: Audit::open(&config.auth.audit_log).with_context(|| {
+            format!(
+                "opening the audit log {:?} ([auth] audit_log)",
+                config.auth.audit_log
+            )
+        })?,
     };
     Ok((Arc::new(app), speed))
 }

@@ -29,7 +29,11 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
     let topic = runtime.block_on(broker.create_topic(1)).unwrap();
     let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, &topic);
     let mut tokens = BTreeMap::new();
-    let mut config = "[auth]\nenabled = true\n".to_owned();
+    let audit = server.dir().join("audit").join("audit.log");
+    let mut config = format!(
+        "[auth]\nenabled = true\naudit_log = {:?}\n",
+        audit.display().to_string()
+    );
     for (name, scope) in [
         ("reader", "read"),
         ("pusher", "ingest"),
@@ -70,6 +74,7 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
         ("ingest", Some(tokens["ingest"].clone())),
         ("admin", Some(tokens["admin"].clone())),
     ];
+    let mut audited: Vec<(String, &str, u16)> = Vec::new();
     for (method, path, body, needs) in routes {
         for (caller, token) in &callers {
             let header = token.as_ref().map(|t| format!("Bearer {t}"));
@@ -131,6 +136,8 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
                 .unwrap_or_else(|| panic!("{user}: {error:?}"));
             assert_eq!(db.code().code(), code, "{user}: {db:?}");
         }
+        let refused = client.query("DROP TABLE pageviews", &[]).await.unwrap_err();
+        assert_eq!(refused.as_db_error().unwrap().code().code(), "25006");
         // Without a password the server asks for one (the driver then refuses to go on).
         let error = connect_with_password(pg, "reader", "", "tributary")
             .await

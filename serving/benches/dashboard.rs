@@ -227,6 +227,7 @@ fn main() {
         ingest: None,
         metrics: Arc::new(Metrics::default()),
         auth: Auth::default(),
+        audit: Default::default(),
     };
     let app = Arc::new(app);
     let router = router(Arc::clone(&app));

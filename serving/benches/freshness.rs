@@ -70,6 +70,7 @@ fn main() {
         ingest: None,
         metrics: Arc::new(Metrics::default()),
         auth: Auth::default(),
+        audit: Default::default(),
     };
     let router = router(Arc::new(app));
     let stop = Shutdown::default();

@@ -12,12 +12,13 @@ mod events;
 mod health;
 mod query;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +30,7 @@ use tributary_schemas::layers::recompute::Recompute;
 pub use batch::run_batch;
 pub use errors::ApiError;
 
+use crate::audit::{Answered, Audit, Entry};
 use crate::auth::{Auth, Denied};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -47,6 +49,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The tokens requests must present (`[auth]`; off by default).
     pub auth: Auth,
+    /// Where requests to scoped routes are recorded (`[auth] audit_log`; off by default).
+    pub audit: Audit,
 }
 
 /// The token a request was let through with (auth on), for handlers that answer by who asks.
@@ -122,6 +126,7 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// Lets a request through when its token holds the route's scope (auth on); 401 or 403 otherwise.
+/// Every request to a scoped route, refused or not, leaves a line in the audit log.
 async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let route = (request.extensions().get::<MatchedPath>())
         .map(|p| p.as_str().to_owned())
@@ -129,13 +134,16 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
     let Some(needs) = scope_of(&app, &route) else {
         return next.run(request).await;
     };
+    let started = Instant::now();
     let what = format!("{} {route}", request.method());
-    match app.auth.check(bearer(&request), needs) {
+    let client = (request.extensions().get::<ConnectInfo<SocketAddr>>()).map(|c| c.0.to_string());
+    let (token, response) = match app.auth.check(bearer(&request), needs) {
         Ok(caller) => {
+            let token = caller.as_ref().map(|c| c.name.clone());
             if let Some(caller) = caller {
                 request.extensions_mut().insert(Caller(caller));
             }
-            next.run(request).await
+            (token, next.run(request).await)
         }
         Err(denied @ Denied::Unauthenticated { .. }) => {
             let error = ApiError::new(
@@ -148,12 +156,31 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"tributary\""),
             );
-            response
+            (None, response)
         }
         Err(denied @ Denied::Forbidden { .. }) => {
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.message(&what)).into_response()
+            let error = ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.message(&what));
+            (denied.token().map(str::to_owned), error.into_response())
         }
+    };
+    if app.audit.enabled() {
+        let answered = response
+            .extensions()
+            .get::<Answered>()
+            .cloned()
+            .unwrap_or_default();
+        app.audit.record(&Entry {
+            token,
+            client,
+            route: what,
+            views: answered.views,
+            query: answered.query,
+            rows: answered.rows,
+            duration: started.elapsed(),
+            status: response.status().as_u16().into(),
+        });
     }
+    response
 }
 
 async fn not_found(request: Request) -> ApiError {

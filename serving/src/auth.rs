@@ -30,6 +30,14 @@ pub enum Denied {
 }
 
 impl Denied {
+    /// The token's name, when it was a known one.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            Denied::Forbidden { token, .. } => Some(token),
+            Denied::Unauthenticated { .. } => None,
+        }
+    }
+
     pub fn message(&self, what: &str) -> String {
         match self {
             Denied::Unauthenticated {
@@ -146,6 +154,7 @@ mod tests {
             enabled: true,
             allow_unauthenticated: false,
             open_metrics: false,
+            audit_log: String::new(),
             tokens: vec![
                 token("grafana", "s3cret", &[Scope::Read]),
                 token("ops", "0ps", &[Scope::Read, Scope::Admin]),

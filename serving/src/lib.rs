@@ -10,6 +10,7 @@
 //! - [`wire`] is the Postgres wire protocol, for BI tools, over the same SQL engine as the API.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod ingest;

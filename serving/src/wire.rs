@@ -73,7 +73,8 @@ use tributary_schemas::blame::{Blame, chain, classify_datafusion_error};
 use tributary_schemas::config::Scope;
 
 use crate::api::App;
-use crate::query::{DATABASE, Engine, QueryError};
+use crate::audit::Entry;
+use crate::query::{DATABASE, Engine, QueryError, Reads};
 
 /// The connection's state, kept in its pgwire metadata (strings, per connection).
 mod key {
@@ -569,7 +570,7 @@ impl ExecuteHook {
     }
 
     /// The statement's session: its snapshot (the transaction's, or a new one) and time zone.
-    fn context(&self, client: &mut dyn HookClient) -> PgWireResult<SessionContext> {
+    fn context(&self, client: &mut dyn HookClient) -> PgWireResult<(SessionContext, Arc<Reads>)> {
         let engine = self.engine();
         let transaction = client.metadata().get(key::TRANSACTION).cloned();
         let snapshot = (engine.snapshots())
@@ -584,9 +585,7 @@ impl ExecuteHook {
             .cloned()
             .unwrap_or_default();
         let caller = self.app.auth.named(&user);
-        let (ctx, _reads) =
-            engine.statement_context(snapshot, time_zone.as_deref(), caller.as_deref());
-        Ok(ctx)
+        Ok(engine.statement_context(snapshot, time_zone.as_deref(), caller.as_deref()))
     }
 
     /// The server's query timeout, or the session's `statement_timeout` if shorter.
@@ -598,10 +597,44 @@ impl ExecuteHook {
         session.map_or(server, |session| session.min(server))
     }
 
-    async fn run(&self, client: &mut dyn HookClient, query: Query) -> PgWireResult<Response> {
+    /// Runs a statement (`sql` is its text, for the audit log) and records it.
+    async fn run(
+        &self,
+        client: &mut dyn HookClient,
+        query: Query,
+        sql: String,
+    ) -> PgWireResult<Response> {
         let _in_flight = InFlight::enter(&self.in_flight);
         let started = Instant::now();
-        let ctx = self.context(client)?;
+        let ran = self.answer(client, query, started).await;
+        if self.app.audit.enabled() {
+            let user = client.metadata().get(key::USER).cloned();
+            let (rows, views, status) = match &ran {
+                Ok((rows, views, _)) => (Some(*rows), views.clone(), "00000".to_owned()),
+                Err(error) => (None, Vec::new(), sql_state(error)),
+            };
+            self.app.audit.record(&Entry {
+                token: user.filter(|_| self.app.auth.enabled()),
+                client: Some(client.socket_addr().to_string()),
+                route: "postgres".to_owned(),
+                views,
+                query: sql.into(),
+                rows,
+                duration: started.elapsed(),
+                status: status.into(),
+            });
+        }
+        ran.map(|(_, _, response)| response)
+    }
+
+    /// The statement's answer: its rows, the views it read and the response.
+    async fn answer(
+        &self,
+        client: &mut dyn HookClient,
+        query: Query,
+        started: Instant,
+    ) -> PgWireResult<(usize, Vec<String>, Response)> {
+        let (ctx, reads) = self.context(client)?;
         let timeout = self.timeout(client);
         let engine = self.engine();
         let answer = async {
@@ -624,7 +657,13 @@ impl ExecuteHook {
         }
         self.app.metrics.query("postgres", started.elapsed());
         let format = decode_format(client.metadata().get(key::FORMAT));
-        respond(&schema, batches, &format, client.metadata())
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let views = reads.take_merged().into_iter().map(|m| m.view).collect();
+        Ok((
+            rows,
+            views,
+            respond(&schema, batches, &format, client.metadata())?,
+        ))
     }
 }
 
@@ -637,7 +676,7 @@ impl QueryHook for ExecuteHook {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         let query = Query::Statement(Box::new(statement.clone()));
-        Some(self.run(client, query).await)
+        Some(self.run(client, query, statement.to_string()).await)
     }
 
     async fn handle_extended_parse_query(
@@ -652,7 +691,7 @@ impl QueryHook for ExecuteHook {
 
     async fn handle_extended_query(
         &self,
-        _statement: &Statement,
+        statement: &Statement,
         logical_plan: &LogicalPlan,
         params: &ParamValues,
         _session_context: &SessionContext,
@@ -661,7 +700,10 @@ impl QueryHook for ExecuteHook {
         let bound = (logical_plan.clone())
             .replace_params_with_values(params)
             .map_err(|e| QueryError::invalid("bad_sql", e.to_string()));
-        Some(self.run(client, Query::Bound(bound)).await)
+        Some(
+            self.run(client, Query::Bound(bound), statement.to_string())
+                .await,
+        )
     }
 }
 
@@ -681,6 +723,14 @@ fn respond(
         fields,
         futures::stream::iter(rows.collect::<Vec<_>>()),
     )))
+}
+
+/// An error's SQLSTATE, for the audit log (the error itself goes to the client).
+fn sql_state(error: &PgWireError) -> String {
+    match error {
+        PgWireError::UserError(info) => info.code.clone(),
+        _ => "XX000".to_owned(),
+    }
 }
 
 fn user_error(severity: &str, code: &str, message: String) -> PgWireError {

@@ -90,6 +90,8 @@ pub struct AuthConfig {
     pub allow_unauthenticated: bool,
     /// `/metrics` without a token.
     pub open_metrics: bool,
+    /// Where audit lines go: a file, `-` (stdout) or empty (off).
+    pub audit_log: String,
     pub tokens: Vec<TokenDef>,
 }
 
@@ -116,6 +118,7 @@ pub(super) fn validate_auth(
     let enabled = section.boolean("enabled", problems);
     let allow_unauthenticated = section.boolean("allow_unauthenticated", problems);
     let open_metrics = section.boolean("open_metrics", problems);
+    let audit_log = section.string("audit_log", problems);
     let tokens = match section.get("tokens") {
         Some(Toml::Array(tokens)) => Some(tokens),
         Some(_) => {
@@ -165,6 +168,7 @@ pub(super) fn validate_auth(
         enabled,
         allow_unauthenticated: allow_unauthenticated?,
         open_metrics: open_metrics?,
+        audit_log: audit_log?,
         tokens: defs,
     })
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tributary_schemas::config::ViewDef;
 
 use super::{ApiError, App, Caller, parse};
+use crate::audit::Answered;
 use crate::json::{self, timestamp};
 use crate::live::Pinned;
 use crate::query::{Answer, QueryRequest};
@@ -97,7 +98,7 @@ fn merged_meta(view: &str, pinned: &Pinned) -> Value {
 /// A query's answer, `{"columns", "meta", "rows"}` (the order a JSON map sorts them in, as in every
 /// other reply), written into one buffer: the rows straight from Arrow, without a `Value` per cell
 /// or a second parse to validate them.
-fn reply(answer: &Answer, mut meta: Value) -> Result<Response, ApiError> {
+fn reply(answer: &Answer, mut meta: Value, query: Value) -> Result<Response, ApiError> {
     let failed =
         |e: &(dyn std::error::Error + 'static)| ApiError::internal("writing the answer", e);
     let mut rows = Vec::new();
@@ -116,7 +117,13 @@ fn reply(answer: &Answer, mut meta: Value) -> Result<Response, ApiError> {
     body.extend_from_slice(br#","rows":["#);
     body.extend_from_slice(&rows);
     body.extend_from_slice(b"]}");
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    response.extensions_mut().insert(Answered {
+        views: answer.merged.iter().map(|m| m.view.clone()).collect(),
+        query,
+        rows: Some(written),
+    });
+    Ok(response)
 }
 
 pub(super) async fn query(
@@ -129,7 +136,8 @@ pub(super) async fn query(
     let answer = app.engine.query(&request, caller).await?;
     app.metrics.query("/v1/query", answer.elapsed);
     let merged = &answer.merged[0];
-    reply(&answer, merged_meta(&merged.view, &merged.pinned))
+    let query = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    reply(&answer, merged_meta(&merged.view, &merged.pinned), query)
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,5 +164,6 @@ pub(super) async fn sql(
         .map(|m| merged_meta(&m.view, &m.pinned))
         .collect();
     let complete = answer.merged.iter().all(|m| m.pinned.complete());
-    reply(&answer, json!({"complete": complete, "views": views}))
+    let meta = json!({"complete": complete, "views": views});
+    reply(&answer, meta, Value::String(request.sql))
 }

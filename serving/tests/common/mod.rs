@@ -11,6 +11,7 @@ use tributary_schemas::event::raw_rows::KafkaPosition;
 use tributary_schemas::lake::Lake;
 use tributary_schemas::layers::recompute::Recompute;
 use tributary_serving::api::App;
+use tributary_serving::audit::Audit;
 use tributary_serving::auth::Auth;
 use tributary_serving::ingest::Ingest;
 use tributary_serving::live::Live;
@@ -99,6 +100,7 @@ pub fn app(setup: Setup) -> (Arc<App>, tempfile::TempDir) {
         ingest: setup.ingest,
         metrics: Arc::new(Metrics::default()),
         auth: Auth::new(&setup.auth),
+        audit: Audit::open(&setup.auth.audit_log).unwrap(),
     };
     (Arc::new(app), lake)
 }
