@@ -86,6 +86,9 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
                 "{method} {path} with {caller}: {} {}",
                 reply.status, reply.body
             );
+            if needs.is_some() {
+                audited.push((format!("{method} {path}"), caller, reply.status));
+            }
             match needs {
                 None => assert!(reply.status < 300, "{case}"),
                 Some(scope) if token.is_none() || *caller == "a wrong token" => {
@@ -148,6 +151,58 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
             "{error:?}"
         );
     });
+
+    // The audit log: a line per request to a scoped route, refused ones too, and per statement
+    // on the wire; none for the open routes.
+    let expected = audited.len() + 2;
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        lines = (text.lines())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        if lines.len() >= expected {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(lines.len(), expected, "{lines:#?}");
+    let names = BTreeMap::from([
+        ("read", "reader"),
+        ("ingest", "pusher"),
+        ("admin", "operator"),
+    ]);
+    for ((route, caller, status), line) in audited.iter().zip(&lines) {
+        assert_eq!(line["route"], *route, "{line}");
+        assert_eq!(line["status"], *status, "{line}");
+        let token = match *caller {
+            "no token" | "a wrong token" => serde_json::Value::Null,
+            scope => names[scope].into(),
+        };
+        assert_eq!(line["token"], token, "{route} with {caller}: {line}");
+        assert!(
+            line["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        assert!(line["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+    let query = (lines.iter())
+        .find(|l| l["route"] == "POST /v1/query" && l["status"] == 200)
+        .unwrap();
+    assert_eq!(query["views"], serde_json::json!(["pageviews"]), "{query}");
+    assert_eq!(query["query"]["view"], "pageviews", "{query}");
+    assert_eq!(query["rows"], 1, "{query}");
+    let sql = (lines.iter())
+        .find(|l| l["route"] == "POST /v1/sql" && l["status"] == 200)
+        .unwrap();
+    assert_eq!(sql["query"], "SELECT count(*) AS n FROM pageviews", "{sql}");
+    let wire = &lines[lines.len() - 2..];
+    assert_eq!(wire[0]["route"], "postgres", "{}", wire[0]);
+    assert_eq!(wire[0]["token"], "reader", "{}", wire[0]);
+    assert_eq!(wire[0]["status"], "00000", "{}", wire[0]);
+    assert_eq!(wire[0]["rows"], 1, "{}", wire[0]);
+    assert_eq!(wire[1]["status"], "25006", "{}", wire[1]);
 }
 
 #[test]

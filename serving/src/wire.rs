@@ -607,24 +607,40 @@ impl ExecuteHook {
         let _in_flight = InFlight::enter(&self.in_flight);
         let started = Instant::now();
         let ran = self.answer(client, query, started).await;
-        if self.app.audit.enabled() {
-            let user = client.metadata().get(key::USER).cloned();
-            let (rows, views, status) = match &ran {
-                Ok((rows, views, _)) => (Some(*rows), views.clone(), "00000".to_owned()),
-                Err(error) => (None, Vec::new(), sql_state(error)),
-            };
-            self.app.audit.record(&Entry {
-                token: user.filter(|_| self.app.auth.enabled()),
-                client: Some(client.socket_addr().to_string()),
-                route: "postgres".to_owned(),
-                views,
-                query: sql.into(),
-                rows,
-                duration: started.elapsed(),
-                status: status.into(),
-            });
-        }
+        let outcome = match &ran {
+            Ok((rows, views, _)) => Ok((*rows, views.clone())),
+            Err(error) => Err(sql_state(error)),
+        };
+        self.audit(&*client, sql, outcome, started);
         ran.map(|(_, _, response)| response)
+    }
+
+    /// Records a statement in the audit log (when it is on): rows and views read, or the SQLSTATE.
+    fn audit(
+        &self,
+        client: &(dyn ClientInfo + Send + Sync),
+        sql: String,
+        outcome: Result<(usize, Vec<String>), String>,
+        started: Instant,
+    ) {
+        if !self.app.audit.enabled() {
+            return;
+        }
+        let user = client.metadata().get(key::USER).cloned();
+        let (rows, views, status) = match outcome {
+            Ok((rows, views)) => (Some(rows), views, "00000".to_owned()),
+            Err(code) => (None, Vec::new(), code),
+        };
+        self.app.audit.record(&Entry {
+            token: user.filter(|_| self.app.auth.enabled()),
+            client: Some(client.socket_addr().to_string()),
+            route: "postgres".to_owned(),
+            views,
+            query: sql.into(),
+            rows,
+            duration: started.elapsed(),
+            status: status.into(),
+        });
     }
 
     /// The statement's answer: its rows, the views it read and the response.
@@ -683,10 +699,22 @@ impl QueryHook for ExecuteHook {
         &self,
         statement: &Statement,
         _session_context: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        let started = Instant::now();
         let engine = self.engine();
-        Some((engine.plan(engine.base(), statement.clone()).await).map_err(|e| wire_error(&e)))
+        let planned = engine.plan(engine.base(), statement.clone()).await;
+        // A statement refused at parse never executes: its line is written here.
+        Some(planned.map_err(|e| {
+            let error = wire_error(&e);
+            self.audit(
+                client,
+                statement.to_string(),
+                Err(sql_state(&error)),
+                started,
+            );
+            error
+        }))
     }
 
     async fn handle_extended_query(
