@@ -302,11 +302,13 @@ async fn start_serving(
         versions,
         Arc::clone(&speed) as _,
     );
-    let engine = Engine::new(
+    let engine = Engine::with_limits(
         Arc::new(live),
         serving.max_rows,
         serving.query_timeout,
         serving.partial_cache_mb << 20,
+        serving.query_memory_mb,
+        serving.max_concurrent_queries,
     )
     .context("starting the query engine")?
     .with_snapshots(serving.snapshot_ttl, serving.snapshot_max_mb << 20);

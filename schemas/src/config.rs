@@ -96,6 +96,10 @@ pub struct ServingConfig {
     pub snapshot_ttl: Duration,
     /// Most memory the speed rows held by snapshots may take; past it the oldest are dropped.
     pub snapshot_max_mb: usize,
+    /// Memory of one query's operators (aggregations, sorts, joins); past it the query fails.
+    pub query_memory_mb: usize,
+    /// Queries (structured, SQL, the wire) running at once; past it new ones get a 429.
+    pub max_concurrent_queries: usize,
 }
 
 /// A validated configuration.
@@ -572,6 +576,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let stall_after = section.duration("stall_after", problems);
     let snapshot_ttl = section.duration("snapshot_ttl", problems);
     let snapshot_max_mb = section.non_negative_integer("snapshot_max_mb", problems);
+    let query_memory_mb = section.positive_integer("query_memory_mb", problems);
+    let max_concurrent_queries = section.positive_integer("max_concurrent_queries", problems);
     section.finish(problems);
     if stall_after.is_some_and(|t| t < Duration::from_secs(1)) {
         problem(
@@ -622,6 +628,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
             stall_after: stall_after?,
             snapshot_ttl: snapshot_ttl?,
             snapshot_max_mb: usize::try_from(snapshot_max_mb?).ok()?,
+            query_memory_mb: usize::try_from(query_memory_mb?).ok()?,
+            max_concurrent_queries: usize::try_from(max_concurrent_queries?).ok()?,
         }),
         Err(_) => {
             problem(

@@ -140,10 +140,23 @@ async fn authorize(State(app): State<Arc<App>>, mut request: Request, next: Next
     let (token, response) = match app.auth.check(bearer(&request), needs) {
         Ok(caller) => {
             let token = caller.as_ref().map(|c| c.name.clone());
-            if let Some(caller) = caller {
-                request.extensions_mut().insert(Caller(caller));
+            let limited = caller.as_ref().and_then(|c| app.auth.take(c).err());
+            match (caller, limited) {
+                (Some(caller), Some(after)) => {
+                    let message = format!(
+                        "token {:?} made more than its max_requests_per_s; try again in {after} s",
+                        caller.name
+                    );
+                    let error = ApiError::too_many("rate_limited", message, after);
+                    (token, error.into_response())
+                }
+                (caller, _) => {
+                    if let Some(caller) = caller {
+                        request.extensions_mut().insert(Caller(caller));
+                    }
+                    (token, next.run(request).await)
+                }
             }
-            (token, next.run(request).await)
         }
         Err(denied @ Denied::Unauthenticated { .. }) => {
             let error = ApiError::new(

@@ -7,7 +7,9 @@
 //! request). `/livez`, `/readyz` and `/openapi.json` stay open; `/metrics` needs `read` unless
 //! `[auth] open_metrics`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use tributary_schemas::config::{AuthConfig, Scope, TokenDef};
@@ -18,6 +20,16 @@ pub struct Auth {
     enabled: bool,
     open_metrics: bool,
     tokens: Vec<Arc<TokenDef>>,
+    /// Per token with `max_requests_per_s`: a bucket of that many requests, refilled each second.
+    buckets: HashMap<String, Mutex<Bucket>>,
+}
+
+/// A token bucket.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
 }
 
 /// Why a request is refused.
@@ -71,11 +83,41 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 impl Auth {
     pub fn new(config: &AuthConfig) -> Self {
+        let buckets = (config.tokens.iter())
+            .filter_map(|t| {
+                let rate = f64::from(t.max_requests_per_s?);
+                let bucket = Bucket {
+                    rate,
+                    tokens: rate,
+                    refilled: Instant::now(),
+                };
+                Some((t.name.clone(), Mutex::new(bucket)))
+            })
+            .collect();
         Self {
             enabled: config.enabled,
             open_metrics: config.open_metrics,
             tokens: config.tokens.iter().cloned().map(Arc::new).collect(),
+            buckets,
         }
+    }
+
+    /// Takes one request from `token`'s rate (`max_requests_per_s`): `Err` with the seconds to
+    /// wait when there is none left.
+    pub fn take(&self, token: &TokenDef) -> Result<(), u64> {
+        let Some(bucket) = self.buckets.get(&token.name) else {
+            return Ok(());
+        };
+        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * bucket.rate).min(bucket.rate);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(((1.0 - bucket.tokens) / bucket.rate).ceil().max(1.0) as u64)
     }
 
     pub fn enabled(&self) -> bool {
@@ -149,6 +191,7 @@ mod tests {
             sha256: token_hash(secret),
             scopes: scopes.to_vec(),
             row_filters: Vec::new(),
+            max_requests_per_s: (name == "ops").then_some(2),
         };
         Auth::new(&AuthConfig {
             enabled: true,

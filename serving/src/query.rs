@@ -31,6 +31,8 @@ pub use request::{Filter, Order, QueryRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
@@ -41,6 +43,7 @@ use datafusion::common::DataFusionError;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -82,6 +85,16 @@ pub enum QueryError {
     /// The caller's snapshot is gone (HTTP 410).
     #[error(transparent)]
     SnapshotExpired(#[from] SnapshotExpired),
+    /// As many queries as `[serving] max_concurrent_queries` are running (HTTP 429).
+    #[error(
+        "{limit} queries are running, as many as [serving] max_concurrent_queries allows; try again shortly"
+    )]
+    Busy { limit: usize },
+    /// The query's operators needed more memory than `[serving] query_memory_mb` (a 4xx).
+    #[error(
+        "the query needs more memory than [serving] query_memory_mb ({mb} MB) allows: narrow its time range or filters, group more coarsely, or add a LIMIT"
+    )]
+    TooBig { mb: usize },
 }
 
 impl QueryError {
@@ -97,6 +110,9 @@ impl QueryError {
 /// outside, anything else is ours (the request was validated before planning).
 impl From<DataFusionError> for QueryError {
     fn from(error: DataFusionError) -> Self {
+        if matches!(error.find_root(), DataFusionError::ResourcesExhausted(_)) {
+            return QueryError::TooBig { mb: 0 };
+        }
         match classify_datafusion_error(&error) {
             Blame::Outside => QueryError::Unavailable(error),
             Blame::Caller | Blame::Us => QueryError::Internal(Box::new(error)),
@@ -108,9 +124,23 @@ impl QueryError {
     /// A DataFusion error of a query the caller wrote (SQL): the caller's errors become a 400
     /// with DataFusion's message.
     fn of_sql(error: DataFusionError) -> Self {
+        if matches!(error.find_root(), DataFusionError::ResourcesExhausted(_)) {
+            // Without a memory limit configured, this is the machine's: say 0 (unbounded).
+            return QueryError::TooBig { mb: 0 };
+        }
         match classify_datafusion_error(&error) {
             Blame::Caller => QueryError::invalid("sql_failed", sql_message(&error)),
             Blame::Outside | Blame::Us => QueryError::from(error),
+        }
+    }
+}
+
+impl QueryError {
+    /// [`Self::of_sql`], naming the memory limit a query ran into.
+    fn of_query(error: DataFusionError, memory_mb: usize) -> Self {
+        match Self::of_sql(error) {
+            QueryError::TooBig { .. } => QueryError::TooBig { mb: memory_mb },
+            other => other,
         }
     }
 }
@@ -149,6 +179,10 @@ pub struct Engine {
     parser: PostgresCompatibilityParser,
     max_rows: usize,
     timeout: Duration,
+    /// Queries running at once (`[serving] max_concurrent_queries`); past it, `Busy`.
+    running: Arc<Semaphore>,
+    max_running: usize,
+    memory_mb: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -169,7 +203,27 @@ impl Engine {
         timeout: Duration,
         partial_cache_bytes: usize,
     ) -> Result<Self, QueryError> {
-        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        Self::with_limits(live, max_rows, timeout, partial_cache_bytes, 0, 0)
+    }
+
+    /// [`Self::new`] with `memory_mb` for the operators of a query (0: unbounded; a query past it
+    /// fails with `query_too_big`, nothing spills to disk while serving) and at most
+    /// `max_running` queries at once (0: unbounded; past it `too_many_queries`).
+    pub fn with_limits(
+        live: Arc<Live>,
+        max_rows: usize,
+        timeout: Duration,
+        partial_cache_bytes: usize,
+        memory_mb: usize,
+        max_running: usize,
+    ) -> Result<Self, QueryError> {
+        let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        );
+        if memory_mb > 0 {
+            runtime = runtime.with_memory_limit(memory_mb << 20, 1.0);
+        }
+        let runtime = runtime.build_arc()?;
         runtime.register_object_store(lake_url().as_ref(), Arc::clone(live.lake().store()));
         let config = SessionConfig::new()
             .with_target_partitions(2)
@@ -198,6 +252,19 @@ impl Engine {
             parser: PostgresCompatibilityParser::new(),
             max_rows,
             timeout,
+            running: Arc::new(Semaphore::new(match max_running {
+                0 => Semaphore::MAX_PERMITS,
+                n => n,
+            })),
+            max_running,
+            memory_mb,
+        })
+    }
+
+    /// A place among the queries running at once, or `Busy`.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, QueryError> {
+        (Arc::clone(&self.running).try_acquire_owned()).map_err(|_| QueryError::Busy {
+            limit: self.max_running,
         })
     }
 
@@ -287,6 +354,7 @@ impl Engine {
         let started = Instant::now();
         let (index, view) = self.view(&request.view)?;
         let mut plan = QueryPlan::check(view, request, self.max_rows)?;
+        let _admitted = self.admit()?;
         if let Some(allowed) = self.row_filters(caller).swap_remove(index) {
             plan.before.insert(0, allowed);
         }
@@ -296,7 +364,11 @@ impl Engine {
         let run = self.run_query(&plan, &pinned);
         let (schema, batches, truncated) = tokio::time::timeout(self.timeout, run)
             .await
-            .map_err(|_| QueryError::Timeout(self.timeout))??;
+            .map_err(|_| QueryError::Timeout(self.timeout))?
+            .map_err(|e| match e {
+                QueryError::TooBig { .. } => QueryError::TooBig { mb: self.memory_mb },
+                other => other,
+            })?;
         Ok(Answer {
             schema,
             batches,
@@ -395,8 +467,9 @@ impl Engine {
         }
         let statement = statements.remove(0);
         let (ctx, reads) = self.statement_context(snapshot, None, caller);
-        let plan = self.plan(&ctx, statement).await?;
-        let (schema, batches, truncated) = self.execute(&ctx, plan, self.timeout).await?;
+        let (schema, batches, truncated) = self
+            .execute(&ctx, Statement::Sql(Box::new(statement)), self.timeout)
+            .await?;
         Ok(Answer {
             schema,
             batches,
@@ -439,44 +512,34 @@ impl Engine {
         ctx: &SessionContext,
         statement: SqlStatement,
     ) -> Result<LogicalPlan, QueryError> {
-        let bad_sql = |e: DataFusionError| QueryError::invalid("bad_sql", sql_message(&e));
-        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
-        let plan = ctx
-            .state()
-            .statement_to_plan(statement)
-            .await
-            .map_err(bad_sql)?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|_| {
-                QueryError::invalid(
-                    "read_only",
-                    "only queries (SELECT, WITH, VALUES, EXPLAIN) can run here: statements that create, change or configure anything are refused",
-                )
-            })?;
-        Ok(plan)
+        plan(ctx, statement).await
     }
 
-    /// Runs a planned statement in its context for at most `timeout` and [`Self::max_rows`] rows.
-    /// It runs as a task of its own, so that the caller gets its timeout on time even while an
-    /// operator that does not yield (a cross join's inner loop) holds the task; the task is
-    /// aborted then, and stops at its next yield.
+    /// Plans (if need be) and runs a statement in its context, both within `timeout`, for at most
+    /// [`Self::max_rows`] rows. It runs as a task of its own, so that the caller gets its timeout
+    /// on time even while an operator that does not yield (a cross join's inner loop) holds the
+    /// task; the task is aborted then, and stops at its next yield.
     pub async fn execute(
         &self,
         ctx: &SessionContext,
-        plan: LogicalPlan,
+        statement: Statement,
         timeout: Duration,
     ) -> Result<(SchemaRef, Vec<RecordBatch>, bool), QueryError> {
-        let (ctx, max_rows) = (ctx.clone(), self.max_rows);
+        let _admitted = self.admit()?;
+        let (ctx, max_rows, memory_mb) = (ctx.clone(), self.max_rows, self.memory_mb);
         let mut run = tokio::spawn(async move {
-            let frame = ctx.execute_logical_plan(plan).await?;
-            collect(frame, max_rows).await
+            let plan = match statement {
+                Statement::Sql(statement) => plan(&ctx, *statement).await?,
+                Statement::Planned(plan) => plan,
+            };
+            let frame = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(QueryError::of_sql)?;
+            (collect(frame, max_rows).await).map_err(|e| QueryError::of_query(e, memory_mb))
         });
         match tokio::time::timeout(timeout, &mut run).await {
-            Ok(Ok(answer)) => answer.map_err(QueryError::of_sql),
+            Ok(Ok(answer)) => answer,
             Ok(Err(failed)) => Err(QueryError::Internal(Box::new(failed))),
             Err(_) => {
                 run.abort();
@@ -484,6 +547,36 @@ impl Engine {
             }
         }
     }
+}
+
+/// What [`Engine::execute`] runs: SQL to plan, or a plan (the wire's, with its parameters bound).
+#[derive(Debug)]
+pub enum Statement {
+    Sql(Box<SqlStatement>),
+    Planned(LogicalPlan),
+}
+
+/// Plans a statement, refusing any that is not a query.
+async fn plan(ctx: &SessionContext, statement: SqlStatement) -> Result<LogicalPlan, QueryError> {
+    let bad_sql = |e: DataFusionError| QueryError::invalid("bad_sql", sql_message(&e));
+    let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+    let plan = ctx
+        .state()
+        .statement_to_plan(statement)
+        .await
+        .map_err(bad_sql)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| {
+            QueryError::invalid(
+                "read_only",
+                "only queries (SELECT, WITH, VALUES, EXPLAIN) can run here: statements that create, change or configure anything are refused",
+            )
+        })?;
+    Ok(plan)
 }
 
 /// Runs `frame` for at most `limit` rows.

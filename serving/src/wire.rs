@@ -74,7 +74,7 @@ use tributary_schemas::config::Scope;
 
 use crate::api::App;
 use crate::audit::Entry;
-use crate::query::{DATABASE, Engine, QueryError, Reads};
+use crate::query::{DATABASE, Engine, QueryError, Reads, Statement as Run};
 
 /// The connection's state, kept in its pgwire metadata (strings, per connection).
 mod key {
@@ -650,15 +650,31 @@ impl ExecuteHook {
         query: Query,
         started: Instant,
     ) -> PgWireResult<(usize, Vec<String>, Response)> {
+        let user = client
+            .metadata()
+            .get(key::USER)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(caller) = self.app.auth.named(&user)
+            && let Err(after) = self.app.auth.take(&caller)
+        {
+            return Err(user_error(
+                "ERROR",
+                "53400",
+                format!(
+                    "token {user:?} made more than its max_requests_per_s; try again in {after} s"
+                ),
+            ));
+        }
         let (ctx, reads) = self.context(client)?;
         let timeout = self.timeout(client);
         let engine = self.engine();
         let answer = async {
-            let plan = match query {
-                Query::Statement(statement) => engine.plan(&ctx, *statement).await?,
-                Query::Bound(plan) => plan?,
+            let statement = match query {
+                Query::Statement(statement) => Run::Sql(statement),
+                Query::Bound(plan) => Run::Planned(plan?),
             };
-            engine.execute(&ctx, plan, timeout).await
+            engine.execute(&ctx, statement, timeout).await
         };
         let (schema, batches, truncated) = answer.await.map_err(|e| wire_error(&e))?;
         if truncated {
@@ -781,6 +797,8 @@ fn wire_error(error: &QueryError) -> PgWireError {
         QueryError::Invalid { .. } => "42000",
         QueryError::Timeout(_) => "57014",
         QueryError::SnapshotExpired(_) => "40001",
+        QueryError::Busy { .. } => "53000",
+        QueryError::TooBig { .. } => "53200",
         QueryError::Unavailable(cause) => {
             tracing::warn!("a Postgres-wire query: {}", chain(cause));
             "58030"

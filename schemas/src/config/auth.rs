@@ -73,6 +73,8 @@ pub struct TokenDef {
     pub sha256: [u8; 32],
     pub scopes: Vec<Scope>,
     pub row_filters: Vec<RowFilter>,
+    /// Requests (HTTP) and statements (the wire) per second the token may make; past it, 429.
+    pub max_requests_per_s: Option<u32>,
 }
 
 impl TokenDef {
@@ -216,6 +218,18 @@ fn validate_token(
             None
         }
     };
+    let rate = match section.get("max_requests_per_s") {
+        None => Some(None),
+        Some(Toml::Integer(n)) if (1..=1_000_000).contains(n) => Some(Some(*n as u32)),
+        Some(_) => {
+            problem(
+                problems,
+                format!("{path}.max_requests_per_s"),
+                "must be a whole number of requests per second, from 1",
+            );
+            None
+        }
+    };
     let filters = match section.get("row_filter") {
         None => Some(Vec::new()),
         Some(Toml::Table(filters)) => row_filters(path, filters, views, problems),
@@ -234,6 +248,7 @@ fn validate_token(
         sha256: sha256?,
         scopes: scopes?,
         row_filters: filters?,
+        max_requests_per_s: rate?,
     })
 }
 

@@ -400,6 +400,10 @@ fn auth_problems_name_their_key() {
             "auth.tokens[0].max_requests: unknown key",
         ),
         (
+            token("max_requests_per_s = 0"),
+            "auth.tokens[0].max_requests_per_s: must be a whole number",
+        ),
+        (
             "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"t\"\nsha256 = \"secret\"\nscopes = [\"read\"]".to_owned(),
             "auth.tokens[0].sha256: must be the token's SHA-256",
         ),

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub(super) status: StatusCode,
     pub(super) code: &'static str,
     pub(super) message: String,
+    /// Seconds for `Retry-After` (a 429).
+    pub(super) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 429 that says when to try again.
+    pub fn too_many(code: &'static str, message: impl Into<String>, after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -54,7 +65,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            (response.headers_mut()).insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -73,6 +88,12 @@ impl From<QueryError> for ApiError {
             QueryError::Internal(cause) => ApiError::internal("the query", cause.as_ref()),
             QueryError::SnapshotExpired(expired) => {
                 ApiError::new(StatusCode::GONE, "snapshot_expired", expired.to_string())
+            }
+            busy @ QueryError::Busy { .. } => {
+                ApiError::too_many("too_many_queries", busy.to_string(), 1)
+            }
+            big @ QueryError::TooBig { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "query_too_big", big.to_string())
             }
         }
     }

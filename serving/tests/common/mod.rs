@@ -32,6 +32,9 @@ pub struct Setup {
     pub max_rows: usize,
     /// `[auth]` of the app (off by default).
     pub auth: AuthConfig,
+    /// `[serving] query_memory_mb` and `max_concurrent_queries` (0: unbounded).
+    pub memory_mb: usize,
+    pub max_running: usize,
 }
 
 impl Default for Setup {
@@ -42,6 +45,8 @@ impl Default for Setup {
             ingest: None,
             max_rows: 1000,
             auth: AuthConfig::default(),
+            memory_mb: 0,
+            max_running: 0,
         }
     }
 }
@@ -94,7 +99,15 @@ pub fn app(setup: Setup) -> (Arc<App>, tempfile::TempDir) {
         Arc::new(batch.unwrap()) as Arc<dyn Recompute>
     });
     let app = App {
-        engine: Engine::new(Arc::new(live), setup.max_rows, setup.timeout, 256 << 20).unwrap(),
+        engine: Engine::with_limits(
+            Arc::new(live),
+            setup.max_rows,
+            setup.timeout,
+            256 << 20,
+            setup.memory_mb,
+            setup.max_running,
+        )
+        .unwrap(),
         recompute,
         archiver: None,
         ingest: setup.ingest,
