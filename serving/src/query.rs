@@ -454,7 +454,6 @@ impl Engine {
         caller: Option<&TokenDef>,
     ) -> Result<Answer, QueryError> {
         let started = Instant::now();
-        let snapshot = self.snapshots.open(snapshot, self.live.views().len())?;
         let mut statements = self.parse(sql)?;
         if statements.len() != 1 {
             return Err(QueryError::invalid(
@@ -466,6 +465,7 @@ impl Engine {
             ));
         }
         let statement = statements.remove(0);
+        let snapshot = self.snapshots.open(snapshot, self.live.views().len())?;
         let (ctx, reads) = self.statement_context(snapshot, None, caller);
         let (schema, batches, truncated) = self
             .execute(&ctx, Statement::Sql(Box::new(statement)), self.timeout)
