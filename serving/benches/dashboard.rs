@@ -212,24 +212,40 @@ fn main() {
         "loaded (in memory: {in_memory}) in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let live = Live::new(
+    let live = Arc::new(Live::new(
         store,
         "events".to_owned(),
         config.views.clone(),
         budget,
         versions,
         Arc::new(speed_layer(&config)),
-    );
-    let app = App {
-        engine: Engine::new(Arc::new(live), 100_000, Duration::from_secs(30), 256 << 20).unwrap(),
+    ));
+    let app_with = |auth: Auth| App {
+        engine: Engine::new(
+            Arc::clone(&live),
+            100_000,
+            Duration::from_secs(30),
+            256 << 20,
+        )
+        .unwrap(),
         recompute: None,
         archiver: None,
         ingest: None,
         metrics: Arc::new(Metrics::default()),
-        auth: Auth::default(),
+        auth,
         audit: Default::default(),
     };
-    let app = Arc::new(app);
+    let app = Arc::new(app_with(Auth::default()));
+    // The same data behind a token with a row filter on `pageviews` (auth on).
+    let hash: String = (tributary_serving::auth::token_hash(BENCH_TOKEN).iter())
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let auth_file = format!(
+        "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"dashboard\"\nsha256 = \"{hash}\"\n\
+         scopes = [\"read\"]\n[auth.tokens.row_filter]\npageviews = \"country <> 'C19'\"\n"
+    );
+    let auth_config = Config::from_sources(Some((&auth_file, "auth.toml")), []).unwrap();
+    let authed = Arc::new(app_with(Auth::new(&auth_config.auth)));
     let router = router(Arc::clone(&app));
     let body = serde_json::json!({
         "view": "pageviews",
@@ -320,7 +336,68 @@ fn main() {
         (clients * per_client) as f64 / elapsed
     );
 
-    runtime.block_on(over_sockets(app, samples));
+    runtime.block_on(over_sockets(Arc::clone(&app), samples));
+    runtime.block_on(auth_overhead(app, authed, samples));
+}
+
+const BENCH_TOKEN: &str = "trb_dashboard_bench";
+
+/// The same `/v1/query` over loopback without auth and with a token whose row filter applies to
+/// every read of `pageviews`, interleaved query by query.
+async fn auth_overhead(plain: Arc<App>, authed: Arc<App>, samples: usize) {
+    let serve = async |app: Arc<App>| {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, router(app)).into_future());
+        format!("http://{address}/v1/query")
+    };
+    let (plain_url, authed_url) = (serve(plain).await, serve(authed).await);
+    let body = serde_json::json!({
+        "view": "pageviews",
+        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
+        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
+        "granularity": "1m",
+        "metrics": ["views", "users", "latency_p95"],
+        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
+    })
+    .to_string();
+    let client = reqwest::Client::new();
+    let ask = async |url: &str, token: Option<&str>| {
+        let started = Instant::now();
+        let mut request = (client.post(url))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let bytes = response.bytes().await.unwrap();
+        assert!(bytes.len() > 100_000);
+        started.elapsed()
+    };
+    for _ in 0..10 {
+        ask(&plain_url, None).await;
+        ask(&authed_url, Some(BENCH_TOKEN)).await;
+    }
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        without.push(ask(&plain_url, None).await);
+        with.push(ask(&authed_url, Some(BENCH_TOKEN)).await);
+    }
+    let p = |v: &mut Vec<Duration>, q| {
+        v.sort();
+        percentile(v, q)
+    };
+    let (p50, p99) = (p(&mut without, 0.5), p(&mut without, 0.99));
+    let (a50, a99) = (p(&mut with, 0.5), p(&mut with, 0.99));
+    println!("auth overhead, /v1/query over loopback, {samples} each, interleaved:");
+    println!("  without auth                 p50 {p50:.2} ms, p99 {p99:.2} ms");
+    println!(
+        "  token + row filter           p50 {a50:.2} ms ({:+.1}%), p99 {a99:.2} ms ({:+.1}%)",
+        (a50 / p50 - 1.0) * 100.0,
+        (a99 / p99 - 1.0) * 100.0
+    );
 }
 
 /// One dashboard query over a socket: HTTP `/v1/query` or the Postgres wire.
