@@ -1,0 +1,165 @@
+//! Row filters against the ground truth (issue 27 item 2): the real binary with a token whose
+//! `row_filter` keeps `pageviews` to country NL, a random stream with late events, before and after
+//! a batch run: what the token reads through `/v1/query`, `/v1/sql` and the Postgres wire, asking
+//! for everything, equals the truth of the NL events alone.
+
+mod common;
+
+use common::*;
+use serde_json::{Value as Json, json};
+use tributary_testkit::Broker;
+use tributary_testkit::http::request_with;
+use tributary_testkit::pg;
+
+const NL_TOKEN: &str = "trb_only_nl";
+const ADMIN_TOKEN: &str = "trb_admin";
+
+fn hash(token: &str) -> String {
+    let output = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(token.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum runs");
+    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
+}
+
+fn call(service: &Service, token: &str, method: &str, path: &str, body: Option<&Json>) -> Json {
+    let header = format!("Bearer {token}");
+    let body = body.map(Json::to_string);
+    let reply = request_with(
+        service.server.address,
+        method,
+        path,
+        &[("Authorization", &header)],
+        body.as_deref(),
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
+/// Everything `pageviews` holds per hour and page: no filter of the caller's own.
+const EVERYTHING: Query = Query {
+    view: "pageviews",
+    granularity: "1h",
+    bucket_ms: Some(3_600_000),
+    group_by: &["page"],
+    filter: None,
+};
+
+/// The same, of the NL events: the truth the token must see.
+const OF_NL: Query = Query {
+    filter: Some(("country", "NL")),
+    ..EVERYTHING
+};
+
+fn check_every_path(service: &Service, truth: &Truth, when: &str) {
+    let by_query = call(
+        service,
+        NL_TOKEN,
+        "POST",
+        "/v1/query",
+        Some(&EVERYTHING.body()),
+    );
+    check_rows(
+        by_query["rows"].as_array().unwrap(),
+        truth,
+        &OF_NL,
+        &format!("{when}, /v1/query"),
+    );
+    let sql = merge_sql(truth, &EVERYTHING, false);
+    let by_sql = call(
+        service,
+        NL_TOKEN,
+        "POST",
+        "/v1/sql",
+        Some(&json!({"sql": sql})),
+    );
+    check_rows(
+        by_sql["rows"].as_array().unwrap(),
+        truth,
+        &OF_NL,
+        &format!("{when}, /v1/sql"),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rows = runtime.block_on(async {
+        let client =
+            pg::connect_with_password(service.server.pg_address, "nl", NL_TOKEN, "tributary")
+                .await
+                .unwrap();
+        client.query(&sql, &[]).await.unwrap()
+    });
+    let rows: Vec<Json> = pg::json_rows(&rows).into_iter().map(Json::Object).collect();
+    check_rows(&rows, truth, &OF_NL, &format!("{when}, the wire"));
+}
+
+#[test]
+fn a_row_filtered_token_reads_exactly_its_rows_across_a_batch_run() {
+    let broker = Broker::shared();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let mut service = Service::new(broker, &topic);
+    let config = format!(
+        "[auth]\nenabled = true\n\
+         [[auth.tokens]]\nname = \"nl\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\
+         [auth.tokens.row_filter]\npageviews = \"country = 'NL'\"\n\
+         [[auth.tokens]]\nname = \"admin\"\nsha256 = \"{}\"\nscopes = [\"read\", \"admin\"]\n",
+        hash(NL_TOKEN),
+        hash(ADMIN_TOKEN)
+    );
+    let file = service.server.dir().join("auth.toml");
+    std::fs::write(&file, config).unwrap();
+    service
+        .server
+        .env("TRIBUTARY_CONFIG", file.display().to_string());
+    service.start(64);
+    let mut truth = Truth::new();
+    truth.produce(broker, &topic, 3000);
+    let heads = broker.high_watermarks(&topic, PARTITIONS).unwrap();
+    let read_all = |service: &Service| {
+        let status = call(service, ADMIN_TOKEN, "GET", "/v1/status", None);
+        heads.iter().all(|(p, head)| {
+            let partitions = status["speed"]["partitions"].as_array().unwrap();
+            partitions
+                .iter()
+                .any(|l| l["partition"] == json!(p) && l["next"].as_i64() >= Some(*head))
+                && status["archiver"]["progress"][p.to_string()].as_i64() >= Some(*head)
+        })
+    };
+    service.wait_for("the log to be read and archived", read_all);
+    check_every_path(&service, &truth, "speed only");
+    let run = call(&service, ADMIN_TOKEN, "POST", "/v1/batch/run", None);
+    assert_eq!(run["views"][0]["outcome"], "published", "{run}");
+    check_every_path(&service, &truth, "after a batch run");
+    // The unrestricted token sees more than NL: the filter is the token's, not the data's.
+    let all = call(
+        &service,
+        ADMIN_TOKEN,
+        "POST",
+        "/v1/query",
+        Some(&EVERYTHING.body()),
+    );
+    let nl = call(
+        &service,
+        NL_TOKEN,
+        "POST",
+        "/v1/query",
+        Some(&EVERYTHING.body()),
+    );
+    let views = |reply: &Json| -> i64 {
+        (reply["rows"].as_array().unwrap().iter())
+            .map(|r| r["views"].as_i64().unwrap())
+            .sum()
+    };
+    assert!(
+        views(&all) > views(&nl),
+        "{} vs {}",
+        views(&all),
+        views(&nl)
+    );
+}
