@@ -26,7 +26,7 @@ use tributary_serving::ingest::{Ingest, IngestSettings};
 use tributary_serving::live::Live;
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::{DATABASE, Engine};
-use tributary_serving::wire;
+use tributary_serving::{tls, wire};
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
 
@@ -146,10 +146,18 @@ pub fn serve_until(
             Arc::clone(app.engine.live()),
             config.serving.refresh,
         ));
+        // A certificate that does not load stops the process: never plaintext in its place.
+        let tls = match &config.serving.tls {
+            None => None,
+            Some((cert, key)) => Some(
+                tls::acceptor(cert, key).context("setting up TLS ([serving] tls_cert, tls_key)")?,
+            ),
+        };
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(config.serving.listen))
             .with_context(|| format!("listening on {}", config.serving.listen))?;
-        tracing::info!("serving http://{}", config.serving.listen);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("serving {scheme}://{}", config.serving.listen);
         if let Some(address) = config.serving.pg_listen {
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind(address))
@@ -161,6 +169,7 @@ pub fn serve_until(
             pg = Some(runtime.spawn(wire::serve(
                 Arc::clone(&app),
                 listener,
+                tls.clone(),
                 async move { stopped.stopped().await },
                 api::DRAIN,
             )));
@@ -170,9 +179,14 @@ pub fn serve_until(
         let router = api::router(app);
         let stopped = http_stop.clone();
         http = Some(runtime.spawn(async move {
+            let stopped = async move { stopped.stopped().await };
+            if let Some(tls) = tls {
+                tls::serve_https(listener, tls, router, stopped, api::DRAIN).await;
+                return Ok(());
+            }
             let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, service)
-                .with_graceful_shutdown(async move { stopped.stopped().await })
+                .with_graceful_shutdown(stopped)
                 .await
         }));
     }
@@ -262,9 +276,9 @@ fn check_exposure(config: &Config) -> anyhow::Result<()> {
                 "[serving] {key} = \"{address}\" is reachable from other machines and [auth] is off: anyone who reaches it could read every view, push events and run recomputes. Turn auth on ([auth] enabled = true with [[auth.tokens]]; `tributary token new NAME --scope read` prints one), listen on 127.0.0.1, or set [auth] allow_unauthenticated = true if the network in between is what guards it"
             );
         }
-        if auth.enabled && key == "pg_listen" {
+        if auth.enabled && key == "pg_listen" && serving.tls.is_none() {
             bail!(
-                "[serving] pg_listen = \"{address}\": the Postgres wire takes a token as a cleartext password, which it accepts on a loopback address only (TLS for the wire is not built yet); listen on 127.0.0.1 and reach it through a tunnel, or set pg_listen = \"\""
+                "[serving] pg_listen = \"{address}\": the Postgres wire takes a token as a cleartext password, which goes over TLS only: set [serving] tls_cert and tls_key, listen on 127.0.0.1, or set pg_listen = \"\""
             );
         }
     }

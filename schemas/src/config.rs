@@ -72,6 +72,8 @@ pub struct ServingConfig {
     pub listen: SocketAddr,
     /// The Postgres wire listener (BI tools); `None` (`pg_listen = ""`) runs none.
     pub pg_listen: Option<SocketAddr>,
+    /// TLS for both listeners: PEM certificate chain and private key (`None`: plaintext).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// A live batch version up to this size is held in memory; a bigger one is scanned from Parquet.
     pub memory_budget_mb: usize,
     /// Merged batch states of repeated query shapes are kept up to this size (0: none are).
@@ -565,6 +567,8 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let mut section = Section::new("serving", merged.get("serving"), problems)?;
     let listen = section.string("listen", problems);
     let pg_listen = section.string("pg_listen", problems);
+    let tls_cert = section.string("tls_cert", problems);
+    let tls_key = section.string("tls_key", problems);
     let memory_budget_mb = section.non_negative_integer("memory_budget_mb", problems);
     let partial_cache_mb = section.non_negative_integer("partial_cache_mb", problems);
     let query_timeout = section.duration("query_timeout", problems);
@@ -612,11 +616,24 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
             }
         },
     });
+    let tls = match (tls_cert?.as_str(), tls_key?.as_str()) {
+        ("", "") => None,
+        ("", _) | (_, "") => {
+            problem(
+                problems,
+                "serving.tls_cert",
+                "tls_cert and tls_key go together: set both (PEM files) or neither",
+            );
+            return None;
+        }
+        (cert, key) => Some((PathBuf::from(cert), PathBuf::from(key))),
+    };
     let listen = listen?;
     match listen.parse() {
         Ok(listen) => Some(ServingConfig {
             listen,
             pg_listen: pg_listen?,
+            tls,
             memory_budget_mb: usize::try_from(memory_budget_mb?).ok()?,
             partial_cache_mb: usize::try_from(partial_cache_mb?).ok()?,
             query_timeout: query_timeout?,

@@ -455,6 +455,7 @@ async fn over_sockets(app: Arc<App>, samples: usize) {
     tokio::spawn(tributary_serving::wire::serve(
         app,
         pg,
+        None,
         std::future::pending(),
         Duration::from_secs(1),
     ));

@@ -19,4 +19,5 @@ pub mod live;
 pub mod metrics;
 pub mod query;
 pub mod snapshots;
+pub mod tls;
 pub mod wire;

@@ -24,7 +24,8 @@
 //!   cause is logged).
 //!
 //! - **Tokens** (`[auth]` on): the user is a token's name and the password the token, which needs
-//!   scope `read`; the token's row filters apply to every statement of the connection.
+//!   scope `read`; the token's row filters apply to every statement of the connection. The password
+//!   is cleartext, so off loopback it is taken over TLS only (`[serving] tls_cert`).
 //!
 //! On shutdown the listener stops accepting, statements in flight finish (for at most the HTTP
 //! server's drain time), and then the connections close.
@@ -64,6 +65,7 @@ use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::startup::Authentication;
 use datafusion_postgres::pgwire::messages::startup::ParameterStatus;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
 use futures::{Sink, SinkExt};
@@ -128,6 +130,7 @@ const IGNORED_SETTINGS: &[&str] = &[
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     stop: impl Future<Output = ()>,
     drain: Duration,
 ) {
@@ -140,10 +143,10 @@ pub async fn serve(
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let handlers = Arc::clone(&handlers);
+                    let (handlers, tls) = (Arc::clone(&handlers), tls.clone());
                     connections.spawn(async move {
                         let _ = socket.set_nodelay(true);
-                        if let Err(error) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(error) = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!(%peer, %error, "a Postgres connection ended with an error");
                         }
                     });
@@ -275,6 +278,15 @@ impl StartupHandler for Startup {
                 }
                 if !self.app.auth.enabled() {
                     return self.finish(client).await;
+                }
+                // A token is a cleartext password: only over TLS, or on this machine.
+                if !client.is_secure() && !client.socket_addr().ip().is_loopback() {
+                    return Err(user_error(
+                        "FATAL",
+                        "28000",
+                        "this server takes tokens only over TLS: connect with sslmode=require"
+                            .to_owned(),
+                    ));
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 let ask = Authentication::CleartextPassword;

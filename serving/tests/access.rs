@@ -131,6 +131,7 @@ async fn a_row_filter_holds_on_every_path_and_cannot_be_escaped() {
     tokio::spawn(wire::serve(
         Arc::clone(&app),
         listener,
+        None,
         std::future::pending(),
         DRAIN,
     ));

@@ -47,6 +47,7 @@ async fn serve_wire(app: &Arc<App>) -> std::net::SocketAddr {
     tokio::spawn(wire::serve(
         Arc::clone(app),
         listener,
+        None,
         std::future::pending(),
         DRAIN,
     ));

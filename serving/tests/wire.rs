@@ -41,6 +41,7 @@ async fn start(setup: Setup) -> Wire {
     let served = tokio::spawn(wire::serve(
         Arc::clone(&app),
         listener,
+        None,
         async move {
             let _ = stopped.await;
         },
