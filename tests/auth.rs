@@ -203,6 +203,42 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
     assert_eq!(wire[0]["status"], "00000", "{}", wire[0]);
     assert_eq!(wire[0]["rows"], 1, "{}", wire[0]);
     assert_eq!(wire[1]["status"], "25006", "{}", wire[1]);
+
+    // logrotate's `create` mode: the file is moved away, SIGHUP, and new lines go to a new file.
+    let rotated = audit.with_extension("log.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    let pid = server.pid().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let header = format!("Bearer {}", tokens["read"]);
+    let after = request_with(
+        address,
+        "GET",
+        "/v1/views",
+        &[("Authorization", &header)],
+        None,
+    );
+    assert_eq!(after.unwrap().status, 200);
+    let mut reopened = String::new();
+    for _ in 0..50 {
+        reopened = std::fs::read_to_string(&audit).unwrap_or_default();
+        if !reopened.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(reopened.lines().count(), 1, "{reopened}");
+    assert!(reopened.contains("GET /v1/views"), "{reopened}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(
+        old.lines().count(),
+        expected,
+        "nothing more went to the moved file"
+    );
 }
 
 #[test]
