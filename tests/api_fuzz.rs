@@ -36,18 +36,9 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let topic = runtime.block_on(broker.create_topic(1)).unwrap();
     let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, &topic);
-    let output = server.run(&[
-        "token", "new", "fuzzer", "--scope", "read", "--scope", "ingest", "--scope", "admin",
-    ]);
-    let printed = String::from_utf8(output.stdout).unwrap();
-    let token = (printed.lines())
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap()
-        .to_owned();
-    let start = printed.find("[[auth.tokens]]").unwrap();
-    let end = printed[start..].find("\n\n").unwrap() + start;
+    let (token, lines) = server.new_token("fuzzer", &["read", "ingest", "admin"]);
     let file = server.dir().join("auth.toml");
-    let config = format!("[auth]\nenabled = true\n{}\n", &printed[start..end]);
+    let config = format!("[auth]\nenabled = true\n{lines}\n");
     std::fs::write(&file, config).unwrap();
     server.env("TRIBUTARY_CONFIG", file.display().to_string());
     server.start(&["serve"]);

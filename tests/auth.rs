@@ -8,20 +8,6 @@ use tributary_testkit::http::{Reply, request_with};
 use tributary_testkit::pg::connect_with_password;
 use tributary_testkit::{Broker, TestServer};
 
-/// `tributary token new NAME --scope SCOPE`: the token and the configuration lines it printed.
-fn new_token(server: &TestServer, name: &str, scope: &str) -> (String, String) {
-    let output = server.run(&["token", "new", name, "--scope", scope]);
-    assert!(output.status.success(), "{output:?}");
-    let text = String::from_utf8(output.stdout).unwrap();
-    let token = (text.lines())
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap()
-        .to_owned();
-    let start = text.find("[[auth.tokens]]").unwrap();
-    let end = text[start..].find("\n\n").unwrap() + start;
-    (token, text[start..end].to_owned())
-}
-
 #[test]
 fn every_route_needs_its_scope_and_the_wire_a_token() {
     let broker = Broker::shared();
@@ -39,7 +25,7 @@ fn every_route_needs_its_scope_and_the_wire_a_token() {
         ("pusher", "ingest"),
         ("operator", "admin"),
     ] {
-        let (token, lines) = new_token(&server, name, scope);
+        let (token, lines) = server.new_token(name, &[scope]);
         assert!(!lines.contains(&token), "only the hash is configured");
         config.push_str(&lines);
         config.push('\n');

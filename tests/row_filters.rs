@@ -11,23 +11,6 @@ use tributary_testkit::Broker;
 use tributary_testkit::http::request_with;
 use tributary_testkit::pg;
 
-const NL_TOKEN: &str = "trb_only_nl";
-const ADMIN_TOKEN: &str = "trb_admin";
-
-fn hash(token: &str) -> String {
-    let output = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(token.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("sha256sum runs");
-    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
-}
-
 fn call(service: &Service, token: &str, method: &str, path: &str, body: Option<&Json>) -> Json {
     let header = format!("Bearer {token}");
     let body = body.map(Json::to_string);
@@ -58,10 +41,10 @@ const OF_NL: Query = Query {
     ..EVERYTHING
 };
 
-fn check_every_path(service: &Service, truth: &Truth, when: &str) {
+fn check_every_path(service: &Service, truth: &Truth, nl_token: &str, when: &str) {
     let by_query = call(
         service,
-        NL_TOKEN,
+        nl_token,
         "POST",
         "/v1/query",
         Some(&EVERYTHING.body()),
@@ -75,7 +58,7 @@ fn check_every_path(service: &Service, truth: &Truth, when: &str) {
     let sql = merge_sql(truth, &EVERYTHING, false);
     let by_sql = call(
         service,
-        NL_TOKEN,
+        nl_token,
         "POST",
         "/v1/sql",
         Some(&json!({"sql": sql})),
@@ -89,7 +72,7 @@ fn check_every_path(service: &Service, truth: &Truth, when: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rows = runtime.block_on(async {
         let client =
-            pg::connect_with_password(service.server.pg_address, "nl", NL_TOKEN, "tributary")
+            pg::connect_with_password(service.server.pg_address, "nl", nl_token, "tributary")
                 .await
                 .unwrap();
         client.query(&sql, &[]).await.unwrap()
@@ -104,13 +87,10 @@ fn a_row_filtered_token_reads_exactly_its_rows_across_a_batch_run() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
     let mut service = Service::new(broker, &topic);
+    let (nl_token, nl) = service.server.new_token("nl", &["read"]);
+    let (admin_token, admin) = service.server.new_token("admin", &["read", "admin"]);
     let config = format!(
-        "[auth]\nenabled = true\n\
-         [[auth.tokens]]\nname = \"nl\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\
-         [auth.tokens.row_filter]\npageviews = \"country = 'NL'\"\n\
-         [[auth.tokens]]\nname = \"admin\"\nsha256 = \"{}\"\nscopes = [\"read\", \"admin\"]\n",
-        hash(NL_TOKEN),
-        hash(ADMIN_TOKEN)
+        "[auth]\nenabled = true\n{nl}\n[auth.tokens.row_filter]\npageviews = \"country = 'NL'\"\n{admin}\n"
     );
     let file = service.server.dir().join("auth.toml");
     std::fs::write(&file, config).unwrap();
@@ -122,7 +102,7 @@ fn a_row_filtered_token_reads_exactly_its_rows_across_a_batch_run() {
     truth.produce(broker, &topic, 3000);
     let heads = broker.high_watermarks(&topic, PARTITIONS).unwrap();
     let read_all = |service: &Service| {
-        let status = call(service, ADMIN_TOKEN, "GET", "/v1/status", None);
+        let status = call(service, &admin_token, "GET", "/v1/status", None);
         heads.iter().all(|(p, head)| {
             let partitions = status["speed"]["partitions"].as_array().unwrap();
             partitions
@@ -132,21 +112,21 @@ fn a_row_filtered_token_reads_exactly_its_rows_across_a_batch_run() {
         })
     };
     service.wait_for("the log to be read and archived", read_all);
-    check_every_path(&service, &truth, "speed only");
-    let run = call(&service, ADMIN_TOKEN, "POST", "/v1/batch/run", None);
+    check_every_path(&service, &truth, &nl_token, "speed only");
+    let run = call(&service, &admin_token, "POST", "/v1/batch/run", None);
     assert_eq!(run["views"][0]["outcome"], "published", "{run}");
-    check_every_path(&service, &truth, "after a batch run");
+    check_every_path(&service, &truth, &nl_token, "after a batch run");
     // The unrestricted token sees more than NL: the filter is the token's, not the data's.
     let all = call(
         &service,
-        ADMIN_TOKEN,
+        &admin_token,
         "POST",
         "/v1/query",
         Some(&EVERYTHING.body()),
     );
     let nl = call(
         &service,
-        NL_TOKEN,
+        &nl_token,
         "POST",
         "/v1/query",
         Some(&EVERYTHING.body()),

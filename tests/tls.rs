@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use tributary_testkit::{Broker, TestServer};
 
-const TOKEN: &str = "trb_tls_reader";
-
 /// A self-signed certificate for localhost and 127.0.0.1, with `openssl`.
 fn certificate(dir: &Path) -> (String, String) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -27,22 +25,6 @@ fn certificate(dir: &Path) -> (String, String) {
         .expect("openssl runs (scripts/setup installs it)");
     assert!(made.status.success(), "{made:?}");
     (cert.display().to_string(), key.display().to_string())
-}
-
-fn sha256(text: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()[..64].to_owned()
 }
 
 fn curl(cert: &str, url: &str, token: Option<&str>) -> (bool, String) {
@@ -64,10 +46,8 @@ fn both_listeners_serve_tls_and_a_bad_certificate_stops_serve() {
     let topic = runtime.block_on(broker.create_topic(1)).unwrap();
     let mut server = TestServer::new(env!("CARGO_BIN_EXE_tributary"), broker, &topic);
     let (cert, key) = certificate(server.dir());
-    let config = format!(
-        "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"reader\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n",
-        sha256(TOKEN)
-    );
+    let (token, lines) = server.new_token("reader", &["read"]);
+    let config = format!("[auth]\nenabled = true\n{lines}\n");
     let file = server.dir().join("auth.toml");
     std::fs::write(&file, config).unwrap();
     let (http, pg) = (server.address.port(), server.pg_address.port());
@@ -89,7 +69,7 @@ fn both_listeners_serve_tls_and_a_bad_certificate_stops_serve() {
         assert!(server.running(), "{}", server.log_text());
         std::thread::sleep(Duration::from_millis(250));
     }
-    let (ok, views) = curl(&cert, &url("/v1/views"), Some(TOKEN));
+    let (ok, views) = curl(&cert, &url("/v1/views"), Some(&token));
     assert!(ok && views.contains("pageviews"), "{views}");
     let (ok, refused) = curl(&cert, &url("/v1/views"), None);
     assert!(ok && refused.contains("unauthorized"), "{refused}");
@@ -99,7 +79,7 @@ fn both_listeners_serve_tls_and_a_bad_certificate_stops_serve() {
 
     // psql verifies the certificate and sends the token inside TLS.
     let connection = format!(
-        "host=localhost port={pg} dbname=tributary user=reader password={TOKEN} sslmode=verify-full sslrootcert={cert}"
+        "host=localhost port={pg} dbname=tributary user=reader password={token} sslmode=verify-full sslrootcert={cert}"
     );
     let psql = Command::new("psql")
         .args([

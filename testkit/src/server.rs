@@ -69,6 +69,25 @@ impl TestServer {
         server
     }
 
+    /// A fresh token from `tributary token new NAME --scope ...`: the token, and the configuration
+    /// lines it printed (`[[auth.tokens]]`, its name, hash and scopes).
+    pub fn new_token(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        let mut args = vec!["token", "new", name];
+        for scope in scopes {
+            args.extend(["--scope", scope]);
+        }
+        let output = self.run(&args);
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).expect("UTF-8");
+        let token = (text.lines())
+            .find_map(|l| l.strip_prefix("token: "))
+            .expect("a token line")
+            .to_owned();
+        let start = text.find("[[auth.tokens]]").expect("configuration lines");
+        let end = text[start..].find("\n\n").expect("their end") + start;
+        (token, text[start..end].to_owned())
+    }
+
     /// Sets a variable for every command from now on.
     pub fn env(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.env.push((key.to_owned(), value.into()));
