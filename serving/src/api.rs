@@ -220,16 +220,18 @@ async fn method_not_allowed(request: Request) -> ApiError {
     )
 }
 
-/// Parses a JSON body, or says what is wrong with it.
+/// Parses a JSON object body, or says what is wrong with it. (serde would also take a struct from a
+/// JSON array of its fields in order, which no caller means.)
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let what = if e.is_data() {
-            "the request's fields are wrong"
-        } else {
-            "the body is not valid JSON"
-        };
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("{what}: {e}"))
-    })
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad("the body is not valid JSON", &e))?;
+    if !value.is_object() {
+        return Err(bad("the body must be a JSON object", &"{...}"));
+    }
+    serde_json::from_value(value).map_err(|e| bad("the request's fields are wrong", &e))
 }
 
 async fn openapi() -> impl IntoResponse {

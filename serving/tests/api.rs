@@ -802,3 +802,24 @@ async fn merge_takes_another_quantile_and_refuses_what_is_not_a_state() {
     );
     assert!(message.contains("between 0 and 1"), "{sql}: {message}");
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused() {
+    let api = default_api();
+    for (path, body) in [
+        ("/v1/query", json!(["pageviews", "1h"])),
+        ("/v1/sql", json!(["SELECT 1"])),
+        ("/v1/batch/run", json!([null])),
+        ("/v1/query", json!("pageviews")),
+    ] {
+        let message = error(
+            &post(&api, path, body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        );
+        assert!(
+            message.contains("must be a JSON object"),
+            "{path} {body}: {message}"
+        );
+    }
+}
