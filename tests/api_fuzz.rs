@@ -44,6 +44,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     server.start(&["serve"]);
 
     let url = format!("http://{}/openapi.json", server.address);
+    // A fixed seed keeps CI reproducible; TRIBUTARY_FUZZ_SEED explores elsewhere.
+    let seed = std::env::var("TRIBUTARY_FUZZ_SEED").unwrap_or_else(|_| "20261206".to_owned());
     // In the server's directory: schemathesis keeps a cache where it runs.
     let run = Command::new(&st)
         .current_dir(server.dir())
@@ -51,12 +53,13 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .args(["--exclude-checks", "positive_data_acceptance"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--max-time", "60", "--workers", "2", "--no-color"])
+        .args(["--seed", &seed])
         .output()
         .expect("schemathesis runs");
     let report = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
-        "{report}\n{}\n{}",
+        "seed {seed}: {report}\n{}\n{}",
         String::from_utf8_lossy(&run.stderr),
         server.log_text()
     );
