@@ -159,9 +159,9 @@ fn new_token(name: &str, scopes: &[String]) -> anyhow::Result<String> {
     }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).context("reading the OS's random source")?;
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let token = format!("trb_{}", hex(&secret));
-    let sha256 = hex(&<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("trb_{token}");
+    let sha256 = tributary_serving::auth::token_hash_hex(&token);
     let mut unique: Vec<&str> = scopes.iter().map(String::as_str).collect();
     unique.dedup();
     let scopes: Vec<String> = unique.iter().map(|s| format!("{s:?}")).collect();

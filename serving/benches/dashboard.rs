@@ -237,9 +237,7 @@ fn main() {
     };
     let app = Arc::new(app_with(Auth::default()));
     // The same data behind a token with a row filter on `pageviews` (auth on).
-    let hash: String = (tributary_serving::auth::token_hash(BENCH_TOKEN).iter())
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = tributary_serving::auth::token_hash_hex(BENCH_TOKEN);
     let auth_file = format!(
         "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"dashboard\"\nsha256 = \"{hash}\"\n\
          scopes = [\"read\"]\n[auth.tokens.row_filter]\npageviews = \"country <> 'C19'\"\n"
@@ -247,15 +245,7 @@ fn main() {
     let auth_config = Config::from_sources(Some((&auth_file, "auth.toml")), []).unwrap();
     let authed = Arc::new(app_with(Auth::new(&auth_config.auth)));
     let router = router(Arc::clone(&app));
-    let body = serde_json::json!({
-        "view": "pageviews",
-        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
-        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
-        "granularity": "1m",
-        "metrics": ["views", "users", "latency_p95"],
-        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
-    })
-    .to_string();
+    let body = dashboard_query();
     let query = move |router: axum::Router| {
         let body = body.clone();
         async move {
@@ -340,6 +330,19 @@ fn main() {
     runtime.block_on(auth_overhead(app, authed, samples));
 }
 
+/// The dashboard query's `/v1/query` body: a day per minute for one country.
+fn dashboard_query() -> String {
+    serde_json::json!({
+        "view": "pageviews",
+        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
+        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
+        "granularity": "1m",
+        "metrics": ["views", "users", "latency_p95"],
+        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
+    })
+    .to_string()
+}
+
 const BENCH_TOKEN: &str = "trb_dashboard_bench";
 
 /// The same `/v1/query` over loopback without auth and with a token whose row filter applies to
@@ -352,15 +355,7 @@ async fn auth_overhead(plain: Arc<App>, authed: Arc<App>, samples: usize) {
         format!("http://{address}/v1/query")
     };
     let (plain_url, authed_url) = (serve(plain).await, serve(authed).await);
-    let body = serde_json::json!({
-        "view": "pageviews",
-        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
-        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
-        "granularity": "1m",
-        "metrics": ["views", "users", "latency_p95"],
-        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
-    })
-    .to_string();
+    let body = dashboard_query();
     let client = reqwest::Client::new();
     let ask = async |url: &str, token: Option<&str>| {
         let started = Instant::now();
@@ -459,15 +454,7 @@ async fn over_sockets(app: Arc<App>, samples: usize) {
         std::future::pending(),
         Duration::from_secs(1),
     ));
-    let body = serde_json::json!({
-        "view": "pageviews",
-        "from": chrono::DateTime::from_timestamp_millis(START_MS).unwrap().to_rfc3339(),
-        "to": chrono::DateTime::from_timestamp_millis(START_MS + DAY_MS).unwrap().to_rfc3339(),
-        "granularity": "1m",
-        "metrics": ["views", "users", "latency_p95"],
-        "filter": [{"field": "country", "op": "eq", "value": "C07"}],
-    })
-    .to_string();
+    let body = dashboard_query();
     let sql = "SELECT time, merge(views) AS views, merge(users) AS users, merge(latency_p95) AS latency_p95 \
                FROM pageviews_states WHERE country = $1 AND time >= $2 AND time < $3 GROUP BY time ORDER BY time";
     let http_client = || {

@@ -72,7 +72,7 @@ use futures::{Sink, SinkExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tributary_schemas::blame::{Blame, chain, classify_datafusion_error};
-use tributary_schemas::config::Scope;
+use tributary_schemas::config::{Scope, TokenDef};
 
 use crate::api::App;
 use crate::audit::Entry;
@@ -582,7 +582,11 @@ impl ExecuteHook {
     }
 
     /// The statement's session: its snapshot (the transaction's, or a new one) and time zone.
-    fn context(&self, client: &mut dyn HookClient) -> PgWireResult<(SessionContext, Arc<Reads>)> {
+    fn context(
+        &self,
+        client: &mut dyn HookClient,
+        caller: Option<&TokenDef>,
+    ) -> PgWireResult<(SessionContext, Arc<Reads>)> {
         let engine = self.engine();
         let transaction = client.metadata().get(key::TRANSACTION).cloned();
         let snapshot = (engine.snapshots())
@@ -590,14 +594,7 @@ impl ExecuteHook {
             .map_err(|e| wire_error(&QueryError::SnapshotExpired(e)))?;
         (client.metadata_mut()).insert(key::SNAPSHOT.to_owned(), snapshot.id().to_owned());
         let time_zone = client.metadata().get(key::TIME_ZONE).cloned();
-        // With auth on, the connection authenticated as its user: that token's row filters apply.
-        let user = client
-            .metadata()
-            .get(key::USER)
-            .cloned()
-            .unwrap_or_default();
-        let caller = self.app.auth.named(&user);
-        Ok(engine.statement_context(snapshot, time_zone.as_deref(), caller.as_deref()))
+        Ok(engine.statement_context(snapshot, time_zone.as_deref(), caller))
     }
 
     /// The server's query timeout, or the session's `statement_timeout` if shorter.
@@ -667,8 +664,11 @@ impl ExecuteHook {
             .get(key::USER)
             .cloned()
             .unwrap_or_default();
-        if let Some(caller) = self.app.auth.named(&user)
-            && let Err(after) = self.app.auth.take(&caller)
+        // With auth on, the connection authenticated as its user: that token's rate and row
+        // filters apply.
+        let caller = self.app.auth.named(&user);
+        if let Some(caller) = &caller
+            && let Err(after) = self.app.auth.take(caller)
         {
             return Err(user_error(
                 "ERROR",
@@ -678,7 +678,7 @@ impl ExecuteHook {
                 ),
             ));
         }
-        let (ctx, reads) = self.context(client)?;
+        let (ctx, reads) = self.context(client, caller.as_deref())?;
         let timeout = self.timeout(client);
         let engine = self.engine();
         let answer = async {

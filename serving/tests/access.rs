@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tributary_schemas::config::Config;
 use tributary_serving::api::{App, DRAIN, router};
-use tributary_serving::auth::token_hash;
+use tributary_serving::auth::token_hash_hex;
 use tributary_serving::wire;
 use tributary_testkit::pg::{connect_with_password, json_rows};
 
@@ -23,10 +23,6 @@ use common::Setup;
 
 const DE: &str = "trb_de";
 const ALL: &str = "trb_all";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn app() -> (Arc<App>, tempfile::TempDir) {
     let file = format!(
@@ -44,8 +40,8 @@ name = "all"
 sha256 = "{}"
 scopes = ["read"]
 "#,
-        hex(&token_hash(DE)),
-        hex(&token_hash(ALL))
+        token_hash_hex(DE),
+        token_hash_hex(ALL)
     );
     let config = Config::from_sources(Some((&file, "auth.toml")), []).unwrap();
     common::app(Setup {

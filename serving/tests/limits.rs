@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tributary_schemas::config::Config;
 use tributary_serving::api::{App, DRAIN, router};
-use tributary_serving::auth::token_hash;
+use tributary_serving::auth::token_hash_hex;
 use tributary_serving::wire;
 use tributary_testkit::pg::{connect, connect_with_password};
 
@@ -123,10 +123,7 @@ async fn past_the_concurrency_limit_queries_get_429_and_never_a_5xx() {
 
 #[tokio::test]
 async fn a_token_past_its_rate_gets_429() {
-    let hash: String = token_hash("trb_slow")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = token_hash_hex("trb_slow");
     let file = format!(
         "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"slow\"\nsha256 = \"{hash}\"\n\
          scopes = [\"read\"]\nmax_requests_per_s = 3\n"

@@ -25,10 +25,9 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, DataFusionError, Result};
+use datafusion::common::{Column, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, TableType, provider_as_source, source_as_provider};
-use datafusion::execution::SessionState;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
     Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, TableScan, col, ident,
@@ -316,14 +315,7 @@ impl TableProvider for Rollup {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = (session.as_any().downcast_ref::<SessionState>()).ok_or_else(|| {
-            DataFusionError::Internal("a roll-up is scanned outside a SessionState".to_owned())
-        })?;
-        let reads = state.config().get_extension::<Reads>().ok_or_else(|| {
-            DataFusionError::Internal(
-                "a roll-up is scanned by a statement without its reads".to_owned(),
-            )
-        })?;
+        let (state, reads) = Reads::of(session, &self.view.name)?;
         let pinned = reads.pin(self.index)?;
         let allowed = reads.row_filter(self.index);
         let ctx = SessionContext::new_with_state(state.clone());

@@ -62,6 +62,22 @@ impl Reads {
         }
     }
 
+    /// The session a scan of `view` runs in, and its statement's reads.
+    pub(crate) fn of<'a>(
+        session: &'a dyn Session,
+        view: &str,
+    ) -> Result<(&'a SessionState, Arc<Reads>)> {
+        let state = (session.as_any().downcast_ref::<SessionState>()).ok_or_else(|| {
+            DataFusionError::Internal(format!("view {view:?} is scanned outside a SessionState"))
+        })?;
+        let reads = state.config().get_extension::<Reads>().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "view {view:?} is scanned by a statement without its reads"
+            ))
+        })?;
+        Ok((state, reads))
+    }
+
     /// The caller's filter on the `index`th view's rows.
     pub(crate) fn row_filter(&self, index: usize) -> Option<&Expr> {
         self.row_filters.get(index)?.as_ref()
@@ -194,15 +210,7 @@ impl TableProvider for ViewTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = (session.as_any().downcast_ref::<SessionState>()).ok_or_else(|| {
-            DataFusionError::Internal("a view is scanned outside a SessionState".to_owned())
-        })?;
-        let reads = state.config().get_extension::<Reads>().ok_or_else(|| {
-            DataFusionError::Internal(format!(
-                "view {:?} is scanned by a statement without its reads",
-                self.view.name
-            ))
-        })?;
+        let (state, reads) = Reads::of(session, &self.view.name)?;
         let pinned = reads.pin(self.index)?;
         let ctx = SessionContext::new_with_state(state.clone());
         let mut rows = states(&ctx, &self.view, &pinned).await?;
