@@ -20,7 +20,7 @@ use tributary_schemas::lake::{Lake, Manifest};
 use tributary_schemas::shutdown::Shutdown;
 use tributary_speed::aggregator::Aggregator;
 use tributary_testkit::Broker;
-use tributary_testkit::stream::{Expected, produce_mixed, produced_payloads};
+use tributary_testkit::stream::{Expected, is_late, kafka_stamp, produce_mixed, produced_payloads};
 
 const PARTITIONS: i32 = 3;
 const EVENTS: u64 = 12_000;
@@ -147,10 +147,12 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
     let log: Vec<(KafkaPosition, Vec<u8>)> = produced_payloads(&expected, PARTITIONS, 0)
         .into_iter()
         .map(|((partition, offset), payload, _)| {
+            // The timestamp the producer gave it (a malformed one is skipped whatever it carries).
+            let time = Decoder::new(config.events.clone()).decode(&payload).ok();
             let position = KafkaPosition {
                 partition,
                 offset,
-                timestamp_ms: None,
+                timestamp_ms: time.map(|event| kafka_stamp(event.time_ms)),
             };
             (position, payload)
         })
@@ -197,9 +199,11 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
                 .iter()
                 .map(|m| MetricState::empty(m.state_kind()))
                 .collect();
+            let late = is_late(event.time_ms, Some(kafka_stamp(event.time_ms)));
             states
                 .iter_mut()
                 .zip(&view.metrics)
+                .filter(|(_, m)| m.name != "late" || late)
                 .for_each(|(s, m)| s.update(m.value(&event.values)));
             merge_into(&mut truth, key, states);
         }

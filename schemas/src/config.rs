@@ -23,10 +23,12 @@ use std::time::Duration;
 
 use toml::{Table, Value as Toml};
 
-use crate::duration::parse_duration;
+use crate::duration::{format_duration, parse_duration};
 use crate::event::{EventSchema, FieldDef, FieldType};
 pub use auth::{AuthConfig, RowFilter, Scope, TokenDef, parse_sha256};
-pub use view::{FieldRef, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFilter};
+pub use view::{
+    FieldRef, LATE_METRIC, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFilter,
+};
 
 /// The built-in defaults: a complete local demo over a realistic clickstream.
 pub const DEFAULT_CONFIG: &str = include_str!("config/defaults.toml");
@@ -196,6 +198,13 @@ impl Config {
         let mut problems = Vec::new();
         if let Some((text, origin)) = file {
             overlay_file(&mut merged, parse(text, origin)?, &mut problems);
+        }
+        // A dataset of a file replaces the defaults' whole, `late_after` with it: keep its default
+        // there when the file leaves it out (and so overridable by the environment like any key).
+        if let Some(Toml::Table(events)) = merged.get_mut("events") {
+            events
+                .entry("late_after")
+                .or_insert_with(|| Toml::String(format_duration(DEFAULT_LATE_AFTER)));
         }
         overlay_env(&mut merged, env, &mut problems);
         let config = validate(&merged, &mut problems);
@@ -437,10 +446,13 @@ fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
     let archiver = validate_archiver(merged, problems);
     let batch = validate_batch(merged, problems);
     let serving = validate_serving(merged, problems);
-    let events = validate_events(merged, problems);
+    let (events, late_after) = validate_events(merged, problems).unzip();
     let views = events
         .as_ref()
-        .and_then(|events| view::validate_views(merged.get("views"), events, problems));
+        .zip(late_after)
+        .and_then(|(events, late_after)| {
+            view::validate_views(merged.get("views"), events, late_after, problems)
+        });
     let auth = auth::validate_auth(merged, views.as_deref(), problems);
     Some(Config {
         kafka: kafka?,
@@ -672,11 +684,18 @@ fn check_field_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_events(merged: &Table, problems: &mut Vec<Problem>) -> Option<EventSchema> {
+/// `[events] late_after` when not configured: an event is late when Kafka got it more than a minute
+/// after its event time.
+pub const DEFAULT_LATE_AFTER: Duration = Duration::from_secs(60);
+
+/// The event schema and `late_after` (which the views' built-in `late` metric reads).
+fn validate_events(merged: &Table, problems: &mut Vec<Problem>) -> Option<(EventSchema, Duration)> {
     let mut section = Section::new("events", merged.get("events"), problems)?;
     let time_field = section.string("time_field", problems);
+    let late_after = section.duration("late_after", problems);
     let fields = section.get("fields");
     section.finish(problems);
+    let late_after = late_after?;
     let time_field = time_field?;
     if let Err(message) = check_field_name(&time_field) {
         problem(problems, "events.time_field", message);
@@ -710,10 +729,11 @@ fn validate_events(merged: &Table, problems: &mut Vec<Problem>) -> Option<EventS
             ),
         }
     }
-    Some(EventSchema {
+    let events = EventSchema {
         time_field,
         fields: defs,
-    })
+    };
+    Some((events, late_after))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::{StateColumnBuilder, read_state};
-use tributary_schemas::config::{MetricDef, ViewDef};
+use tributary_schemas::config::{MetricDef, MetricFunction, ViewDef};
 use tributary_schemas::decode::Decoder;
 use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder, read_value};
 use tributary_schemas::event::{EventSchema, Value};
@@ -78,7 +78,11 @@ pub struct ViewStates {
 
 /// [`ViewStates::defining`] and [`ViewStates::sources`] of `metrics`.
 fn shared_states(metrics: &[MetricDef]) -> (Vec<usize>, Vec<usize>) {
-    let input = |m: &MetricDef| (m.state_kind(), m.field.as_ref().map(|f| f.index));
+    // `late` counts like `count`, but only late events: never the same state.
+    let input = |m: &MetricDef| {
+        let late = matches!(m.function, MetricFunction::Late { .. });
+        (m.state_kind(), m.field.as_ref().map(|f| f.index), late)
+    };
     let mut defining: Vec<usize> = Vec::new();
     let sources = (metrics.iter())
         .enumerate()
@@ -121,12 +125,12 @@ impl ViewStates {
         &self.view
     }
 
-    /// Adds events of one `(partition, epoch)`: each its time and its field values (schema
-    /// order). The epoch is looked up once for the run, not once per event.
+    /// Adds events of one `(partition, epoch)`: each its time, its Kafka timestamp and its field
+    /// values (schema order). The epoch is looked up once for the run, not once per event.
     fn add<'e, 'v: 'e>(
         &mut self,
         epoch: (i32, i64),
-        events: impl IntoIterator<Item = (i64, &'e [Value<'v>])>,
+        events: impl IntoIterator<Item = (i64, Option<i64>, &'e [Value<'v>])>,
     ) {
         let mut events = events.into_iter().peekable();
         if events.peek().is_none() {
@@ -135,7 +139,7 @@ impl ViewStates {
         let epoch_states = self.epochs.entry(epoch).or_default();
         let metrics = &self.view.metrics;
         let width = self.defining.len();
-        for (time_ms, values) in events {
+        for (time_ms, kafka_ts_ms, values) in events {
             self.key.clear();
             self.key
                 .push(self.view.granularity.bucket_start(time_ms) as u64);
@@ -150,7 +154,10 @@ impl ViewStates {
             });
             let states = &mut epoch_states.states[row * width..(row + 1) * width];
             for (state, &metric) in states.iter_mut().zip(&self.defining) {
-                state.update(metrics[metric].value(values));
+                let metric = &metrics[metric];
+                if metric.counts(time_ms, kafka_ts_ms) {
+                    state.update(metric.value(values));
+                }
             }
             epoch_states.events += 1;
             epoch_states.newest_event_ms = epoch_states.newest_event_ms.max(Some(time_ms));
@@ -351,13 +358,13 @@ impl Aggregator {
         // One buffer of field values for the whole poll: event `i`'s are `values[i * width..]`.
         let width = self.decoder.schema().fields.len();
         let mut values = Vec::with_capacity(messages.len() * width);
-        // Per decoded event: its `(partition, epoch)` and time.
+        // Per decoded event: its `(partition, epoch)`, time and Kafka timestamp.
         let mut decoded = Vec::with_capacity(messages.len());
         for (position, payload) in messages {
             match self.decoder.decode_into(payload, &mut values) {
                 Ok(time_ms) => {
                     let epoch = epoch_of(position.offset, self.epoch_size);
-                    decoded.push(((position.partition, epoch), time_ms));
+                    decoded.push(((position.partition, epoch), time_ms, position.timestamp_ms));
                 }
                 Err(_) => applied.malformed += 1,
             }
@@ -378,7 +385,7 @@ impl Aggregator {
         self.totals.malformed += applied.malformed;
         let needs_batch = self.filters.iter().any(Option::is_some);
         let batch = if needs_batch && !decoded.is_empty() {
-            for (event, &(_, time_ms)) in decoded.iter().enumerate() {
+            for (event, &(_, time_ms, _)) in decoded.iter().enumerate() {
                 self.batch.append(time_ms, fields(event));
             }
             Some(self.batch.finish()?)
@@ -395,9 +402,12 @@ impl Aggregator {
             let keep = keep.as_ref().map(|k| k.as_boolean());
             let kept = |event: &usize| keep.is_none_or(|k| k.is_valid(*event) && k.value(*event));
             let mut first = 0;
-            for run in decoded.chunk_by(|(a, _), (b, _)| a == b) {
+            for run in decoded.chunk_by(|(a, ..), (b, ..)| a == b) {
                 let events = (first..first + run.len()).filter(kept);
-                view.add(run[0].0, events.map(|e| (decoded[e].1, fields(e))));
+                view.add(
+                    run[0].0,
+                    events.map(|e| (decoded[e].1, decoded[e].2, fields(e))),
+                );
                 first += run.len();
             }
         }

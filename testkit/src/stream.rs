@@ -13,11 +13,16 @@ use crate::Broker;
 /// the decoder's error code.
 pub type Expected = BTreeMap<(i32, i64), Option<String>>;
 
+/// The event time of [`mixed_event`] `n` (when valid).
+pub fn mixed_time(n: u64) -> i64 {
+    1_795_000_000_000 + n as i64 * 37
+}
+
 /// Event number `n`: its payload and, if malformed, the decoder's error code for it.
 pub fn mixed_event(n: u64) -> (Vec<u8>, Option<&'static str>) {
     let valid = format!(
         r#"{{"ts":{},"user_id":"u{}","page":"/p/{}","country":"NL","latency_ms":{}.5}}"#,
-        1_795_000_000_000 + n * 37,
+        mixed_time(n),
         n % 1000,
         n % 50,
         n % 300
@@ -34,8 +39,21 @@ pub fn mixed_event(n: u64) -> (Vec<u8>, Option<&'static str>) {
     }
 }
 
+/// The Kafka timestamp the tests' producers give an event of time `time_ms`: 0 to 90 s after it, by
+/// `time_ms mod 7` (late past the default `late_after` of 60 s: 5 and 6), so every stream holds
+/// on-time and late events in every bucket and any truth can tell which from the event alone.
+pub fn kafka_stamp(time_ms: i64) -> i64 {
+    time_ms + time_ms.rem_euclid(7) * 15_000
+}
+
+/// Whether an event of time `time_ms` stamped by Kafka at `kafka_ts_ms` is late under the default
+/// `late_after` (60 s), written out here rather than asked of the code under test.
+pub fn is_late(time_ms: i64, kafka_ts_ms: Option<i64>) -> bool {
+    kafka_ts_ms.is_some_and(|kafka| kafka - time_ms > 60_000)
+}
+
 /// Produces events `from..from + count` round-robin over `partitions` (acks=all, idempotent) and
-/// records where each landed in `expected`.
+/// records where each landed in `expected`. Each is stamped [`kafka_stamp`] of its time.
 pub async fn produce_mixed(
     broker: &Broker,
     topic: &str,
@@ -54,6 +72,7 @@ pub async fn produce_mixed(
         pending.push(async move {
             let record = FutureRecord::<(), _>::to(&topic)
                 .partition(partition)
+                .timestamp(kafka_stamp(mixed_time(n)))
                 .payload(&payload);
             let delivery = producer
                 .send(record, Duration::from_secs(30))

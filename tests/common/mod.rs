@@ -17,6 +17,7 @@ use tributary_schemas::event::{Event, EventSchema, Value};
 use tributary_testkit::http::Reply;
 use tributary_testkit::pg;
 use tributary_testkit::rng::Rng;
+use tributary_testkit::stream::{is_late, kafka_stamp};
 use tributary_testkit::{Broker, TestServer};
 
 pub const PARTITIONS: i32 = 3;
@@ -170,6 +171,8 @@ pub struct Truth {
     pub config: Config,
     pub decoder: Decoder,
     pub payloads: Vec<Vec<u8>>,
+    /// The Kafka timestamp of each of `payloads`.
+    pub stamps: Vec<i64>,
     pub rng: Rng,
     pub produced: u64,
 }
@@ -181,17 +184,20 @@ impl Truth {
             decoder: Decoder::new(config.events.clone()),
             config,
             payloads: Vec::new(),
+            stamps: Vec::new(),
             rng: Rng(0x05ee_de2e),
             produced: 0,
         }
     }
 
-    /// The next `count` events; the valid ones are remembered as truth.
-    pub fn next_events(&mut self, count: u64) -> Vec<Vec<u8>> {
+    /// The next `count` events; the valid ones are remembered as truth, with the Kafka timestamp
+    /// `stamp` says they get (of their event time).
+    pub fn next_events(&mut self, count: u64, stamp: impl Fn(i64) -> i64) -> Vec<Vec<u8>> {
         let mut events = Vec::new();
         for n in self.produced..self.produced + count {
             let payload = event(&mut self.rng, n);
-            if self.decoder.decode(&payload).is_ok() {
+            if let Ok(event) = self.decoder.decode(&payload) {
+                self.stamps.push(stamp(event.time_ms));
                 self.payloads.push(payload.clone());
             }
             events.push(payload);
@@ -202,7 +208,13 @@ impl Truth {
 
     /// Sends `count` events through push ingest (`POST /v1/events`, NDJSON) instead of Kafka.
     pub fn push(&mut self, service: &Service, count: u64) {
-        let events = self.next_events(count);
+        // The ingest endpoint's producer stamps them on arrival: after this instant (any event time
+        // of the stream is days before it, so none is near the late/on-time line).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let events = self.next_events(count, |_| now);
         let valid = events
             .iter()
             .filter(|e| self.decoder.decode(e).is_ok())
@@ -223,7 +235,7 @@ impl Truth {
         let producer: FutureProducer = broker.producer_config().create().unwrap();
         let first = self.produced;
         let messages: Vec<(i32, Vec<u8>)> = (first..)
-            .zip(self.next_events(count))
+            .zip(self.next_events(count, kafka_stamp))
             .map(|(n, payload)| ((n % PARTITIONS as u64) as i32, payload))
             .collect();
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -231,8 +243,10 @@ impl Truth {
         for chunk in messages.chunks(50_000) {
             runtime.block_on(async {
                 let sends = chunk.iter().map(|(partition, payload)| {
+                    let time = self.decoder.decode(payload).map(|e| e.time_ms);
                     let record = FutureRecord::<(), _>::to(topic)
                         .partition(*partition)
+                        .timestamp(kafka_stamp(time.unwrap_or(0)))
                         .payload(payload);
                     producer.send(record, Duration::from_secs(60))
                 });
@@ -251,7 +265,7 @@ impl Truth {
     pub fn states(&self, query: &Query) -> BTreeMap<Key, Vec<MetricState>> {
         let view = self.view(query.view);
         let mut rows: BTreeMap<Key, Vec<MetricState>> = BTreeMap::new();
-        for payload in &self.payloads {
+        for (payload, &stamp) in self.payloads.iter().zip(&self.stamps) {
             let event = self.decoder.decode(payload).unwrap();
             if view.name == "pageviews" && value(&event, &self.config.events, "page") == "null" {
                 continue; // the view's filter: page IS NOT NULL
@@ -274,8 +288,11 @@ impl Truth {
                     .map(|m| MetricState::empty(m.state_kind()))
                     .collect()
             });
+            let late = is_late(event.time_ms, Some(stamp));
             for (state, metric) in states.iter_mut().zip(&view.metrics) {
-                state.update(metric.value(&event.values));
+                if metric.name != "late" || late {
+                    state.update(metric.value(&event.values));
+                }
             }
         }
         rows

@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Result as DfResult, plan_err};
-use datafusion::logical_expr::{Expr, SortExpr, cast, ident, lit};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, SortExpr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use object_store::path::Path;
-use tributary_schemas::config::{TIME_COLUMN, ViewDef};
+use tributary_schemas::config::{MetricFunction, TIME_COLUMN, ViewDef};
 use tributary_schemas::duration::Granularity;
-use tributary_schemas::event::raw_rows::{OFFSET_COLUMN, PARTITION_COLUMN, raw_schema};
+use tributary_schemas::event::raw_rows::{
+    KAFKA_TS_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, raw_schema,
+};
 use tributary_schemas::event::{EventSchema, timestamp_type};
 use tributary_schemas::functions::{
     self,
@@ -227,11 +229,16 @@ pub async fn view_frame(
                 .field
                 .as_ref()
                 .map_or(lit(true), |field| ident(&field.name));
-            StateUdaf::udaf(metric.state_kind(), Phase::Update)
-                .call(vec![argument])
-                .alias(&metric.name)
+            let state = StateUdaf::udaf(metric.state_kind(), Phase::Update).call(vec![argument]);
+            match metric.function {
+                MetricFunction::Late { after_ms } => state
+                    .filter(late_predicate(&events.time_field, after_ms))
+                    .build(),
+                _ => Ok(state),
+            }
+            .map(|state| state.alias(&metric.name))
         })
-        .collect();
+        .collect::<DfResult<Vec<_>>>()?;
     let state_schema = view.state_schema();
     // Cast to the stored schema (scans may produce view types such as Utf8View).
     let columns = state_schema
@@ -246,6 +253,14 @@ pub async fn view_frame(
         .aggregate(group_by, aggregates)?
         .select(columns)?
         .sort(order)
+}
+
+/// `_kafka_ts - late_after > time` on the raw rows, in `Int64` milliseconds (wrapping, as
+/// [`MetricDef::counts`](tributary_schemas::config::MetricDef::counts) in the speed layer); `NULL`,
+/// so not late, for a row without a Kafka timestamp.
+fn late_predicate(time_field: &str, after_ms: i64) -> Expr {
+    let ms = |column: &str| cast(ident(column), DataType::Int64);
+    (ms(KAFKA_TS_COLUMN) - lit(after_ms)).gt(ms(time_field))
 }
 
 /// A stable identity for the planning inputs (used in tests and logs).

@@ -66,7 +66,12 @@ fn the_defaults_describe_a_complete_clickstream_demo() {
             ("latency_max", StateKind::FloatMax),
             ("latency_avg", StateKind::Avg),
             ("latency_p95", StateKind::Quantile),
+            ("late", StateKind::Count),
         ]
+    );
+    assert_eq!(
+        pageviews.metric("late").unwrap().function,
+        MetricFunction::Late { after_ms: 60_000 }
     );
     assert_eq!(
         pageviews.metric("latency_p95").unwrap().function,
@@ -334,6 +339,54 @@ fn the_definition_hash_changes_with_what_decides_the_states_only() {
     );
     assert_ne!(base, view("page = 'x'", "1m"));
     assert_ne!(base, view("page IS NOT NULL", "5m"));
+
+    // `late_after` decides the built-in `late` states.
+    let late_after = |late_after: &str| {
+        let events = EVENTS.replace(
+            "[events]\n",
+            &format!("[events]\nlate_after = \"{late_after}\"\n"),
+        );
+        let file = format!(
+            "{events}\n[[views]]\nname = \"v\"\ngranularity = \"1m\"\nfilter = \"page IS NOT NULL\"\n\
+             [views.metrics]\nn = \"count\""
+        );
+        load(&file, &[]).unwrap().views[0].definition_hash()
+    };
+    assert_eq!(base, late_after("60s"), "1m is the default");
+    assert_ne!(base, late_after("5m"));
+}
+
+#[test]
+fn every_view_counts_late_events_and_late_is_reserved() {
+    let file = with_view("name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\"");
+    let config = load(&file, &[("TRIBUTARY_EVENTS__LATE_AFTER", "30s")]).unwrap();
+    let late = config.views[0].metric("late").unwrap();
+    assert_eq!(late.function, MetricFunction::Late { after_ms: 30_000 });
+    assert_eq!(late.output_type(), arrow::datatypes::DataType::Int64);
+    // Late: Kafka's timestamp more than 30 s after the event time; never without one.
+    assert!(late.counts(0, Some(30_001)));
+    assert!(!late.counts(0, Some(30_000)));
+    assert!(!late.counts(0, None));
+    assert!(config.views[0].metric("n").unwrap().counts(0, None));
+
+    assert_eq!(
+        problems(&with_view(
+            "name = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nlate = \"count\""
+        )),
+        [
+            "views[0].metrics.late: \"late\" is built in: every view counts its late events \
+          ([events] late_after); name this metric otherwise"
+        ]
+    );
+    let bad = EVENTS.replace("[events]\n", "[events]\nlate_after = \"soon\"\n");
+    let problems = problems(&format!(
+        "{bad}\n[[views]]\nname = \"v\"\ngranularity = \"1m\"\n[views.metrics]\nn = \"count\""
+    ));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("events.late_after: "),
+        "{problems:?}"
+    );
 }
 
 #[test]

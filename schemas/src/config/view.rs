@@ -17,8 +17,9 @@ use toml::Value as Toml;
 
 use super::{Problem, Section, problem};
 use crate::aggregate::{Finalized, MetricState, STATE_FORMAT_VERSION, StateKind};
-use crate::duration::Granularity;
+use crate::duration::{Granularity, format_duration};
 use crate::event::{EventSchema, FieldType, Value, timestamp_type};
+use std::time::Duration;
 
 /// The time-bucket column of every view (bucket start, UTC).
 pub const TIME_COLUMN: &str = "time";
@@ -42,7 +43,15 @@ pub enum MetricFunction {
     CountDistinct,
     /// The quantile to answer, in `[0, 1]`.
     Quantile(f64),
+    /// The built-in `late`: counts the events Kafka received more than `after_ms` after their
+    /// event time (`[events] late_after`); see [`MetricDef::counts`].
+    Late {
+        after_ms: i64,
+    },
 }
+
+/// The name of the built-in metric every view has: events that arrived late, per bucket.
+pub const LATE_METRIC: &str = "late";
 
 /// One metric of a view: `name = "function(field)"`.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +69,7 @@ impl MetricDef {
         let ty = self.field.as_ref().map(|f| f.ty);
         let float = ty == Some(FieldType::Float64);
         match self.function {
-            MetricFunction::Count => StateKind::Count,
+            MetricFunction::Count | MetricFunction::Late { .. } => StateKind::Count,
             MetricFunction::Sum if float => StateKind::FloatSum,
             MetricFunction::Sum => StateKind::IntSum,
             MetricFunction::Min if float => StateKind::FloatMin,
@@ -89,6 +98,19 @@ impl MetricDef {
     pub fn value<'e, 'a>(&self, values: &'e [Value<'a>]) -> &'e Value<'a> {
         static NULL: Value<'static> = Value::Null;
         self.field.as_ref().map_or(&NULL, |f| &values[f.index])
+    }
+
+    /// Whether this metric takes an event of time `time_ms` that Kafka stamped `kafka_ts_ms`: always,
+    /// but for `late`, which takes it only when `kafka_ts - late_after > time` (in wrapping `i64`
+    /// arithmetic, as DataFusion's `-` in the batch plan). An event without a Kafka timestamp is
+    /// never late.
+    pub fn counts(&self, time_ms: i64, kafka_ts_ms: Option<i64>) -> bool {
+        match self.function {
+            MetricFunction::Late { after_ms } => {
+                kafka_ts_ms.is_some_and(|kafka| kafka.wrapping_sub(after_ms) > time_ms)
+            }
+            _ => true,
+        }
     }
 
     pub fn finalize(&self, state: &MetricState) -> Finalized {
@@ -163,7 +185,11 @@ impl ViewDef {
             .iter()
             .map(|m| {
                 let field = m.field.as_ref().map(|f| (&f.name, f.ty.name()));
-                (&m.name, m.state_kind().name(), field)
+                let late_after_ms = match m.function {
+                    MetricFunction::Late { after_ms } => Some(after_ms),
+                    _ => None,
+                };
+                (&m.name, m.state_kind().name(), field, late_after_ms)
             })
             .collect();
         let canonical = serde_json::json!({
@@ -203,6 +229,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
 pub(super) fn validate_views(
     value: Option<&Toml>,
     events: &EventSchema,
+    late_after: Duration,
     problems: &mut Vec<Problem>,
 ) -> Option<Vec<ViewDef>> {
     let views = match value {
@@ -223,7 +250,8 @@ pub(super) fn validate_views(
     let before = problems.len();
     let mut defs: Vec<ViewDef> = Vec::with_capacity(views.len());
     for (i, view) in views.iter().enumerate() {
-        if let Some(def) = validate_view(&format!("views[{i}]"), view, events, problems) {
+        if let Some(def) = validate_view(&format!("views[{i}]"), view, events, late_after, problems)
+        {
             if defs.iter().any(|d| d.name == def.name) {
                 problem(
                     problems,
@@ -241,6 +269,7 @@ fn validate_view(
     path: &str,
     value: &Toml,
     events: &EventSchema,
+    late_after: Duration,
     problems: &mut Vec<Problem>,
 ) -> Option<ViewDef> {
     let mut section = Section::new(path, Some(value), problems)?;
@@ -272,13 +301,16 @@ fn validate_view(
                 }
             },
         );
-    let metrics = validate_metrics(
+    let mut metrics = validate_metrics(
         path,
         metrics,
         dimensions.as_deref().unwrap_or(&[]),
         events,
         problems,
     );
+    if let Some(metrics) = &mut metrics {
+        metrics.push(late_metric(late_after));
+    }
     Some(ViewDef {
         name: name?,
         granularity: granularity?,
@@ -286,6 +318,21 @@ fn validate_view(
         filter,
         metrics: metrics?,
     })
+}
+
+/// The built-in `late` metric of a view (last among its metrics).
+fn late_metric(late_after: Duration) -> MetricDef {
+    MetricDef {
+        name: LATE_METRIC.to_owned(),
+        expression: format!(
+            "late (Kafka received the event more than {} after its time)",
+            format_duration(late_after)
+        ),
+        function: MetricFunction::Late {
+            after_ms: i64::try_from(late_after.as_millis()).unwrap_or(i64::MAX),
+        },
+        field: None,
+    }
 }
 
 fn field_ref(name: &str, events: &EventSchema) -> Result<FieldRef, String> {
@@ -373,6 +420,13 @@ fn validate_metrics(
         let key = format!("{key}.{name}");
         if let Err(message) = check_name("metric", name) {
             problem(problems, &key, message);
+        } else if name == LATE_METRIC {
+            problem(
+                problems,
+                &key,
+                "\"late\" is built in: every view counts its late events ([events] late_after); \
+                 name this metric otherwise",
+            );
         } else if name == TIME_COLUMN || dimensions.iter().any(|d| d.name == *name) {
             problem(
                 problems,
