@@ -6,7 +6,8 @@
 //! (e) after kill -9 of the service and a restart with events produced while it was down.
 //! A snapshot taken at (b) answers with (b)'s data through (c) and (d), over `/v1/query`, over
 //! SQL's `merge()` and in a transaction on the Postgres wire, and is gone (410) after the restart.
-//! At every phase the Postgres wire's `merge()` roll-ups equal the truth too (`check_wire`).
+//! At every phase the Postgres wire's `merge()` roll-ups equal the truth too (`check_wire`), and
+//! every view's built-in `late` count (issue 28) equals the truth's over late and on-time events.
 //!
 //! Counts, integer sums, min and max must be equal; float sums and averages equal up to summation
 //! order (1e-9 relative); distinct counts and quantiles equal the algebra's sketch of the same
@@ -60,6 +61,42 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
         .map(|w| w.as_i64().unwrap())
         .sum();
     assert!(below > 0 && below < 4000, "both layers hold events: {meta}");
+    // The built-in `late` (Kafka's timestamp more than `late_after` past the event time): check_all
+    // compared it with the truth like every metric; here the stream holds both kinds in both layers.
+    let late = json!({"view": "pageviews", "granularity": "all", "metrics": ["views", "late"]});
+    let late = &service.json("POST", "/v1/query", Some(&late))["rows"][0];
+    let (views, late) = (
+        late["views"].as_i64().unwrap(),
+        late["late"].as_i64().unwrap(),
+    );
+    assert!(0 < late && late < views, "late {late} of {views}");
+    // What the dashboard's status panel reads: each view's last run, the runs, quarantine reasons.
+    let status = service.json("GET", "/v1/status", None);
+    for view in status["batch"]["views"].as_array().unwrap() {
+        assert_eq!(view["last_run"]["outcome"], "published", "{status}");
+        assert_eq!(view["last_run"]["version"], view["version"], "{status}");
+        assert!(
+            view["last_run"]["elapsed_ms"].as_f64().is_some(),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        status["batch"]["runs"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    let quarantined = &status["archiver"]["quarantined_by_reason"];
+    assert!(quarantined["missing_time"].as_u64() > Some(0), "{status}");
+    assert_eq!(
+        quarantined
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>(),
+        status["archiver"]["quarantined"].as_u64().unwrap(),
+        "{status}"
+    );
 
     // A snapshot taken now (issue 26): the same data later, across more events and a batch swap.
     let totals = json!({"view": "pageviews", "granularity": "all", "metrics": ["views", "users", "latency_p95"]});

@@ -225,13 +225,10 @@ impl Archiver {
                         timestamp_ms: message.timestamp().to_millis(),
                     };
                     if let Some(buffer) = buffers.get_mut(&position.partition) {
-                        let valid = buffer.push(&self.decoder, position, message.payload());
-                        let counter = if valid {
-                            &self.stats.archived
-                        } else {
-                            &self.stats.quarantined
+                        match buffer.push(&self.decoder, position, message.payload()) {
+                            Ok(()) => self.stats.archived.fetch_add(1, Ordering::Relaxed),
+                            Err(reason) => self.stats.quarantine(reason),
                         };
-                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {

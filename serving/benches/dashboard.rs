@@ -133,6 +133,7 @@ async fn publish(config: &Config, store: &Lake) -> u64 {
         generation: 0,
         closed_generations: Vec::new(),
         boundary: Boundary([(0, BOUNDARY)].into()),
+        newest_bucket: None,
     };
     store.write_manifest(&manifest).await.unwrap();
     store.write_current("pageviews", 1).await.unwrap();

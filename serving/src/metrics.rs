@@ -2,10 +2,11 @@
 //! recompute durations). `/metrics` writes them after each layer's own samples
 //! (`tributary_schemas::layers::StatusSource`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde_json::Value;
 use tributary_schemas::layers::prometheus::Exposition;
 
 /// Upper bounds (seconds) of latency buckets: queries are expected in milliseconds, recomputes in
@@ -69,7 +70,12 @@ pub struct Metrics {
     queries: Mutex<BTreeMap<&'static str, Histogram>>,
     /// Recompute durations by outcome (`published`, `unchanged`, `failed`...).
     batch_runs: Mutex<BTreeMap<String, Histogram>>,
+    /// The latest recompute runs, newest last (at most [`RECENT_RUNS`]).
+    recent_runs: Mutex<VecDeque<Value>>,
 }
+
+/// How many recompute runs `/v1/status` lists.
+pub const RECENT_RUNS: usize = 20;
 
 impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
@@ -90,6 +96,22 @@ impl Metrics {
         runs.entry(outcome.to_owned())
             .or_default()
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Remembers one recompute run for `/v1/status`: `{"at", "view", "outcome", "elapsed_ms", ...}`
+    /// (`view` null for a run that failed before any view's report).
+    pub fn remember_run(&self, run: Value) {
+        let mut runs = self.recent_runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs.len() == RECENT_RUNS {
+            runs.pop_front();
+        }
+        runs.push_back(run);
+    }
+
+    /// The remembered runs, newest first.
+    pub fn recent_runs(&self) -> Vec<Value> {
+        let runs = self.recent_runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.iter().rev().cloned().collect()
     }
 
     /// The recorded series, in exposition format.

@@ -68,13 +68,13 @@ impl PartitionBuffer {
         decoder: &Decoder,
         position: KafkaPosition,
         payload: Option<&[u8]>,
-    ) -> bool {
+    ) -> Result<(), &'static str> {
         self.opened.get_or_insert_with(Instant::now);
         self.last = Some(position.offset);
         let error = match payload.map(|bytes| decoder.decode(bytes)) {
             Some(Ok(event)) => {
                 self.raw.append(&event, position);
-                return true;
+                return Ok(());
             }
             Some(Err(error)) => (error.code(), error.to_string()),
             None => ("no_payload", "message has no payload".to_owned()),
@@ -86,7 +86,7 @@ impl PartitionBuffer {
             code: error.0,
             error: error.1,
         });
-        false
+        Err(error.0)
     }
 
     /// Whether the open file should be written now.

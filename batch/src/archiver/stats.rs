@@ -16,8 +16,10 @@ pub struct ArchiverStats {
     /// Valid events taken from Kafka: written, or buffered for the next file ([`Self::progress`]
     /// says what the lake holds).
     pub archived: AtomicU64,
-    /// Malformed events taken from Kafka, for the quarantine.
+    /// Malformed events taken from Kafka, for the quarantine (and the DLQ topic).
     pub quarantined: AtomicU64,
+    /// [`Self::quarantined`] by reason (the decoder's error code).
+    quarantined_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     /// Raw files written.
     pub files: AtomicU64,
     /// Offsets deleted by retention before they could be archived.
@@ -33,6 +35,21 @@ impl ArchiverStats {
     /// Per partition, the first offset not yet in the lake.
     pub fn progress(&self) -> BTreeMap<i32, i64> {
         self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Counts a malformed event for the quarantine, by `reason`.
+    pub(super) fn quarantine(&self, reason: &'static str) -> u64 {
+        if let Ok(mut by_reason) = self.quarantined_by_reason.lock() {
+            *by_reason.entry(reason).or_default() += 1;
+        }
+        self.quarantined.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Malformed events taken since start, by reason.
+    pub fn quarantined_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        (self.quarantined_by_reason.lock())
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     pub(super) fn set_progress(&self, partition: i32, next_offset: i64) {
@@ -91,6 +108,10 @@ impl StatusSource for ArchiverStats {
             status.insert(key.to_owned(), counter.load(Ordering::Relaxed).into());
         }
         status.insert("progress".to_owned(), json!(self.progress()));
+        status.insert(
+            "quarantined_by_reason".to_owned(),
+            json!(self.quarantined_by_reason()),
+        );
         Value::Object(status)
     }
 
@@ -107,6 +128,15 @@ impl StatusSource for ArchiverStats {
         for (partition, next) in self.progress() {
             out.sample(name, &[("partition", partition.to_string())], next as f64);
         }
+        let name = "tributary_archiver_quarantined_by_reason_total";
+        out.family(
+            name,
+            "counter",
+            "malformed events taken for the quarantine, by the decoder's reason",
+        );
+        for (reason, count) in self.quarantined_by_reason() {
+            out.sample(name, &[("reason", reason.to_owned())], count as f64);
+        }
     }
 }
 
@@ -121,7 +151,15 @@ mod tests {
             counter.store(10 + index as u64, Ordering::Relaxed);
         }
         stats.set_progress(2, 500);
+        stats.quarantine("not_json");
+        stats.quarantine("not_json");
+        stats.quarantine("missing_time");
         let status = stats.status();
+        assert_eq!(
+            status["quarantined_by_reason"],
+            json!({"missing_time": 1, "not_json": 2})
+        );
+        assert_eq!(status["quarantined"], 11 + 3);
         assert_eq!(status["store_errors"], 15);
         assert_eq!(status["archived"], 10);
         assert_eq!(status["progress"]["2"], 500);
@@ -138,6 +176,12 @@ mod tests {
         );
         assert!(
             text.contains("tributary_archiver_next_offset{partition=\"2\"} 500\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tributary_archiver_quarantined_by_reason_total{reason=\"not_json\"} 2\n"
+            ),
             "{text}"
         );
     }

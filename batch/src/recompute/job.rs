@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use datafusion::common::DataFusionError;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -106,6 +106,9 @@ impl ViewJob {
             generation: input.generation,
             closed_generations: input.closed_generations.clone(),
             boundary: input.boundary.clone(),
+            newest_bucket: computed
+                .newest_bucket_ms
+                .and_then(DateTime::from_timestamp_millis),
         };
         publish(lake, &manifest).await?;
         tracing::info!(
@@ -226,9 +229,10 @@ impl ViewJob {
         }
         let spilled_bytes = runs.iter().map(|r| r.spilled_bytes).sum();
         let slices = runs.len();
-        let files = parts.finish(&self.lake).await?;
+        let (files, newest_bucket_ms) = parts.finish(&self.lake).await?;
         Ok(Computed {
             files,
+            newest_bucket_ms,
             // The input's rows, however many slices read some of them twice.
             rows_read: input_rows.unwrap_or(slice.scanned),
             rows_scanned: slice.scanned,
@@ -453,6 +457,7 @@ struct SliceRun {
 #[derive(Debug, Default)]
 struct Computed {
     files: Vec<ManifestFile>,
+    newest_bucket_ms: Option<i64>,
     rows_read: u64,
     rows_scanned: u64,
     peak_memory_bytes: usize,

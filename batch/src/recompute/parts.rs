@@ -1,7 +1,8 @@
 //! The part writer: a view's sorted state rows, encoded into Parquet parts of
 //! `[batch] part_rows` rows under the new version's directory, as they arrive.
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMillisecondType;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::lake::{Lake, ManifestFile};
 
@@ -17,6 +18,8 @@ pub(super) struct PartWriter {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     written: Vec<ManifestFile>,
+    /// The newest time bucket among the rows pushed.
+    newest_bucket_ms: Option<i64>,
 }
 
 impl PartWriter {
@@ -29,11 +32,18 @@ impl PartWriter {
             pending: Vec::new(),
             pending_rows: 0,
             written: Vec::new(),
+            newest_bucket_ms: None,
         }
     }
 
     pub(super) async fn push(&mut self, batch: RecordBatch, lake: &Lake) -> Result<(), BatchError> {
         let mut batch = batch;
+        if let Some(times) = batch
+            .column(0)
+            .as_primitive_opt::<TimestampMillisecondType>()
+        {
+            self.newest_bucket_ms = self.newest_bucket_ms.max(arrow::compute::max(times));
+        }
         while self.pending_rows + batch.num_rows() >= self.part_rows {
             let take = self.part_rows - self.pending_rows;
             self.pending.push(batch.slice(0, take));
@@ -66,8 +76,12 @@ impl PartWriter {
         Ok(())
     }
 
-    pub(super) async fn finish(mut self, lake: &Lake) -> Result<Vec<ManifestFile>, BatchError> {
+    /// The parts written, and the newest time bucket in them.
+    pub(super) async fn finish(
+        mut self,
+        lake: &Lake,
+    ) -> Result<(Vec<ManifestFile>, Option<i64>), BatchError> {
         self.flush(lake).await?;
-        Ok(self.written)
+        Ok((self.written, self.newest_bucket_ms))
     }
 }

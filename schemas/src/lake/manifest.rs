@@ -60,6 +60,10 @@ pub struct Manifest {
     #[serde(default)]
     pub closed_generations: Vec<u32>,
     pub boundary: Boundary,
+    /// The newest time bucket the version holds: where batch coverage ends in event time (newer
+    /// buckets are the speed layer's alone). Absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_bucket: Option<DateTime<Utc>>,
 }
 
 impl Manifest {
@@ -103,6 +107,9 @@ mod tests {
             generation: 0,
             closed_generations: Vec::new(),
             boundary: Boundary([(0, 300), (2, 100)].into()),
+            newest_bucket: DateTime::parse_from_rfc3339("2026-11-21T09:59:00Z")
+                .ok()
+                .map(Into::into),
         };
         let json = manifest.to_json();
         let text = std::str::from_utf8(&json).unwrap();

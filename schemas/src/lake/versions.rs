@@ -156,6 +156,7 @@ mod tests {
             generation: 0,
             closed_generations: Vec::new(),
             boundary: Boundary::default(),
+            newest_bucket: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_schemas::layers::recompute::{Recompute, RecomputeError};
@@ -65,11 +66,16 @@ pub async fn run_batch(
             ));
         }
         Err(RecomputeError::Unavailable(error)) => {
-            app.metrics.batch_run("failed", started.elapsed());
+            failed(app, only, started, "the lake's object store failed");
             return Err(ApiError::unavailable("the recompute", error.as_ref()));
         }
         Err(error) => {
-            app.metrics.batch_run("failed", started.elapsed());
+            failed(
+                app,
+                only,
+                started,
+                "the recompute failed (see the server's log)",
+            );
             return Err(ApiError::internal("the recompute", &error));
         }
     };
@@ -82,14 +88,30 @@ pub async fn run_batch(
     for run in &runs {
         let manifest = run.manifest.as_ref();
         app.metrics.batch_run(run.outcome, run.elapsed);
-        out.push(json!({
+        let report = json!({
             "view": run.view,
             "outcome": run.outcome,
             "version": manifest.map(|m| m.version),
             "boundary": manifest.map(|m| m.boundary.0.clone()),
             "rows_read": run.rows_read,
             "elapsed_ms": run.elapsed.as_secs_f64() * 1e3,
-        }));
+        });
+        let mut remembered = report.clone();
+        remembered["at"] = json!(Utc::now());
+        app.metrics.remember_run(remembered);
+        out.push(report);
     }
     Ok(out)
+}
+
+/// Records a run that failed as a whole (no view's report), for `/metrics` and `/v1/status`.
+fn failed(app: &App, only: Option<&str>, started: Instant, error: &str) {
+    app.metrics.batch_run("failed", started.elapsed());
+    app.metrics.remember_run(json!({
+        "at": Utc::now(),
+        "view": only,
+        "outcome": "failed",
+        "error": error,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+    }));
 }

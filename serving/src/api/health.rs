@@ -13,22 +13,29 @@ use tributary_schemas::layers::prometheus::Exposition;
 
 use super::App;
 
+/// Per view its live batch version and its last recompute run (by this process, since it started);
+/// the latest runs; the speed layer's lag per partition; the archiver's progress and quarantine
+/// counts by reason (when this process runs it).
 pub(super) async fn status(State(app): State<Arc<App>>) -> axum::Json<Value> {
     let live = app.engine.live();
+    let runs = app.metrics.recent_runs();
     let batch: Vec<Value> = (live.views().iter())
         .zip(live.versions())
         .map(|(view, version)| {
+            let last_run = (runs.iter())
+                .find(|run| run["view"] == view.name.as_str() || run["view"].is_null());
             json!({
                 "view": view.name,
                 "version": version.as_ref().map(|v| v.manifest.version),
                 "created_at": version.as_ref().map(|v| v.manifest.created_at),
                 "boundary": version.as_ref().map(|v| v.manifest.boundary.0.clone()),
                 "in_memory": version.as_ref().map(|v| v.in_memory()),
+                "last_run": last_run,
             })
         })
         .collect();
     axum::Json(json!({
-        "batch": {"views": batch, "role": app.recompute.is_some()},
+        "batch": {"views": batch, "runs": runs, "role": app.recompute.is_some()},
         "speed": live.speed().status(),
         "archiver": app.archiver.as_ref().map(|archiver| archiver.status()),
     }))

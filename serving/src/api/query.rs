@@ -61,6 +61,7 @@ fn batch_meta(pinned: &Pinned) -> Value {
             "rows": version.manifest.row_count,
             "generation": version.manifest.generation,
             "boundary": version.manifest.boundary.0,
+            "newest_bucket": version.manifest.newest_bucket,
             "in_memory": version.in_memory(),
         }),
     }
