@@ -1,12 +1,14 @@
 //! The HTTP API (ARCHITECTURE.md §6), with axum: this file wires the routes; each resource's
 //! handlers live in a file of their own under `api/` ([`events`] push ingest, [`query`] views,
-//! queries and SQL, [`batch`] recomputes on request, [`health`] status, metrics and probes), and
+//! queries and SQL, [`batch`] recomputes on request, [`health`] status, metrics and probes,
+//! [`dashboard`] the built-in page at `/`), and
 //! [`errors`] turns every error into a status by who is to blame.
 //!
 //! Every error is `{"error": {"code", "message"}}`: 4xx for the caller's mistakes, with a message that
 //! says what to fix; 5xx only for ours, with a generic message (the cause is logged, never sent).
 
 mod batch;
+mod dashboard;
 mod errors;
 mod events;
 mod health;
@@ -60,6 +62,9 @@ pub struct Caller(pub Arc<TokenDef>);
 /// The router of every route.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
         .route("/v1/events", post(events::events))
         .route("/v1/views", get(query::views))
         .route("/v1/query", post(query::query))
@@ -96,6 +101,7 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
         Some("/livez") => "/livez",
         Some("/readyz") => "/readyz",
         Some("/openapi.json") => "/openapi.json",
+        Some("/" | "/dashboard.js" | "/dashboard.css") => "/",
         _ => "other",
     };
     let response = next.run(request).await;
@@ -107,6 +113,8 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
 fn scope_of(app: &App, route: &str) -> Option<Scope> {
     match route {
         "/livez" | "/readyz" | "/openapi.json" => None,
+        // The dashboard's files: no data (its API calls carry the user's token).
+        "/" | "/dashboard.js" | "/dashboard.css" => None,
         "/metrics" => app.auth.metrics_need_token().then_some(Scope::Read),
         "/v1/events" => Some(Scope::Ingest),
         "/v1/batch/run" => Some(Scope::Admin),
