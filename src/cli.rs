@@ -89,6 +89,11 @@ enum ConfigCommand {
 }
 
 impl Cli {
+    /// Whether this runs the demo, whose terminal shows a status line instead of logs.
+    pub fn is_demo(&self) -> bool {
+        matches!(self.command, Command::Demo(_))
+    }
+
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout();
         match self.command {

@@ -8,12 +8,20 @@
 //! its work within a minute: raw files roll after 10 s (`archiver.max_file_age`), the boundary moves
 //! in epochs of 1000 offsets (`batch.epoch_size`) and recomputes run every minute (`batch.interval`).
 //! With `--config` the file is taken as it is.
+//!
+//! **The terminal:** when the demo runs on a terminal, its logs go to [`DEMO_LOG`] (every layer
+//! logs at INFO, which buried the URLs), and under the URLs one status line updates every second:
+//! events per second in, freshness, the batch versions and the speed layer's lag. Without a
+//! terminal (CI, `| tee`, a service manager) it logs to stderr as every other command does.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,6 +40,41 @@ use crate::serve::{self, Role};
 
 /// Where the demo's broker keeps its data and log.
 const BROKER_DIR: &str = "data/tansu";
+/// Where the demo's logs go when it runs on a terminal.
+pub const DEMO_LOG: &str = "data/demo.log";
+
+/// Whether the demo's terminal shows the status line (its logs go to [`DEMO_LOG`]).
+static ON_TERMINAL: AtomicBool = AtomicBool::new(false);
+/// Held while writing to the terminal, so a message and the status line never interleave.
+static SCREEN: Mutex<()> = Mutex::new(());
+
+/// The log file for a demo on a terminal (stdout and stderr both one): [`DEMO_LOG`], appended to.
+/// `None` without a terminal, or when the file cannot be opened (then logs go to stderr).
+pub fn terminal_log() -> Option<Mutex<File>> {
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        return None;
+    }
+    let path = Path::new(DEMO_LOG);
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    let file = (File::options().create(true).append(true).open(path)).ok()?;
+    ON_TERMINAL.store(true, Ordering::Relaxed);
+    Some(Mutex::new(file))
+}
+
+fn screen() -> MutexGuard<'static, ()> {
+    SCREEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prints `text` on stdout, first clearing the status line when there is one.
+fn say(text: &str) {
+    let _screen = screen();
+    let mut out = std::io::stdout().lock();
+    if ON_TERMINAL.load(Ordering::Relaxed) {
+        let _ = out.write_all(b"\r\x1b[2K");
+    }
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
 const PARTITIONS: i32 = 3;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -73,7 +116,9 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
     };
     let first_batch = args.first_batch_after;
     let helper_stop = stop.clone();
+    let status_stop = stop.clone();
     let mut helper = None;
+    let mut status = None;
     let served = serve::serve_until(
         &config,
         &Role::ALL,
@@ -84,9 +129,18 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
                 .name("first-batch".to_owned())
                 .spawn(move || first_recompute(address, first_batch, &helper_stop))
                 .ok();
+            if ON_TERMINAL.load(Ordering::Relaxed) {
+                status = thread::Builder::new()
+                    .name("status-line".to_owned())
+                    .spawn(move || status_line(address, &status_stop))
+                    .ok();
+            }
         },
     );
     stop.stop();
+    if let Some(status) = status {
+        let _ = status.join();
+    }
     let generated = generator
         .join()
         .map_err(|_| anyhow::anyhow!("the generator panicked"))?;
@@ -95,12 +149,10 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
     }
     served?;
     let sent = generated?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "demo stopped: {} events generated; the lake stays in {} and the broker's data in {BROKER_DIR}",
+    say(&format!(
+        "demo stopped: {} events generated; the lake stays in {} and the broker's data in {BROKER_DIR}\n",
         sent.events, config.lake.url
-    )?;
+    ));
     Ok(())
 }
 
@@ -125,6 +177,7 @@ fn print_welcome(address: SocketAddr, config: &Config) {
 Tributary demo: events flow from the generator through Kafka ({brokers}, topic {topic}) into the
 speed layer, the archiver and the lake ({lake}); a first batch recompute runs shortly.
 
+  dashboard     {url}/   (open it in a browser: live charts, the batch/speed seam, late events)
   API           {url}   (description: {url}/openapi.json)
   status        {url}/v1/status
   metrics       {url}/metrics
@@ -138,13 +191,87 @@ The ten most viewed pages so far:
     -d '{top}'
 
 {psql}Push your own events: curl -s {url}/v1/events --data-binary @events.ndjson
-Ctrl-C stops the demo, its broker and the generator.
+Ctrl-C stops the demo, its broker and the generator.{logs}
 ",
         brokers = config.kafka.brokers,
         topic = config.kafka.topic,
         lake = config.lake.url,
+        logs = match ON_TERMINAL.load(Ordering::Relaxed) {
+            true => format!(
+                "\nLogs: {DEMO_LOG} (tail -f {DEMO_LOG}); the line below updates every second.\n"
+            ),
+            false => String::new(),
+        },
     );
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    say(&text);
+}
+
+/// Redraws the status line every second until `stop`.
+fn status_line(address: SocketAddr, stop: &Shutdown) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = client
+            .get(format!("http://{address}{path}"))
+            .timeout(Duration::from_secs(2));
+        runtime.block_on(async {
+            let reply = request.send().await.ok()?;
+            let body = reply.bytes().await.ok()?;
+            serde_json::from_slice::<serde_json::Value>(&body).ok()
+        })
+    };
+    let mut before: Option<(Instant, u64)> = None;
+    while !stop.is_stopping() {
+        let started = Instant::now();
+        if let (Some(status), Some(views)) = (get("/v1/status"), get("/v1/views")) {
+            let events = status["speed"]["events"].as_u64().unwrap_or(0);
+            let rate = before.map(|(at, count)| {
+                events.saturating_sub(count) as f64 / at.elapsed().as_secs_f64().max(1e-3)
+            });
+            before = Some((Instant::now(), events));
+            let _screen = screen();
+            let mut out = std::io::stdout().lock();
+            let line = status_text(rate, &status, &views);
+            let _ = write!(out, "\r\x1b[2K{line}");
+            let _ = out.flush();
+        }
+        while started.elapsed() < Duration::from_secs(1) && !stop.is_stopping() {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    say("");
+}
+
+/// The status line: events per second in (`rate`, none yet on the first), freshness, the batch
+/// versions and the speed layer's lag, from `/v1/status` and `/v1/views`.
+fn status_text(rate: Option<f64>, status: &serde_json::Value, views: &serde_json::Value) -> String {
+    let rate = rate.map_or("–".to_owned(), |r| format!("{r:.0}"));
+    let views = views["views"].as_array().cloned().unwrap_or_default();
+    let freshness = (views.iter())
+        .filter_map(|v| v["freshness"]["age_ms"].as_i64())
+        .min()
+        .map_or("–".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1e3));
+    let versions: Vec<String> = (views.iter())
+        .map(|v| match v["batch"]["version"].as_u64() {
+            Some(version) => format!("{} v{version}", v["name"].as_str().unwrap_or("?")),
+            None => format!("{} –", v["name"].as_str().unwrap_or("?")),
+        })
+        .collect();
+    let partitions = status["speed"]["partitions"].as_array();
+    let lag: u64 = (partitions.into_iter().flatten())
+        .filter_map(|p| p["lag"].as_u64())
+        .sum();
+    let stalled = (partitions.into_iter().flatten()).any(|p| p["stalled"] == true);
+    format!(
+        "{rate} events/s in · freshness {freshness} · batch {} · speed lag {lag}{}",
+        versions.join(", "),
+        if stalled { " (stalled)" } else { "" }
+    )
 }
 
 /// After `after` seconds, asks the server for recomputes until one publishes (the first raw files
@@ -194,11 +321,10 @@ fn first_recompute(address: SocketAddr, after: u64, stop: &Shutdown) {
             })
             .collect();
         if !published.is_empty() {
-            let _ = writeln!(
-                std::io::stdout().lock(),
-                "\nfirst batch recompute published: {}\nanswers now merge these views with the speed layer above their boundary\n",
+            say(&format!(
+                "\nfirst batch recompute published: {}\nanswers now merge these views with the speed layer above their boundary\n\n",
                 published.join("; ")
-            );
+            ));
             return;
         }
     }
@@ -231,7 +357,7 @@ impl LocalBroker {
             "tansu (the local Kafka-protocol broker) is not installed: run scripts/setup, or `cargo install --locked tansu@0.6.0 --features libsql`, or point TANSU_BIN at it",
         )?;
         std::fs::create_dir_all(BROKER_DIR).with_context(|| format!("creating {BROKER_DIR}"))?;
-        let log = std::fs::File::create(Path::new(BROKER_DIR).join("broker.log"))
+        let log = File::create(Path::new(BROKER_DIR).join("broker.log"))
             .context("creating the broker's log")?;
         let url = format!("tcp://{address}");
         tracing::info!("starting tansu at {address} (data and log in {BROKER_DIR})");
@@ -354,4 +480,33 @@ fn create_topics(config: &Config) -> anyhow::Result<()> {
         "the topic {} did not appear on the broker",
         config.kafka.topic
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_status_line_says_rate_freshness_versions_and_lag() {
+        let status = json!({"speed": {"partitions": [
+            {"partition": 0, "lag": 3, "stalled": false},
+            {"partition": 1, "lag": 4, "stalled": false},
+        ]}});
+        let views = json!({"views": [
+            {"name": "pageviews", "batch": {"version": 3}, "freshness": {"age_ms": 1250}},
+            {"name": "traffic", "batch": null, "freshness": {"age_ms": 900}},
+        ]});
+        assert_eq!(
+            status_text(Some(301.4), &status, &views),
+            "301 events/s in · freshness 0.9 s · batch pageviews v3, traffic – · speed lag 7"
+        );
+        let stalled =
+            json!({"speed": {"partitions": [{"partition": 0, "lag": 9, "stalled": true}]}});
+        assert_eq!(
+            status_text(None, &stalled, &json!({"views": []})),
+            "– events/s in · freshness – · batch  · speed lag 9 (stalled)"
+        );
+    }
 }

@@ -30,13 +30,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // The demo on a terminal keeps the screen for its URLs and one status line: logs go to a file.
+    match cli.is_demo().then(demo::terminal_log).flatten() {
+        Some(file) => logs.with_ansi(false).with_writer(file).init(),
+        None => logs.with_writer(std::io::stderr).init(),
+    }
     match cli.run() {
         Ok(code) => code,
         Err(error) => {
