@@ -63,6 +63,16 @@ fn the_demo_serves_live_numbers_within_a_minute_and_stops_on_ctrl_c() {
         printed.contains(&format!("curl -s http://{api}/v1/query")),
         "{printed}"
     );
+    // The dashboard's URL, first among them, serves the page; without a terminal there is no
+    // status line, and the logs go where they always went (stderr, the harness's log).
+    assert!(
+        printed.contains(&format!("dashboard     http://{api}/ ")),
+        "{printed}"
+    );
+    let page = request(api, "GET", "/", None).unwrap();
+    assert!(page.status == 200 && page.body.contains("<title>Tributary</title>"));
+    assert!(!printed.contains("events/s in"), "{printed}");
+    assert!(demo.log_text().contains("INFO"), "{}", demo.log_text());
     for example in examples {
         let reply = request(api, "POST", "/v1/query", Some(example)).unwrap();
         let answer: Json = serde_json::from_str(&reply.body).unwrap();
@@ -115,4 +125,74 @@ fn the_demo_serves_live_numbers_within_a_minute_and_stops_on_ctrl_c() {
         TcpStream::connect_timeout(&broker, Duration::from_millis(500)).is_err(),
         "the demo's broker still listens after the demo stopped"
     );
+}
+
+/// On a terminal (`script` gives the demo one), the screen keeps the URLs and one updating status
+/// line; the logs go to `data/demo.log`. (The test above, without a terminal, gets its logs on
+/// stderr as every command does.)
+#[test]
+fn on_a_terminal_the_demo_shows_a_status_line_and_logs_to_a_file() {
+    let demo = TestServer::without_broker(env!("CARGO_BIN_EXE_tributary"));
+    let broker = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap()));
+    let inner = demo.command(&[]);
+    let screen = demo.dir().join("screen.txt");
+    let command = format!(
+        "exec {} demo --rate 100 --first-batch-after 3",
+        env!("CARGO_BIN_EXE_tributary")
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qfec", &command])
+        .arg(&screen)
+        .current_dir(demo.dir())
+        .env("TRIBUTARY_KAFKA__BROKERS", broker.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let mut script = script
+        .spawn()
+        .expect("script (util-linux) runs: scripts/setup installs it");
+    let shown = || std::fs::read_to_string(&screen).unwrap_or_default();
+    let line = poll(
+        "a status line with a batch version",
+        Duration::from_secs(90),
+        || {
+            let text = shown();
+            let last = text.rsplit("\r\x1b[2K").next()?.to_owned();
+            (last.contains("events/s in") && last.contains("pageviews v1")).then_some(last)
+        },
+    );
+    assert!(
+        line.contains("freshness") && line.contains("speed lag"),
+        "{line}"
+    );
+    let text = shown();
+    assert!(text.contains("dashboard     http://"), "{text}");
+    assert!(text.contains("Logs: data/demo.log"), "{text}");
+    assert!(!text.contains("INFO"), "logs on the screen: {text}");
+    let log = std::fs::read_to_string(demo.dir().join("data/demo.log")).unwrap();
+    assert!(log.contains(" INFO ") && log.contains("published"), "{log}");
+
+    // Ctrl-C reaches the demo (script's child): it stops and says so under the status line.
+    let pid = std::process::Command::new("pgrep")
+        .args(["-P", &script.id().to_string()])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "the demo under script");
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = poll("the demo to stop", Duration::from_secs(30), || {
+        script.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    assert!(shown().contains("demo stopped"), "{}", shown());
 }
