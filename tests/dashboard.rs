@@ -103,6 +103,7 @@ fn the_dashboard_shows_exact_totals_the_seam_and_late_events_in_a_real_browser()
     let address = service.server.address;
     for (path, kind) in [
         ("/", "text/html"),
+        ("/views", "text/html"),
         ("/dashboard.js", "text/javascript"),
         ("/dashboard.css", "text/css"),
     ] {

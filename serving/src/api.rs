@@ -63,6 +63,7 @@ pub struct Caller(pub Arc<TokenDef>);
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
+        .route("/views", get(dashboard::index))
         .route("/dashboard.js", get(dashboard::script))
         .route("/dashboard.css", get(dashboard::style))
         .route("/v1/events", post(events::events))
@@ -101,7 +102,7 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
         Some("/livez") => "/livez",
         Some("/readyz") => "/readyz",
         Some("/openapi.json") => "/openapi.json",
-        Some("/" | "/dashboard.js" | "/dashboard.css") => "/",
+        Some("/" | "/views" | "/dashboard.js" | "/dashboard.css") => "/",
         _ => "other",
     };
     let response = next.run(request).await;
@@ -114,7 +115,7 @@ fn scope_of(app: &App, route: &str) -> Option<Scope> {
     match route {
         "/livez" | "/readyz" | "/openapi.json" => None,
         // The dashboard's files: no data (its API calls carry the user's token).
-        "/" | "/dashboard.js" | "/dashboard.css" => None,
+        "/" | "/views" | "/dashboard.js" | "/dashboard.css" => None,
         "/metrics" => app.auth.metrics_need_token().then_some(Scope::Read),
         "/v1/events" => Some(Scope::Ingest),
         "/v1/batch/run" => Some(Scope::Admin),

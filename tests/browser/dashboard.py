@@ -3,7 +3,7 @@ against a real `tributary serve` that holds produced events and a batch version.
 
 It reads the page as a person would and checks it against the API: every headline total equals
 `/v1/query` for the same range and snapshot, the late bars add up to the late total, the seam marker
-is drawn, view / range / group-by changes refresh the page, a 4xx shows next to the control that
+is drawn, view / range / group-by / filter changes refresh the page, a 4xx shows next to the control that
 caused it, auto-refresh shows pushed events without a click, a lost connection shows "reconnecting"
 and recovers, a row-filtered token sees only its rows, and nothing is written to the console but
 the failed loads this script provokes on purpose. It saves a screenshot to the path it is given.
@@ -178,7 +178,7 @@ def main():
         traffic = check_totals(page, "traffic, last 1 h")
         assert "events" in traffic and "views" not in traffic, traffic
         change(page, "#range", "24h", "range 24 h")
-        check_totals(page, "traffic, last 24 h")
+        traffic_all = check_totals(page, "traffic, last 24 h")
         change(page, "#group-by", "device", "group by device")
         check_totals(page, "traffic by device")
         groups = page.locator("#groups-table tr").count() - 1
@@ -200,6 +200,32 @@ def main():
         allowed.remove("status of 400")
         assert error_for(page, "granularity") == ""
         change(page, "#group-by", "", "no group-by")
+
+        # 4b. Filters: one that holds (the totals still equal the API, for the filtered rows), and
+        #     an `in` without values, refused next to the filters.
+        page.click("#add-filter")
+        row = page.locator(".filter-row").last
+        row.locator(".f-field").select_option("device")
+        row.locator(".f-value").fill("mobile")
+        before = refreshed(page)
+        row.locator(".f-value").dispatch_event("change")
+        wait_refresh(page, before, "a filter device = mobile")
+        filtered = check_totals(page, "traffic, device = mobile")
+        query, _, _ = totals(page)
+        assert query["filter"] == [{"field": "device", "op": "eq", "value": "mobile"}], query
+        assert 0 < filtered["events"] < traffic_all["events"], (filtered, traffic_all)
+        allowed.append("status of 400")
+        row.locator(".f-op").select_option("in")
+        row.locator(".f-value").fill("")
+        row.locator(".f-value").dispatch_event("change")
+        page.wait_for_function("document.body.dataset.state === 'error'", timeout=20000)
+        message = error_for(page, "filters")
+        assert "non-empty" in message, f"filter error: {message!r}"
+        allowed.remove("status of 400")
+        before = refreshed(page)
+        row.locator("button").click()
+        wait_refresh(page, before, "the filter removed")
+        assert error_for(page, "filters") == ""
 
         # 5. Auto-refresh shows new events without a click (a fixed range: nothing slides out).
         change(page, "#view", "pageviews", "back to pageviews")

@@ -1,4 +1,4 @@
-//! `GET /`: the built-in dashboard, three files compiled into the binary (no CDN, no font or
+//! `GET /` (and `GET /views`, the same page opened at its views list): the built-in dashboard, three files compiled into the binary (no CDN, no font or
 //! script from anywhere else, no Node at run time). The page reads the API with the token the user
 //! types in, so it sees exactly what that token may see (scopes and row filters), and reads every
 //! panel of one refresh from one snapshot (`meta.snapshot`).

@@ -155,15 +155,28 @@ function selectedMetrics() {
   return [...document.querySelectorAll("#metrics input:checked")].map((i) => i.value);
 }
 
+// A filter value as the dimension's type wants it: numbers for int64/float64, true/false for bool.
+function typed(view, field, text) {
+  const dimension = view && view.dimensions.find((d) => d.name === field);
+  const type = dimension ? dimension.type : "string";
+  if ((type === "int64" || type === "float64") && text.trim() !== "" && !isNaN(Number(text))) return Number(text);
+  if (type === "bool" && (text === "true" || text === "false")) return text === "true";
+  return text;
+}
+
 function filters() {
+  const view = currentView();
   return [...document.querySelectorAll(".filter-row")]
     .map((row) => {
       const field = row.querySelector(".f-field").value;
       const op = row.querySelector(".f-op").value;
       const text = row.querySelector(".f-value").value;
       const filter = { field, op };
-      if (op === "in" || op === "not_in") filter.value = text.split(",").map((s) => s.trim()).filter(Boolean);
-      else if (op !== "is_null" && op !== "is_not_null") filter.value = text;
+      if (op === "in" || op === "not_in") {
+        filter.value = text.split(",").map((s) => s.trim()).filter(Boolean).map((v) => typed(view, field, v));
+      } else if (op !== "is_null" && op !== "is_not_null") {
+        filter.value = typed(view, field, text);
+      }
       return filter;
     })
     .filter((f) => f.field);
@@ -539,6 +552,10 @@ async function loadViews() {
     const chosen = select.value;
     select.replaceChildren(...state.views.map((v) => el("option", { value: v.name, text: v.name })));
     chooseView(chosen);
+    if (location.pathname === "/views" && !state.scrolled) {
+      state.scrolled = true;
+      $("views").scrollIntoView();
+    }
     await refresh();
   } catch (failure) {
     if (failure instanceof ConnectionLost) lostConnection();
@@ -555,8 +572,12 @@ function schedule() {
 document.addEventListener("DOMContentLoaded", () => {
   const token = $("token");
   token.value = localStorage.getItem("tributary.token") || "";
+  state.token = token.value.trim();
   token.addEventListener("change", () => {
-    localStorage.setItem("tributary.token", token.value.trim());
+    // A blur after the value was set by script fires "change" again: reload only on a new token.
+    if (token.value.trim() === state.token) return;
+    state.token = token.value.trim();
+    localStorage.setItem("tributary.token", state.token);
     loadViews();
   });
   $("view").addEventListener("change", () => { chooseView($("view").value); refresh(); });
