@@ -379,11 +379,12 @@ async fn schedule(
             _ = ticks.tick() => {}
             () = batch.cancelled() => return,
         }
+        let started = std::time::Instant::now();
         match batch.run(None, logged()).await {
             Ok(runs) => {
                 for run in &runs {
                     tracing::info!("{}", crate::batch::describe(run));
-                    metrics.batch_run(run.outcome.name(), run.elapsed);
+                    metrics.record_run(&run.report(), "schedule");
                 }
             }
             Err(BatchError::Cancelled) => return,
@@ -391,6 +392,11 @@ async fn schedule(
                 tracing::info!("scheduled recompute skipped: {error}");
             }
             Err(error) => {
+                let what = match error.is_outage() {
+                    true => "the lake's object store failed",
+                    false => "the recompute failed (see the server's log)",
+                };
+                metrics.record_failed_run(None, started.elapsed(), "schedule", what);
                 tracing::error!(
                     "scheduled recompute failed (retrying at the next interval): {:#}",
                     anyhow::Error::new(error)

@@ -231,3 +231,50 @@ fn scheduled_and_one_shot_recomputes_publish_atomically() {
         text(&missing)
     );
 }
+
+/// Scheduled runs show in `/v1/status` as requested ones do (each view's last run, the recent
+/// runs, with their trigger), so the dashboard's status panel sees the scheduler's work.
+#[test]
+fn scheduled_runs_are_in_the_status() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    let mut server = server(broker, &topic);
+    let mut expected = Expected::new();
+    runtime.block_on(produce_mixed(
+        broker,
+        &topic,
+        PARTITIONS,
+        0,
+        2_000,
+        &mut expected,
+    ));
+    server.start(&["serve"]);
+    let status = || -> serde_json::Value {
+        let reply = server.call("GET", "/v1/status", None).unwrap();
+        serde_json::from_str(&reply.body).unwrap()
+    };
+    server.wait_within("a scheduled run that published", WAIT, |_| {
+        let status = status();
+        (status["batch"]["views"].as_array().unwrap().iter())
+            .all(|view| view["last_run"]["outcome"] == "published")
+    });
+    let status = status();
+    for view in status["batch"]["views"].as_array().unwrap() {
+        assert_eq!(view["last_run"]["trigger"], "schedule", "{status}");
+        assert!(
+            view["last_run"]["elapsed_ms"].as_f64() > Some(0.0),
+            "{status}"
+        );
+    }
+    let runs = status["batch"]["runs"].as_array().unwrap();
+    assert!(runs.len() >= 2 && runs.len() <= 20, "{status}");
+    let at = |run: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(run["at"].as_str().unwrap()).unwrap()
+    };
+    assert!(
+        runs.windows(2).all(|w| at(&w[0]) >= at(&w[1])),
+        "newest first: {status}"
+    );
+    terminate(&mut server);
+}

@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::Value;
+use chrono::Utc;
+use serde_json::{Value, json};
 use tributary_schemas::layers::prometheus::Exposition;
+use tributary_schemas::layers::recompute::RunReport;
 
 /// Upper bounds (seconds) of latency buckets: queries are expected in milliseconds, recomputes in
 /// seconds to minutes, so both share one wide ladder.
@@ -98,9 +100,48 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Remembers one recompute run for `/v1/status`: `{"at", "view", "outcome", "elapsed_ms", ...}`
-    /// (`view` null for a run that failed before any view's report).
-    pub fn remember_run(&self, run: Value) {
+    /// Records one view's recompute run, on request or scheduled (`trigger`): its duration by outcome
+    /// for `/metrics`, and the run for `/v1/status`. Returns what `/v1/status` shows of it.
+    pub fn record_run(&self, report: &RunReport, trigger: &str) -> Value {
+        self.batch_run(report.outcome, report.elapsed);
+        let manifest = report.manifest.as_ref();
+        let run = json!({
+            "at": Utc::now(),
+            "trigger": trigger,
+            "view": report.view,
+            "outcome": report.outcome,
+            "version": manifest.map(|m| m.version),
+            "boundary": manifest.map(|m| m.boundary.0.clone()),
+            "rows_read": report.rows_read,
+            "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
+        });
+        self.remember_run(run.clone());
+        run
+    }
+
+    /// Records a recompute that failed as a whole (no view's report): `view` is the one asked for,
+    /// if any; `error` says what failed without internals.
+    pub fn record_failed_run(
+        &self,
+        view: Option<&str>,
+        elapsed: Duration,
+        trigger: &str,
+        error: &str,
+    ) {
+        self.batch_run("failed", elapsed);
+        self.remember_run(json!({
+            "at": Utc::now(),
+            "trigger": trigger,
+            "view": view,
+            "outcome": "failed",
+            "error": error,
+            "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+        }));
+    }
+
+    /// Remembers one recompute run for `/v1/status` (`view` null for a run that failed before any
+    /// view's report).
+    fn remember_run(&self, run: Value) {
         let mut runs = self.recent_runs.lock().unwrap_or_else(|e| e.into_inner());
         if runs.len() == RECENT_RUNS {
             runs.pop_front();

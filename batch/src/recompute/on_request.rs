@@ -21,9 +21,20 @@ impl Recompute for RecomputeService {
             let runs = RecomputeService::run(self, only, quiet())
                 .await
                 .map_err(classify)?;
-            Ok(runs.iter().map(report).collect())
+            Ok(runs.iter().map(ViewRun::report).collect())
         }
         .boxed()
+    }
+}
+
+impl BatchError {
+    /// Whether an outside outage (the lake's object store) failed the run, not Tributary.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            BatchError::Store(_) | BatchError::Lake(LakeError::Store(_)) => true,
+            BatchError::Query(query) => classify_datafusion_error(query) == Blame::Outside,
+            _ => false,
+        }
     }
 }
 
@@ -33,22 +44,20 @@ fn classify(error: BatchError) -> RecomputeError {
             RecomputeError::Busy(Box::new(busy))
         }
         unknown @ BatchError::UnknownView { .. } => RecomputeError::UnknownView(Box::new(unknown)),
-        store @ (BatchError::Store(_) | BatchError::Lake(LakeError::Store(_))) => {
-            RecomputeError::Unavailable(Box::new(store))
-        }
-        BatchError::Query(query) if classify_datafusion_error(&query) == Blame::Outside => {
-            RecomputeError::Unavailable(Box::new(BatchError::Query(query)))
-        }
+        outage if outage.is_outage() => RecomputeError::Unavailable(Box::new(outage)),
         failed => RecomputeError::Failed(Box::new(failed)),
     }
 }
 
-fn report(run: &ViewRun) -> RunReport {
-    RunReport {
-        view: run.view.clone(),
-        outcome: run.outcome.name(),
-        manifest: run.outcome.manifest().cloned(),
-        rows_read: run.rows_read,
-        elapsed: run.elapsed,
+impl ViewRun {
+    /// What the serving layer records of a run (`/v1/status`, `/metrics`).
+    pub fn report(&self) -> RunReport {
+        RunReport {
+            view: self.view.clone(),
+            outcome: self.outcome.name(),
+            manifest: self.outcome.manifest().cloned(),
+            rows_read: self.rows_read,
+            elapsed: self.elapsed,
+        }
     }
 }

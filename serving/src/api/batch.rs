@@ -7,7 +7,6 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_schemas::layers::recompute::{Recompute, RecomputeError};
@@ -66,16 +65,13 @@ pub async fn run_batch(
             ));
         }
         Err(RecomputeError::Unavailable(error)) => {
-            failed(app, only, started, "the lake's object store failed");
+            let failed = "the lake's object store failed";
+            (app.metrics).record_failed_run(only, started.elapsed(), "request", failed);
             return Err(ApiError::unavailable("the recompute", error.as_ref()));
         }
         Err(error) => {
-            failed(
-                app,
-                only,
-                started,
-                "the recompute failed (see the server's log)",
-            );
+            let failed = "the recompute failed (see the server's log)";
+            (app.metrics).record_failed_run(only, started.elapsed(), "request", failed);
             return Err(ApiError::internal("the recompute", &error));
         }
     };
@@ -86,32 +82,12 @@ pub async fn run_batch(
         .map_err(|e| ApiError::internal("loading the new versions", &e))?;
     let mut out = Vec::new();
     for run in &runs {
-        let manifest = run.manifest.as_ref();
-        app.metrics.batch_run(run.outcome, run.elapsed);
-        let report = json!({
-            "view": run.view,
-            "outcome": run.outcome,
-            "version": manifest.map(|m| m.version),
-            "boundary": manifest.map(|m| m.boundary.0.clone()),
-            "rows_read": run.rows_read,
-            "elapsed_ms": run.elapsed.as_secs_f64() * 1e3,
-        });
-        let mut remembered = report.clone();
-        remembered["at"] = json!(Utc::now());
-        app.metrics.remember_run(remembered);
+        let mut report = app.metrics.record_run(run, "request");
+        if let Some(fields) = report.as_object_mut() {
+            fields.remove("at");
+            fields.remove("trigger");
+        }
         out.push(report);
     }
     Ok(out)
-}
-
-/// Records a run that failed as a whole (no view's report), for `/metrics` and `/v1/status`.
-fn failed(app: &App, only: Option<&str>, started: Instant, error: &str) {
-    app.metrics.batch_run("failed", started.elapsed());
-    app.metrics.remember_run(json!({
-        "at": Utc::now(),
-        "view": only,
-        "outcome": "failed",
-        "error": error,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
-    }));
 }

@@ -535,8 +535,8 @@ function renderStatus(status) {
   const runs = batch.runs || [];
   if (runs.length) {
     parts.push(el("div", { class: "muted", text: "recent runs (newest first):" }));
-    parts.push(table(["at", "view", "outcome", "duration", "rows read"],
-      runs.map((r) => [r.at.replace(/\.\d+/, ""), r.view ?? "all", r.outcome + (r.error ? ": " + r.error : ""), `${(r.elapsed_ms / 1e3).toFixed(2)} s`, r.rows_read])));
+    parts.push(table(["at", "view", "by", "outcome", "duration", "rows read"],
+      runs.map((r) => [r.at.replace(/\.\d+/, ""), r.view ?? "all", r.trigger, r.outcome + (r.error ? ": " + r.error : ""), `${(r.elapsed_ms / 1e3).toFixed(2)} s`, r.rows_read])));
   }
   body.replaceChildren(...parts);
 }
