@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 
 use common::*;
 use serde_json::{Value as Json, json};
+use tributary_testkit::s3::S3Server;
 use tributary_testkit::{Broker, pg};
 
 /// One row of metrics, from the wire and from HTTP: integers equal, floats to summation order.
@@ -36,10 +37,23 @@ fn assert_same_row(got: &Json, want: &Json, when: &str) {
 
 #[test]
 fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
+    exactness(None);
+}
+
+/// The same, with the lake on `s3://<bucket>/a/prefix` of a real S3-protocol server (moto).
+#[test]
+fn every_answer_equals_the_truth_on_an_s3_lake() {
+    exactness(Some(S3Server::shared()));
+}
+
+fn exactness(s3: Option<&'static S3Server>) {
     let broker = Broker::shared();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
     let mut service = Service::new(broker, &topic);
+    if let Some(s3) = s3 {
+        service.on_s3(s3);
+    }
     let mut truth = Truth::new();
 
     // (a) Speed layer only.
@@ -246,14 +260,7 @@ fn every_answer_equals_the_truth_across_batch_runs_and_a_kill() {
     // The live version's parts go missing from the lake (an object store that lost them): a scan
     // of them is the lake's failure, neither the caller's nor ours, so SQL and a query shape that
     // no cache holds answer 503 `storage_unavailable`, with no path or internal text.
-    let version = format!("{:020}", versions.last().unwrap());
-    let parts = service.server.lake().join("views/pageviews").join(version);
-    for part in std::fs::read_dir(&parts).unwrap() {
-        let part = part.unwrap().path();
-        if part.extension().is_some_and(|e| e == "parquet") {
-            std::fs::remove_file(part).unwrap();
-        }
-    }
+    service.lose_parts("pageviews", *versions.last().unwrap() as u64);
     let uncached = json!({"view": "pageviews", "granularity": "all", "group_by": ["page"],
         "metrics": ["views"], "filter": [{"field": "country", "op": "=", "value": "nowhere"}]});
     let sql = json!({"sql": "SELECT count(*) AS n FROM pageviews"});

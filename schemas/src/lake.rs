@@ -19,6 +19,7 @@ pub mod generations;
 mod manifest;
 mod parquet;
 mod raw;
+mod rooted;
 mod store;
 mod versions;
 

@@ -10,6 +10,8 @@
 //! [`TestServer`] runs the real `tributary` binary on free ports over a temp-dir lake and kills it
 //! on drop: every end-to-end test starts the binary through it.
 //!
+//! [`s3`] runs an S3-protocol server (moto) on loopback behind a proxy a test can cut.
+//!
 //! [`pg`] connects to the Postgres wire with a real driver (`tokio-postgres`) and runs the real
 //! `psql`, and reads rows as JSON so that they compare with the HTTP API's.
 //!
@@ -19,6 +21,7 @@ mod broker;
 pub mod http;
 pub mod pg;
 pub mod rng;
+pub mod s3;
 mod server;
 pub mod stream;
 

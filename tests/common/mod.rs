@@ -17,6 +17,7 @@ use tributary_schemas::event::{Event, EventSchema, Value};
 use tributary_testkit::http::Reply;
 use tributary_testkit::pg;
 use tributary_testkit::rng::Rng;
+use tributary_testkit::s3::S3Server;
 use tributary_testkit::stream::{is_late, kafka_stamp};
 use tributary_testkit::{Broker, TestServer};
 
@@ -29,7 +30,12 @@ pub struct Service {
     pub broker: &'static Broker,
     pub topic: String,
     pub server: TestServer,
+    /// The S3 server and bucket of a lake on `s3://<bucket>/a/prefix` ([`Service::on_s3`]).
+    pub s3: Option<(&'static S3Server, String)>,
 }
+
+/// Where [`Service::on_s3`] roots the lake in its bucket: a prefix of two levels, as in production.
+pub const S3_PREFIX: &str = "a/prefix";
 
 impl Service {
     /// A service (not started) on a free port over a fresh temp-dir lake.
@@ -48,6 +54,43 @@ impl Service {
             broker,
             topic: topic.to_owned(),
             server,
+            s3: None,
+        }
+    }
+
+    /// Puts the lake on `s3://<a new bucket>/a/prefix` of `s3` instead of a temp directory.
+    pub fn on_s3(&mut self, s3: &'static S3Server) -> &mut Self {
+        let bucket = s3.bucket("lake");
+        self.server
+            .env("TRIBUTARY_LAKE__URL", format!("s3://{bucket}/{S3_PREFIX}"));
+        for (key, value) in s3.env() {
+            self.server.env(key, value);
+        }
+        self.s3 = Some((s3, bucket));
+        self
+    }
+
+    /// Deletes the Parquet parts of `view`'s `version` from the lake, wherever it is (an object
+    /// store that lost them).
+    pub fn lose_parts(&self, view: &str, version: u64) {
+        let dir = format!("views/{view}/{version:020}");
+        match &self.s3 {
+            Some((s3, bucket)) => {
+                let keys = s3.list(bucket, &format!("{S3_PREFIX}/{dir}/"));
+                let parts: Vec<_> = keys.iter().filter(|k| k.ends_with(".parquet")).collect();
+                assert!(!parts.is_empty(), "no parts under {dir}: {keys:?}");
+                for key in parts {
+                    s3.delete(bucket, key);
+                }
+            }
+            None => {
+                for part in std::fs::read_dir(self.server.lake().join(dir)).unwrap() {
+                    let part = part.unwrap().path();
+                    if part.extension().is_some_and(|e| e == "parquet") {
+                        std::fs::remove_file(part).unwrap();
+                    }
+                }
+            }
         }
     }
 

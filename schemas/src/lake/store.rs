@@ -13,11 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::rooted::Rooted;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use object_store::prefix::PrefixStore;
 
 /// The lake: one object store, and every read and write of the contract's objects (ARCHITECTURE.md
 /// §4) as a method that takes what the object is (a view and a version, a topic, a partition and an
@@ -135,7 +135,7 @@ fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
             if prefix.is_empty() {
                 Ok(Arc::new(store))
             } else {
-                Ok(Arc::new(PrefixStore::new(store, prefix)))
+                Ok(Arc::new(Rooted::new(Arc::new(store), prefix)))
             }
         }
         _ => Err(StoreError::Unsupported {
