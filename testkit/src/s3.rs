@@ -98,7 +98,7 @@ impl S3Server {
         let (flag, streams) = (Arc::clone(&cut), Arc::clone(&open));
         thread::Builder::new()
             .name("s3-proxy".to_owned())
-            .spawn(move || accept(listener, server, &flag, &streams))?;
+            .spawn(move || accept(&listener, server, &flag, &streams))?;
         let mut s3 = S3Server {
             child,
             proxy,
@@ -164,7 +164,7 @@ impl Drop for S3Server {
 }
 
 fn accept(
-    listener: TcpListener,
+    listener: &TcpListener,
     server: SocketAddr,
     cut: &AtomicBool,
     open: &Mutex<Vec<TcpStream>>,
