@@ -1,5 +1,5 @@
 //! kill -9 of the real `tributary serve --roles archiver` process at arbitrary moments, against a
-//! real broker and a real local lake: after a final clean run, every valid offset is in the master
+//! real broker and a real lake (a local directory, and S3 on a real S3-protocol server): after a final clean run, every valid offset is in the master
 //! dataset exactly once and every malformed one in quarantine exactly once.
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tributary_batch::archiver::audit::audit;
 use tributary_batch::archiver::resume::partition_progress;
 use tributary_schemas::lake::Lake;
+use tributary_testkit::s3::S3Server;
 use tributary_testkit::stream::{Expected, produce_mixed};
 use tributary_testkit::{Broker, TestServer};
 
@@ -24,11 +25,24 @@ fn archiver(broker: &Broker, topic: &str) -> TestServer {
 
 #[test]
 fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
+    kill_9(None);
+}
+
+/// The same on `s3://<bucket>/a/prefix` of a real S3-protocol server (moto).
+#[test]
+fn kill_9_at_any_moment_loses_and_duplicates_nothing_on_s3() {
+    kill_9(Some(S3Server::shared()));
+}
+
+fn kill_9(s3: Option<&S3Server>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = Broker::shared();
     let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
     let mut server = archiver(broker, &topic);
-    let lake = server.lake();
+    let store = match s3 {
+        Some(s3) => s3.lake_for(&mut server, "kill").lake,
+        None => Lake::open(server.lake().to_str().unwrap()).unwrap(),
+    };
     let mut expected = Expected::new();
     runtime.block_on(produce_mixed(
         broker,
@@ -39,7 +53,6 @@ fn kill_9_at_any_moment_loses_and_duplicates_nothing() {
         &mut expected,
     ));
 
-    let store = Lake::open(lake.to_str().unwrap()).unwrap();
     let progress = || -> BTreeMap<i32, i64> {
         (0..PARTITIONS)
             .map(|p| {

@@ -25,6 +25,7 @@ mod versions;
 
 pub use manifest::{Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile};
 pub use parquet::ParquetRows;
+pub use rooted::Rooted;
 pub use store::{Lake, LakeError, StoreError};
 
 use std::fmt;

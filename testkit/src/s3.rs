@@ -22,6 +22,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use tributary_schemas::lake::{Lake, Rooted};
+
+use crate::TestServer;
 use crate::broker::free_port;
 use crate::http::request;
 
@@ -245,6 +248,33 @@ impl S3Server {
         let store = self.store(bucket);
         let deleted = runtime().block_on(store.delete(&ObjectPath::from(key)));
         deleted.unwrap_or_else(|e| panic!("deleting {bucket}/{key}: {e}"));
+    }
+}
+
+/// Where [`S3Server::lake_for`] roots a lake in its bucket: two levels, as a production prefix.
+pub const LAKE_PREFIX: &str = "a/prefix";
+
+/// A lake on the S3 server: its bucket, and the test's own handle on it.
+#[derive(Debug, Clone)]
+pub struct S3Lake {
+    pub bucket: String,
+    pub lake: Lake,
+}
+
+impl S3Server {
+    /// Points `server` at a lake on `s3://<a new bucket>/a/prefix` of this server (the variables
+    /// `tributary` reads), and returns the test's handle on the same lake.
+    pub fn lake_for(&self, server: &mut TestServer, what: &str) -> S3Lake {
+        let bucket = self.bucket(what);
+        server.env(
+            "TRIBUTARY_LAKE__URL",
+            format!("s3://{bucket}/{LAKE_PREFIX}"),
+        );
+        for (key, value) in self.env() {
+            server.env(key, value);
+        }
+        let lake = Lake::new(Arc::new(Rooted::new(self.store(&bucket), LAKE_PREFIX)));
+        S3Lake { bucket, lake }
     }
 }
 

@@ -17,7 +17,7 @@ use tributary_schemas::event::{Event, EventSchema, Value};
 use tributary_testkit::http::Reply;
 use tributary_testkit::pg;
 use tributary_testkit::rng::Rng;
-use tributary_testkit::s3::S3Server;
+use tributary_testkit::s3::{LAKE_PREFIX, S3Server};
 use tributary_testkit::stream::{is_late, kafka_stamp};
 use tributary_testkit::{Broker, TestServer};
 
@@ -33,9 +33,6 @@ pub struct Service {
     /// The S3 server and bucket of a lake on `s3://<bucket>/a/prefix` ([`Service::on_s3`]).
     pub s3: Option<(&'static S3Server, String)>,
 }
-
-/// Where [`Service::on_s3`] roots the lake in its bucket: a prefix of two levels, as in production.
-pub const S3_PREFIX: &str = "a/prefix";
 
 impl Service {
     /// A service (not started) on a free port over a fresh temp-dir lake.
@@ -60,13 +57,8 @@ impl Service {
 
     /// Puts the lake on `s3://<a new bucket>/a/prefix` of `s3` instead of a temp directory.
     pub fn on_s3(&mut self, s3: &'static S3Server) -> &mut Self {
-        let bucket = s3.bucket("lake");
-        self.server
-            .env("TRIBUTARY_LAKE__URL", format!("s3://{bucket}/{S3_PREFIX}"));
-        for (key, value) in s3.env() {
-            self.server.env(key, value);
-        }
-        self.s3 = Some((s3, bucket));
+        let lake = s3.lake_for(&mut self.server, "lake");
+        self.s3 = Some((s3, lake.bucket));
         self
     }
 
@@ -76,7 +68,7 @@ impl Service {
         let dir = format!("views/{view}/{version:020}");
         match &self.s3 {
             Some((s3, bucket)) => {
-                let keys = s3.list(bucket, &format!("{S3_PREFIX}/{dir}/"));
+                let keys = s3.list(bucket, &format!("{LAKE_PREFIX}/{dir}/"));
                 let parts: Vec<_> = keys.iter().filter(|k| k.ends_with(".parquet")).collect();
                 assert!(!parts.is_empty(), "no parts under {dir}: {keys:?}");
                 for key in parts {
