@@ -80,3 +80,23 @@ fn an_unreadable_file_fails_with_the_path_and_cause() {
         "{stderr}"
     );
 }
+
+/// A container platform hands the whole file through TRIBUTARY_CONFIG_TOML (from a secret): it is
+/// read as the file would be, problems and all.
+#[test]
+fn the_configuration_can_come_whole_from_tributary_config_toml() {
+    let with_text = |text: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["config", "check"])
+            .env_remove("TRIBUTARY_CONFIG")
+            .env("TRIBUTARY_CONFIG_TOML", text)
+            .output()
+            .expect("run tributary")
+    };
+    let good = with_text("[batch]\ninterval = \"5m\"\n");
+    assert!(good.status.success(), "{good:?}");
+    let bad = with_text("[batch]\nintervall = \"5m\"\n");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let text = format!("{}{}", stdout(&bad), String::from_utf8_lossy(&bad.stderr));
+    assert!(text.contains("batch.intervall: unknown key"), "{text}");
+}

@@ -170,6 +170,10 @@ impl ConfigError {
 
 impl Config {
     /// Loads the built-in defaults, overlaid by `file` when given, then by the process environment.
+    ///
+    /// Without a file, the text of the variable [`CONFIG_TEXT_VAR`] is taken as the file, if set:
+    /// a container platform can hand the whole configuration (tokens included, which no
+    /// `TRIBUTARY_<SECTION>__<KEY>` variable can set) from a secret without mounting a file.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let text = file
             .map(|path| {
@@ -180,7 +184,14 @@ impl Config {
             })
             .transpose()?;
         let origin = file.map(|p| p.display().to_string());
-        Self::from_sources(text.as_deref().zip(origin.as_deref()), std::env::vars())
+        let from_env = std::env::var(CONFIG_TEXT_VAR)
+            .ok()
+            .filter(|_| file.is_none());
+        let source = match &from_env {
+            Some(text) => Some((text.as_str(), CONFIG_TEXT_VAR)),
+            None => text.as_deref().zip(origin.as_deref()),
+        };
+        Self::from_sources(source, std::env::vars())
     }
 
     /// Defaults overlaid by `file` (its text and a name for messages) and `env` variables.
@@ -683,6 +694,9 @@ fn check_field_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A variable holding the whole configuration file's text (see [`Config::load`]).
+pub const CONFIG_TEXT_VAR: &str = "TRIBUTARY_CONFIG_TOML";
 
 /// `[events] late_after` when not configured: an event is late when Kafka got it more than a minute
 /// after its event time.
