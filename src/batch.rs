@@ -8,6 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use tributary_batch::recompute::lock::LockError;
 use tributary_batch::recompute::progress::for_humans;
 use tributary_batch::recompute::{BatchError, BatchSettings, Outcome, RecomputeService, ViewRun};
 use tributary_schemas::config::Config;
@@ -88,7 +89,7 @@ pub fn run(config: &Config, view: Option<&str>) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(error @ (BatchError::Lock(_) | BatchError::AlreadyRunning)) => {
+        Err(error @ (BatchError::Lock(LockError::Held(_)) | BatchError::AlreadyRunning)) => {
             let _ = writeln!(std::io::stderr(), "error: {error}");
             Ok(ExitCode::from(EXIT_ALREADY_RUNNING))
         }

@@ -11,6 +11,7 @@ use std::thread;
 
 use anyhow::{Context, bail};
 use tributary_batch::archiver::{Archiver, ArchiverSettings};
+use tributary_batch::recompute::lock::LockError;
 use tributary_batch::recompute::progress::logged;
 use tributary_batch::recompute::{BatchError, RecomputeService};
 use tributary_schemas::config::Config;
@@ -231,6 +232,21 @@ pub fn serve_until(
             );
         }
     }
+    // The archiver writes what it buffered; if the lake does not take it within shutdown_timeout
+    // (an outage), it is abandoned: those events are still in Kafka and archived at the next start.
+    if let Some(archiver) = &archiver {
+        let deadline = std::time::Instant::now() + config.archiver.shutdown_timeout;
+        while !archiver.is_finished() && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if !archiver.is_finished() {
+            tracing::warn!(
+                "the lake did not take the archiver's buffered events within [archiver] shutdown_timeout ({:?}); they stay in Kafka and are archived at the next start",
+                config.archiver.shutdown_timeout
+            );
+            roles_stop.abandon();
+        }
+    }
     let archived = match archiver.map(thread::JoinHandle::join) {
         None | Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(error))) => Err(anyhow::Error::new(error).context("the archiver stopped")),
@@ -388,7 +404,7 @@ async fn schedule(
                 }
             }
             Err(BatchError::Cancelled) => return,
-            Err(error @ (BatchError::Lock(_) | BatchError::AlreadyRunning)) => {
+            Err(error @ (BatchError::Lock(LockError::Held(_)) | BatchError::AlreadyRunning)) => {
                 tracing::info!("scheduled recompute skipped: {error}");
             }
             Err(error) => {

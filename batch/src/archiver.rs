@@ -337,13 +337,26 @@ impl Archiver {
         let encoded = EncodedFile::new(&file)?;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match runtime.block_on(self.write(&file, &encoded)) {
-                Ok(()) => break,
-                Err(error) if stop.state() == Stop::Abandon => return Err(error.into()),
-                Err(error) => {
+            // An abandon cuts a write short (object_store retries a request for minutes): the file
+            // is not in the lake, so its events are consumed and archived again at the next start.
+            let written = runtime.block_on(async {
+                tokio::select! {
+                    written = self.write(&file, &encoded) => Some(written),
+                    () = stop.abandoned() => None,
+                }
+            });
+            match written {
+                None => return Ok(()),
+                Some(Ok(())) => break,
+                Some(Err(error)) => {
                     self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %chain(&error), partition = file.partition, range = %file.range, "writing to the lake failed; retrying");
-                    std::thread::sleep(backoff);
+                    runtime.block_on(async {
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = stop.abandoned() => {}
+                        }
+                    });
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }

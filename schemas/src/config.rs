@@ -55,6 +55,9 @@ pub struct LakeConfig {
 pub struct ArchiverConfig {
     pub max_file_rows: usize,
     pub max_file_age: Duration,
+    /// How long a stop waits for the archiver to write what it buffered (the lake may be down);
+    /// past it, the buffer is left to Kafka and archived again at the next start.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,6 +559,7 @@ fn validate_archiver(merged: &Table, problems: &mut Vec<Problem>) -> Option<Arch
     let mut section = Section::new("archiver", merged.get("archiver"), problems)?;
     let max_file_rows = section.positive_integer("max_file_rows", problems);
     let max_file_age = section.duration("max_file_age", problems);
+    let shutdown_timeout = section.duration("shutdown_timeout", problems);
     section.finish(problems);
     if max_file_age.is_some_and(|age| age < Duration::from_millis(10)) {
         problem(problems, "archiver.max_file_age", "must be at least 10ms");
@@ -563,6 +567,7 @@ fn validate_archiver(merged: &Table, problems: &mut Vec<Problem>) -> Option<Arch
     Some(ArchiverConfig {
         max_file_rows: usize::try_from(max_file_rows?).ok()?,
         max_file_age: max_file_age?,
+        shutdown_timeout: shutdown_timeout?,
     })
 }
 

@@ -57,6 +57,12 @@ impl Shutdown {
         self.state() != Stop::Running
     }
 
+    /// Completes once an abandon was asked for (at once if it was).
+    pub async fn abandoned(&self) {
+        let mut state = self.0.subscribe();
+        let _ = state.wait_for(|&stop| stop == Stop::Abandon).await;
+    }
+
     /// Completes once a stop was asked for (at once if it was).
     pub async fn stopped(&self) {
         let mut state = self.0.subscribe();

@@ -9,6 +9,7 @@ use tributary_schemas::blame::{Blame, classify_datafusion_error};
 use tributary_schemas::lake::LakeError;
 use tributary_schemas::layers::recompute::{Recompute, RecomputeError, RunReport};
 
+use super::lock::LockError;
 use super::progress::quiet;
 use super::{BatchError, RecomputeService, ViewRun};
 
@@ -31,7 +32,9 @@ impl BatchError {
     /// Whether an outside outage (the lake's object store) failed the run, not Tributary.
     pub fn is_outage(&self) -> bool {
         match self {
-            BatchError::Store(_) | BatchError::Lake(LakeError::Store(_)) => true,
+            BatchError::Store(_)
+            | BatchError::Lake(LakeError::Store(_))
+            | BatchError::Lock(LockError::Store(_)) => true,
             BatchError::Query(query) => classify_datafusion_error(query) == Blame::Outside,
             _ => false,
         }
@@ -40,7 +43,7 @@ impl BatchError {
 
 fn classify(error: BatchError) -> RecomputeError {
     match error {
-        busy @ (BatchError::AlreadyRunning | BatchError::Lock(_)) => {
+        busy @ (BatchError::AlreadyRunning | BatchError::Lock(LockError::Held(_))) => {
             RecomputeError::Busy(Box::new(busy))
         }
         unknown @ BatchError::UnknownView { .. } => RecomputeError::UnknownView(Box::new(unknown)),

@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::rooted::Rooted;
-use object_store::ObjectStore;
+use std::time::Duration;
+
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 /// The lake: one object store, and every read and write of the contract's objects (ARCHITECTURE.md
 /// §4) as a method that takes what the object is (a view and a version, a topic, a partition and an
@@ -117,6 +119,19 @@ fn local(path: &Path) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Ok(Arc::new(store.with_automatic_cleanup(true)))
 }
 
+/// How long one S3 request is retried (object_store's default is up to 3 minutes): an outage
+/// surfaces within seconds as a 503 or a failed run, and the layers retry on their own terms (the
+/// archiver until the lake answers, the scheduler at its next interval, queries on the next call).
+const RETRY: RetryConfig = RetryConfig {
+    backoff: BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+    },
+    max_retries: 4,
+    retry_timeout: Duration::from_secs(10),
+};
+
 fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     match url.split_once("://") {
         None => local(Path::new(url)),
@@ -126,6 +141,7 @@ fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let store = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(RETRY)
                 .build()
                 .map_err(|source| StoreError::Open {
                     url: url.to_owned(),
