@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tributary_schemas::config::{Config, ConfigError};
+use tributary_schemas::config::{Config, ConfigError, LogFormat};
 use tributary_schemas::duration::format_duration;
 
 use crate::batch;
@@ -89,6 +89,14 @@ enum ConfigCommand {
 }
 
 impl Cli {
+    /// `[log] format` of the configuration this command runs with (text when it does not load:
+    /// the command reports why).
+    pub fn log_format(&self) -> LogFormat {
+        Config::load(self.config.as_deref())
+            .map(|config| config.log.format)
+            .unwrap_or_default()
+    }
+
     /// Whether this runs the demo, whose terminal shows a status line instead of logs.
     pub fn is_demo(&self) -> bool {
         matches!(self.command, Command::Demo(_))

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tributary_schemas::config::LogFormat;
 
 /// jemalloc instead of glibc's malloc. A long-running `serve` swaps in a new batch version every few
 /// minutes and drops the old one (hundreds of MB of Arrow buffers, freed by threads other than the
@@ -34,9 +35,12 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     // The demo on a terminal keeps the screen for its URLs and one status line: logs go to a file.
-    match cli.is_demo().then(demo::terminal_log).flatten() {
-        Some(file) => logs.with_ansi(false).with_writer(file).init(),
-        None => logs.with_writer(std::io::stderr).init(),
+    let file = cli.is_demo().then(demo::terminal_log).flatten();
+    match (cli.log_format(), file) {
+        (LogFormat::Json, Some(file)) => logs.json().with_writer(file).init(),
+        (LogFormat::Json, None) => logs.json().with_writer(std::io::stderr).init(),
+        (LogFormat::Text, Some(file)) => logs.with_ansi(false).with_writer(file).init(),
+        (LogFormat::Text, None) => logs.with_writer(std::io::stderr).init(),
     }
     match cli.run() {
         Ok(code) => code,

@@ -265,6 +265,8 @@ fn scheduled_runs_are_in_the_status() {
         2_000,
         &mut expected,
     ));
+    // And logs as JSON lines, each with the span it was written in.
+    server.env("TRIBUTARY_LOG__FORMAT", "json");
     server.start(&["serve"]);
     let status = || -> serde_json::Value {
         let reply = server.call("GET", "/v1/status", None).unwrap();
@@ -283,6 +285,13 @@ fn scheduled_runs_are_in_the_status() {
             "{status}"
         );
     }
+    let metrics = server.call("GET", "/metrics", None).unwrap().body;
+    assert!(
+        metrics.contains(
+            "tributary_batch_run_duration_seconds_count{view=\"pageviews\",outcome=\"published\"}"
+        ),
+        "{metrics}"
+    );
     let runs = status["batch"]["runs"].as_array().unwrap();
     assert!(runs.len() >= 2 && runs.len() <= 20, "{status}");
     let at = |run: &serde_json::Value| {
@@ -293,4 +302,19 @@ fn scheduled_runs_are_in_the_status() {
         "newest first: {status}"
     );
     terminate(&mut server);
+    let lines: Vec<serde_json::Value> = (server.log_text().lines())
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() > 5, "{}", server.log_text());
+    let published = (lines.iter())
+        .find(|l| l["fields"]["message"] == "published")
+        .unwrap_or_else(|| panic!("{}", server.log_text()));
+    assert_eq!(published["span"]["name"], "batch_run", "{published}");
+    assert!(published["span"]["view"].is_string(), "{published}");
+    let answered = (lines.iter())
+        .find(|l| l["span"]["route"] == "/v1/status")
+        .unwrap_or_else(|| panic!("{}", server.log_text()));
+    assert_eq!(answered["fields"]["status"], 200, "{answered}");
+    assert_eq!(answered["span"]["method"], "GET", "{answered}");
 }

@@ -84,7 +84,9 @@ fn an_s3_outage_loses_nothing_and_says_so() {
         .and_then(|v| v.parse::<f64>().ok());
     assert!(errors.is_some_and(|e| e > 0.0), "{metrics}");
     assert!(
-        metrics.contains("tributary_batch_run_duration_seconds_count{outcome=\"failed\"} 1"),
+        metrics.contains(
+            "tributary_batch_run_duration_seconds_count{view=\"all\",outcome=\"failed\"} 1"
+        ),
         "{metrics}"
     );
 

@@ -333,6 +333,12 @@ impl Archiver {
         if let (Some(producer), Some(topic)) = (dlq, &self.settings.dlq_topic) {
             self.send_to_dlq(producer, topic, &file);
         }
+        let _roll = tracing::info_span!(
+            "archiver_roll",
+            partition = file.partition,
+            range = %file.range
+        )
+        .entered();
         // Encoding is deterministic: do it once, and retry only what can fail transiently (the puts).
         let encoded = EncodedFile::new(&file)?;
         let mut backoff = Duration::from_millis(100);

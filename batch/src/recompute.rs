@@ -354,7 +354,9 @@ impl RecomputeService {
                 progress: Arc::clone(&progress),
             };
             // Dropping the job's task (aborting it) drops its plans and slice tasks with it.
-            let task = AbortOnDrop(runtime.spawn(job.run()));
+            // One span per view's run: every line it logs (progress, published) carries the view.
+            let span = tracing::info_span!("batch_run", view = %name);
+            let task = AbortOnDrop(runtime.spawn(tracing::Instrument::instrument(job.run(), span)));
             let finished = tokio::select! {
                 finished = task => finished,
                 () = self.cancelled() => {

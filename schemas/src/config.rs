@@ -33,7 +33,24 @@ pub use view::{
 /// The built-in defaults: a complete local demo over a realistic clickstream.
 pub const DEFAULT_CONFIG: &str = include_str!("config/defaults.toml");
 const ENV_PREFIX: &str = "TRIBUTARY_";
-const MERGED_SECTIONS: [&str; 6] = ["kafka", "lake", "archiver", "batch", "serving", "auth"];
+const MERGED_SECTIONS: [&str; 7] = [
+    "kafka", "lake", "archiver", "batch", "serving", "auth", "log",
+];
+
+/// How the process writes its logs (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, with its span's fields (for log pipelines).
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
@@ -120,6 +137,7 @@ pub struct Config {
     pub batch: BatchConfig,
     pub serving: ServingConfig,
     pub auth: AuthConfig,
+    pub log: LogConfig,
 }
 
 /// One thing wrong with a configuration: where, and what to fix.
@@ -264,7 +282,7 @@ fn overlay_file(merged: &mut Table, file: Table, problems: &mut Vec<Problem>) {
             (name, _) => problem(
                 problems,
                 name,
-                "unknown section (expected kafka, lake, events, views, archiver, batch, serving or auth)",
+                "unknown section (expected kafka, lake, events, views, archiver, batch, serving, auth or log)",
             ),
         }
     }
@@ -468,6 +486,7 @@ fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
             view::validate_views(merged.get("views"), events, late_after, problems)
         });
     let auth = auth::validate_auth(merged, views.as_deref(), problems);
+    let log = validate_log(merged, problems);
     Some(Config {
         kafka: kafka?,
         lake: lake?,
@@ -477,7 +496,27 @@ fn validate(merged: &Table, problems: &mut Vec<Problem>) -> Option<Config> {
         batch: batch?,
         serving: serving?,
         auth: auth?,
+        log: log?,
     })
+}
+
+fn validate_log(merged: &Table, problems: &mut Vec<Problem>) -> Option<LogConfig> {
+    let mut section = Section::new("log", merged.get("log"), problems)?;
+    let format = section.string("format", problems);
+    section.finish(problems);
+    let format = match format?.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            problem(
+                problems,
+                "log.format",
+                format!("{other:?} is not a log format (text or json)"),
+            );
+            return None;
+        }
+    };
+    Some(LogConfig { format })
 }
 
 fn validate_kafka(merged: &Table, problems: &mut Vec<Problem>) -> Option<KafkaConfig> {

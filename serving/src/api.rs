@@ -105,8 +105,21 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
         Some("/" | "/views" | "/dashboard.js" | "/dashboard.css") => "/",
         _ => "other",
     };
-    let response = next.run(request).await;
-    app.metrics.request(route, response.status().as_u16());
+    // One span per request (what it logs carries method and route) and one line when answered;
+    // probes and scrapes at debug, so that they do not drown the rest.
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", %method, route);
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let status = response.status().as_u16();
+    app.metrics.request(route, status);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    span.in_scope(|| match route {
+        "/livez" | "/readyz" | "/metrics" | "/" => {
+            tracing::debug!(status, elapsed_ms, "answered");
+        }
+        _ => tracing::info!(status, elapsed_ms, "answered"),
+    });
     response
 }
 

@@ -70,8 +70,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Query latency by route.
     queries: Mutex<BTreeMap<&'static str, Histogram>>,
-    /// Recompute durations by outcome (`published`, `unchanged`, `failed`...).
-    batch_runs: Mutex<BTreeMap<String, Histogram>>,
+    /// Recompute durations by view (`all` for a run that failed as a whole) and outcome
+    /// (`published`, `unchanged`, `failed`...).
+    batch_runs: Mutex<BTreeMap<(String, String), Histogram>>,
     /// The latest recompute runs, newest last (at most [`RECENT_RUNS`]).
     recent_runs: Mutex<VecDeque<Value>>,
 }
@@ -93,9 +94,9 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn batch_run(&self, outcome: &str, elapsed: Duration) {
+    fn batch_run(&self, view: &str, outcome: &str, elapsed: Duration) {
         let mut runs = self.batch_runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.entry(outcome.to_owned())
+        runs.entry((view.to_owned(), outcome.to_owned()))
             .or_default()
             .observe(elapsed.as_secs_f64());
     }
@@ -103,7 +104,7 @@ impl Metrics {
     /// Records one view's recompute run, on request or scheduled (`trigger`): its duration by outcome
     /// for `/metrics`, and the run for `/v1/status`. Returns what `/v1/status` shows of it.
     pub fn record_run(&self, report: &RunReport, trigger: &str) -> Value {
-        self.batch_run(report.outcome, report.elapsed);
+        self.batch_run(&report.view, report.outcome, report.elapsed);
         let manifest = report.manifest.as_ref();
         let run = json!({
             "at": Utc::now(),
@@ -128,7 +129,7 @@ impl Metrics {
         trigger: &str,
         error: &str,
     ) {
-        self.batch_run("failed", elapsed);
+        self.batch_run(view.unwrap_or("all"), "failed", elapsed);
         self.remember_run(json!({
             "at": Utc::now(),
             "trigger": trigger,
@@ -180,10 +181,15 @@ impl Metrics {
         }
         drop(queries);
         let name = "tributary_batch_run_duration_seconds";
-        out.family(name, "histogram", "recompute duration per view by outcome");
+        out.family(
+            name,
+            "histogram",
+            "recompute duration per view (all: a run that failed as a whole) and outcome",
+        );
         let runs = self.batch_runs.lock().unwrap_or_else(|e| e.into_inner());
-        for (outcome, histogram) in runs.iter() {
-            histogram.render(out, name, &format!("outcome=\"{outcome}\""));
+        for ((view, outcome), histogram) in runs.iter() {
+            let labels = format!("view=\"{view}\",outcome=\"{outcome}\"");
+            histogram.render(out, name, &labels);
         }
     }
 }

@@ -275,7 +275,7 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
         ),
         (
             "[metrics]\nport = 1".to_owned(),
-            "metrics: unknown section (expected kafka, lake, events, views, archiver, batch, serving or auth)",
+            "metrics: unknown section (expected kafka, lake, events, views, archiver, batch, serving, auth or log)",
         ),
         (
             EVENTS.to_owned(),
