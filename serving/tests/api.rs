@@ -607,7 +607,7 @@ async fn push_ingest_produces_valid_events_and_says_why_others_were_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn push_ingest_is_503_while_kafka_is_down_and_nothing_is_half_accepted() {
-    let mut broker = Broker::start().unwrap();
+    let broker = Broker::start().unwrap();
     let topic = broker.create_topic(1).await.unwrap();
     let api = start(
         false,

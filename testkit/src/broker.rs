@@ -14,8 +14,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
@@ -59,7 +59,8 @@ pub type Messages = BTreeMap<i32, Vec<(i64, Vec<u8>)>>;
 /// A running tansu broker on a loopback port.
 #[derive(Debug)]
 pub struct Broker {
-    child: Child,
+    /// The watchdog process (behind a lock: a shared broker can be stopped and restarted too).
+    child: Mutex<Child>,
     address: SocketAddr,
     dir: TempDir,
 }
@@ -142,8 +143,8 @@ impl Broker {
         let port = free_port().map_err(HarnessError::Spawn)?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let child = spawn(dir.path(), address)?;
-        let mut broker = Broker {
-            child,
+        let broker = Broker {
+            child: Mutex::new(child),
             address,
             dir,
         };
@@ -152,13 +153,14 @@ impl Broker {
     }
 
     /// Stops the broker as an outage would, keeping its data for [`Broker::restart`].
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         // The watchdog leads its own process group: signal the group so the broker goes too.
-        let group = format!("-{}", self.child.id());
+        let group = format!("-{}", child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         // A paused broker handles the TERM only once it runs again.
         let _ = Command::new("kill").args(["-CONT", "--", &group]).status();
-        let _ = self.child.wait();
+        let _ = child.wait();
     }
 
     /// Freezes the broker (`SIGSTOP`): connections stay open and requests go unanswered, as with a
@@ -173,7 +175,8 @@ impl Broker {
     }
 
     fn signal_group(&self, signal: &str) {
-        let group = format!("-{}", self.child.id());
+        let id = self.child.lock().unwrap_or_else(|e| e.into_inner()).id();
+        let group = format!("-{id}");
         let status = Command::new("kill").args([signal, "--", &group]).status();
         assert!(
             status.is_ok_and(|s| s.success()),
@@ -182,15 +185,22 @@ impl Broker {
     }
 
     /// Starts the broker again on the same address over the same data (topics and logs survive).
-    pub fn restart(&mut self) -> Result<(), HarnessError> {
-        self.child = spawn(self.dir.path(), self.address)?;
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) =
+            spawn(self.dir.path(), self.address)?;
         self.wait_until_ready()
     }
 
-    fn wait_until_ready(&mut self) -> Result<(), HarnessError> {
+    fn wait_until_ready(&self) -> Result<(), HarnessError> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            let exited = (self
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .try_wait())
+            .is_ok_and(|status| status.is_some());
+            if exited {
                 break;
             }
             let listening =
