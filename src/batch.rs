@@ -78,9 +78,9 @@ pub fn describe(run: &ViewRun) -> String {
     }
 }
 
-pub fn run(config: &Config, view: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, view: Option<&str>, full: bool) -> anyhow::Result<ExitCode> {
     let batch = open(config, open_lake(config)?)?;
-    let result = runtime()?.block_on(batch.run(view, for_humans()));
+    let result = runtime()?.block_on(batch.run_as(view, for_humans(), full));
     let mut out = std::io::stdout().lock();
     match result {
         Ok(runs) => {

@@ -70,6 +70,10 @@ enum BatchCommand {
         /// Only this view (default: every configured view).
         #[arg(long)]
         view: Option<String>,
+        /// Recompute from the whole master dataset, even where the live version could be
+        /// extended with the new offsets only.
+        #[arg(long)]
+        full: bool,
     },
     /// List every view's versions; `*` marks the live one.
     List,
@@ -131,7 +135,7 @@ impl Cli {
             Command::Batch(command) => {
                 let config = Config::load(self.config.as_deref())?;
                 match command {
-                    BatchCommand::Run { view } => batch::run(&config, view.as_deref()),
+                    BatchCommand::Run { view, full } => batch::run(&config, view.as_deref(), full),
                     BatchCommand::List => batch::list(&config),
                     BatchCommand::Rollback { view, version } => {
                         batch::rollback(&config, &view, version)

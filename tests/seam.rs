@@ -133,6 +133,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             part_rows: 100_000,
             slice: SliceTarget::DEFAULT,
             lock_lease: Duration::from_secs(30),
+            full_every: Duration::from_secs(86_400),
         },
         config.events.clone(),
         config.views.clone(),

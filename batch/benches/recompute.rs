@@ -217,6 +217,7 @@ fn main() {
                     part_rows: 1_000_000,
                     slice: slice_target,
                     lock_lease: Duration::from_secs(600),
+                    full_every: Duration::from_secs(86_400),
                 },
                 config.events.clone(),
                 vec![view.clone()],

@@ -72,6 +72,9 @@ pub struct BatchSettings {
     pub slice: SliceTarget,
     /// Lease of the lake's run lock (renewed every quarter of it while a run lives).
     pub lock_lease: Duration,
+    /// `[batch] full_every`: how old the last full recompute behind the live version may be for a
+    /// run to extend it with the new offsets only.
+    pub full_every: Duration,
 }
 
 /// Row group size of view parts: big enough for fast scans, small enough that a time-range query
@@ -94,6 +97,7 @@ impl BatchSettings {
             part_rows: 1_000_000,
             slice: SliceTarget::for_pool(memory_limit_bytes, threads),
             lock_lease: Duration::from_secs(120),
+            full_every: config.batch.full_every,
         }
     }
 }
@@ -321,11 +325,22 @@ impl RecomputeService {
         }
     }
 
-    /// Recomputes every view (or only `only`), one after the other.
+    /// Recomputes every view (or only `only`), one after the other: each extends its live version
+    /// with the new offsets where it can (see [`job`]), else recomputes it whole.
     pub async fn run(
         &self,
         only: Option<&str>,
         progress: ProgressSink,
+    ) -> Result<Vec<ViewRun>, BatchError> {
+        self.run_as(only, progress, false).await
+    }
+
+    /// [`Self::run`]; with `full`, every view is recomputed from the whole master dataset.
+    pub async fn run_as(
+        &self,
+        only: Option<&str>,
+        progress: ProgressSink,
+        full: bool,
     ) -> Result<Vec<ViewRun>, BatchError> {
         let views: Vec<ViewDef> = match only {
             Some(name) => vec![self.view(name)?.clone()],
@@ -347,6 +362,7 @@ impl RecomputeService {
         for view in views {
             let name = view.name.clone();
             let job = ViewJob {
+                full,
                 settings: self.settings.clone(),
                 events: self.events.clone(),
                 view,

@@ -80,6 +80,9 @@ pub struct ArchiverConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchConfig {
     pub interval: Duration,
+    /// A run recomputes everything from the master dataset at least this often; runs between
+    /// merge the live version with the states of the new offsets only.
+    pub full_every: Duration,
     pub epoch_size: u64,
     pub keep_versions: usize,
     /// DataFusion's memory pool for a recompute; past it, sorts and aggregations spill to disk.
@@ -613,6 +616,7 @@ fn validate_archiver(merged: &Table, problems: &mut Vec<Problem>) -> Option<Arch
 fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchConfig> {
     let mut section = Section::new("batch", merged.get("batch"), problems)?;
     let interval = section.duration("interval", problems);
+    let full_every = section.duration("full_every", problems);
     let epoch_size = section.positive_integer("epoch_size", problems);
     let keep_versions = section.positive_integer("keep_versions", problems);
     let memory_limit_mb = section.positive_integer("memory_limit_mb", problems);
@@ -623,6 +627,7 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
     }
     Some(BatchConfig {
         interval: interval?,
+        full_every: full_every?,
         epoch_size: epoch_size?,
         keep_versions: usize::try_from(keep_versions?).ok()?,
         memory_limit_mb: usize::try_from(memory_limit_mb?).ok()?,

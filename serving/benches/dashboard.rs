@@ -134,6 +134,8 @@ async fn publish(config: &Config, store: &Lake) -> u64 {
         closed_generations: Vec::new(),
         boundary: Boundary([(0, BOUNDARY)].into()),
         newest_bucket: None,
+        full_at: None,
+        deltas: 0,
     };
     store.write_manifest(&manifest).await.unwrap();
     store.write_current("pageviews", 1).await.unwrap();

@@ -27,8 +27,14 @@ use super::slices::{self, FileSpans, Span};
 use super::time_sort;
 use super::{BatchError, BatchSettings, Outcome, ViewRun};
 
+/// Extensions of a version before the next run is full again (which also compacts the parts the
+/// extensions added into a fresh set): bounds the parts a query reads.
+pub const MAX_DELTAS: u32 = 24;
+
 /// One view's recompute, run on the batch runtime.
 pub(super) struct ViewJob {
+    /// Recompute from the whole master dataset even when the live version could be extended.
+    pub(super) full: bool,
     pub(super) settings: BatchSettings,
     pub(super) events: EventSchema,
     pub(super) view: ViewDef,
@@ -60,15 +66,16 @@ impl ViewJob {
             slices: computed.slices,
             removed_versions,
         };
-        if let Some(live) = live
+        if let Some(live) = &live
             && live.definition_hash == definition_hash
             && live.boundary == input.boundary
             && live.generation == input.generation
             && live.closed_generations == input.closed_generations
+            && !self.full
         {
             tracing::info!(view = name, version = live.version, boundary = ?live.boundary.0, "unchanged since the live version");
             return Ok(finished(
-                Outcome::Unchanged(live),
+                Outcome::Unchanged(live.clone()),
                 Computed::default(),
                 Vec::new(),
             ));
@@ -85,30 +92,48 @@ impl ViewJob {
             ));
         }
         let version = (lake.versions(&name).await?).last().map_or(1, |v| v + 1);
+        // Incremental: the live version extended by the states of the offsets above its boundary.
+        let base = (live.as_ref())
+            .filter(|live| !self.full && self.extends(live, &input, &definition_hash));
+        let read = match base {
+            Some(base) => input.above(&base.boundary),
+            None => input.clone(),
+        };
         tracing::info!(
             view = name,
             version,
-            input = plan::describe(&input),
+            incremental = base.is_some(),
+            input = plan::describe(&read),
             "recompute started"
         );
 
-        let computed = self.compute(&input, version, started, known_groups).await?;
+        let computed = match (base, read.is_empty()) {
+            // New offsets, all of them quarantined: the new version is the old one's parts.
+            (Some(_), true) => Computed::default(),
+            (Some(_), false) => self.compute(&read, version, started, None).await?,
+            (None, _) => self.compute(&read, version, started, known_groups).await?,
+        };
         crash_point("after_parts");
+        let newest_bucket = computed
+            .newest_bucket_ms
+            .and_then(DateTime::from_timestamp_millis);
+        let mut files = base.map(|b| b.files.clone()).unwrap_or_default();
+        files.extend(computed.files.iter().cloned());
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             view: name.clone(),
             definition_hash,
             version,
             created_at: Utc::now(),
-            row_count: computed.files.iter().map(|f| f.rows).sum(),
-            files: computed.files.clone(),
+            row_count: files.iter().map(|f| f.rows).sum(),
+            files,
             epoch_size: self.settings.epoch_size,
             generation: input.generation,
             closed_generations: input.closed_generations.clone(),
             boundary: input.boundary.clone(),
-            newest_bucket: computed
-                .newest_bucket_ms
-                .and_then(DateTime::from_timestamp_millis),
+            newest_bucket: base.and_then(|b| b.newest_bucket).max(newest_bucket),
+            full_at: base.map_or(Some(Utc::now()), |b| b.full_at),
+            deltas: base.map_or(0, |b| b.deltas + 1),
         };
         publish(lake, &manifest).await?;
         tracing::info!(
@@ -124,6 +149,23 @@ impl ViewJob {
         );
         let removed = collect_garbage(lake, &name, self.settings.keep_versions).await?;
         Ok(finished(Outcome::Published(manifest), computed, removed))
+    }
+
+    /// Whether a run may publish `live` extended by the new offsets' states instead of recomputing
+    /// everything: same definition and offset generations, a boundary that only moved up, a full
+    /// run within `[batch] full_every`, and fewer than [`MAX_DELTAS`] extensions since it.
+    fn extends(&self, live: &Manifest, input: &Input, definition_hash: &str) -> bool {
+        let full_recently = live.full_at.is_some_and(|at| {
+            (Utc::now() - at)
+                .to_std()
+                .is_ok_and(|age| age < self.settings.full_every)
+        });
+        live.definition_hash == definition_hash
+            && live.generation == input.generation
+            && live.closed_generations == input.closed_generations
+            && (live.boundary.0.iter()).all(|(&p, &w)| input.boundary.get(p) >= w)
+            && full_recently
+            && live.deltas < MAX_DELTAS
     }
 
     fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {

@@ -47,6 +47,9 @@ pub struct InputFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Input {
     pub generation: u32,
+    /// Per partition, the first offset read (empty: from the start). An incremental run reads
+    /// `[from[p], boundary[p])` only (see [`Input::above`]).
+    pub from: Boundary,
     pub boundary: Boundary,
     pub files: Vec<InputFile>,
     pub closed_generations: Vec<u32>,
@@ -57,6 +60,23 @@ pub struct Input {
 impl Input {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.closed_files.is_empty()
+    }
+
+    /// The part of this input at or above `from`, for an incremental run over a version whose
+    /// boundary is `from`: the current generation's files that hold offsets in `[from[p], W[p])`
+    /// and none of the closed generations (that version holds them whole).
+    pub fn above(&self, from: &Boundary) -> Input {
+        Input {
+            generation: self.generation,
+            from: from.clone(),
+            boundary: self.boundary.clone(),
+            files: (self.files.iter())
+                .filter(|f| f.range.next() > from.get(f.partition))
+                .cloned()
+                .collect(),
+            closed_generations: self.closed_generations.clone(),
+            closed_files: Vec::new(),
+        }
     }
 }
 
@@ -104,15 +124,20 @@ pub async fn select_input(lake: &Lake, topic: &str, epoch_size: u64) -> Result<I
     Ok(input)
 }
 
-/// `(_partition = p0 AND _offset < W0) OR …`: the rows a version covers.
-fn boundary_predicate(boundary: &Boundary) -> Expr {
+/// `(_partition = p0 AND _offset >= F0 AND _offset < W0) OR …`: the rows a run reads, from
+/// `from[p]` (0 when absent) below the boundary.
+fn boundary_predicate(from: &Boundary, boundary: &Boundary) -> Expr {
     boundary
         .0
         .iter()
         .map(|(&partition, &w)| {
-            ident(PARTITION_COLUMN)
+            let below = ident(PARTITION_COLUMN)
                 .eq(lit(partition))
-                .and(ident(OFFSET_COLUMN).lt(lit(w)))
+                .and(ident(OFFSET_COLUMN).lt(lit(w)));
+            match from.get(partition) {
+                0 => below,
+                f => below.and(ident(OFFSET_COLUMN).gt_eq(lit(f))),
+            }
         })
         .reduce(Expr::or)
         .unwrap_or(lit(false))
@@ -201,7 +226,7 @@ pub async fn view_frame(
         false => Some(
             read(paths(&input.files))
                 .await?
-                .filter(boundary_predicate(&input.boundary))?,
+                .filter(boundary_predicate(&input.from, &input.boundary))?,
         ),
     };
     let closed = match input.closed_files.is_empty() {

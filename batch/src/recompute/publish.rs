@@ -4,6 +4,8 @@
 //! (manifest first, so a half-deleted version never looks complete). Also the fault hooks that
 //! prove each step leaves the lake consistent.
 
+use std::collections::HashSet;
+
 use tributary_schemas::blame::chain;
 use tributary_schemas::lake::{Lake, Manifest};
 
@@ -77,8 +79,14 @@ pub(super) async fn collect_garbage(
         .copied()
         .filter(|v| Some(*v) != current)
         .collect();
+    // Parts are shared: an incremental version lists its base's parts. Keep every part a kept
+    // version lists, whichever version's directory it is in.
+    let shared: HashSet<String> = (complete.iter())
+        .filter(|m| !doomed.contains(&m.version))
+        .flat_map(|m| m.files.iter().map(|f| f.path.clone()))
+        .collect();
     for &version in &doomed {
-        lake.delete_version(view, version).await?;
+        lake.delete_version_except(view, version, &shared).await?;
         tracing::info!(view, version, "removed an old or incomplete version");
     }
     Ok(doomed)

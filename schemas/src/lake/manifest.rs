@@ -64,6 +64,14 @@ pub struct Manifest {
     /// buckets are the speed layer's alone). Absent in manifests written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_bucket: Option<DateTime<Utc>>,
+    /// When the full recompute this version descends from ran (`None` in manifests written before
+    /// incremental runs: the next run is full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_at: Option<DateTime<Utc>>,
+    /// Incremental runs since that full one: how many delta generations of parts the version lists
+    /// (0 for a full version).
+    #[serde(default)]
+    pub deltas: u32,
 }
 
 impl Manifest {
@@ -110,6 +118,8 @@ mod tests {
             newest_bucket: DateTime::parse_from_rfc3339("2026-11-21T09:59:00Z")
                 .ok()
                 .map(Into::into),
+            full_at: None,
+            deltas: 0,
         };
         let json = manifest.to_json();
         let text = std::str::from_utf8(&json).unwrap();

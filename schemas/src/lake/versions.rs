@@ -114,6 +114,18 @@ impl Lake {
     /// Deletes a version: its manifest first, so that a deletion interrupted half-way never leaves
     /// a version that looks complete, then everything else in its directory.
     pub async fn delete_version(&self, view: &str, version: u64) -> Result<(), LakeError> {
+        self.delete_version_except(view, version, &Default::default())
+            .await
+    }
+
+    /// [`Self::delete_version`], but for the objects in `keep` (lake paths): parts a kept version
+    /// lists, shared with this one.
+    pub async fn delete_version_except(
+        &self,
+        view: &str,
+        version: u64,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<(), LakeError> {
         match self
             .store()
             .delete(&Path::from(manifest_path(view, version)))
@@ -123,7 +135,9 @@ impl Lake {
             Err(error) => return Err(error.into()),
         }
         for object in self.version_objects(view, version).await? {
-            self.store().delete(&object).await?;
+            if !keep.contains(object.as_ref()) {
+                self.store().delete(&object).await?;
+            }
         }
         Ok(())
     }
@@ -157,6 +171,8 @@ mod tests {
             closed_generations: Vec::new(),
             boundary: Boundary::default(),
             newest_bucket: None,
+            full_at: None,
+            deltas: 0,
         }
     }
 
