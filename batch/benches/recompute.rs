@@ -328,7 +328,7 @@ fn main() {
                 full_every: Duration::from_secs(86_400),
             },
             config.events.clone(),
-            vec![view.clone()],
+            vec![view],
             store.clone(),
         )
         .expect("batch");
