@@ -290,6 +290,12 @@ fn exactness(s3: Option<&'static S3Server>) {
         "{db:?}"
     );
 
+    // A full run on request (`{"full": true}`) over the same boundary recomputes from the master
+    // dataset: a new version, which also replaces the one whose parts were lost; answers are exact.
+    let full = service.json("POST", "/v1/batch/run", Some(&json!({"full": true})));
+    assert_eq!(full["views"][0]["outcome"], "published", "{full}");
+    check_all(&service, &truth, "(f) after a full run on request");
+
     // A clean stop: SIGTERM ends the process with success.
     let status = service.server.terminate();
     assert!(status.success(), "{status}\n{}", service.log_text());

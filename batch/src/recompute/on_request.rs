@@ -17,9 +17,10 @@ impl Recompute for RecomputeService {
     fn run<'a>(
         &'a self,
         only: Option<&'a str>,
+        full: bool,
     ) -> BoxFuture<'a, Result<Vec<RunReport>, RecomputeError>> {
         async move {
-            let runs = RecomputeService::run(self, only, quiet())
+            let runs = RecomputeService::run_as(self, only, quiet(), full)
                 .await
                 .map_err(classify)?;
             Ok(runs.iter().map(ViewRun::report).collect())

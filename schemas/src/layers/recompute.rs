@@ -40,9 +40,11 @@ pub enum RecomputeError {
 
 /// A service that recomputes the batch views.
 pub trait Recompute: Send + Sync + std::fmt::Debug {
-    /// Recomputes every view, or only `only`, and publishes what changed.
+    /// Recomputes every view, or only `only`, and publishes what changed; with `full`, from the
+    /// whole master dataset even where the live version could be extended.
     fn run<'a>(
         &'a self,
         only: Option<&'a str>,
+        full: bool,
     ) -> BoxFuture<'a, Result<Vec<RunReport>, RecomputeError>>;
 }

@@ -17,6 +17,9 @@ use super::{ApiError, App, parse};
 #[serde(deny_unknown_fields)]
 struct RunRequest {
     view: Option<String>,
+    /// Recompute from the whole master dataset, even where the live version could be extended.
+    #[serde(default)]
+    full: bool,
 }
 
 pub(super) async fn batch_run(
@@ -37,7 +40,13 @@ pub(super) async fn batch_run(
     if let Some(view) = &request.view {
         app.engine.view(view)?;
     }
-    let runs = run_batch(&app, recompute.as_ref(), request.view.as_deref()).await?;
+    let runs = run_batch(
+        &app,
+        recompute.as_ref(),
+        request.view.as_deref(),
+        request.full,
+    )
+    .await?;
     Ok(axum::Json(json!({"views": runs})))
 }
 
@@ -46,9 +55,10 @@ pub async fn run_batch(
     app: &App,
     recompute: &dyn Recompute,
     only: Option<&str>,
+    full: bool,
 ) -> Result<Vec<Value>, ApiError> {
     let started = Instant::now();
-    let runs = match recompute.run(only).await {
+    let runs = match recompute.run(only, full).await {
         Ok(runs) => runs,
         Err(RecomputeError::Busy(error)) => {
             return Err(ApiError::new(
