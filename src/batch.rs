@@ -16,6 +16,8 @@ use tributary_schemas::lake::{Boundary, Lake};
 
 /// Exit code of `batch run` when another run holds the lake.
 pub const EXIT_ALREADY_RUNNING: u8 = 3;
+/// `batch run`'s exit code when a full run's check found the incremental line diverging.
+pub const EXIT_DIVERGED: u8 = 4;
 
 /// Opens the lake named by the configuration.
 pub fn open_lake(config: &Config) -> anyhow::Result<Lake> {
@@ -86,6 +88,17 @@ pub fn run(config: &Config, view: Option<&str>, full: bool) -> anyhow::Result<Ex
         Ok(runs) => {
             for run in &runs {
                 writeln!(out, "{}", describe(run))?;
+            }
+            let diverged: Vec<&str> = (runs.iter().filter(|r| r.diverged))
+                .map(|r| r.view.as_str())
+                .collect();
+            if !diverged.is_empty() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: the full recompute of {} counts other events than its live version extended by the same offsets (an incremental run would have been wrong; the full version is published); please report it",
+                    diverged.join(", ")
+                );
+                return Ok(ExitCode::from(EXIT_DIVERGED));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -246,6 +246,33 @@ fn recomputes(s3: Option<&S3Server>) {
         "{}",
         text(&missing)
     );
+
+    // 6. A full run checks the live version's incremental line: one that counts an event twice
+    //    (here: a part listed twice) fails `batch run` with exit code 4, the full version published.
+    let live = runtime
+        .block_on(store.live_manifest("pageviews"))
+        .unwrap()
+        .unwrap();
+    let mut wrong = live;
+    wrong.version = 50;
+    wrong.files.push(wrong.files[0].clone());
+    runtime.block_on(store.write_manifest(&wrong)).unwrap();
+    runtime
+        .block_on(store.write_current("pageviews", 50))
+        .unwrap();
+    let checked = run(
+        &server,
+        &["batch", "run", "--view", "pageviews", "--full"],
+        &[],
+    );
+    assert_eq!(checked.status.code(), Some(4), "{}", text(&checked));
+    assert!(
+        text(&checked).contains("counts other events"),
+        "{}",
+        text(&checked)
+    );
+    let now = runtime.block_on(store.current("pageviews")).unwrap();
+    assert_eq!(now, Some(51), "the full version is live");
 }
 
 /// Scheduled runs show in `/v1/status` as requested ones do (each view's last run, the recent

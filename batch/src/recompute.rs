@@ -222,6 +222,9 @@ pub struct ViewRun {
     pub slices: usize,
     /// Versions removed by garbage collection after publishing.
     pub removed_versions: Vec<u64>,
+    /// A full run whose counts differ from the live version extended by the same new offsets
+    /// (see [`job`]): an incremental run would have been wrong. Must never happen.
+    pub diverged: bool,
 }
 
 /// One view's versions, for `tributary batch list`.

@@ -75,6 +75,8 @@ pub struct Metrics {
     batch_runs: Mutex<BTreeMap<(String, String), Histogram>>,
     /// The latest recompute runs, newest last (at most [`RECENT_RUNS`]).
     recent_runs: Mutex<VecDeque<Value>>,
+    /// Full runs whose check found the incremental line diverging, by view (must stay empty).
+    divergences: Mutex<BTreeMap<String, u64>>,
 }
 
 /// How many recompute runs `/v1/status` lists.
@@ -105,6 +107,10 @@ impl Metrics {
     /// for `/metrics`, and the run for `/v1/status`. Returns what `/v1/status` shows of it.
     pub fn record_run(&self, report: &RunReport, trigger: &str) -> Value {
         self.batch_run(&report.view, report.outcome, report.elapsed);
+        if report.diverged {
+            let mut diverged = self.divergences.lock().unwrap_or_else(|e| e.into_inner());
+            *diverged.entry(report.view.clone()).or_default() += 1;
+        }
         let manifest = report.manifest.as_ref();
         let run = json!({
             "at": Utc::now(),
@@ -115,6 +121,7 @@ impl Metrics {
             "boundary": manifest.map(|m| m.boundary.0.clone()),
             "rows_read": report.rows_read,
             "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
+            "diverged": report.diverged,
         });
         self.remember_run(run.clone());
         run
@@ -180,6 +187,17 @@ impl Metrics {
             histogram.render(out, name, &format!("route=\"{route}\""));
         }
         drop(queries);
+        let name = "tributary_batch_divergences_total";
+        out.family(
+            name,
+            "counter",
+            "full recomputes whose check found the incremental line counting other events (must stay 0)",
+        );
+        let divergences = self.divergences.lock().unwrap_or_else(|e| e.into_inner());
+        for (view, count) in divergences.iter() {
+            out.sample(name, &[("view", view.clone())], *count as f64);
+        }
+        drop(divergences);
         let name = "tributary_batch_run_duration_seconds";
         out.family(
             name,

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
 use chrono::{DateTime, Utc};
 use datafusion::common::DataFusionError;
 use datafusion::execution::memory_pool::MemoryPool;
@@ -13,6 +14,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
+use tributary_schemas::aggregate::StateKind;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::event::EventSchema;
 use tributary_schemas::functions;
@@ -65,6 +67,7 @@ impl ViewJob {
             spilled_bytes: computed.spilled_bytes,
             slices: computed.slices,
             removed_versions,
+            diverged: false,
         };
         if let Some(live) = &live
             && live.definition_hash == definition_hash
@@ -113,6 +116,17 @@ impl ViewJob {
             (Some(_), false) => self.compute(&read, version, started, None).await?,
             (None, _) => self.compute(&read, version, started, known_groups).await?,
         };
+        // A full run over a boundary the live version could have been extended to: check that
+        // the extension would have counted the same events (every count metric's total).
+        let line = (live.as_ref())
+            .filter(|live| base.is_none() && self.same_line(live, &input, &definition_hash));
+        let diverged = match line {
+            Some(line) => {
+                self.diverges(line, &input, &computed.files, version)
+                    .await?
+            }
+            None => false,
+        };
         crash_point("after_parts");
         let newest_bucket = computed
             .newest_bucket_ms
@@ -148,24 +162,85 @@ impl ViewJob {
             "published"
         );
         let removed = collect_garbage(lake, &name, self.settings.keep_versions).await?;
-        Ok(finished(Outcome::Published(manifest), computed, removed))
+        let mut run = finished(Outcome::Published(manifest), computed, removed);
+        run.diverged = diverged;
+        Ok(run)
     }
 
     /// Whether a run may publish `live` extended by the new offsets' states instead of recomputing
-    /// everything: same definition and offset generations, a boundary that only moved up, a full
-    /// run within `[batch] full_every`, and fewer than [`MAX_DELTAS`] extensions since it.
+    /// everything: the same line (see [`Self::same_line`]), a full run within
+    /// `[batch] full_every`, and fewer than [`MAX_DELTAS`] extensions since it.
     fn extends(&self, live: &Manifest, input: &Input, definition_hash: &str) -> bool {
         let full_recently = live.full_at.is_some_and(|at| {
             (Utc::now() - at)
                 .to_std()
                 .is_ok_and(|age| age < self.settings.full_every)
         });
+        self.same_line(live, input, definition_hash) && full_recently && live.deltas < MAX_DELTAS
+    }
+
+    /// Whether `input` continues `live`: same definition and offset generations, and a boundary
+    /// that only moved up.
+    fn same_line(&self, live: &Manifest, input: &Input, definition_hash: &str) -> bool {
         live.definition_hash == definition_hash
             && live.generation == input.generation
             && live.closed_generations == input.closed_generations
             && (live.boundary.0.iter()).all(|(&p, &w)| input.boundary.get(p) >= w)
-            && full_recently
-            && live.deltas < MAX_DELTAS
+    }
+
+    /// The check of a full run (`[batch] full_every`, `--full`): computes the extension of `line`
+    /// to this input's boundary into a scratch version (never published, deleted here) and
+    /// compares every count metric's total with the full run's parts. A difference is logged as an
+    /// error and reported; the full run is published either way.
+    async fn diverges(
+        &self,
+        line: &Manifest,
+        input: &Input,
+        full: &[ManifestFile],
+        version: u64,
+    ) -> Result<bool, BatchError> {
+        let above = input.above(&line.boundary);
+        let scratch = version + 1;
+        let delta = match above.is_empty() {
+            true => Vec::new(),
+            false => (self.compute(&above, scratch, Instant::now(), None).await?).files,
+        };
+        let mut extended = line.files.clone();
+        extended.extend(delta);
+        let want = self.count_totals(&extended).await?;
+        let got = self.count_totals(full).await?;
+        self.lake.delete_version(&self.view.name, scratch).await?;
+        if got == want {
+            return Ok(false);
+        }
+        tracing::error!(
+            view = self.view.name,
+            version,
+            full = ?got,
+            extended = ?want,
+            "a full recompute counts other events than the live version extended by the same offsets: an incremental run would be wrong"
+        );
+        Ok(true)
+    }
+
+    /// Per count metric of the view (in order), its total over `parts`.
+    async fn count_totals(&self, parts: &[ManifestFile]) -> Result<Vec<i64>, BatchError> {
+        let counts: Vec<&str> = (self.view.metrics.iter())
+            .filter(|m| m.state_kind() == StateKind::Count)
+            .map(|m| m.name.as_str())
+            .collect();
+        let mut totals = vec![0i64; counts.len()];
+        for part in parts {
+            for batch in self.lake.read_parquet(&part.path, 65_536).await? {
+                let batch = batch?;
+                for (total, name) in totals.iter_mut().zip(&counts) {
+                    let column = (batch.column_by_name(name))
+                        .and_then(|c| c.as_primitive_opt::<Int64Type>());
+                    *total += column.and_then(arrow::compute::sum).unwrap_or(0);
+                }
+            }
+        }
+        Ok(totals)
     }
 
     fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {

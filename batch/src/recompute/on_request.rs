@@ -62,6 +62,7 @@ impl ViewRun {
             manifest: self.outcome.manifest().cloned(),
             rows_read: self.rows_read,
             elapsed: self.elapsed,
+            diverged: self.diverged,
         }
     }
 }

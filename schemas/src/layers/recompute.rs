@@ -18,6 +18,8 @@ pub struct RunReport {
     /// Raw rows the run read (0 when nothing was computed).
     pub rows_read: u64,
     pub elapsed: Duration,
+    /// A full run's check found the live version's incremental line counting other events.
+    pub diverged: bool,
 }
 
 /// Why a run did not happen or did not finish, by who is to blame.
