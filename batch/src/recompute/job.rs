@@ -15,6 +15,7 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use tributary_schemas::aggregate::StateKind;
+use tributary_schemas::blame::chain;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::event::EventSchema;
 use tributary_schemas::functions;
@@ -120,11 +121,14 @@ impl ViewJob {
         // the extension would have counted the same events (every count metric's total).
         let line = (live.as_ref())
             .filter(|live| base.is_none() && self.same_line(live, &input, &definition_hash));
+        // The check never stands in the way of the full run, which may be the repair of a live
+        // version whose parts are gone: a line that cannot be read is skipped, and said so.
         let diverged = match line {
-            Some(line) => {
-                self.diverges(line, &input, &computed.files, version)
-                    .await?
-            }
+            Some(line) => (self.diverges(line, &input, &computed.files, version).await)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(view = name, error = %chain(&error), "the full run's check of the live version was skipped: it cannot be read");
+                    false
+                }),
             None => false,
         };
         crash_point("after_parts");
