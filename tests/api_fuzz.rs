@@ -10,18 +10,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use tributary_testkit::{Broker, TestServer};
+use tributary_testkit::{Broker, TestServer, setup_tool};
 
 const SCHEMATHESIS: &str = "4.32.5";
 
 fn schemathesis() -> PathBuf {
-    if let Ok(path) = std::env::var("TRIBUTARY_SCHEMATHESIS") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
-    cache.join(format!("tributary/schemathesis-{SCHEMATHESIS}/bin/st"))
+    setup_tool(
+        "TRIBUTARY_SCHEMATHESIS",
+        &format!("schemathesis-{SCHEMATHESIS}/bin/st"),
+    )
 }
 
 #[test]

@@ -16,39 +16,20 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value as Json, json};
-use tributary_testkit::Broker;
-use tributary_testkit::http::{request, request_with};
+use tributary_testkit::http::request;
+use tributary_testkit::{Broker, setup_tool};
 
 const PLAYWRIGHT: &str = "1.56.0";
 
 fn playwright_python() -> PathBuf {
-    if let Ok(path) = std::env::var("TRIBUTARY_PLAYWRIGHT_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
-    cache.join(format!("tributary/playwright-{PLAYWRIGHT}/bin/python"))
+    setup_tool(
+        "TRIBUTARY_PLAYWRIGHT_PYTHON",
+        &format!("playwright-{PLAYWRIGHT}/bin/python"),
+    )
 }
 
 fn chromium() -> PathBuf {
     PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()))
-}
-
-fn call(service: &Service, token: &str, method: &str, path: &str, body: Option<&Json>) -> Json {
-    let header = format!("Bearer {token}");
-    let body = body.map(Json::to_string);
-    let reply = request_with(
-        service.server.address,
-        method,
-        path,
-        &[("Authorization", &header)],
-        body.as_deref(),
-    )
-    .unwrap();
-    assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
 }
 
 /// `tributary gen` to the service's topic: `count` events now, a fifth of them late.
@@ -121,21 +102,14 @@ fn the_dashboard_shows_exact_totals_the_seam_and_late_events_in_a_real_browser()
         assert!(!reply.body.contains("//cdn") && !reply.body.contains("@import"));
     }
 
-    let log_read = |service: &Service| {
-        let heads = broker.high_watermarks(&topic, PARTITIONS).unwrap();
-        let status = call(service, &admin_token, "GET", "/v1/status", None);
-        heads.iter().all(|(p, head)| {
-            (status["speed"]["partitions"].as_array().unwrap().iter())
-                .any(|l| l["partition"] == json!(p) && l["next"].as_i64() >= Some(*head))
-                && status["archiver"]["progress"][p.to_string()].as_i64() >= Some(*head)
-        })
-    };
+    // The service's own calls (status, the batch run) carry the admin token.
+    service.token = Some(admin_token);
     generate(&service, 3000);
-    service.wait_for("the log to be read and archived", log_read);
-    let run = call(&service, &admin_token, "POST", "/v1/batch/run", None);
+    service.wait_for_log();
+    let run = service.json("POST", "/v1/batch/run", None);
     assert_eq!(run["views"][0]["outcome"], "published", "{run}");
     generate(&service, 1000);
-    service.wait_for("the log to be read", log_read);
+    service.wait_for_log();
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.py");

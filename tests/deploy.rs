@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::Value as Json;
 use tributary_schemas::config::Config;
-use tributary_testkit::{Broker, pg};
+use tributary_testkit::{Broker, pg, setup_tool};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -172,10 +172,7 @@ fn provider_mirror() -> Option<PathBuf> {
 }
 
 fn checkov() -> PathBuf {
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
-    cache.join("tributary/checkov-3.2.495/bin/checkov")
+    setup_tool("TRIBUTARY_CHECKOV", "checkov-3.2.495/bin/checkov")
 }
 
 #[test]

@@ -40,15 +40,7 @@ fn an_s3_outage_loses_nothing_and_says_so() {
     s3.cut(true);
     let cut_at = Instant::now();
     truth.produce(broker, &topic, 2000);
-    let heads = broker.high_watermarks(&topic, PARTITIONS).unwrap();
-    service.wait_for("the speed layer to read everything", |s| {
-        let status: Json =
-            serde_json::from_str(&s.call("GET", "/v1/status", None).unwrap().body).unwrap();
-        heads.iter().all(|(p, head)| {
-            (status["speed"]["partitions"].as_array().unwrap().iter())
-                .any(|l| l["partition"] == *p && l["next"].as_i64() >= Some(*head))
-        })
-    });
+    service.wait_for_read();
     check_all(
         &service,
         &truth,
@@ -69,8 +61,7 @@ fn an_s3_outage_loses_nothing_and_says_so() {
 
     // The archiver's failed writes and the failed run, where an operator looks.
     service.wait_for("store errors in the status", |s| {
-        let status: Json =
-            serde_json::from_str(&s.call("GET", "/v1/status", None).unwrap().body).unwrap();
+        let status: Json = s.json("GET", "/v1/status", None);
         status["archiver"]["store_errors"].as_u64() > Some(0)
     });
     let status = service.json("GET", "/v1/status", None);
@@ -100,8 +91,7 @@ fn an_s3_outage_loses_nothing_and_says_so() {
     // SIGTERM while the lake is cut off, with events the archiver could not write: out within
     // shutdown_timeout (3 s) plus the drain.
     let store_errors = |s: &Service| {
-        let status: Json =
-            serde_json::from_str(&s.call("GET", "/v1/status", None).unwrap().body).unwrap();
+        let status: Json = s.json("GET", "/v1/status", None);
         status["archiver"]["store_errors"].as_u64().unwrap()
     };
     let before = store_errors(&service);

@@ -8,23 +8,7 @@ mod common;
 use common::*;
 use serde_json::{Value as Json, json};
 use tributary_testkit::Broker;
-use tributary_testkit::http::request_with;
 use tributary_testkit::pg;
-
-fn call(service: &Service, token: &str, method: &str, path: &str, body: Option<&Json>) -> Json {
-    let header = format!("Bearer {token}");
-    let body = body.map(Json::to_string);
-    let reply = request_with(
-        service.server.address,
-        method,
-        path,
-        &[("Authorization", &header)],
-        body.as_deref(),
-    )
-    .unwrap();
-    assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
-}
 
 /// Everything `pageviews` holds per hour and page: no filter of the caller's own.
 const EVERYTHING: Query = Query {
@@ -42,9 +26,8 @@ const OF_NL: Query = Query {
 };
 
 fn check_every_path(service: &Service, truth: &Truth, nl_token: &str, when: &str) {
-    let by_query = call(
-        service,
-        nl_token,
+    let by_query = service.json_as(
+        Some(nl_token),
         "POST",
         "/v1/query",
         Some(&EVERYTHING.body()),
@@ -56,9 +39,8 @@ fn check_every_path(service: &Service, truth: &Truth, nl_token: &str, when: &str
         &format!("{when}, /v1/query"),
     );
     let sql = merge_sql(truth, &EVERYTHING, false);
-    let by_sql = call(
-        service,
-        nl_token,
+    let by_sql = service.json_as(
+        Some(nl_token),
         "POST",
         "/v1/sql",
         Some(&json!({"sql": sql})),
@@ -100,33 +82,17 @@ fn a_row_filtered_token_reads_exactly_its_rows_across_a_batch_run() {
     service.start(64);
     let mut truth = Truth::new();
     truth.produce(broker, &topic, 3000);
-    let heads = broker.high_watermarks(&topic, PARTITIONS).unwrap();
-    let read_all = |service: &Service| {
-        let status = call(service, &admin_token, "GET", "/v1/status", None);
-        heads.iter().all(|(p, head)| {
-            let partitions = status["speed"]["partitions"].as_array().unwrap();
-            partitions
-                .iter()
-                .any(|l| l["partition"] == json!(p) && l["next"].as_i64() >= Some(*head))
-                && status["archiver"]["progress"][p.to_string()].as_i64() >= Some(*head)
-        })
-    };
-    service.wait_for("the log to be read and archived", read_all);
+    // The service's own calls (status, batch runs) carry the admin token.
+    service.token = Some(admin_token);
+    service.wait_for_log();
     check_every_path(&service, &truth, &nl_token, "speed only");
-    let run = call(&service, &admin_token, "POST", "/v1/batch/run", None);
+    let run = service.json("POST", "/v1/batch/run", None);
     assert_eq!(run["views"][0]["outcome"], "published", "{run}");
     check_every_path(&service, &truth, &nl_token, "after a batch run");
     // The unrestricted token sees more than NL: the filter is the token's, not the data's.
-    let all = call(
-        &service,
-        &admin_token,
-        "POST",
-        "/v1/query",
-        Some(&EVERYTHING.body()),
-    );
-    let nl = call(
-        &service,
-        &nl_token,
+    let all = service.json("POST", "/v1/query", Some(&EVERYTHING.body()));
+    let nl = service.json_as(
+        Some(&nl_token),
         "POST",
         "/v1/query",
         Some(&EVERYTHING.body()),

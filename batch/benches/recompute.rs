@@ -71,32 +71,11 @@ async fn write_lake(store: &Lake, config: &Config, events: usize) {
         let mut offset = 0i64;
         while (offset as usize) < per_partition {
             let rows = FILE_ROWS.min(per_partition - offset as usize);
-            let mut builder = RawBatchBuilder::new(&config.events);
-            let mut batches = Vec::new();
-            for i in 0..rows {
+            let file = (0..rows).map(|i| {
                 let n = (offset as usize + i) * PARTITIONS as usize + partition as usize;
-                let event = event(&mut rng, n, events, config);
-                let position = KafkaPosition {
-                    partition,
-                    offset: offset + i as i64,
-                    timestamp_ms: Some(event.time_ms),
-                };
-                builder.append(&event, position);
-                if builder.len() == 65_536 {
-                    batches.push(builder.finish().expect("raw batch"));
-                }
-            }
-            if !builder.is_empty() {
-                batches.push(builder.finish().expect("raw batch"));
-            }
-            let range = OffsetRange {
-                start: offset,
-                end: offset + rows as i64 - 1,
-            };
-            let bytes = parquet_io::encode(&batches).expect("encode");
-            (store.put_partition_file(Area::Raw, "events", partition, range, bytes))
-                .await
-                .expect("put");
+                event(&mut rng, n, events, config)
+            });
+            put_raw_file(store, config, partition, offset, file).await;
             offset += rows as i64;
         }
     }
@@ -108,38 +87,53 @@ async fn append_to_lake(store: &Lake, config: &Config, events: usize, extra: usi
     let mut rng = Rng(11);
     let per_partition = events / PARTITIONS as usize;
     for partition in 0..PARTITIONS {
-        let first = per_partition as i64;
-        let rows = extra / PARTITIONS as usize;
-        let mut builder = RawBatchBuilder::new(&config.events);
-        let mut batches = Vec::new();
-        for i in 0..rows {
+        let file = (0..extra / PARTITIONS as usize).map(|i| {
             let n = (per_partition + i) * PARTITIONS as usize + partition as usize;
             let mut event = event(&mut rng, n, events, config);
             if rng.next_u64().is_multiple_of(20) {
                 event.time_ms -= (rng.next_u64() % 172_800_000) as i64;
             }
-            let position = KafkaPosition {
-                partition,
-                offset: first + i as i64,
-                timestamp_ms: Some(event.time_ms),
-            };
-            builder.append(&event, position);
-            if builder.len() == 65_536 {
-                batches.push(builder.finish().expect("raw batch"));
-            }
-        }
-        if !builder.is_empty() {
+            event
+        });
+        put_raw_file(store, config, partition, per_partition as i64, file).await;
+    }
+}
+
+/// One raw file of `partition` holding `events` at offsets from `first` on, stamped by Kafka at
+/// their event time.
+async fn put_raw_file(
+    store: &Lake,
+    config: &Config,
+    partition: i32,
+    first: i64,
+    events: impl Iterator<Item = Event<'static>>,
+) {
+    let mut builder = RawBatchBuilder::new(&config.events);
+    let mut batches = Vec::new();
+    let mut next = first;
+    for event in events {
+        let position = KafkaPosition {
+            partition,
+            offset: next,
+            timestamp_ms: Some(event.time_ms),
+        };
+        builder.append(&event, position);
+        next += 1;
+        if builder.len() == 65_536 {
             batches.push(builder.finish().expect("raw batch"));
         }
-        let range = OffsetRange {
-            start: first,
-            end: first + rows as i64 - 1,
-        };
-        let bytes = parquet_io::encode(&batches).expect("encode");
-        (store.put_partition_file(Area::Raw, "events", partition, range, bytes))
-            .await
-            .expect("put");
     }
+    if !builder.is_empty() {
+        batches.push(builder.finish().expect("raw batch"));
+    }
+    let range = OffsetRange {
+        start: first,
+        end: next - 1,
+    };
+    let bytes = parquet_io::encode(&batches).expect("encode");
+    (store.put_partition_file(Area::Raw, "events", partition, range, bytes))
+        .await
+        .expect("put");
 }
 
 fn peak_rss_mib() -> u64 {

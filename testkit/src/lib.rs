@@ -27,3 +27,18 @@ pub mod stream;
 
 pub use broker::{Broker, HarnessError, free_port};
 pub use server::TestServer;
+
+/// A tool `scripts/setup` installs into the user's cache (`$XDG_CACHE_HOME`, else `~/.cache`) under
+/// `tributary/<path>` (a pinned virtualenv's program), or what the variable `overridden_by` names.
+pub fn setup_tool(overridden_by: &str, path: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Ok(tool) = std::env::var(overridden_by) {
+        return PathBuf::from(tool);
+    }
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("tributary").join(path)
+}

@@ -33,15 +33,10 @@ pub const MOTO: &str = "5.2.6";
 
 /// Where `scripts/setup` puts `moto_server` (`TRIBUTARY_MOTO_SERVER` overrides).
 pub fn moto_server() -> PathBuf {
-    if let Ok(path) = std::env::var("TRIBUTARY_MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join(format!("tributary/moto-{MOTO}/bin/moto_server"))
+    crate::setup_tool(
+        "TRIBUTARY_MOTO_SERVER",
+        &format!("moto-{MOTO}/bin/moto_server"),
+    )
 }
 
 /// moto behind a cuttable proxy; stopped when dropped.
