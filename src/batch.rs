@@ -1,16 +1,21 @@
-//! `tributary batch run | list | rollback`: the batch layer from the command line, for operators and
-//! for schedulers (cron, Kubernetes CronJob, ECS scheduled tasks).
+//! `tributary batch run | list | rollback` and `tributary backfill`: the batch layer from the
+//! command line, for operators and for schedulers (cron, Kubernetes CronJob, ECS scheduled tasks).
 //!
 //! Exit codes of `batch run`: 0 when every view was published or is unchanged, 3 when another run
 //! holds the lake (nothing was done; try again later), 1 on any other failure.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use tributary_batch::backfill;
 use tributary_batch::recompute::lock::LockError;
 use tributary_batch::recompute::progress::for_humans;
-use tributary_batch::recompute::{BatchError, BatchSettings, Outcome, RecomputeService, ViewRun};
+use tributary_batch::recompute::{
+    BatchError, BatchSettings, Outcome, RecomputeService, RunOptions, ViewRun,
+};
+use tributary_schemas::blame::chain;
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::{Boundary, Lake};
 
@@ -80,9 +85,9 @@ pub fn describe(run: &ViewRun) -> String {
     }
 }
 
-pub fn run(config: &Config, view: Option<&str>, full: bool) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, view: Option<&str>, options: RunOptions) -> anyhow::Result<ExitCode> {
     let batch = open(config, open_lake(config)?)?;
-    let result = runtime()?.block_on(batch.run_as(view, for_humans(), full));
+    let result = runtime()?.block_on(batch.run_as(view, for_humans(), options));
     let mut out = std::io::stdout().lock();
     match result {
         Ok(runs) => {
@@ -106,8 +111,75 @@ pub fn run(config: &Config, view: Option<&str>, full: bool) -> anyhow::Result<Ex
             let _ = writeln!(std::io::stderr(), "error: {error}");
             Ok(ExitCode::from(EXIT_ALREADY_RUNNING))
         }
+        Err(error @ BatchError::PartialHistory { .. }) => {
+            let _ = writeln!(std::io::stderr(), "error: {error}");
+            Ok(ExitCode::FAILURE)
+        }
         Err(error) => Err(error).context("the recompute failed"),
     }
+}
+
+/// `tributary backfill FILE...`: each file in turn; a refused or failed one is reported and the
+/// others still go in.
+pub fn backfill(config: &Config, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let lake = open_lake(config)?;
+    let runtime = runtime()?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut failed = false;
+    for file in files {
+        let name = file.display().to_string();
+        let content = match std::fs::read(file) {
+            Ok(content) => content,
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: cannot read {name}: {error}");
+                failed = true;
+                continue;
+            }
+        };
+        let mut progress = |done: u64, total: u64| {
+            if terminal {
+                let _ = write!(std::io::stderr(), "\r{name}: {done}/{total} events");
+            }
+        };
+        let result = runtime.block_on(backfill::backfill(
+            &lake,
+            &config.kafka.topic,
+            &config.events,
+            config.archiver.max_file_rows,
+            &name,
+            content,
+            &mut progress,
+        ));
+        if terminal {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+        match result {
+            Ok(done) => {
+                let reasons: Vec<String> = (done.reasons.iter())
+                    .map(|(code, n)| format!("{code}: {n}"))
+                    .collect();
+                let quarantined = match reasons.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", reasons.join(", ")),
+                };
+                writeln!(
+                    std::io::stdout(),
+                    "{name}: {} events added as generation {}, {} quarantined{quarantined}; the next batch run includes them",
+                    done.events,
+                    done.generation,
+                    done.quarantined
+                )?;
+            }
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: {}", chain(&error));
+                failed = true;
+            }
+        }
+    }
+    Ok(match failed {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
 }
 
 pub fn list(config: &Config) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use tributary_schemas::config::{Config, ConfigError, LogFormat};
 use tributary_schemas::duration::format_duration;
 
+use tributary_batch::recompute::RunOptions;
+
 use crate::batch;
 use crate::demo;
 use crate::generator;
@@ -41,6 +43,14 @@ enum Command {
     /// Batch views: recompute now, list versions, roll back.
     #[command(subcommand)]
     Batch(BatchCommand),
+    /// Add history that never went through Kafka to the master dataset: each file (NDJSON, a JSON
+    /// array of events, or Parquet with the event fields as columns) becomes a closed generation
+    /// of its own, included by the next batch run; malformed events are quarantined, and a file
+    /// whose content was backfilled before is refused. 0 when every file was added, 1 otherwise.
+    Backfill {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Send a realistic synthetic clickstream to Kafka or to the push-ingest endpoint.
     Gen(generator::GenArgs),
     /// Run the local demo: a local broker, every role of `serve` and the generator, until Ctrl-C.
@@ -74,6 +84,10 @@ enum BatchCommand {
         /// extended with the new offsets only.
         #[arg(long)]
         full: bool,
+        /// Let a full recompute run over a master dataset that `[lake] raw_retention` has cut:
+        /// its versions miss the deleted events (refused without it).
+        #[arg(long)]
+        allow_partial_history: bool,
     },
     /// List every view's versions; `*` marks the live one.
     List,
@@ -135,12 +149,27 @@ impl Cli {
             Command::Batch(command) => {
                 let config = Config::load(self.config.as_deref())?;
                 match command {
-                    BatchCommand::Run { view, full } => batch::run(&config, view.as_deref(), full),
+                    BatchCommand::Run {
+                        view,
+                        full,
+                        allow_partial_history,
+                    } => batch::run(
+                        &config,
+                        view.as_deref(),
+                        RunOptions {
+                            full,
+                            allow_partial_history,
+                        },
+                    ),
                     BatchCommand::List => batch::list(&config),
                     BatchCommand::Rollback { view, version } => {
                         batch::rollback(&config, &view, version)
                     }
                 }
+            }
+            Command::Backfill { files } => {
+                let config = Config::load(self.config.as_deref())?;
+                batch::backfill(&config, &files)
             }
             Command::Gen(args) => {
                 let config = Config::load(self.config.as_deref())?;

@@ -134,6 +134,8 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             slice: SliceTarget::DEFAULT,
             lock_lease: Duration::from_secs(30),
             full_every: Duration::from_secs(86_400),
+            raw_file_rows: 500_000,
+            raw_retention: None,
         },
         config.events.clone(),
         config.views.clone(),

@@ -20,7 +20,7 @@ use object_store::path::Path;
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::SliceTarget;
-use tributary_batch::recompute::{BatchSettings, Outcome, RecomputeService};
+use tributary_batch::recompute::{BatchSettings, Outcome, RecomputeService, RunOptions};
 use tributary_schemas::config::Config;
 use tributary_schemas::event::raw_rows::{KafkaPosition, RawBatchBuilder};
 use tributary_schemas::event::{Event, Value};
@@ -252,6 +252,8 @@ fn main() {
                     slice: slice_target,
                     lock_lease: Duration::from_secs(600),
                     full_every: Duration::from_secs(86_400),
+                    raw_file_rows: 500_000,
+                    raw_retention: None,
                 },
                 config.events.clone(),
                 vec![view.clone()],
@@ -320,6 +322,8 @@ fn main() {
                 slice: slice_target,
                 lock_lease: Duration::from_secs(600),
                 full_every: Duration::from_secs(86_400),
+                raw_file_rows: 500_000,
+                raw_retention: None,
             },
             config.events.clone(),
             vec![view],
@@ -327,7 +331,7 @@ fn main() {
         )
         .expect("batch");
         let base = runtime
-            .block_on(batch.run_as(None, quiet(), true))
+            .block_on(batch.run_as(None, quiet(), RunOptions::FULL))
             .expect("full");
         let extra = events / 100;
         runtime.block_on(append_to_lake(&store, &config, events, extra));
@@ -335,7 +339,7 @@ fn main() {
             .block_on(batch.run(None, quiet()))
             .expect("incremental");
         let full = runtime
-            .block_on(batch.run_as(None, quiet(), true))
+            .block_on(batch.run_as(None, quiet(), RunOptions::FULL))
             .expect("full");
         let (base, incremental, full) = (&base[0], &incremental[0], &full[0]);
         let deltas = match &incremental.outcome {

@@ -155,11 +155,12 @@ impl Archiver {
         let mut resume = runtime.block_on(resume::resume_points(lake, &lake_topic, &partitions))?;
         if let Some(reason) = self.offsets_restarted(&consumer, generations.current, &resume)? {
             let next_offsets = resume.iter().map(|(p, r)| (*p, r.next_offset)).collect();
+            let closed = generations.current;
             generations.close_current(next_offsets, reason.clone());
             runtime.block_on(lake.write_generations(topic, &generations))?;
             tracing::warn!(
                 topic,
-                closed = generations.current - 1,
+                closed,
                 current = generations.current,
                 reason,
                 "the topic's offsets restarted: the archived generation is closed (kept and batched \

@@ -6,10 +6,13 @@
 //! - [`recompute`]: DataFusion recomputes each view from the master dataset below the boundary
 //!   into a new immutable version (Parquet parts + manifest), published by replacing `_current`;
 //!   versions are kept for rollback and garbage-collected; one run at a time per lake.
+//! - [`backfill`]: adds history that never went through Kafka to the master dataset, as a closed
+//!   generation of its own, decoded and quarantined like the archiver's events.
 //!
 //! Everything here reads the shared contract from `tributary-schemas`: the decoder, the raw schema,
 //! lake paths and the seam arithmetic.
 
 pub mod archiver;
+pub mod backfill;
 pub mod parquet_io;
 pub mod recompute;

@@ -16,8 +16,12 @@
 //!    the rest and any incomplete version left by a crashed run (manifest first, so a half-deleted
 //!    version never looks complete).
 //!
-//! Steps 1-2 are [`job`] (with [`parts`], the part writer), steps 3-4 [`publish`]; this file holds
-//! the service that runs them (one run at a time, cancellation, listing and rollback).
+//! 5. after every view, the raw master dataset's upkeep ([`maintenance`]): compaction of small
+//!    files and `[lake] raw_retention`, both only below what every kept version covers.
+//!
+//! Steps 1-2 are [`job`] (with [`parts`], the part writer), steps 3-4 [`publish`], step 5
+//! [`maintenance`]; this file holds the service that runs them (one run at a time, cancellation,
+//! listing and rollback).
 //!
 //! **Resources**: DataFusion runs on the recompute's own Tokio runtime (`[batch] threads`), so the
 //! HTTP server and the speed layer keep their cores, with a [`FairSpillPool`] ([`pool`]) of
@@ -29,6 +33,7 @@
 pub mod compact;
 mod job;
 pub mod lock;
+pub mod maintenance;
 pub mod on_request;
 mod parts;
 pub mod plan;
@@ -75,7 +80,13 @@ pub struct BatchSettings {
     /// `[batch] full_every`: how old the last full recompute behind the live version may be for a
     /// run to extend it with the new offsets only.
     pub full_every: Duration,
+    /// `[archiver] max_file_rows`: the size compaction makes raw files up to.
+    pub raw_file_rows: usize,
+    /// `[lake] raw_retention`.
+    pub raw_retention: Option<Duration>,
 }
+
+pub use tributary_schemas::layers::recompute::RunOptions;
 
 /// Row group size of view parts: big enough for fast scans, small enough that a time-range query
 /// prunes most of a part by the row groups' `time` statistics.
@@ -98,6 +109,8 @@ impl BatchSettings {
             slice: SliceTarget::for_pool(memory_limit_bytes, threads),
             lock_lease: Duration::from_secs(120),
             full_every: config.batch.full_every,
+            raw_file_rows: config.archiver.max_file_rows,
+            raw_retention: config.lake.raw_retention,
         }
     }
 }
@@ -135,6 +148,10 @@ pub enum BatchError {
         version: u64,
         path: String,
     },
+    #[error(
+        "view {view:?} needs a full recompute, and the master dataset is no longer whole: {history}. It would miss those events; run `tributary batch run --full --allow-partial-history` to accept that"
+    )]
+    PartialHistory { view: String, history: String },
     #[error("cannot access the lake")]
     Store(#[from] object_store::Error),
     #[error(transparent)]
@@ -335,15 +352,15 @@ impl RecomputeService {
         only: Option<&str>,
         progress: ProgressSink,
     ) -> Result<Vec<ViewRun>, BatchError> {
-        self.run_as(only, progress, false).await
+        self.run_as(only, progress, RunOptions::default()).await
     }
 
-    /// [`Self::run`]; with `full`, every view is recomputed from the whole master dataset.
+    /// [`Self::run`] with `options` (a full run, see [`RunOptions`]).
     pub async fn run_as(
         &self,
         only: Option<&str>,
         progress: ProgressSink,
-        full: bool,
+        options: RunOptions,
     ) -> Result<Vec<ViewRun>, BatchError> {
         let views: Vec<ViewDef> = match only {
             Some(name) => vec![self.view(name)?.clone()],
@@ -364,8 +381,15 @@ impl RecomputeService {
         let mut failure = None;
         for view in views {
             let name = view.name.clone();
+            let floor = (view.retention)
+                .and_then(|retention| chrono::Duration::from_std(retention).ok())
+                .map(|retention| {
+                    view.granularity
+                        .bucket_start((chrono::Utc::now() - retention).timestamp_millis())
+                });
             let job = ViewJob {
-                full,
+                options,
+                floor,
                 settings: self.settings.clone(),
                 events: self.events.clone(),
                 view,
@@ -396,8 +420,62 @@ impl RecomputeService {
                 }
             }
         }
+        if failure.is_none() {
+            self.upkeep().await;
+        }
         release(lock).await;
         failure.map_or(Ok(runs), Err)
+    }
+
+    /// Step 5 (see the module docs), under the run lock. It never fails the run: the views are
+    /// published, and the next run tries again.
+    async fn upkeep(&self) {
+        let (lake, settings) = (self.lake.clone(), self.settings.clone());
+        let (views, time_field) = (self.views.clone(), self.events.time_field.clone());
+        let upkeep = async move {
+            maintenance::upkeep(
+                &lake,
+                &settings.topic,
+                &views,
+                settings.raw_file_rows,
+                settings.raw_retention,
+                &time_field,
+            )
+            .await
+        };
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the service");
+        let span = tracing::info_span!("raw_upkeep");
+        let task = AbortOnDrop(runtime.spawn(tracing::Instrument::instrument(upkeep, span)));
+        let done = tokio::select! {
+            done = task => done,
+            () = self.cancelled() => return,
+        };
+        match done {
+            Ok(Ok(done)) => {
+                let (compacted, expired) = (done.compacted, done.expired);
+                if compacted != Default::default() || expired != Default::default() {
+                    tracing::info!(
+                        compacted_files = compacted.files_in,
+                        into_files = compacted.files_out,
+                        compacted_rows = compacted.rows,
+                        leftovers_deleted = compacted.leftovers,
+                        expired_files = expired.files,
+                        expired_rows = expired.rows,
+                        "raw upkeep: compacted {} small files into {}, deleted {} past retention",
+                        compacted.files_in,
+                        compacted.files_out,
+                        expired.files
+                    );
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %tributary_schemas::blame::chain(&error), "raw upkeep failed; the next run tries again");
+            }
+            Err(error) => tracing::warn!(%error, "raw upkeep failed; the next run tries again"),
+        }
     }
 
     /// Every view's versions.

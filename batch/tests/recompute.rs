@@ -15,7 +15,9 @@ use tributary_batch::archiver::{Archiver, ArchiverSettings};
 use tributary_batch::parquet_io;
 use tributary_batch::recompute::progress::quiet;
 use tributary_batch::recompute::slices::{MAX_READ_FACTOR, SliceTarget};
-use tributary_batch::recompute::{BatchError, BatchSettings, Outcome, RecomputeService, ViewRun};
+use tributary_batch::recompute::{
+    BatchError, BatchSettings, Outcome, RecomputeService, RunOptions, ViewRun,
+};
 use tributary_schemas::aggregate::MetricState;
 use tributary_schemas::aggregate::arrow::read_state;
 use tributary_schemas::config::{Config, ViewDef};
@@ -360,6 +362,8 @@ fn settings(topic: &str, epoch_size: u64, keep_versions: usize) -> BatchSettings
         slice: SliceTarget::DEFAULT,
         lock_lease: Duration::from_secs(30),
         full_every: Duration::from_secs(86_400),
+        raw_file_rows: 500_000,
+        raw_retention: None,
     }
 }
 
@@ -503,7 +507,7 @@ fn incremental_runs_equal_a_full_recompute_and_share_their_parts() {
     // A full run over the same boundary: the same states, in one part set without repeated keys;
     // and its check finds the extended line counting the same events.
     let full_run = rt
-        .block_on(batch.run_as(Some("pageviews"), quiet(), true))
+        .block_on(batch.run_as(Some("pageviews"), quiet(), RunOptions::FULL))
         .unwrap();
     assert!(!full_run[0].diverged, "{full_run:?}");
     let full = published(&full_run[0]);
@@ -529,7 +533,7 @@ fn incremental_runs_equal_a_full_recompute_and_share_their_parts() {
     rt.block_on(store.write_current("pageviews", wrong.version))
         .unwrap();
     let checked = rt
-        .block_on(batch.run_as(Some("pageviews"), quiet(), true))
+        .block_on(batch.run_as(Some("pageviews"), quiet(), RunOptions::FULL))
         .unwrap();
     assert!(checked[0].diverged, "{checked:?}");
     let repaired = published(&checked[0]);
@@ -601,7 +605,9 @@ fn time_slices_aggregate_exactly_and_bound_memory() {
             rt.block_on(write_raw(&store, "events", &config, input, 250));
             // Full runs both: the second plans from the live version's groups (an incremental run
             // would read only the second half).
-            let runs = rt.block_on(batch.run_as(None, quiet(), true)).unwrap();
+            let runs = rt
+                .block_on(batch.run_as(None, quiet(), RunOptions::FULL))
+                .unwrap();
             for (run, view) in runs.iter().zip(&config.views) {
                 let manifest = published(run);
                 let got = rt.block_on(read_version(&store, view, manifest));

@@ -64,6 +64,9 @@ pub struct LakeConfig {
     /// A local directory, `file:///abs/path`, or `s3://bucket/prefix` (resolved by the layers with
     /// object_store).
     pub url: String,
+    /// `[lake] raw_retention`: raw files whose events are all older than this, and which every
+    /// kept version covers, are deleted (`None`, the default `""`: kept forever).
+    pub raw_retention: Option<Duration>,
 }
 
 /// When the archiver rolls a raw file: small enough to bound memory and delay, large enough to avoid
@@ -576,7 +579,18 @@ fn check_topic_name(name: &str) -> Result<(), String> {
 fn validate_lake(merged: &Table, problems: &mut Vec<Problem>) -> Option<LakeConfig> {
     let mut section = Section::new("lake", merged.get("lake"), problems)?;
     let url = section.string("url", problems);
+    let raw_retention = section.optional_string("raw_retention", problems);
     section.finish(problems);
+    let raw_retention = match raw_retention.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match parse_duration(text) {
+            Ok(retention) => Some(retention),
+            Err(message) => {
+                problem(problems, "lake.raw_retention", message);
+                return None;
+            }
+        },
+    };
     let url = url?;
     match url.split_once("://") {
         None if !url.trim().is_empty() => {}
@@ -594,7 +608,7 @@ fn validate_lake(merged: &Table, problems: &mut Vec<Problem>) -> Option<LakeConf
             return None;
         }
     }
-    Some(LakeConfig { url })
+    Some(LakeConfig { url, raw_retention })
 }
 
 fn validate_archiver(merged: &Table, problems: &mut Vec<Problem>) -> Option<ArchiverConfig> {

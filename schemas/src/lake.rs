@@ -16,9 +16,11 @@
 //! object it concerns), so no other file formats a lake path.
 
 pub mod generations;
+pub mod history;
 mod manifest;
 mod parquet;
 mod raw;
+pub use raw::Listing;
 mod rooted;
 mod store;
 mod versions;

@@ -136,6 +136,7 @@ async fn publish(config: &Config, store: &Lake) -> u64 {
         newest_bucket: None,
         full_at: None,
         deltas: 0,
+        retained_from: None,
     };
     store.write_manifest(&manifest).await.unwrap();
     store.write_current("pageviews", 1).await.unwrap();

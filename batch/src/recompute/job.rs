@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::BooleanArray;
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use chrono::{DateTime, Utc};
 use datafusion::common::DataFusionError;
 use datafusion::execution::memory_pool::MemoryPool;
@@ -16,6 +17,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use tributary_schemas::aggregate::StateKind;
 use tributary_schemas::blame::chain;
+use tributary_schemas::config::TIME_COLUMN;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::event::EventSchema;
 use tributary_schemas::functions;
@@ -28,7 +30,7 @@ use super::progress::{self, ProgressSink, RunProgress};
 use super::publish::{collect_garbage, crash_point, publish};
 use super::slices::{self, FileSpans, Span};
 use super::time_sort;
-use super::{BatchError, BatchSettings, Outcome, ViewRun};
+use super::{BatchError, BatchSettings, Outcome, RunOptions, ViewRun};
 
 /// Extensions of a version before the next run is full again (which also compacts the parts the
 /// extensions added into a fresh set): bounds the parts a query reads.
@@ -36,8 +38,11 @@ pub const MAX_DELTAS: u32 = 24;
 
 /// One view's recompute, run on the batch runtime.
 pub(super) struct ViewJob {
-    /// Recompute from the whole master dataset even when the live version could be extended.
-    pub(super) full: bool,
+    /// A full run on request, and whether it may run over a cut history.
+    pub(super) options: RunOptions,
+    /// The view's `retention` cut for this run (a bucket start, epoch ms): buckets before it are
+    /// not computed, and the version says it answers from there on.
+    pub(super) floor: Option<i64>,
     pub(super) settings: BatchSettings,
     pub(super) events: EventSchema,
     pub(super) view: ViewDef,
@@ -75,7 +80,7 @@ impl ViewJob {
             && live.boundary == input.boundary
             && live.generation == input.generation
             && live.closed_generations == input.closed_generations
-            && !self.full
+            && !self.options.full
         {
             tracing::info!(view = name, version = live.version, boundary = ?live.boundary.0, "unchanged since the live version");
             return Ok(finished(
@@ -96,11 +101,33 @@ impl ViewJob {
             ));
         }
         let version = (lake.versions(&name).await?).last().map_or(1, |v| v + 1);
+        // A master dataset cut by raw retention cannot give a full recompute: the live line is
+        // then extended even when a routine full run (`full_every`, MAX_DELTAS) is due, and a
+        // run that must be full is refused unless the operator accepts the loss.
+        let history = lake.raw_history(&self.settings.topic).await?;
         // Incremental: the live version extended by the states of the offsets above its boundary.
-        let base = (live.as_ref())
-            .filter(|live| !self.full && self.extends(live, &input, &definition_hash));
+        let base = (live.as_ref()).filter(|live| {
+            !self.options.full
+                && match history.is_partial() {
+                    true => self.same_line(live, &input, &definition_hash),
+                    false => self.extends(live, &input, &definition_hash),
+                }
+        });
+        if base.is_none() && history.is_partial() && !self.options.allow_partial_history {
+            return Err(BatchError::PartialHistory {
+                view: name.clone(),
+                history: history.describe(),
+            });
+        }
+        if base.is_none() && history.is_partial() {
+            tracing::warn!(
+                view = name,
+                history = history.describe(),
+                "a full recompute over a partial master dataset (--allow-partial-history): the version misses the deleted events"
+            );
+        }
         let read = match base {
-            Some(base) => input.above(&base.boundary),
+            Some(base) => input.above(&base.boundary, &base.closed_generations),
             None => input.clone(),
         };
         tracing::info!(
@@ -119,8 +146,11 @@ impl ViewJob {
         };
         // A full run over a boundary the live version could have been extended to: check that
         // the extension would have counted the same events (every count metric's total).
-        let line = (live.as_ref())
-            .filter(|live| base.is_none() && self.same_line(live, &input, &definition_hash));
+        let line = (live.as_ref()).filter(|live| {
+            base.is_none()
+                && !history.is_partial()
+                && self.same_line(live, &input, &definition_hash)
+        });
         // The check never stands in the way of the full run, which may be the repair of a live
         // version whose parts are gone: a line that cannot be read is skipped, and said so.
         let diverged = match line {
@@ -152,6 +182,7 @@ impl ViewJob {
             newest_bucket: base.and_then(|b| b.newest_bucket).max(newest_bucket),
             full_at: base.map_or(Some(Utc::now()), |b| b.full_at),
             deltas: base.map_or(0, |b| b.deltas + 1),
+            retained_from: self.floor.and_then(DateTime::from_timestamp_millis),
         };
         publish(lake, &manifest).await?;
         tracing::info!(
@@ -183,12 +214,12 @@ impl ViewJob {
         self.same_line(live, input, definition_hash) && full_recently && live.deltas < MAX_DELTAS
     }
 
-    /// Whether `input` continues `live`: same definition and offset generations, and a boundary
-    /// that only moved up.
+    /// Whether `input` continues `live`: same definition and current generation, closed
+    /// generations that were only added to (backfills), and a boundary that only moved up.
     fn same_line(&self, live: &Manifest, input: &Input, definition_hash: &str) -> bool {
         live.definition_hash == definition_hash
             && live.generation == input.generation
-            && live.closed_generations == input.closed_generations
+            && (live.closed_generations.iter()).all(|g| input.closed_generations.contains(g))
             && (live.boundary.0.iter()).all(|(&p, &w)| input.boundary.get(p) >= w)
     }
 
@@ -203,7 +234,7 @@ impl ViewJob {
         full: &[ManifestFile],
         version: u64,
     ) -> Result<bool, BatchError> {
-        let above = input.above(&line.boundary);
+        let above = input.above(&line.boundary, &line.closed_generations);
         let scratch = version + 1;
         let delta = match above.is_empty() {
             true => Vec::new(),
@@ -227,7 +258,7 @@ impl ViewJob {
         Ok(true)
     }
 
-    /// Per count metric of the view (in order), its total over `parts`.
+    /// Per count metric of the view (in order), its total over `parts` (from the run's `floor`).
     async fn count_totals(&self, parts: &[ManifestFile]) -> Result<Vec<i64>, BatchError> {
         let counts: Vec<&str> = (self.view.metrics.iter())
             .filter(|m| m.state_kind() == StateKind::Count)
@@ -236,7 +267,7 @@ impl ViewJob {
         let mut totals = vec![0i64; counts.len()];
         for part in parts {
             for batch in self.lake.read_parquet(&part.path, 65_536).await? {
-                let batch = batch?;
+                let batch = self.from_floor(batch?)?;
                 for (total, name) in totals.iter_mut().zip(&counts) {
                     let column = (batch.column_by_name(name))
                         .and_then(|c| c.as_primitive_opt::<Int64Type>());
@@ -245,6 +276,20 @@ impl ViewJob {
             }
         }
         Ok(totals)
+    }
+
+    /// The rows of `batch` (view states) from the run's `floor` on.
+    fn from_floor(&self, batch: RecordBatch) -> Result<RecordBatch, BatchError> {
+        let Some(floor) = self.floor else {
+            return Ok(batch);
+        };
+        let time = (batch.column_by_name(TIME_COLUMN))
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>());
+        let Some(time) = time else {
+            return Ok(batch);
+        };
+        let keep: BooleanArray = time.iter().map(|t| t.map(|t| t >= floor)).collect();
+        Ok(arrow::compute::filter_record_batch(&batch, &keep).map_err(DataFusionError::from)?)
     }
 
     fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {
@@ -310,13 +355,17 @@ impl ViewJob {
         };
         let mut parts = PartWriter::new(&self.view, version, self.settings.part_rows);
         let mut runs: Vec<SliceRun> = Vec::new();
-        let mut rest = TimeRange::default();
+        let mut rest = TimeRange {
+            from: self.floor,
+            to: None,
+        };
+        bounds.retain(|&bound| self.floor.is_none_or(|floor| bound > floor));
         if known_groups.is_none()
             && let Some(&to) = bounds.first()
         {
             // A first run: the first slice's groups tell how many the rest will have.
             let first = TimeRange {
-                from: None,
+                from: self.floor,
                 to: Some(to),
             };
             let run = self

@@ -7,7 +7,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tributary_schemas::blame::{Blame, classify_datafusion_error};
 use tributary_schemas::lake::LakeError;
-use tributary_schemas::layers::recompute::{Recompute, RecomputeError, RunReport};
+use tributary_schemas::layers::recompute::{Recompute, RecomputeError, RunOptions, RunReport};
 
 use super::lock::LockError;
 use super::progress::quiet;
@@ -17,10 +17,10 @@ impl Recompute for RecomputeService {
     fn run<'a>(
         &'a self,
         only: Option<&'a str>,
-        full: bool,
+        options: RunOptions,
     ) -> BoxFuture<'a, Result<Vec<RunReport>, RecomputeError>> {
         async move {
-            let runs = RecomputeService::run_as(self, only, quiet(), full)
+            let runs = RecomputeService::run_as(self, only, quiet(), options)
                 .await
                 .map_err(classify)?;
             Ok(runs.iter().map(ViewRun::report).collect())
@@ -48,6 +48,7 @@ fn classify(error: BatchError) -> RecomputeError {
             RecomputeError::Busy(Box::new(busy))
         }
         unknown @ BatchError::UnknownView { .. } => RecomputeError::UnknownView(Box::new(unknown)),
+        refused @ BatchError::PartialHistory { .. } => RecomputeError::Refused(Box::new(refused)),
         outage if outage.is_outage() => RecomputeError::Unavailable(Box::new(outage)),
         failed => RecomputeError::Failed(Box::new(failed)),
     }

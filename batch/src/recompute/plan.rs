@@ -37,6 +37,8 @@ use tributary_schemas::seam::aligned_boundary;
 /// One raw file a recompute reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFile {
+    /// The offset generation the file belongs to.
+    pub generation: u32,
     pub partition: i32,
     pub range: OffsetRange,
     pub path: Path,
@@ -62,10 +64,10 @@ impl Input {
         self.files.is_empty() && self.closed_files.is_empty()
     }
 
-    /// The part of this input at or above `from`, for an incremental run over a version whose
-    /// boundary is `from`: the current generation's files that hold offsets in `[from[p], W[p])`
-    /// and none of the closed generations (that version holds them whole).
-    pub fn above(&self, from: &Boundary) -> Input {
+    /// The part of this input a version with boundary `from` and closed generations `held`
+    /// lacks, for an incremental run over it: the current generation's files that hold offsets in
+    /// `[from[p], W[p])`, and the files of closed generations it does not hold (a backfill since).
+    pub fn above(&self, from: &Boundary, held: &[u32]) -> Input {
         Input {
             generation: self.generation,
             from: from.clone(),
@@ -75,7 +77,10 @@ impl Input {
                 .cloned()
                 .collect(),
             closed_generations: self.closed_generations.clone(),
-            closed_files: Vec::new(),
+            closed_files: (self.closed_files.iter())
+                .filter(|f| !held.contains(&f.generation))
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -96,6 +101,7 @@ pub async fn select_input(lake: &Lake, topic: &str, epoch_size: u64) -> Result<I
             input
                 .closed_files
                 .extend(ranges.into_iter().map(|(range, path)| InputFile {
+                    generation: closed.generation,
                     partition,
                     range,
                     path,
@@ -115,6 +121,7 @@ pub async fn select_input(lake: &Lake, topic: &str, epoch_size: u64) -> Result<I
             .files
             .extend(ranges.into_iter().filter(|(range, _)| range.start < w).map(
                 |(range, path)| InputFile {
+                    generation: generations.current,
                     partition,
                     range,
                     path,

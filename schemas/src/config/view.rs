@@ -17,7 +17,7 @@ use toml::Value as Toml;
 
 use super::{Problem, Section, problem};
 use crate::aggregate::{Finalized, MetricState, STATE_FORMAT_VERSION, StateKind};
-use crate::duration::{Granularity, format_duration};
+use crate::duration::{Granularity, format_duration, parse_duration};
 use crate::event::{EventSchema, FieldType, Value, timestamp_type};
 use std::time::Duration;
 
@@ -141,6 +141,9 @@ pub struct ViewDef {
     pub dimensions: Vec<FieldRef>,
     pub filter: Option<ViewFilter>,
     pub metrics: Vec<MetricDef>,
+    /// `retention`: new versions hold only buckets from this long ago on (`None`: all). Not part
+    /// of the definition: changing it changes what the next versions keep, not what they mean.
+    pub retention: Option<Duration>,
 }
 
 impl ViewDef {
@@ -278,7 +281,13 @@ fn validate_view(
     let dimensions = section.get("dimensions");
     let filter = section.optional_string("filter", problems);
     let metrics = section.get("metrics");
+    let retention = section.optional_string("retention", problems);
     section.finish(problems);
+    let retention = retention.and_then(|text| {
+        parse_duration(&text)
+            .map_err(|message| problem(problems, format!("{path}.retention"), message))
+            .ok()
+    });
 
     let name = name.filter(|name| {
         check_name("view", name)
@@ -317,6 +326,7 @@ fn validate_view(
         dimensions: dimensions?,
         filter,
         metrics: metrics?,
+        retention,
     })
 }
 

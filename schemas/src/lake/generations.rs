@@ -5,6 +5,11 @@
 //! every recompute (they are *fully batched*: the speed layer, which only reads the live log, never
 //! sees them), so no archived event is lost or counted twice.
 //!
+//! A **backfill** (`tributary backfill FILE`) is a closed generation of its own: events that never
+//! went through Kafka, numbered by their position in the file (partition 0), included whole in
+//! every recompute from then on, and recorded with the file's content hash so the same file is
+//! never added twice.
+//!
 //! Generation 0 lives at `raw/<topic>/...` (the layout before any restart); generation `g > 0` at
 //! `raw/<topic>@<g>/...`. Kafka topic names cannot contain `@`, so these never collide with another
 //! topic. The log of generations is `raw/<topic>/_generations.json`, replaced atomically when one
@@ -41,6 +46,21 @@ pub struct ClosedGeneration {
     pub next_offsets: BTreeMap<i32, i64>,
     /// Why it closed, for operators.
     pub reason: String,
+    /// Set for a generation made by a backfill: the file its events came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillSource>,
+}
+
+/// The file a backfilled generation's events came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSource {
+    /// The file's name as given.
+    pub file: String,
+    /// SHA-256 of its content, hex: a second backfill of the same content is refused.
+    pub sha256: String,
+    pub events: u64,
+    pub quarantined: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +76,12 @@ impl Generations {
         generation_topic(topic, self.current)
     }
 
+    /// The first number no generation has used.
+    fn next_free(&self) -> u32 {
+        let closed = self.closed.iter().map(|c| c.generation);
+        closed.chain([self.current]).max().unwrap_or(0) + 1
+    }
+
     /// Closes the current generation and opens the next.
     pub fn close_current(&mut self, next_offsets: BTreeMap<i32, i64>, reason: String) {
         self.closed.push(ClosedGeneration {
@@ -63,8 +89,32 @@ impl Generations {
             closed_at: Utc::now(),
             next_offsets,
             reason,
+            backfill: None,
         });
-        self.current += 1;
+        self.current = self.next_free();
+    }
+
+    /// The number the next backfill's generation gets (the current one stays current).
+    pub fn next_backfill(&self) -> u32 {
+        self.next_free()
+    }
+
+    /// Records a backfilled generation `generation` (from [`Self::next_backfill`]) holding
+    /// `events` offsets of partition 0.
+    pub fn add_backfill(&mut self, generation: u32, source: BackfillSource) {
+        let next_offsets = [(0, (source.events + source.quarantined) as i64)].into();
+        self.closed.push(ClosedGeneration {
+            generation,
+            closed_at: Utc::now(),
+            next_offsets,
+            reason: format!("backfill of {}", source.file),
+            backfill: Some(source),
+        });
+    }
+
+    /// The backfill of a file with this content, if there was one.
+    pub fn backfilled(&self, sha256: &str) -> Option<&ClosedGeneration> {
+        (self.closed.iter()).find(|c| c.backfill.as_ref().is_some_and(|b| b.sha256 == sha256))
     }
 }
 
@@ -114,5 +164,26 @@ mod tests {
         assert_eq!(read, generations);
         assert_eq!(read.current_topic("events"), "events@1");
         assert_eq!(read.closed[0].next_offsets[&0], 1000);
+    }
+
+    #[test]
+    fn backfills_take_numbers_of_their_own_and_the_current_generation_stays() {
+        let mut generations = Generations::default();
+        let source = |sha: &str| BackfillSource {
+            file: "old.ndjson".to_owned(),
+            sha256: sha.to_owned(),
+            events: 10,
+            quarantined: 2,
+        };
+        let first = generations.next_backfill();
+        generations.add_backfill(first, source("aa"));
+        assert_eq!((first, generations.current), (1, 0));
+        assert_eq!(generations.closed[0].next_offsets[&0], 12);
+        assert_eq!(generations.backfilled("aa").unwrap().generation, 1);
+        assert!(generations.backfilled("bb").is_none());
+        // The archiver's next generation skips the backfill's number.
+        generations.close_current([(0, 5)].into(), "offsets restarted".to_owned());
+        assert_eq!(generations.current, 2);
+        assert_eq!(generations.next_backfill(), 3);
     }
 }

@@ -72,6 +72,10 @@ pub struct Manifest {
     /// (0 for a full version).
     #[serde(default)]
     pub deltas: u32,
+    /// The view's `retention` cut: the version answers for buckets from this time on only (parts
+    /// it shares with older versions may still hold earlier ones; readers skip them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_from: Option<DateTime<Utc>>,
 }
 
 impl Manifest {
@@ -120,6 +124,7 @@ mod tests {
                 .map(Into::into),
             full_at: None,
             deltas: 0,
+            retained_from: None,
         };
         let json = manifest.to_json();
         let text = std::str::from_utf8(&json).unwrap();

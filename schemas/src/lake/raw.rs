@@ -1,6 +1,12 @@
 //! The archiver's append-only areas (`raw/` and `quarantine/`): which partitions a topic has files
 //! for, the offset ranges of those files, and the put that adds one. The archiver resumes from these
 //! listings and the recompute reads the files they name.
+//!
+//! **Compaction** (see `tributary_batch::maintenance`) replaces contiguous small files by one file
+//! whose offset range is their union, put before the small ones are deleted. A listing therefore
+//! shows only the files no wider file covers ([`Lake::ranges`]): from the moment the wide file
+//! exists, every reader sees each offset once, in it, whether the small ones are still there (a
+//! compaction in progress, or killed before it deleted them) or not.
 
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -10,6 +16,33 @@ use super::{
     Area, Lake, LakeError, OffsetRange, parse_partition_segment, partition_dir, partition_file,
 };
 
+/// A partition's files, split into those readers read and those a wider one covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Sorted by start; no file covers another.
+    pub files: Vec<(OffsetRange, Path)>,
+    /// Files whose offsets a wider file holds.
+    pub covered: Vec<(OffsetRange, Path)>,
+}
+
+impl Listing {
+    fn of(mut ranges: Vec<(OffsetRange, Path)>) -> Self {
+        // By start, the widest first: a file is covered when one listed before it reaches as far.
+        ranges.sort_by_key(|(range, _)| (range.start, std::cmp::Reverse(range.end)));
+        let mut listing = Listing::default();
+        let mut reach = i64::MIN;
+        for (range, path) in ranges {
+            if range.end <= reach {
+                listing.covered.push((range, path));
+            } else {
+                reach = range.end;
+                listing.files.push((range, path));
+            }
+        }
+        listing
+    }
+}
+
 impl Lake {
     /// The partitions `topic` (a generation's lake topic) has files for in `area`, ascending.
     pub async fn partitions(&self, area: Area, topic: &str) -> Result<Vec<i32>, LakeError> {
@@ -17,7 +50,8 @@ impl Lake {
         self.child_dirs(&prefix, parse_partition_segment).await
     }
 
-    /// The offset ranges of one partition's files in `area`, sorted by start, with their paths.
+    /// The offset ranges of one partition's files in `area`, sorted by start, with their paths:
+    /// the files a reader reads, without those a wider file covers (see the module docs).
     /// Objects whose names are not offset ranges are not files of the area and are skipped.
     pub async fn ranges(
         &self,
@@ -25,17 +59,27 @@ impl Lake {
         topic: &str,
         partition: i32,
     ) -> Result<Vec<(OffsetRange, Path)>, LakeError> {
+        Ok(self.listing(area, topic, partition).await?.files)
+    }
+
+    /// One partition's files in `area`: those readers read, and those a wider file covers
+    /// (compaction's leftovers, to delete).
+    pub async fn listing(
+        &self,
+        area: Area,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Listing, LakeError> {
         let prefix = Path::from(partition_dir(area, topic, partition));
         let objects: Vec<_> = self.store().list(Some(&prefix)).try_collect().await?;
-        let mut ranges: Vec<(OffsetRange, Path)> = objects
+        let ranges: Vec<(OffsetRange, Path)> = objects
             .into_iter()
             .filter_map(|meta| {
                 let range = OffsetRange::parse_file_name(meta.location.filename()?)?;
                 Some((range, meta.location))
             })
             .collect();
-        ranges.sort_by_key(|(range, _)| *range);
-        Ok(ranges)
+        Ok(Listing::of(ranges))
     }
 
     /// Puts the file holding offsets `range` of a partition (one atomic put).
@@ -122,5 +166,32 @@ mod tests {
         }
         let left = lake.ranges(Area::Raw, "events", 2).await.unwrap();
         assert_eq!(left.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn files_a_wider_file_covers_are_not_read() {
+        let lake = Lake::new(Arc::new(InMemory::new()));
+        let range = |start, end| OffsetRange { start, end };
+        // A compaction of [0, 9] .. [20, 29] into [0, 29], killed before it deleted them all.
+        for r in [
+            range(0, 9),
+            range(10, 19),
+            range(0, 29),
+            range(20, 29),
+            range(30, 39),
+        ] {
+            lake.put_partition_file(Area::Raw, "events", 0, r, Bytes::new())
+                .await
+                .unwrap();
+        }
+        let listing = lake.listing(Area::Raw, "events", 0).await.unwrap();
+        let read: Vec<_> = listing.files.iter().map(|(r, _)| *r).collect();
+        assert_eq!(read, [range(0, 29), range(30, 39)]);
+        let covered: Vec<_> = listing.covered.iter().map(|(r, _)| *r).collect();
+        assert_eq!(covered, [range(0, 9), range(10, 19), range(20, 29)]);
+        assert_eq!(
+            lake.ranges(Area::Raw, "events", 0).await.unwrap(),
+            listing.files
+        );
     }
 }

@@ -173,6 +173,7 @@ mod tests {
             newest_bucket: None,
             full_at: None,
             deltas: 0,
+            retained_from: None,
         }
     }
 

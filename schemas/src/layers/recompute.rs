@@ -35,18 +35,39 @@ pub enum RecomputeError {
     /// The lake's object store failed: the run can be tried again later.
     #[error("the lake's object store failed during the recompute")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The run needs the caller's consent to go on (a full recompute over a master dataset raw
+    /// retention has cut); the message says what to pass.
+    #[error(transparent)]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
     /// The recompute failed, and not for one of the reasons above: ours.
     #[error("the recompute failed")]
     Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// How a run computes its views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Recompute every view from the whole master dataset, even where the live version could be
+    /// extended (`batch run --full`).
+    pub full: bool,
+    /// Let a full recompute run over a master dataset that raw retention has cut (its versions then
+    /// miss the deleted events); without it such a run is refused.
+    pub allow_partial_history: bool,
+}
+
+impl RunOptions {
+    pub const FULL: RunOptions = RunOptions {
+        full: true,
+        allow_partial_history: false,
+    };
+}
+
 /// A service that recomputes the batch views.
 pub trait Recompute: Send + Sync + std::fmt::Debug {
-    /// Recomputes every view, or only `only`, and publishes what changed; with `full`, from the
-    /// whole master dataset even where the live version could be extended.
+    /// Recomputes every view, or only `only`, and publishes what changed (see [`RunOptions`]).
     fn run<'a>(
         &'a self,
         only: Option<&'a str>,
-        full: bool,
+        options: RunOptions,
     ) -> BoxFuture<'a, Result<Vec<RunReport>, RecomputeError>>;
 }

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tributary_schemas::layers::recompute::{Recompute, RecomputeError};
+use tributary_schemas::layers::recompute::{Recompute, RecomputeError, RunOptions};
 
 use super::{ApiError, App, parse};
 
@@ -20,6 +20,9 @@ struct RunRequest {
     /// Recompute from the whole master dataset, even where the live version could be extended.
     #[serde(default)]
     full: bool,
+    /// Accept a full recompute over a master dataset raw retention has cut.
+    #[serde(default)]
+    allow_partial_history: bool,
 }
 
 pub(super) async fn batch_run(
@@ -44,7 +47,10 @@ pub(super) async fn batch_run(
         &app,
         recompute.as_ref(),
         request.view.as_deref(),
-        request.full,
+        RunOptions {
+            full: request.full,
+            allow_partial_history: request.allow_partial_history,
+        },
     )
     .await?;
     Ok(axum::Json(json!({"views": runs})))
@@ -55,10 +61,10 @@ pub async fn run_batch(
     app: &App,
     recompute: &dyn Recompute,
     only: Option<&str>,
-    full: bool,
+    options: RunOptions,
 ) -> Result<Vec<Value>, ApiError> {
     let started = Instant::now();
-    let runs = match recompute.run(only, full).await {
+    let runs = match recompute.run(only, options).await {
         Ok(runs) => runs,
         Err(RecomputeError::Busy(error)) => {
             return Err(ApiError::new(
@@ -72,6 +78,16 @@ pub async fn run_batch(
                 StatusCode::BAD_REQUEST,
                 "unknown_view",
                 error.to_string(),
+            ));
+        }
+        Err(RecomputeError::Refused(error)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "partial_history",
+                error.to_string().replace(
+                    "run `tributary batch run --full --allow-partial-history`",
+                    "send {\"full\": true, \"allow_partial_history\": true}",
+                ),
             ));
         }
         Err(RecomputeError::Unavailable(error)) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
-use datafusion::logical_expr::{Expr, cast, ident};
+use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -37,8 +37,25 @@ pub(super) async fn states(
     }
 }
 
-/// A batch version's state rows.
+/// A batch version's state rows, from its retention cut on (the view's `retention`: parts it
+/// shares with older versions may hold earlier buckets). The speed layer's late events for
+/// buckets before the cut show until the next run takes them in and drops them.
 pub(super) async fn batch_states(
+    ctx: &SessionContext,
+    view: &ViewDef,
+    version: &BatchVersion,
+) -> Result<DataFrame> {
+    let rows = all_batch_states(ctx, view, version).await?;
+    match version.manifest.retained_from {
+        None => Ok(rows),
+        Some(from) => {
+            let from = cast(lit(from.timestamp_millis()), timestamp_type());
+            rows.filter(ident(TIME_COLUMN).gt_eq(from))
+        }
+    }
+}
+
+async fn all_batch_states(
     ctx: &SessionContext,
     view: &ViewDef,
     version: &BatchVersion,
