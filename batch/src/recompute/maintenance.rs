@@ -1,7 +1,9 @@
 //! Step 5 of a run, after every view and still under the run lock: the raw master dataset's
-//! upkeep. Both steps touch only offsets **every complete version of every view already covers**
-//! ([`Coverage`]), so no run that extends a kept version (a rollback included) ever needs what they
-//! change, and they never race a recompute (which holds the same lock to read raw files).
+//! upkeep. Both touch only offsets that views already cover ([`Coverage`]): compaction those of
+//! every view's live version (it changes no offset, only how many files hold them, so the next
+//! incremental run's files are left as they are), retention those of **every complete version**
+//! of every view, so a rollback to any kept version can still be extended. Both hold the run lock,
+//! so they never race a recompute reading raw files.
 //!
 //! - **Compaction** ([`compact_partition`]): the archiver rolls a file every `max_file_age`, so a
 //!   quiet partition gets hundreds of small files a day, and every full run opens them all.
@@ -33,7 +35,7 @@ use super::plan::InputFile;
 use super::publish::{crash_point, versions_of};
 use super::slices;
 
-/// Offsets of the current generation that every complete version of every view covers.
+/// Offsets of the current generation that versions of every view cover.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Coverage {
     pub generation: u32,
@@ -42,12 +44,20 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    /// What every complete version of `views` covers in `generation`: nothing when a view has no
-    /// version, or one of another generation.
-    pub async fn of(lake: &Lake, views: &[ViewDef], generation: u32) -> Result<Self, BatchError> {
+    /// What every complete version of `views` covers in `generation` (only the live ones with
+    /// `live_only`): nothing when a view has no version, or one of another generation.
+    pub async fn of(
+        lake: &Lake,
+        views: &[ViewDef],
+        generation: u32,
+        live_only: bool,
+    ) -> Result<Self, BatchError> {
         let mut below: Option<BTreeMap<i32, i64>> = None;
         for view in views {
-            let (versions, _) = versions_of(lake, &view.name).await?;
+            let versions = match live_only {
+                true => lake.live_manifest(&view.name).await?.into_iter().collect(),
+                false => versions_of(lake, &view.name).await?.0,
+            };
             if versions.is_empty() {
                 below = Some(BTreeMap::new());
             }
@@ -277,14 +287,15 @@ pub async fn upkeep(
     time_field: &str,
 ) -> Result<Upkeep, BatchError> {
     let generations = lake.generations(topic).await?;
-    let coverage = Coverage::of(lake, views, generations.current).await?;
+    let live = Coverage::of(lake, views, generations.current, true).await?;
     let lake_topic = generations.current_topic(topic);
     let mut done = Upkeep::default();
-    for (&partition, &below) in &coverage.below.0 {
+    for (&partition, &below) in &live.below.0 {
         done.compacted +=
             compact_partition(lake, &lake_topic, partition, below, max_file_rows).await?;
     }
     if let Some(retention) = retention {
+        let coverage = Coverage::of(lake, views, generations.current, false).await?;
         let cutoff = Utc::now() - retention;
         let mut history = lake.raw_history(topic).await?;
         for (&partition, &below) in &coverage.below.0 {

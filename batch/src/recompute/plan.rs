@@ -303,8 +303,12 @@ pub fn describe(input: &Input) -> String {
         .iter()
         .map(|(p, w)| format!("{p}<{w}"))
         .collect();
+    let closed = match input.closed_files.len() {
+        0 => String::new(),
+        n => format!(" + {n} of closed generations"),
+    };
     format!(
-        "{} files, W = {{{}}}",
+        "{} files{closed}, W = {{{}}}",
         input.files.len(),
         partitions.join(", ")
     )

@@ -25,8 +25,10 @@ pub(super) async fn publish(lake: &Lake, manifest: &Manifest) -> Result<(), Batc
 /// A test hook, compiled only with the `fault-injection` feature (the workspace's tests enable it;
 /// a release build has no such hook): `TRIBUTARY_BATCH_CRASH_AT=<point>` aborts the process at that
 /// point of a publish, as a kill -9 would, so tests can prove each point leaves the lake
-/// consistent. Points: `after_parts` (parts written, no manifest) and `before_current` (manifest
-/// written, `_current` not replaced).
+/// consistent. Points: `after_parts` (parts written, no manifest), `before_current` (manifest
+/// written, `_current` not replaced), and in the raw upkeep ([`super::maintenance`])
+/// `compaction_written` (a compacted file put, none of the small ones deleted) and
+/// `compaction_deleting` (one of them deleted).
 #[cfg(feature = "fault-injection")]
 pub(super) fn crash_point(point: &str) {
     if std::env::var("TRIBUTARY_BATCH_CRASH_AT").is_ok_and(|wanted| wanted == point) {

@@ -247,7 +247,7 @@ fn every_problem_names_its_key_and_says_what_to_fix() {
             with_view(
                 "name = \"v\"\ngranularity = \"1m\"\ngranularty = \"1h\"\n[views.metrics]\nn = \"count\"",
             ),
-            "views[0].granularty: unknown key (known keys: name, granularity, dimensions, filter, metrics)",
+            "views[0].granularty: unknown key (known keys: name, granularity, dimensions, filter, metrics, retention)",
         ),
         (
             "[kafka]\nbrokrs = \"x:1\"".to_owned(),
