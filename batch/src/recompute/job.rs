@@ -267,7 +267,7 @@ impl ViewJob {
         let mut totals = vec![0i64; counts.len()];
         for part in parts {
             for batch in self.lake.read_parquet(&part.path, 65_536).await? {
-                let batch = self.from_floor(batch?)?;
+                let batch = self.since_floor(batch?)?;
                 for (total, name) in totals.iter_mut().zip(&counts) {
                     let column = (batch.column_by_name(name))
                         .and_then(|c| c.as_primitive_opt::<Int64Type>());
@@ -279,7 +279,7 @@ impl ViewJob {
     }
 
     /// The rows of `batch` (view states) from the run's `floor` on.
-    fn from_floor(&self, batch: RecordBatch) -> Result<RecordBatch, BatchError> {
+    fn since_floor(&self, batch: RecordBatch) -> Result<RecordBatch, BatchError> {
         let Some(floor) = self.floor else {
             return Ok(batch);
         };
