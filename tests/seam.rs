@@ -136,6 +136,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             full_every: Duration::from_secs(86_400),
             raw_file_rows: 500_000,
             raw_retention: None,
+            max_deltas: 24,
         },
         config.events.clone(),
         config.views.clone(),

@@ -84,6 +84,9 @@ pub struct BatchSettings {
     pub raw_file_rows: usize,
     /// `[lake] raw_retention`.
     pub raw_retention: Option<Duration>,
+    /// Delta part sets before an extension folds its version's parts into one row per key
+    /// ([`job::MAX_DELTAS`]; tests set fewer).
+    pub max_deltas: u32,
 }
 
 pub use tributary_schemas::layers::recompute::RunOptions;
@@ -111,6 +114,7 @@ impl BatchSettings {
             full_every: config.batch.full_every,
             raw_file_rows: config.archiver.max_file_rows,
             raw_retention: config.lake.raw_retention,
+            max_deltas: job::MAX_DELTAS,
         }
     }
 }
@@ -448,6 +452,7 @@ impl RecomputeService {
             .as_ref()
             .expect("the runtime lives as long as the service");
         let span = tracing::info_span!("raw_upkeep");
+        let started = std::time::Instant::now();
         let task = AbortOnDrop(runtime.spawn(tracing::Instrument::instrument(upkeep, span)));
         let done = tokio::select! {
             done = task => done,
@@ -464,10 +469,11 @@ impl RecomputeService {
                         leftovers_deleted = compacted.leftovers,
                         expired_files = expired.files,
                         expired_rows = expired.rows,
-                        "raw upkeep: compacted {} small files into {}, deleted {} past retention",
+                        "raw upkeep: compacted {} small files into {}, deleted {} past retention ({:.2}s)",
                         compacted.files_in,
                         compacted.files_out,
-                        expired.files
+                        expired.files,
+                        started.elapsed().as_secs_f64()
                     );
                 }
             }

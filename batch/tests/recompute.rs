@@ -364,6 +364,7 @@ fn settings(topic: &str, epoch_size: u64, keep_versions: usize) -> BatchSettings
         full_every: Duration::from_secs(86_400),
         raw_file_rows: 500_000,
         raw_retention: None,
+        max_deltas: 24,
     }
 }
 
@@ -539,6 +540,61 @@ fn incremental_runs_equal_a_full_recompute_and_share_their_parts() {
     let repaired = published(&checked[0]);
     let got = rt.block_on(read_version(&store, view, repaired));
     assert_same_states(view, &got, &truth(view, &so_far, &repaired.boundary));
+}
+
+/// Past `max_deltas` delta part sets, an extension folds every part of its version into one row
+/// per key (from the parts alone), and the line goes on from there: exact after every run.
+#[test]
+fn an_extension_past_the_delta_limit_folds_the_parts_and_stays_exact() {
+    let config = defaults();
+    let rt = runtime();
+    let (_lake_dir, store) = empty_lake();
+    let stream = random_stream(32, 3, 5000, &config);
+    let mut settings = settings("events", 500, 3);
+    settings.max_deltas = 2;
+    let batch = RecomputeService::new(
+        settings,
+        config.events.clone(),
+        config.views.clone(),
+        store.clone(),
+    )
+    .unwrap();
+    let mut starts: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut so_far = Stream::new();
+    for chunk in 0..5 {
+        let part: Stream = (stream.iter())
+            .map(|(&p, events)| (p, events[chunk * 1000..(chunk + 1) * 1000].to_vec()))
+            .collect();
+        rt.block_on(write_raw_from(
+            &store, "events", &config, &part, 700, &starts,
+        ));
+        for (&p, events) in &part {
+            starts.insert(p, events.last().unwrap().0 + 1);
+            so_far.entry(p).or_default().extend(events.iter().cloned());
+        }
+        let runs = rt.block_on(batch.run(None, quiet())).unwrap();
+        for (run, view) in runs.iter().zip(&config.views) {
+            let manifest = published(run);
+            // Full, extended, folded, extended, folded.
+            assert_eq!(
+                manifest.deltas,
+                [0, 1, 0, 1, 0][chunk],
+                "{}: run {chunk}",
+                view.name
+            );
+            if chunk == 2 || chunk == 4 {
+                assert!(
+                    run.rows_read < 3 * 1000 + 3 * 700,
+                    "a fold reads new offsets only"
+                );
+                assert!(manifest.full_at.is_some());
+            }
+            // A folded version has one row per key (read_version asserts it for deltas = 0).
+            let got = rt.block_on(read_version(&store, view, manifest));
+            assert_same_states(view, &got, &truth(view, &so_far, &manifest.boundary));
+            rt.block_on(assert_all_parts_readable(&store, manifest));
+        }
+    }
 }
 
 /// `[[views]] retention`: versions hold no bucket before their cut, full or extended, and every

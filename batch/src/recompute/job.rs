@@ -15,6 +15,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use tributary_schemas::aggregate::StateKind;
 use tributary_schemas::blame::chain;
 use tributary_schemas::config::TIME_COLUMN;
@@ -32,8 +33,9 @@ use super::slices::{self, FileSpans, Span};
 use super::time_sort;
 use super::{BatchError, BatchSettings, Outcome, RunOptions, ViewRun};
 
-/// Extensions of a version before the next run is full again (which also compacts the parts the
-/// extensions added into a fresh set): bounds the parts a query reads.
+/// Delta part sets a version may list: the extension that would reach it folds every part into a
+/// fresh set with one row per key instead ([`ViewJob::fold`]), so the parts a query reads stay
+/// bounded without a full recompute (or the raw files: it reads the version's own parts).
 pub const MAX_DELTAS: u32 = 24;
 
 /// One view's recompute, run on the batch runtime.
@@ -167,6 +169,25 @@ impl ViewJob {
             .and_then(DateTime::from_timestamp_millis);
         let mut files = base.map(|b| b.files.clone()).unwrap_or_default();
         files.extend(computed.files.iter().cloned());
+        let mut deltas = base.map_or(0, |b| b.deltas + 1);
+        if base.is_some() && deltas >= self.settings.max_deltas {
+            let folded = self.fold(&files, version, computed.files.len()).await?;
+            tracing::info!(
+                view = name,
+                version,
+                parts = files.len(),
+                deltas,
+                into = folded.len(),
+                "folded the version's delta parts into one row per key"
+            );
+            // The delta parts just written are in the folded ones: no version lists them.
+            for part in &computed.files {
+                (self.lake.store())
+                    .delete(&object_store::path::Path::from(part.path.as_str()))
+                    .await?;
+            }
+            (files, deltas) = (folded, 0);
+        }
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             view: name.clone(),
@@ -181,7 +202,7 @@ impl ViewJob {
             boundary: input.boundary.clone(),
             newest_bucket: base.and_then(|b| b.newest_bucket).max(newest_bucket),
             full_at: base.map_or(Some(Utc::now()), |b| b.full_at),
-            deltas: base.map_or(0, |b| b.deltas + 1),
+            deltas,
             retained_from: self.floor.and_then(DateTime::from_timestamp_millis),
         };
         publish(lake, &manifest).await?;
@@ -203,15 +224,43 @@ impl ViewJob {
     }
 
     /// Whether a run may publish `live` extended by the new offsets' states instead of recomputing
-    /// everything: the same line (see [`Self::same_line`]), a full run within
-    /// `[batch] full_every`, and fewer than [`MAX_DELTAS`] extensions since it.
+    /// everything: the same line (see [`Self::same_line`]) and a full run within
+    /// `[batch] full_every`.
     fn extends(&self, live: &Manifest, input: &Input, definition_hash: &str) -> bool {
         let full_recently = live.full_at.is_some_and(|at| {
             (Utc::now() - at)
                 .to_std()
                 .is_ok_and(|age| age < self.settings.full_every)
         });
-        self.same_line(live, input, definition_hash) && full_recently && live.deltas < MAX_DELTAS
+        self.same_line(live, input, definition_hash) && full_recently
+    }
+
+    /// Folds `parts` (a version's base and delta parts, where a key repeats) into fresh parts of
+    /// `version` numbered after `first_part`, one row per key, from the run's floor on: the states
+    /// merged by the same functions every reader merges with. It reads the view's parts, never
+    /// the raw files, so it works over a history raw retention has cut. One aggregation over the
+    /// whole view (the memory pool spills past its limit).
+    async fn fold(
+        &self,
+        parts: &[ManifestFile],
+        version: u64,
+        first_part: usize,
+    ) -> Result<Vec<ManifestFile>, BatchError> {
+        let (ctx, _) = self.session()?;
+        let paths: Vec<String> = parts.iter().map(|p| p.path.clone()).collect();
+        let range = TimeRange {
+            from: self.floor,
+            to: None,
+        };
+        let frame = plan::merge_frame(&ctx, &self.view, &paths, range).await?;
+        let physical = time_sort::plan_sorts(frame.create_physical_plan().await?)?;
+        let mut writer =
+            PartWriter::new(&self.view, version, self.settings.part_rows).after(first_part);
+        let mut stream = execute_stream(physical, ctx.task_ctx())?;
+        while let Some(batch) = stream.next().await {
+            writer.push(batch?, &self.lake).await?;
+        }
+        Ok(writer.finish(&self.lake).await?.0)
     }
 
     /// Whether `input` continues `live`: same definition and current generation, closed

@@ -17,8 +17,8 @@
 //!   the lake's [`RawHistory`]: a full recompute reads it and refuses to pass a partial history
 //!   off as a whole one (see [`super::RunOptions::allow_partial_history`]).
 //!
-//! Files of closed generations are left as they are: every run reads them whole, and they stop
-//! growing when their generation closes.
+//! Files of closed generations (a restarted topic's old log, backfills) are compacted too, all of
+//! them: every run reads them whole, and nothing appends to them. Retention leaves them alone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use arrow::array::RecordBatch;
 use chrono::{DateTime, Utc};
 use datafusion::prelude::SessionContext;
 use tributary_schemas::config::ViewDef;
+use tributary_schemas::lake::generations::generation_topic;
 use tributary_schemas::lake::history::RawHistory;
 use tributary_schemas::lake::{Area, Boundary, Lake, OffsetRange};
 
@@ -293,6 +294,13 @@ pub async fn upkeep(
     for (&partition, &below) in &live.below.0 {
         done.compacted +=
             compact_partition(lake, &lake_topic, partition, below, max_file_rows).await?;
+    }
+    for closed in &generations.closed {
+        let closed_topic = generation_topic(topic, closed.generation);
+        for partition in lake.partitions(Area::Raw, &closed_topic).await? {
+            done.compacted +=
+                compact_partition(lake, &closed_topic, partition, i64::MAX, max_file_rows).await?;
+        }
     }
     if let Some(retention) = retention {
         let coverage = Coverage::of(lake, views, generations.current, false).await?;

@@ -17,6 +17,8 @@ pub(super) struct PartWriter {
     part_rows: usize,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
+    /// The number of the first part (parts already in the version directory come before).
+    first_part: usize,
     written: Vec<ManifestFile>,
     /// The newest time bucket among the rows pushed.
     newest_bucket_ms: Option<i64>,
@@ -31,9 +33,16 @@ impl PartWriter {
             part_rows: part_rows.max(1),
             pending: Vec::new(),
             pending_rows: 0,
+            first_part: 0,
             written: Vec::new(),
             newest_bucket_ms: None,
         }
+    }
+
+    /// Numbers the parts from `first_part` on, after parts the version directory already holds.
+    pub(super) fn after(mut self, first_part: usize) -> Self {
+        self.first_part = first_part;
+        self
     }
 
     pub(super) async fn push(&mut self, batch: RecordBatch, lake: &Lake) -> Result<(), BatchError> {
@@ -65,7 +74,8 @@ impl PartWriter {
         let dimensions: Vec<&str> = self.dimensions.iter().map(String::as_str).collect();
         let bytes = parquet_io::encode_view(&self.pending, ROW_GROUP_ROWS, &dimensions)?;
         let size = bytes.len() as u64;
-        let path = (lake.put_part(&self.view, self.version, self.written.len(), bytes)).await?;
+        let part = self.first_part + self.written.len();
+        let path = (lake.put_part(&self.view, self.version, part, bytes)).await?;
         self.written.push(ManifestFile {
             path,
             rows: self.pending_rows as u64,

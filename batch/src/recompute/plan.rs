@@ -287,6 +287,41 @@ pub async fn view_frame(
         .sort(order)
 }
 
+/// The DataFrame merging `view`'s state rows in `parts` (a version's part files, where a key may
+/// repeat across delta parts) into one row per key in `range`, sorted by time: how an extended
+/// version's deltas are folded into fresh base parts without the raw files.
+pub async fn merge_frame(
+    ctx: &SessionContext,
+    view: &ViewDef,
+    parts: &[String],
+    range: TimeRange,
+) -> DfResult<DataFrame> {
+    let schema = view.state_schema();
+    let urls: Vec<String> = parts.iter().map(|p| format!("{LAKE_URL}{p}")).collect();
+    let mut frame = ctx
+        .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
+        .await?;
+    if let Some(range) = range.predicate(TIME_COLUMN) {
+        frame = frame.filter(range)?;
+    }
+    let mut group_by = vec![ident(TIME_COLUMN)];
+    group_by.extend(view.dimensions.iter().map(|d| ident(&d.name)));
+    let merges = (view.metrics.iter())
+        .map(|m| {
+            StateUdaf::udaf(m.state_kind(), Phase::Merge)
+                .call(vec![ident(&m.name)])
+                .alias(&m.name)
+        })
+        .collect();
+    let columns = (schema.fields().iter())
+        .map(|field| cast(ident(field.name()), field.data_type().clone()).alias(field.name()))
+        .collect::<Vec<_>>();
+    frame
+        .aggregate(group_by, merges)?
+        .select(columns)?
+        .sort(vec![ident(TIME_COLUMN).sort(true, true)])
+}
+
 /// `_kafka_ts - late_after > time` on the raw rows, in `Int64` milliseconds (wrapping, as
 /// [`MetricDef::counts`](tributary_schemas::config::MetricDef::counts) in the speed layer); `NULL`,
 /// so not late, for a row without a Kafka timestamp.
