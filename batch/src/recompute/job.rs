@@ -5,24 +5,23 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::BooleanArray;
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use arrow::array::RecordBatch;
 use chrono::{DateTime, Utc};
 use datafusion::common::DataFusionError;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::functions_aggregate::expr_fn::sum;
+use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tributary_schemas::aggregate::StateKind;
 use tributary_schemas::blame::chain;
-use tributary_schemas::config::TIME_COLUMN;
-use tributary_schemas::config::ViewDef;
-use tributary_schemas::event::EventSchema;
+use tributary_schemas::config::{TIME_COLUMN, ViewDef};
+use tributary_schemas::event::{EventSchema, timestamp_type};
 use tributary_schemas::functions;
-use tributary_schemas::lake::{Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
+use tributary_schemas::lake::{LAKE_URL, Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
 
 use super::parts::PartWriter;
 use super::plan::{self, Input, InputFile, TimeRange};
@@ -274,8 +273,11 @@ impl ViewJob {
 
     /// The check of a full run (`[batch] full_every`, `--full`): computes the extension of `line`
     /// to this input's boundary into a scratch version (never published, deleted here) and
-    /// compares every count metric's total with the full run's parts. A difference is logged as an
-    /// error and reported; the full run is published either way.
+    /// compares, key by key (time bucket and dimensions), every count metric with the full run's
+    /// parts: an event counted twice, missed, or counted under another key shows. (Sketches and
+    /// float sums are not compared: their merged bytes depend on merge order, not only on which
+    /// events went in.) A difference is logged as an error and reported; the full run is published
+    /// either way.
     async fn diverges(
         &self,
         line: &Manifest,
@@ -291,54 +293,67 @@ impl ViewJob {
         };
         let mut extended = line.files.clone();
         extended.extend(delta);
-        let want = self.count_totals(&extended).await?;
-        let got = self.count_totals(full).await?;
+        let differing = self.differing_keys(full, &extended).await;
         self.lake.delete_version(&self.view.name, scratch).await?;
-        if got == want {
+        let differing = differing?;
+        if differing == 0 {
             return Ok(false);
         }
         tracing::error!(
             view = self.view.name,
             version,
-            full = ?got,
-            extended = ?want,
-            "a full recompute counts other events than the live version extended by the same offsets: an incremental run would be wrong"
+            keys = differing,
+            "a full recompute counts other events than the live version extended by the same offsets, in {differing} keys: an incremental run would be wrong"
         );
         Ok(true)
     }
 
-    /// Per count metric of the view (in order), its total over `parts` (from the run's `floor`).
-    async fn count_totals(&self, parts: &[ManifestFile]) -> Result<Vec<i64>, BatchError> {
+    /// How many keys (time bucket and dimensions, from the run's floor on) have another count in
+    /// some count metric over `full` than over `extended` (each side's rows merged per key).
+    async fn differing_keys(
+        &self,
+        full: &[ManifestFile],
+        extended: &[ManifestFile],
+    ) -> Result<usize, BatchError> {
+        let (ctx, _) = self.session()?;
+        let schema = self.view.state_schema();
         let counts: Vec<&str> = (self.view.metrics.iter())
             .filter(|m| m.state_kind() == StateKind::Count)
             .map(|m| m.name.as_str())
             .collect();
-        let mut totals = vec![0i64; counts.len()];
-        for part in parts {
-            for batch in self.lake.read_parquet(&part.path, 65_536).await? {
-                let batch = self.since_floor(batch?)?;
-                for (total, name) in totals.iter_mut().zip(&counts) {
-                    let column = (batch.column_by_name(name))
-                        .and_then(|c| c.as_primitive_opt::<Int64Type>());
-                    *total += column.and_then(arrow::compute::sum).unwrap_or(0);
+        let mut keys = vec![ident(TIME_COLUMN)];
+        keys.extend(self.view.dimensions.iter().map(|d| ident(&d.name)));
+        // Each side's rows with their counts signed, +1 full and -1 extended: per key they cancel.
+        // One scan per listed part: a part a manifest lists twice counts twice, as readers count it.
+        let mut sides = Vec::new();
+        for (parts, sign) in [(full, 1i64), (extended, -1)] {
+            for part in parts {
+                let url = format!("{LAKE_URL}{}", part.path);
+                let mut frame = ctx
+                    .read_parquet(url, ParquetReadOptions::default().schema(&schema))
+                    .await?;
+                if let Some(floor) = self.floor {
+                    let floor = cast(lit(floor), timestamp_type());
+                    frame = frame.filter(ident(TIME_COLUMN).gt_eq(floor))?;
                 }
+                let mut columns = keys.clone();
+                columns.extend(counts.iter().map(|c| (ident(*c) * lit(sign)).alias(*c)));
+                sides.push(frame.select(columns)?);
             }
         }
-        Ok(totals)
-    }
-
-    /// The rows of `batch` (view states) from the run's `floor` on.
-    fn since_floor(&self, batch: RecordBatch) -> Result<RecordBatch, BatchError> {
-        let Some(floor) = self.floor else {
-            return Ok(batch);
+        let mut sides = sides.into_iter();
+        let Some(mut both) = sides.next() else {
+            return Ok(0);
         };
-        let time = (batch.column_by_name(TIME_COLUMN))
-            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>());
-        let Some(time) = time else {
-            return Ok(batch);
-        };
-        let keep: BooleanArray = time.iter().map(|t| t.map(|t| t >= floor)).collect();
-        Ok(arrow::compute::filter_record_batch(&batch, &keep).map_err(DataFusionError::from)?)
+        for side in sides {
+            both = both.union(side)?;
+        }
+        let sums = counts.iter().map(|c| sum(ident(*c)).alias(*c)).collect();
+        let differs = (counts.iter())
+            .map(|c| ident(*c).not_eq(lit(0i64)))
+            .reduce(Expr::or)
+            .unwrap_or(lit(false));
+        Ok(both.aggregate(keys, sums)?.filter(differs)?.count().await?)
     }
 
     fn session(&self) -> Result<(SessionContext, Arc<PeakPool>), DataFusionError> {
