@@ -314,6 +314,45 @@ mod tests {
     }
 
     #[test]
+    fn parquet_rows_become_the_json_objects_of_their_events() {
+        use arrow::array::TimestampMicrosecondArray;
+        use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("ts", Arc::new(Int64Array::from(vec![1_000, 2_000]))),
+            ("page", Arc::new(StringArray::from(vec![Some("/a"), None]))),
+            ("latency_ms", Arc::new(Float64Array::from(vec![1.5, 2.0]))),
+            (
+                "seen",
+                Arc::new(TimestampMicrosecondArray::from(vec![3_000_999, -1]).with_timezone("UTC")),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut buffer = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut buffer, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let rows = payloads("old.parquet", &Bytes::from(buffer)).unwrap();
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                serde_json::json!({"ts": 1000, "page": "/a", "latency_ms": 1.5, "seen": 3000}),
+                serde_json::json!({"ts": 2000, "latency_ms": 2.0, "seen": -1}),
+            ]
+        );
+        let garbage = payloads("bad.parquet", &Bytes::from_static(b"not parquet")).unwrap_err();
+        assert!(
+            garbage
+                .to_string()
+                .starts_with("bad.parquet is not a readable Parquet file")
+        );
+    }
+
+    #[test]
     fn the_content_hash_is_sha256() {
         assert_eq!(
             content_hash(b"abc"),
