@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import duckdb_python, free_port, http, percentile, wait_until  # noqa: E402
+from soak import Processes, duckdb_python, free_port, http, percentile, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "target" / "release" / "tributary"
@@ -162,19 +163,36 @@ def duckdb_run(python, files_glob, out, threads, sketches):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def dashboard(lake, versions, queries):
-    """Cold and warm latencies of the dashboard query on each of `versions` (made live in turn)."""
-    port = free_port()
+def dashboard(lake, work, versions, queries):
+    """Cold and warm latencies of the dashboard query on each of `versions` (made live in turn),
+    from `serve --roles speed,serving` over the lake (and an empty topic on a tansu broker)."""
+    tansu = os.environ.get("TANSU_BIN", str(Path.home() / ".cargo" / "bin" / "tansu"))
+    if not os.access(tansu, os.X_OK):
+        sys.exit(f"{tansu} is missing (scripts/setup installs it)")
+    port, broker_port = free_port(), free_port()
+    broker = f"127.0.0.1:{broker_port}"
     env = dict(lake.env, TRIBUTARY_SERVING__LISTEN=f"127.0.0.1:{port}",
+               TRIBUTARY_KAFKA__BROKERS=broker,
                TRIBUTARY_SERVING__PG_LISTEN="", TRIBUTARY_SERVING__REFRESH="200ms",
                TRIBUTARY_SERVING__MEMORY_BUDGET_MB="4096", RUST_LOG="warn")
     base = f"http://127.0.0.1:{port}"
     query = {"view": "pageviews", "granularity": "1m", "metrics": ["views", "users", "latency_p95"],
              "filter": [{"field": "country", "op": "eq", "value": "C01"}], "limit": 100000}
-    server = subprocess.Popen([BINARY, "serve", "--roles", "serving"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    processes = Processes()
     results = {}
+    broker_dir = work / "tansu"
+    shutil.rmtree(broker_dir, ignore_errors=True)
+    broker_dir.mkdir()
     try:
+        url = f"tcp://{broker}"
+        processes.start([tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                         "--storage-engine", "sqlite://tansu.db", "--cluster-id", "bench"],
+                        broker_dir, dict(os.environ, RUST_LOG="warn"), open(work / "tansu.log", "w"))
+        wait_until("the broker", lambda: socket.socket().connect_ex(("127.0.0.1", broker_port)) == 0, 60)
+        subprocess.run([tansu, "topic", "create", "events", "--broker", url, "--partitions", "3"],
+                       check=True, capture_output=True)
+        processes.start([BINARY, "serve", "--roles", "speed,serving"], work, env,
+                        open(work / "serve.log", "w"))
         wait_until("the server", lambda: http(base, "GET", "/livez")[0] == 200, 60)
         for version in versions:
             run([BINARY, "batch", "rollback", "pageviews", str(version)], lake.env)
@@ -194,12 +212,19 @@ def dashboard(lake, versions, queries):
                 times.append((time.perf_counter() - started) * 1000)
                 assert status == 200, answer
             results.setdefault(version, []).append(
-                {"cold": cold, "p50": percentile(times, 50), "p99": percentile(times, 99),
+                {"cold": cold, "p50": percentile(times, 0.5), "p99": percentile(times, 0.99),
                  "rows": len(answer["rows"])})
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        processes.stop_all()
     return results
+
+
+class Summary(list):
+    """The Markdown summary, printed as it grows (a failed phase keeps what came before)."""
+
+    def append(self, line):
+        super().append(line)
+        print(f">> {line}", flush=True)
 
 
 def main():
@@ -218,7 +243,7 @@ def main():
     python = duckdb_python()
     work = Path(args.work or tempfile.mkdtemp(prefix="tributary-vs-duckdb-"))
     work.mkdir(parents=True, exist_ok=True)
-    summary = []
+    summary = Summary()
     try:
         events_file = work / "events.parquet"
         if not events_file.exists():
@@ -270,6 +295,10 @@ def main():
             summary.append(f"- full recompute over the compacted files: {compacted['seconds']:.2f} s")
 
         if "incremental" not in skip:
+            # A lake of its own: the same events, no versions, nothing backfilled since.
+            lake = Lake(work / "lake-incremental")
+            shutil.rmtree(lake.path, ignore_errors=True)
+            lake.backfill(events_file)
             live = lake.batch_run(1, full=True)
             extra = args.events // 100
             more = work / "more.parquet"
@@ -285,8 +314,8 @@ def main():
             summary.append(f"- full run over the same input: {full['seconds']:.2f} s ({full['rows']:,} rows read), "
                            f"version {full['version']}")
             summary.append(f"- incremental / full: **{100 * incremental['seconds'] / full['seconds']:.1f}%**")
-            latencies = dashboard(lake, [incremental["version"], full["version"],
-                                         incremental["version"], full["version"]], args.queries)
+            latencies = dashboard(lake, work, [incremental["version"], full["version"],
+                                               incremental["version"], full["version"]], args.queries)
             summary.append("")
             summary.append("| version | cold ms | warm p50 ms | warm p99 ms | rows |")
             summary.append("|---|---|---|---|---|")

@@ -17,6 +17,7 @@ use tributary_batch::recompute::{
 };
 use tributary_schemas::blame::chain;
 use tributary_schemas::config::Config;
+use tributary_schemas::lake::schemas::SchemaError;
 use tributary_schemas::lake::{Boundary, Lake};
 
 /// Exit code of `batch run` when another run holds the lake.
@@ -27,6 +28,28 @@ pub const EXIT_DIVERGED: u8 = 4;
 /// Opens the lake named by the configuration.
 pub fn open_lake(config: &Config) -> anyhow::Result<Lake> {
     Lake::open(&config.lake.url).context("opening the lake")
+}
+
+/// [`open_lake`], refusing a configuration whose event schema cannot read the raw files already
+/// in the lake (see `tributary_schemas::lake::schemas`): every command that reads or writes the
+/// lake starts here. A lake that cannot be reached now is left to the roles, which retry; the
+/// archiver checks again before it writes.
+pub fn open_checked_lake(config: &Config) -> anyhow::Result<Lake> {
+    let lake = open_lake(config)?;
+    let checked = runtime()?.block_on(lake.check_event_schema(&config.kafka.topic, &config.events));
+    match checked {
+        Ok(evolution) => {
+            for change in &evolution.changes {
+                tracing::info!(%change, "the configured event schema changes the lake's; the archiver records it when it starts");
+            }
+            Ok(lake)
+        }
+        Err(error @ SchemaError::Incompatible { .. }) => Err(error.into()),
+        Err(SchemaError::Lake(error)) => {
+            tracing::warn!(error = %chain(&error), "cannot read the lake's event schema history now; the archiver checks it before it writes");
+            Ok(lake)
+        }
+    }
 }
 
 /// The recompute service over `lake`.
@@ -60,7 +83,7 @@ pub fn boundary_text(boundary: &Boundary) -> String {
 pub fn describe(run: &ViewRun) -> String {
     match &run.outcome {
         Outcome::Published(manifest) => format!(
-            "{}: published version {} ({} rows in {} files from {} raw rows in {} time slices, {:.1}s, peak memory {} MiB, spilled {} MiB; W = {})",
+            "{}: published version {} ({} rows in {} files from {} raw rows in {} time slices, {:.3}s, peak memory {} MiB, spilled {} MiB; W = {})",
             run.view,
             manifest.version,
             manifest.row_count,
@@ -86,7 +109,7 @@ pub fn describe(run: &ViewRun) -> String {
 }
 
 pub fn run(config: &Config, view: Option<&str>, options: RunOptions) -> anyhow::Result<ExitCode> {
-    let batch = open(config, open_lake(config)?)?;
+    let batch = open(config, open_checked_lake(config)?)?;
     let result = runtime()?.block_on(batch.run_as(view, for_humans(), options));
     let mut out = std::io::stdout().lock();
     match result {
@@ -122,7 +145,7 @@ pub fn run(config: &Config, view: Option<&str>, options: RunOptions) -> anyhow::
 /// `tributary backfill FILE...`: each file in turn; a refused or failed one is reported and the
 /// others still go in.
 pub fn backfill(config: &Config, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let lake = open_lake(config)?;
+    let lake = open_checked_lake(config)?;
     let runtime = runtime()?;
     let terminal = std::io::stderr().is_terminal();
     let mut failed = false;
@@ -183,7 +206,7 @@ pub fn backfill(config: &Config, files: &[PathBuf]) -> anyhow::Result<ExitCode> 
 }
 
 pub fn list(config: &Config) -> anyhow::Result<ExitCode> {
-    let batch = open(config, open_lake(config)?)?;
+    let batch = open(config, open_checked_lake(config)?)?;
     let views = runtime()?.block_on(batch.list())?;
     let mut out = std::io::stdout().lock();
     for view in views {
@@ -220,7 +243,7 @@ pub fn list(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rollback(config: &Config, view: &str, version: u64) -> anyhow::Result<ExitCode> {
-    let batch = open(config, open_lake(config)?)?;
+    let batch = open(config, open_checked_lake(config)?)?;
     let manifest = runtime()?.block_on(batch.rollback(view, version))?;
     writeln!(
         std::io::stdout(),

@@ -12,6 +12,7 @@ use tributary_schemas::duration::format_duration;
 use tributary_batch::recompute::RunOptions;
 
 use crate::batch;
+use crate::config_diff;
 use crate::demo;
 use crate::generator;
 use crate::serve::{self, Role};
@@ -104,6 +105,10 @@ enum ConfigCommand {
     },
     /// Print the built-in default configuration, a starting point for your own.
     Defaults,
+    /// What deploying NEW over OLD will do: whether the event schema change is one the lake's raw
+    /// files can follow, and which views keep answering, are rebuilt, are new or removed. Exit 0
+    /// when NEW can run on a lake OLD wrote, 2 when it cannot.
+    Diff { old: PathBuf, new: PathBuf },
 }
 
 impl Cli {
@@ -136,6 +141,16 @@ impl Cli {
                     }
                     Err(error) => Err(error).context("configuration check failed"),
                 }
+            }
+            Command::Config(ConfigCommand::Diff { old, new }) => {
+                let old = Config::load(Some(old.as_path())).context("the OLD configuration")?;
+                let new = Config::load(Some(new.as_path())).context("the NEW configuration")?;
+                let (report, compatible) = config_diff::diff(&old, &new);
+                write!(out, "{report}")?;
+                Ok(match compatible {
+                    true => ExitCode::SUCCESS,
+                    false => ExitCode::from(2),
+                })
             }
             Command::Config(ConfigCommand::Defaults) => {
                 write!(out, "{}", tributary_schemas::config::DEFAULT_CONFIG)?;

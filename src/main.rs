@@ -7,6 +7,7 @@
 
 mod batch;
 mod cli;
+mod config_diff;
 mod demo;
 mod generator;
 mod serve;

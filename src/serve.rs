@@ -82,7 +82,7 @@ pub fn serve_until(
         .thread_name("tributary-io")
         .build()
         .context("starting the async runtime")?;
-    let lake = crate::batch::open_lake(config)?;
+    let lake = crate::batch::open_checked_lake(config)?;
     // The roles stop together once the HTTP server has drained (`roles`); the HTTP server first
     // (`http`), so that requests in flight (a recompute on request among them) finish.
     let (roles_stop, http_stop) = (Shutdown::default(), Shutdown::default());

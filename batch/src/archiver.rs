@@ -70,6 +70,8 @@ pub enum ArchiverError {
     },
     #[error("lake request failed")]
     Lake(#[from] LakeError),
+    #[error(transparent)]
+    Schema(#[from] lake::schemas::SchemaError),
     #[error("cannot build a raw or quarantine batch")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("cannot encode a raw or quarantine file as Parquet")]
@@ -170,6 +172,18 @@ impl Archiver {
             resume = runtime.block_on(resume::resume_points(lake, &lake_topic, &partitions))?;
         }
         self.generation.store(generations.current, Ordering::SeqCst);
+        // The files from here on are written in the configured schema: the lake records from
+        // which offsets (a change the lake's readers cannot follow is refused).
+        let since = resume.iter().map(|(&p, r)| (p, r.next_offset)).collect();
+        let evolution = runtime.block_on(lake.record_event_schema(
+            topic,
+            &self.settings.events,
+            generations.current,
+            since,
+        ))?;
+        for change in &evolution.changes {
+            tracing::info!(topic, %change, "the event schema changed");
+        }
 
         let mut starts = BTreeMap::new();
         let mut buffers = BTreeMap::new();

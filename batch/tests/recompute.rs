@@ -542,6 +542,80 @@ fn incremental_runs_equal_a_full_recompute_and_share_their_parts() {
     assert_same_states(view, &got, &truth(view, &so_far, &repaired.boundary));
 }
 
+/// Raw files written before the event schema changed (no `referrer` yet, `bytes` still int64) and
+/// after it are read in one plan with the current schema: the missing field is NULL, the int64
+/// values read as floats.
+#[test]
+fn raw_files_of_an_older_event_schema_are_read_with_the_current_one() {
+    let text = tributary_schemas::config::DEFAULT_CONFIG
+        .replace("bytes = \"int64\"", "bytes = \"float64\"");
+    assert_ne!(text, tributary_schemas::config::DEFAULT_CONFIG);
+    let config = Config::from_sources(Some((&text, "test")), []).unwrap();
+    let mut old_events = defaults().events;
+    old_events.fields.retain(|f| f.name != "referrer");
+    let rt = runtime();
+    let (_lake_dir, store) = empty_lake();
+    let stream = random_stream(33, 3, 3000, &defaults());
+    let field = |schema: &tributary_schemas::event::EventSchema, name: &str| {
+        schema.field_index(name).unwrap()
+    };
+    let (bytes, referrer) = (
+        field(&config.events, "bytes"),
+        field(&config.events, "referrer"),
+    );
+    // The truth, in the current schema: the first half has no referrer; bytes are floats.
+    let mut truth_stream = Stream::new();
+    let (mut old_half, mut new_half) = (Stream::new(), Stream::new());
+    for (&p, events) in &stream {
+        for (i, (offset, event)) in events.iter().enumerate() {
+            let mut current = event.clone();
+            if let Value::Int(v) = current.values[bytes] {
+                current.values[bytes] = Value::Float(v as f64);
+            }
+            if i < events.len() / 2 {
+                current.values[referrer] = Value::Null;
+                let mut old = event.clone();
+                old.values.remove(referrer);
+                old_half.entry(p).or_default().push((*offset, old));
+            } else {
+                new_half
+                    .entry(p)
+                    .or_default()
+                    .push((*offset, current.clone()));
+            }
+            truth_stream.entry(p).or_default().push((*offset, current));
+        }
+    }
+    let mut old_config = defaults();
+    old_config.events = old_events;
+    rt.block_on(write_raw(&store, "events", &old_config, &old_half, 400));
+    let starts = (old_half.iter())
+        .map(|(&p, e)| (p, e.last().unwrap().0 + 1))
+        .collect();
+    rt.block_on(write_raw_from(
+        &store, "events", &config, &new_half, 400, &starts,
+    ));
+    let batch = RecomputeService::new(
+        settings("events", 500, 2),
+        config.events.clone(),
+        config.views.clone(),
+        store.clone(),
+    )
+    .unwrap();
+    let runs = rt.block_on(batch.run(None, quiet())).unwrap();
+    for (run, view) in runs.iter().zip(&config.views) {
+        let manifest = published(run);
+        let got = rt.block_on(read_version(&store, view, manifest));
+        assert_same_states(view, &got, &truth(view, &truth_stream, &manifest.boundary));
+    }
+    let traffic = config.view("traffic").unwrap();
+    let got = rt.block_on(read_version(&store, traffic, published(&runs[1])));
+    assert!(
+        got.keys().any(|k| k.contains("Null")),
+        "old events group under a NULL referrer"
+    );
+}
+
 /// Past `max_deltas` delta part sets, an extension folds every part of its version into one row
 /// per key (from the parts alone), and the line goes on from there: exact after every run.
 #[test]

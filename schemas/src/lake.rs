@@ -20,6 +20,7 @@ pub mod history;
 mod manifest;
 mod parquet;
 mod raw;
+pub mod schemas;
 pub use raw::Listing;
 mod rooted;
 mod store;
