@@ -21,7 +21,8 @@ PyPI (a virtualenv under target/, as benches/soak.py uses):
 4. **Incremental**: 1% more events (5% of them up to two days late) backfilled, the incremental
    run (reads only them) and a full run over the same input; then the dashboard query (a per-minute
    series of views, users and p95 over the whole span, one country) against `tributary serve
-   --roles serving`, on the extended version and on the full one in turn (cold, warm p50 and p99).
+   --roles speed,serving` (the data's last day per minute), on the extended version and on the full
+   one in turn (cold, warm p50 and p99).
 
 It prints a Markdown summary for BENCHMARKS.md.
 """
@@ -163,7 +164,11 @@ def duckdb_run(python, files_glob, out, threads, sketches):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def dashboard(lake, work, versions, queries):
+def day_iso(ms):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def dashboard(lake, work, versions, queries, days):
     """Cold and warm latencies of the dashboard query on each of `versions` (made live in turn),
     from `serve --roles speed,serving` over the lake (and an empty topic on a tansu broker)."""
     tansu = os.environ.get("TANSU_BIN", str(Path.home() / ".cargo" / "bin" / "tansu"))
@@ -176,7 +181,10 @@ def dashboard(lake, work, versions, queries):
                TRIBUTARY_SERVING__PG_LISTEN="", TRIBUTARY_SERVING__REFRESH="200ms",
                TRIBUTARY_SERVING__MEMORY_BUDGET_MB="4096", RUST_LOG="warn")
     base = f"http://127.0.0.1:{port}"
+    # The last day of the data, per minute: what a dashboard shows.
+    last_day = DAY_START_MS + (days - 1) * 86_400_000
     query = {"view": "pageviews", "granularity": "1m", "metrics": ["views", "users", "latency_p95"],
+             "from": day_iso(last_day), "to": day_iso(last_day + 86_400_000),
              "filter": [{"field": "country", "op": "eq", "value": "C01"}], "limit": 100000}
     processes = Processes()
     results = {}
@@ -252,7 +260,7 @@ def main():
             print(f"generated {args.events} events in {time.perf_counter() - started:.1f}s", flush=True)
 
         lake = Lake(work / "lake")
-        if not lake.raw_files():
+        if not lake.raw_files() and "full" not in skip:
             seconds, out = lake.backfill(events_file)
             print(f"backfill: {seconds:.1f}s ({args.events / seconds / 1e6:.2f}M events/s): {out}", flush=True)
             summary.append(f"- backfill of {args.events:,} events (Parquet → JSON → decoder → raw files): "
@@ -315,7 +323,8 @@ def main():
                            f"version {full['version']}")
             summary.append(f"- incremental / full: **{100 * incremental['seconds'] / full['seconds']:.1f}%**")
             latencies = dashboard(lake, work, [incremental["version"], full["version"],
-                                               incremental["version"], full["version"]], args.queries)
+                                               incremental["version"], full["version"]], args.queries,
+                                  args.days)
             summary.append("")
             summary.append("| version | cold ms | warm p50 ms | warm p99 ms | rows |")
             summary.append("|---|---|---|---|---|")

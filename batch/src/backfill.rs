@@ -16,6 +16,8 @@
 //! Formats, by content: newline-delimited JSON (one event per line, blank lines skipped), a JSON
 //! array of events, or Parquet (by the `.parquet` extension) whose columns are named like the event
 //! fields: each row becomes the JSON object an event would be, and goes through the same decoder.
+//! Events are read one at a time ([`Payloads`]): a Parquet file of any size takes the memory of one
+//! of its batches besides the file itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,55 +84,127 @@ pub struct Backfilled {
     pub reasons: Vec<(&'static str, u64)>,
 }
 
-/// The events of a file, as the payloads the decoder reads.
-pub fn payloads(file: &str, content: &Bytes) -> Result<Vec<Vec<u8>>, BackfillError> {
-    if file.ends_with(".parquet") {
-        return parquet_payloads(file, content);
+/// The events of a file, one payload at a time, as the decoder reads them: a file of any size
+/// takes the memory of one Parquet batch (or of the file itself, which is in memory already).
+pub struct Payloads {
+    file: String,
+    /// How many events the file holds (for progress).
+    pub total: u64,
+    source: Source,
+}
+
+enum Source {
+    Lines {
+        content: Bytes,
+        at: usize,
+    },
+    Array(std::vec::IntoIter<Box<serde_json::value::RawValue>>),
+    Parquet {
+        reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+        rows: std::vec::IntoIter<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Payloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payloads")
+            .field("file", &self.file)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
     }
-    let start = content.iter().position(|b| !b.is_ascii_whitespace());
-    if start.is_some_and(|i| content[i] == b'[') {
-        let events: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(content)
+}
+
+/// Whether a line holds anything but whitespace.
+fn is_event_line(line: &[u8]) -> bool {
+    !line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The events of `file` (its name decides Parquet; the content decides a JSON array or lines).
+pub fn payloads(file: &str, content: Bytes) -> Result<Payloads, BackfillError> {
+    let (total, source) = if file.ends_with(".parquet") {
+        let not_parquet = |source| BackfillError::NotParquet {
+            file: file.to_owned(),
+            source,
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(content).map_err(not_parquet)?;
+        let total = builder.metadata().file_metadata().num_rows() as u64;
+        let reader = builder.build().map_err(not_parquet)?;
+        let rows = Vec::new().into_iter();
+        (total, Source::Parquet { reader, rows })
+    } else if (content.iter().find(|b| !b.is_ascii_whitespace())) == Some(&b'[') {
+        let events: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(&content)
             .map_err(|error| BackfillError::NotJson {
                 file: file.to_owned(),
                 message: error.to_string(),
             })?;
-        return Ok(events.iter().map(|e| e.get().as_bytes().to_vec()).collect());
-    }
-    Ok(content
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .map(<[u8]>::to_vec)
-        .collect())
+        (events.len() as u64, Source::Array(events.into_iter()))
+    } else {
+        let total = content
+            .split(|&b| b == b'\n')
+            .filter(|l| is_event_line(l))
+            .count();
+        (total as u64, Source::Lines { content, at: 0 })
+    };
+    Ok(Payloads {
+        file: file.to_owned(),
+        total,
+        source,
+    })
 }
 
-/// Each row of a Parquet file as the JSON object of an event (nulls left out, times as epoch ms).
-fn parquet_payloads(file: &str, content: &Bytes) -> Result<Vec<Vec<u8>>, BackfillError> {
-    let not_parquet = |source| BackfillError::NotParquet {
-        file: file.to_owned(),
-        source,
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(content.clone())
-        .map_err(not_parquet)?
-        .build()
-        .map_err(not_parquet)?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let mut rows = vec![Map::new(); batch.num_rows()];
-        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-            for (row, object) in rows.iter_mut().enumerate() {
-                if let Some(value) = json_value(file, field.name(), column.as_ref(), row)? {
-                    object.insert(field.name().clone(), value);
+impl Iterator for Payloads {
+    type Item = Result<Vec<u8>, BackfillError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.source {
+            Source::Lines { content, at } => loop {
+                if *at >= content.len() {
+                    return None;
                 }
+                let rest = &content[*at..];
+                let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+                let line = &rest[..end];
+                *at += end + 1;
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if is_event_line(line) {
+                    return Some(Ok(line.to_vec()));
+                }
+            },
+            Source::Array(events) => events.next().map(|e| Ok(e.get().as_bytes().to_vec())),
+            Source::Parquet { reader, rows } => loop {
+                if let Some(row) = rows.next() {
+                    return Some(Ok(row));
+                }
+                let batch = match reader.next()? {
+                    Ok(batch) => batch,
+                    Err(error) => return Some(Err(error.into())),
+                };
+                match rows_as_json(&self.file, &batch) {
+                    Ok(json) => *rows = json.into_iter(),
+                    Err(error) => return Some(Err(error)),
+                }
+            },
+        }
+    }
+}
+
+/// Each row of a Parquet batch as the JSON object of an event (nulls left out, times as epoch ms).
+fn rows_as_json(
+    file: &str,
+    batch: &arrow::array::RecordBatch,
+) -> Result<Vec<Vec<u8>>, BackfillError> {
+    let mut rows = vec![Map::new(); batch.num_rows()];
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        for (row, object) in rows.iter_mut().enumerate() {
+            if let Some(value) = json_value(file, field.name(), column.as_ref(), row)? {
+                object.insert(field.name().clone(), value);
             }
         }
-        out.extend(
-            rows.into_iter()
-                .map(|row| serde_json::to_vec(&Value::Object(row)).expect("JSON serializes")),
-        );
     }
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .map(|row| serde_json::to_vec(&Value::Object(row)).expect("JSON serializes"))
+        .collect())
 }
 
 fn json_value(
@@ -216,8 +290,7 @@ pub async fn backfill(
         None => Ok(()),
     };
     refuse(&lake.generations(topic).await?)?;
-    let payloads = payloads(file, &content)?;
-    drop(content);
+    let payloads = payloads(file, content)?;
     // One writer at a time: the lock also keeps recomputes and compaction out of the way.
     let lock = RunLock::acquire(Arc::clone(lake.store()), Duration::from_secs(120)).await?;
     let result = async {
@@ -236,14 +309,15 @@ pub async fn backfill(
         let mut buffer = PartitionBuffer::new(0, 0, events);
         let (mut done, mut quarantined) = (0u64, 0u64);
         let mut reasons: Vec<(&'static str, u64)> = Vec::new();
-        let total = payloads.len() as u64;
-        for (offset, payload) in payloads.iter().enumerate() {
+        let total = payloads.total;
+        for (offset, payload) in payloads.enumerate() {
+            let payload = payload?;
             let position = KafkaPosition {
                 partition: 0,
                 offset: offset as i64,
                 timestamp_ms: None,
             };
-            if let Err(code) = buffer.push(&decoder, position, Some(payload)) {
+            if let Err(code) = buffer.push(&decoder, position, Some(&payload)) {
                 quarantined += 1;
                 match reasons.iter_mut().find(|(c, _)| *c == code) {
                     Some((_, n)) => *n += 1,
@@ -297,16 +371,23 @@ mod tests {
     #[test]
     fn json_lines_and_arrays_give_one_payload_per_event() {
         let lines = Bytes::from_static(b"{\"a\":1}\r\n\n  \n{\"a\":2}\nnot json\n");
+        let all = |file: &str, content: Bytes| -> Vec<Vec<u8>> {
+            let payloads = payloads(file, content).unwrap();
+            let total = payloads.total;
+            let all: Vec<Vec<u8>> = payloads.map(Result::unwrap).collect();
+            assert_eq!(all.len() as u64, total);
+            all
+        };
         assert_eq!(
-            payloads("x.ndjson", &lines).unwrap(),
+            all("x.ndjson", lines),
             [&b"{\"a\":1}"[..], b"{\"a\":2}", b"not json"]
         );
         let array = Bytes::from_static(b" [{\"a\":1}, 3, {\"b\":\"x\"}]");
         assert_eq!(
-            payloads("x.json", &array).unwrap(),
+            all("x.json", array),
             [&b"{\"a\":1}"[..], b"3", b"{\"b\":\"x\"}"]
         );
-        let broken = payloads("x.json", &Bytes::from_static(b"[{\"a\":1}")).unwrap_err();
+        let broken = payloads("x.json", Bytes::from_static(b"[{\"a\":1}")).unwrap_err();
         assert!(
             broken.to_string().starts_with("x.json is not JSON"),
             "{broken}"
@@ -332,10 +413,10 @@ mod tests {
             parquet::arrow::ArrowWriter::try_new(&mut buffer, batch.schema(), None).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
-        let rows = payloads("old.parquet", &Bytes::from(buffer)).unwrap();
+        let rows = payloads("old.parquet", Bytes::from(buffer)).unwrap();
+        assert_eq!(rows.total, 2);
         let rows: Vec<Value> = rows
-            .iter()
-            .map(|r| serde_json::from_slice(r).unwrap())
+            .map(|r| serde_json::from_slice(&r.unwrap()).unwrap())
             .collect();
         assert_eq!(
             rows,
@@ -344,7 +425,7 @@ mod tests {
                 serde_json::json!({"ts": 2000, "latency_ms": 2.0, "seen": -1}),
             ]
         );
-        let garbage = payloads("bad.parquet", &Bytes::from_static(b"not parquet")).unwrap_err();
+        let garbage = payloads("bad.parquet", Bytes::from_static(b"not parquet")).unwrap_err();
         assert!(
             garbage
                 .to_string()
