@@ -656,6 +656,8 @@ fn an_extension_past_the_delta_limit_folds_the_parts_and_stays_exact() {
                 "{}: run {chunk}",
                 view.name
             );
+            // Every version says what its states mean.
+            assert_eq!(manifest.definition.as_ref(), Some(&view.spec()));
             if chunk == 2 || chunk == 4 {
                 assert!(
                     run.rows_read < 3 * 1000 + 3 * 700,

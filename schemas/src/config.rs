@@ -27,7 +27,7 @@ use crate::duration::{format_duration, parse_duration};
 use crate::event::{EventSchema, FieldDef, FieldType};
 pub use auth::{AuthConfig, RowFilter, Scope, TokenDef, parse_sha256};
 pub use view::{
-    FieldRef, LATE_METRIC, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFilter,
+    FieldRef, LATE_METRIC, MetricDef, MetricFunction, TIME_COLUMN, ViewDef, ViewFilter, ViewSpec,
 };
 
 /// The built-in defaults: a complete local demo over a realistic clickstream.

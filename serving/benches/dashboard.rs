@@ -137,6 +137,7 @@ async fn publish(config: &Config, store: &Lake) -> u64 {
         full_at: None,
         deltas: 0,
         retained_from: None,
+        definition: None,
     };
     store.write_manifest(&manifest).await.unwrap();
     store.write_current("pageviews", 1).await.unwrap();

@@ -203,6 +203,7 @@ impl ViewJob {
             full_at: base.map_or(Some(Utc::now()), |b| b.full_at),
             deltas,
             retained_from: self.floor.and_then(DateTime::from_timestamp_millis),
+            definition: Some(self.view.spec()),
         };
         publish(lake, &manifest).await?;
         tracing::info!(

@@ -323,6 +323,29 @@ fn toml_syntax_errors_say_where() {
 }
 
 #[test]
+fn a_view_rebuilt_from_its_spec_is_the_same_definition() {
+    let config = Config::from_sources(None, []).unwrap();
+    for view in &config.views {
+        let spec = view.spec();
+        assert!(spec.metrics.iter().all(|(name, _)| name != LATE_METRIC));
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: ViewSpec = serde_json::from_str(&json).unwrap();
+        let rebuilt = ViewDef::from_spec(&back, &config.events, view.late_after()).unwrap();
+        assert_eq!(rebuilt.definition_hash(), view.definition_hash(), "{json}");
+        assert_eq!(rebuilt.spec(), spec);
+    }
+    // An event schema that lost a field the definition needs says so.
+    let mut events = config.events.clone();
+    events.fields.retain(|f| f.name != "country");
+    let view = config.view("pageviews").unwrap();
+    let problems = ViewDef::from_spec(&view.spec(), &events, view.late_after()).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.to_string().contains("country")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn the_definition_hash_changes_with_what_decides_the_states_only() {
     let view = |filter: &str, granularity: &str| {
         let file = with_view(&format!(

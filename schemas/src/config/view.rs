@@ -330,6 +330,83 @@ fn validate_view(
     })
 }
 
+/// A view's definition as configured (`[[views]]`, without the built-in `late`), kept in every
+/// manifest so that a version can be read under the definition it was computed with, whatever the
+/// configuration says now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSpec {
+    pub name: String,
+    pub granularity: String,
+    pub dimensions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Metric name → expression, in configuration order.
+    pub metrics: Vec<(String, String)>,
+}
+
+impl ViewDef {
+    /// `[events] late_after` as the view's built-in `late` metric counts it.
+    pub fn late_after(&self) -> Duration {
+        (self.metrics.iter())
+            .find_map(|m| match m.function {
+                MetricFunction::Late { after_ms } => Some(after_ms),
+                _ => None,
+            })
+            .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.max(0) as u64))
+    }
+
+    /// The definition as configured.
+    pub fn spec(&self) -> ViewSpec {
+        ViewSpec {
+            name: self.name.clone(),
+            granularity: self.granularity.to_string(),
+            dimensions: self.dimensions.iter().map(|d| d.name.clone()).collect(),
+            filter: self.filter.as_ref().map(|f| f.sql.clone()),
+            metrics: (self.metrics.iter())
+                .filter(|m| !matches!(m.function, MetricFunction::Late { .. }))
+                .map(|m| (m.name.clone(), m.expression.clone()))
+                .collect(),
+        }
+    }
+
+    /// The view `spec` defines over `events` (with `late_after` for its `late` metric), validated
+    /// as the configuration is: the problems if the event schema no longer fits it.
+    pub fn from_spec(
+        spec: &ViewSpec,
+        events: &EventSchema,
+        late_after: Duration,
+    ) -> Result<ViewDef, Vec<Problem>> {
+        let mut table = toml::Table::new();
+        table.insert("name".to_owned(), Toml::String(spec.name.clone()));
+        table.insert(
+            "granularity".to_owned(),
+            Toml::String(spec.granularity.clone()),
+        );
+        let dimensions = spec.dimensions.iter().cloned().map(Toml::String).collect();
+        table.insert("dimensions".to_owned(), Toml::Array(dimensions));
+        if let Some(filter) = &spec.filter {
+            table.insert("filter".to_owned(), Toml::String(filter.clone()));
+        }
+        let metrics = (spec.metrics.iter())
+            .map(|(name, expression)| (name.clone(), Toml::String(expression.clone())))
+            .collect();
+        table.insert("metrics".to_owned(), Toml::Table(metrics));
+        let mut problems = Vec::new();
+        let path = format!("the definition of view {:?}", spec.name);
+        match validate_view(
+            &path,
+            &Toml::Table(table),
+            events,
+            late_after,
+            &mut problems,
+        ) {
+            Some(view) if problems.is_empty() => Ok(view),
+            _ => Err(problems),
+        }
+    }
+}
+
 /// The built-in `late` metric of a view (last among its metrics).
 fn late_metric(late_after: Duration) -> MetricDef {
     MetricDef {

@@ -76,6 +76,10 @@ pub struct Manifest {
     /// it shares with older versions may still hold earlier ones; readers skip them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_from: Option<DateTime<Utc>>,
+    /// The view's definition as configured when the version was computed (absent in manifests
+    /// written before it was recorded): what its states mean, whatever the configuration says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<crate::config::ViewSpec>,
 }
 
 impl Manifest {
@@ -125,6 +129,7 @@ mod tests {
             full_at: None,
             deltas: 0,
             retained_from: None,
+            definition: None,
         };
         let json = manifest.to_json();
         let text = std::str::from_utf8(&json).unwrap();

@@ -174,6 +174,7 @@ mod tests {
             full_at: None,
             deltas: 0,
             retained_from: None,
+            definition: None,
         }
     }
 
