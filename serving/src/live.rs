@@ -100,10 +100,27 @@ impl Pinned {
             .collect()
     }
 
-    /// Whether the answer misses at most `ready_max_lag` messages per partition of the log
-    /// (it is exact for the offsets it covers either way).
+    /// Per partition, offsets `[from, to]` the answer misses: Kafka deleted them before the speed
+    /// layer read them, and the pinned batch version does not cover them (yet: the archiver may
+    /// hold them, and the next batch run then does).
+    pub fn missing(&self) -> BTreeMap<i32, (i64, i64)> {
+        (self.speed_health.iter())
+            .filter_map(|(&partition, health)| {
+                let (from, to) = health.missing?;
+                let covered = self
+                    .version
+                    .as_ref()
+                    .map_or(0, |v| v.speed_boundary.get(partition));
+                (to >= covered).then_some((partition, (from.max(covered), to)))
+            })
+            .collect()
+    }
+
+    /// Whether the answer misses at most `ready_max_lag` messages per partition of the log, and
+    /// none that Kafka deleted unread (it is exact for the offsets it covers either way).
     pub fn complete(&self) -> bool {
         !self.speed_health.is_empty()
+            && self.missing().is_empty()
             && self.speed_stalled().is_empty()
             && self
                 .speed_lag()
@@ -369,4 +386,56 @@ async fn read_parts(
         }
     }
     Ok(Some(batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use tributary_schemas::lake::Manifest;
+
+    use super::*;
+
+    fn pinned(missing: Option<(i64, i64)>, covered: Option<i64>) -> Pinned {
+        let health = PartitionHealth {
+            start: 100,
+            next: 500,
+            high_watermark: 500,
+            stalled: false,
+            missing,
+        };
+        let version = covered.map(|w| {
+            let json = format!(
+                r#"{{"format":1,"view":"v","definition_hash":"h","version":1,"created_at":"2026-12-06T00:00:00Z","row_count":0,"files":[],"epoch_size":1,"boundary":{{"0":{w}}}}}"#
+            );
+            let manifest = Manifest::from_json(json.as_bytes()).unwrap();
+            Arc::new(BatchVersion {
+                speed_boundary: manifest.boundary.clone(),
+                manifest,
+                current_generation: true,
+                data: BatchData::Memory(Vec::new()),
+            })
+        });
+        Pinned {
+            version,
+            speed: SpeedSnapshot::default(),
+            speed_from: Boundary::default(),
+            speed_next: BTreeMap::new(),
+            speed_restarts: 0,
+            speed_health: BTreeMap::from([(0, health)]),
+            ready_max_lag: 10,
+        }
+    }
+
+    #[test]
+    fn offsets_kafka_deleted_unread_make_an_answer_incomplete_until_a_version_covers_them() {
+        assert!(pinned(None, None).complete());
+        let lost = pinned(Some((40, 99)), None);
+        assert_eq!(lost.missing(), BTreeMap::from([(0, (40, 99))]));
+        assert!(!lost.complete(), "no batch version covers 40..=99");
+        let partly = pinned(Some((40, 99)), Some(70));
+        assert_eq!(partly.missing(), BTreeMap::from([(0, (70, 99))]));
+        assert!(!partly.complete());
+        let covered = pinned(Some((40, 99)), Some(100));
+        assert!(covered.missing().is_empty());
+        assert!(covered.complete(), "the batch version holds them");
+    }
 }

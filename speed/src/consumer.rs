@@ -371,6 +371,7 @@ impl SpeedLayer {
         let boundary = self.boundary();
         let aggregated = self.health().next_offsets();
         let mut starts = BTreeMap::new();
+        let mut gaps = Vec::new();
         for &partition in partitions {
             let (low, high) = watermarks(&consumer, topic, partition)?;
             let wanted = match aggregated.get(&partition) {
@@ -386,6 +387,7 @@ impl SpeedLayer {
                     to = low - 1,
                     "offsets above the batch boundary were deleted by retention before the speed layer read them"
                 );
+                gaps.push((partition, wanted, low - 1));
                 low
             } else {
                 wanted
@@ -405,6 +407,9 @@ impl SpeedLayer {
         } else {
             health.restart(&starts, now);
             tracing::info!(topic, boundary = ?boundary.0, "speed layer reading from the batch boundary");
+        }
+        for (partition, from, to) in gaps {
+            health.missing(partition, from, to);
         }
         Ok(consumer)
     }

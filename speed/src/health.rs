@@ -39,6 +39,8 @@ struct Partition {
     idle_since: Option<Instant>,
     /// When the broker's end was last learnt.
     end_seen: Instant,
+    /// Offsets Kafka deleted before they were read (see [`PartitionHealth::missing`]).
+    missing: Option<(i64, i64)>,
 }
 
 impl Partition {
@@ -88,11 +90,23 @@ impl Health {
                     head_at_start: head,
                     idle_since: None,
                     end_seen: now,
+                    missing: None,
                 };
                 p.idle_since = p.behind().then_some(now);
                 (partition, p)
             })
             .collect();
+    }
+
+    /// Kafka deleted `partition`'s offsets `[from, to]` before they were read (widening what was
+    /// recorded since the last restart).
+    pub fn missing(&mut self, partition: i32, from: i64, to: i64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.missing = Some(match p.missing {
+                Some((f, t)) => (f.min(from), t.max(to)),
+                None => (from, to),
+            });
+        }
     }
 
     /// A poll step aggregated everything below `next` on `partition`.
@@ -150,6 +164,7 @@ impl Health {
                     next: p.next,
                     high_watermark: p.high_watermark,
                     stalled: p.stalled(now, stall_after),
+                    missing: p.missing,
                 };
                 (partition, health)
             })
@@ -205,6 +220,22 @@ mod tests {
 
     fn secs(t0: Instant, s: u64) -> Instant {
         t0 + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn offsets_deleted_unread_are_reported_until_the_next_restart() {
+        let t0 = Instant::now();
+        let mut h = health(10);
+        h.restart(&BTreeMap::from([(0, (100, 150)), (1, (0, 10))]), t0);
+        h.missing(0, 40, 99);
+        h.missing(0, 20, 60);
+        h.missing(7, 1, 2); // not a partition read: ignored
+        let partitions = h.partitions(t0);
+        assert_eq!(partitions[&0].missing, Some((20, 99)));
+        assert_eq!(partitions[&1].missing, None);
+        assert!(!partitions.contains_key(&7));
+        h.restart(&BTreeMap::from([(0, (150, 150))]), t0);
+        assert_eq!(h.partitions(t0)[&0].missing, None);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct PartitionHealth {
     /// The broker's end when last asked.
     pub high_watermark: i64,
     pub stalled: bool,
+    /// Offsets `[from, to]` above where the speed layer had to start that Kafka's retention
+    /// deleted before it read them: an answer whose batch version does not cover them misses them.
+    pub missing: Option<(i64, i64)>,
 }
 
 impl PartitionHealth {

@@ -76,9 +76,13 @@ fn freshness(pinned: &Pinned) -> Value {
 }
 
 /// What one view's answer merged. `complete` is false when the speed layer trails the log by more
-/// than `ready_max_lag` on some partition (`speed.lag`) or is stalled (`speed.stalled`): the answer
-/// is exact for the offsets it covers, and misses the rest.
+/// than `ready_max_lag` on some partition (`speed.lag`), is stalled (`speed.stalled`), or Kafka
+/// deleted offsets the batch version does not cover before the speed layer read them
+/// (`speed.missing`): the answer is exact for the offsets it covers, and misses the rest.
 fn merged_meta(view: &str, pinned: &Pinned) -> Value {
+    let missing: Vec<Value> = (pinned.missing().iter())
+        .map(|(p, (from, to))| json!({"partition": p, "from": from, "to": to}))
+        .collect();
     json!({
         "view": view,
         "complete": pinned.complete(),
@@ -88,6 +92,7 @@ fn merged_meta(view: &str, pinned: &Pinned) -> Value {
             "next_offsets": pinned.speed_next,
             "lag": pinned.speed_lag(),
             "stalled": pinned.speed_stalled(),
+            "missing": missing,
             "events": pinned.speed.events,
             "rows": pinned.speed.rows(),
             "sealed_epochs": pinned.speed.parts.iter().filter(|p| p.sealed).count(),
