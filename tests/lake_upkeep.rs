@@ -302,9 +302,19 @@ fn backfill_adds_a_file_once_quarantines_its_bad_lines_and_the_next_run_counts_i
     let mut service = Service::new(broker, &topic);
     service.start(256);
     let mut truth = Truth::new();
+    let views = service.json("GET", "/v1/views", None);
+    assert!(
+        (views["views"].as_array().unwrap().iter()).all(|v| v["state"] == "building"),
+        "no version yet: {views}"
+    );
     produce_in_bursts(&mut truth, &service, 6);
     common::run_batch(&service);
     check_all(&service, &truth, "before the backfill");
+    let views = service.json("GET", "/v1/views", None);
+    assert!(
+        (views["views"].as_array().unwrap().iter()).all(|v| v["state"] == "live"),
+        "{views}"
+    );
 
     // An NDJSON file: history that never went through Kafka (no Kafka timestamp: never late),
     // with malformed lines among it.

@@ -93,6 +93,8 @@ async fn views_lists_dimensions_metrics_and_freshness() {
     );
     assert_eq!(pageviews["metrics"][1]["type"], "int64");
     assert!(pageviews["batch"].is_null());
+    assert_eq!(pageviews["state"], "building", "no batch version yet");
+    assert!(pageviews["complete"].is_boolean());
     assert!(
         pageviews["freshness"]["newest_event"].is_string(),
         "{pageviews}"

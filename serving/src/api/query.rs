@@ -45,6 +45,14 @@ pub(super) async fn views(State(app): State<Arc<App>>) -> Result<axum::Json<Valu
             .pin(index)
             .map_err(|e| ApiError::internal("reading the views", &e))?;
         let mut entry = view_json(view);
+        // `building` until the view has a batch version under its current definition (a new
+        // view, or a changed one): its answers come from the speed layer alone until then, and
+        // `complete` says whether that still covers everything (see `meta.speed.missing`).
+        entry["state"] = json!(match pinned.version {
+            Some(_) => "live",
+            None => "building",
+        });
+        entry["complete"] = json!(pinned.complete());
         entry["batch"] = batch_meta(&pinned);
         entry["freshness"] = freshness(&pinned);
         out.push(entry);
