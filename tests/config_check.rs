@@ -100,3 +100,44 @@ fn the_configuration_can_come_whole_from_tributary_config_toml() {
     let text = format!("{}{}", stdout(&bad), String::from_utf8_lossy(&bad.stderr));
     assert!(text.contains("batch.intervall: unknown key"), "{text}");
 }
+
+/// `config diff OLD NEW`: what a deploy will do, exit 0 when NEW can run on a lake OLD wrote, 2
+/// when it cannot.
+#[test]
+fn config_diff_says_what_a_deploy_will_do_and_refuses_what_the_lake_cannot_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = tributary_schemas::config::DEFAULT_CONFIG;
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let old = write("old.toml", defaults.to_owned());
+    let added = write(
+        "added.toml",
+        defaults
+            .replace("bytes = \"int64\"", "bytes = \"int64\"\nplan = \"string\"")
+            .replace("granularity = \"1h\"", "granularity = \"1d\""),
+    );
+    let output = tributary(&["config", "diff", &old, &added]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        text.contains("event schema: compatible")
+            && text.contains("field \"plan\" (string) added")
+            && text.contains("view pageviews: unchanged")
+            && text.contains("view traffic: REBUILT (granularity 1h → 1d)"),
+        "{text}"
+    );
+    let retyped = write(
+        "retyped.toml",
+        defaults.replace("session_id = \"string\"", "session_id = \"int64\""),
+    );
+    let output = tributary(&["config", "diff", &old, &retyped]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        text.contains("INCOMPATIBLE") && text.contains("field \"session_id\" is string"),
+        "{text}"
+    );
+}
