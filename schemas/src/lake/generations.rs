@@ -18,8 +18,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{Lake, LakeError};
@@ -134,11 +132,7 @@ impl Lake {
         topic: &str,
         generations: &Generations,
     ) -> Result<(), LakeError> {
-        let json = serde_json::to_vec_pretty(generations).expect("generations serialize");
-        self.store()
-            .put(&Path::from(generations_path(topic)), PutPayload::from(json))
-            .await?;
-        Ok(())
+        self.put_json(&generations_path(topic), generations).await
     }
 }
 

@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{Lake, LakeError};
@@ -83,11 +81,7 @@ impl Lake {
         topic: &str,
         history: &RawHistory,
     ) -> Result<(), LakeError> {
-        let json = serde_json::to_vec_pretty(history).expect("the history serializes");
-        self.store()
-            .put(&Path::from(history_path(topic)), PutPayload::from(json))
-            .await?;
-        Ok(())
+        self.put_json(&history_path(topic), history).await
     }
 }
 

@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{Lake, LakeError};
@@ -246,11 +244,7 @@ impl Lake {
         topic: &str,
         history: &SchemaHistory,
     ) -> Result<(), LakeError> {
-        let json = serde_json::to_vec_pretty(history).expect("the history serializes");
-        self.store()
-            .put(&Path::from(schemas_path(topic)), PutPayload::from(json))
-            .await?;
-        Ok(())
+        self.put_json(&schemas_path(topic), history).await
     }
 }
 

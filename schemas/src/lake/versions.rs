@@ -34,6 +34,19 @@ impl Lake {
             })
     }
 
+    /// Replaces the JSON object at `path` with `value` (one atomic put).
+    pub(super) async fn put_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        value: &T,
+    ) -> Result<(), LakeError> {
+        let json = serde_json::to_vec_pretty(value).expect("the lake's JSON objects serialize");
+        self.store()
+            .put(&Path::from(path), PutPayload::from(json))
+            .await?;
+        Ok(())
+    }
+
     /// The live version of `view`, `None` before the first publish.
     pub async fn current(&self, view: &str) -> Result<Option<u64>, LakeError> {
         let pointer: Option<CurrentPointer> = self.get_json(&current_path(view)).await?;
