@@ -358,9 +358,7 @@ pub async fn backfill(
         })
     }
     .await;
-    if let Err(error) = lock.release().await {
-        tracing::warn!(%error, "cannot release the lake's run lock; it expires on its own");
-    }
+    lock.release_or_let_expire().await;
     result
 }
 

@@ -58,7 +58,7 @@ use tributary_schemas::shutdown::Shutdown;
 use job::{AbortOnDrop, ViewJob};
 use lock::{LockError, RunLock};
 use progress::ProgressSink;
-use publish::{release, versions_of};
+use publish::versions_of;
 use slices::SliceTarget;
 
 /// How the batch layer runs.
@@ -427,7 +427,7 @@ impl RecomputeService {
         if failure.is_none() {
             self.upkeep().await;
         }
-        release(lock).await;
+        lock.release_or_let_expire().await;
         failure.map_or(Ok(runs), Err)
     }
 
@@ -511,7 +511,7 @@ impl RecomputeService {
         let lock =
             RunLock::acquire(Arc::clone(self.lake.store()), self.settings.lock_lease).await?;
         let result = self.rollback_locked(definition, version).await;
-        release(lock).await;
+        lock.release_or_let_expire().await;
         result
     }
 

@@ -172,6 +172,14 @@ impl RunLock {
         }
         Ok(())
     }
+
+    /// [`Self::release`], where a failure is only logged: it delays the next holder until the
+    /// lease expires, no more.
+    pub async fn release_or_let_expire(self) {
+        if let Err(error) = self.release().await {
+            tracing::warn!(error = %chain(&error), "cannot release the lake's run lock; it expires on its own");
+        }
+    }
 }
 
 impl Drop for RunLock {

@@ -6,11 +6,9 @@
 
 use std::collections::HashSet;
 
-use tributary_schemas::blame::chain;
 use tributary_schemas::lake::{Lake, Manifest};
 
 use super::BatchError;
-use super::lock::RunLock;
 
 /// Makes `manifest`'s version the live one: the manifest first, then `_current` (the only write
 /// that changes what readers see). A crash between the two leaves the previous version live and
@@ -55,13 +53,6 @@ pub(super) async fn versions_of(
         }
     }
     Ok((complete, incomplete))
-}
-
-/// Releases the run lock; a failure only delays the next run until the lease expires.
-pub(super) async fn release(lock: RunLock) {
-    if let Err(error) = lock.release().await {
-        tracing::warn!(error = %chain(&error), "cannot release the recompute lock; it expires on its own");
-    }
 }
 
 /// Keeps the live version and the newest `keep` complete versions; deletes the rest, and the

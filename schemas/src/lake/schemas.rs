@@ -74,6 +74,24 @@ impl SchemaHistory {
     pub fn current(&self) -> Option<&SchemaEntry> {
         self.schemas.last()
     }
+
+    /// What `configured` changes from the current schema of `topic` (nothing when none is
+    /// recorded yet), or why the raw files cannot be read with it.
+    fn evolution_to(
+        &self,
+        topic: &str,
+        configured: &EventSchema,
+    ) -> Result<Evolution, SchemaError> {
+        let Some(current) = self.current() else {
+            return Ok(Evolution::default());
+        };
+        Evolution::between(&current.schema(), configured).map_err(|source| {
+            SchemaError::Incompatible {
+                topic: topic.to_owned(),
+                source,
+            }
+        })
+    }
 }
 
 /// One compatible difference between two event schemas.
@@ -197,15 +215,7 @@ impl Lake {
         configured: &EventSchema,
     ) -> Result<Evolution, SchemaError> {
         let history = self.schema_history(topic).await?;
-        let Some(current) = history.current() else {
-            return Ok(Evolution::default());
-        };
-        Evolution::between(&current.schema(), configured).map_err(|source| {
-            SchemaError::Incompatible {
-                topic: topic.to_owned(),
-                source,
-            }
-        })
+        history.evolution_to(topic, configured)
     }
 
     /// Records `configured` as the schema of the offsets of `generation` from `since` on when it
@@ -219,7 +229,7 @@ impl Lake {
         since: BTreeMap<i32, i64>,
     ) -> Result<Evolution, SchemaError> {
         let mut history = self.schema_history(topic).await?;
-        let evolution = self.check_event_schema(topic, configured).await?;
+        let evolution = history.evolution_to(topic, configured)?;
         let entry = match history.current() {
             None => SchemaEntry::of(configured, generation, BTreeMap::new()),
             Some(_) if evolution.is_empty() => return Ok(evolution),
