@@ -2,7 +2,8 @@
 //!
 //! tansu runs under a small `sh` watchdog in its own process group: the watchdog stops the broker
 //! when the test process that started it is gone, so even the shared broker (a `static`, never
-//! dropped) does not outlive its test binary. Dropping a [`Broker`] stops the whole group at once.
+//! dropped) does not outlive its test binary, and removes the broker's directory once the test
+//! process is gone. Dropping a [`Broker`] stops the whole group at once.
 //!
 //! Storage is `sqlite://` in a temporary directory that is the broker's working directory: with it,
 //! watermarks, seeks and consumer groups behave as in Kafka (`memory://` gets them wrong), and tansu
@@ -108,6 +109,9 @@ fn spawn(dir: &Path, address: SocketAddr) -> Result<Child, HarnessError> {
         while kill -0 "$OWNER" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done
         kill $broker 2>/dev/null
         wait $broker
+        # The owner is gone: nothing can restart this broker, so its data goes too (the shared
+        # broker is a `static` whose directory is never dropped).
+        kill -0 "$OWNER" 2>/dev/null || rm -rf -- "$DATA_DIR"
     "#;
     Command::new("sh")
         .args(["-c", watchdog])
@@ -115,6 +119,7 @@ fn spawn(dir: &Path, address: SocketAddr) -> Result<Child, HarnessError> {
         .env("TANSU_BIN_PATH", &binary)
         .env("URL", &url)
         .env("OWNER", std::process::id().to_string())
+        .env("DATA_DIR", dir)
         .env_remove("STORAGE_ENGINE")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(HarnessError::Spawn)?)
