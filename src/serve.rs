@@ -24,7 +24,7 @@ use tributary_serving::api::{self, App};
 use tributary_serving::audit::Audit;
 use tributary_serving::auth::Auth;
 use tributary_serving::ingest::{Ingest, IngestSettings};
-use tributary_serving::live::Live;
+use tributary_serving::live::{Live, Loaded};
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::{DATABASE, Engine};
 use tributary_serving::{tls, wire};
@@ -313,23 +313,21 @@ async fn start_serving(
     let serving = &config.serving;
     let budget = serving.memory_budget_mb << 20;
     let topic = &config.kafka.topic;
-    let versions = Live::load_versions(lake, topic, &config.views, budget)
+    let loaded = Loaded::load(lake, topic, &config.events, &config.views, budget)
         .await
         .context("loading the live batch versions")?;
-    let aggregator = Aggregator::new(&config.events, &config.views, config.batch.epoch_size)
+    // The configured views, then the old definitions answering while their replacements build.
+    let speed_views = loaded.speed_views(&config.views);
+    let aggregator = Aggregator::new(&config.events, &speed_views, config.batch.epoch_size)
         .context("planning the view filters for the speed layer")?;
     let settings = SpeedSettings::from_config(config);
-    let speed = Arc::new(SpeedLayer::new(
-        settings,
-        aggregator,
-        Live::speed_start(&versions),
-    ));
+    let speed = Arc::new(SpeedLayer::new(settings, aggregator, loaded.speed_start()));
     let live = Live::new(
         lake.clone(),
         topic.clone(),
         config.views.clone(),
         budget,
-        versions,
+        loaded,
         Arc::clone(&speed) as _,
     );
     let engine = Engine::with_limits(

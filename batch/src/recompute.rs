@@ -30,6 +30,7 @@
 //! **One run at a time**: in a process, a second [`RecomputeService::run`] is refused while one is running;
 //! across processes, the lake's [`lock::RunLock`] refuses it.
 
+mod building;
 pub mod compact;
 mod job;
 pub mod lock;

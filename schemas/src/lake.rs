@@ -7,6 +7,7 @@
 //! views/<view>/<version>/part-<n>.parquet              one immutable batch view version
 //! views/<view>/<version>/manifest.json                 what the version covers
 //! views/<view>/_current                                the live version, replaced atomically
+//! views/<view>/_building                               progress of a build under a new definition
 //! views/_lock                                          the recompute's run lock (a lease)
 //! ```
 //!
@@ -15,6 +16,7 @@
 //! and parses them; every read and write of them is a method of [`Lake`] (in the submodule of the
 //! object it concerns), so no other file formats a lake path.
 
+mod building;
 pub mod generations;
 pub mod history;
 mod manifest;
@@ -26,6 +28,7 @@ mod rooted;
 mod store;
 mod versions;
 
+pub use building::BuildProgress;
 pub use manifest::{Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile};
 pub use parquet::ParquetRows;
 pub use rooted::Rooted;

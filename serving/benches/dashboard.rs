@@ -38,7 +38,7 @@ use tributary_schemas::event::raw_rows::{KafkaPosition, ValueColumnBuilder};
 use tributary_schemas::lake::{Boundary, Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
 use tributary_serving::api::{App, router};
 use tributary_serving::auth::Auth;
-use tributary_serving::live::Live;
+use tributary_serving::live::{Live, Loaded};
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
@@ -209,10 +209,16 @@ fn main() {
 
     let budget = 4096 << 20;
     let started = Instant::now();
-    let versions = runtime
-        .block_on(Live::load_versions(&store, "events", &config.views, budget))
+    let loaded = runtime
+        .block_on(Loaded::load(
+            &store,
+            "events",
+            &config.events,
+            &config.views,
+            budget,
+        ))
         .unwrap();
-    let in_memory = versions[0].as_ref().unwrap().in_memory();
+    let in_memory = loaded.served[0].version.as_ref().unwrap().in_memory();
     println!(
         "loaded (in memory: {in_memory}) in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -222,7 +228,7 @@ fn main() {
         "events".to_owned(),
         config.views.clone(),
         budget,
-        versions,
+        loaded,
         Arc::new(speed_layer(&config)),
     ));
     let app_with = |auth: Auth| App {

@@ -24,7 +24,7 @@ use tributary_schemas::config::Config;
 use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{App, router};
 use tributary_serving::auth::Auth;
-use tributary_serving::live::Live;
+use tributary_serving::live::{Live, Loaded};
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
@@ -54,13 +54,13 @@ fn main() {
     let aggregator = Aggregator::new(&config.events, &config.views, 100_000).unwrap();
     let settings = SpeedSettings::from_config(&config);
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
-    let versions = config.views.iter().map(|_| None).collect();
+    let loaded = Loaded::none(&config.views);
     let live = Live::new(
         store,
         topic.clone(),
         config.views,
         64 << 20,
-        versions,
+        loaded,
         Arc::clone(&speed) as _,
     );
     let app = App {

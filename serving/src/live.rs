@@ -1,4 +1,4 @@
-//! Which batch version each view serves, and the pin a query takes (ARCHITECTURE.md §5).
+//! Which batch version each view serves, and the pin a query takes (ARCHITECTURE.md §5, §11).
 //!
 //! [`Live`] follows every view's `_current` pointer. A newly published version is loaded (into
 //! memory when it fits the budget, else scanned from its Parquet parts) *before* it replaces the
@@ -7,12 +7,21 @@
 //! needs while holding it; so no query can pair the new version with speed epochs the old version
 //! needed, or the old version with epochs the new one let go:
 //! - a version whose boundary is at or above the previous one drops the speed epochs it covers;
-//! - one whose boundary is *lower* on some partition (a rollback; a definition change, which
-//!   leaves no usable version; a version of an older offset generation, whose boundary says
-//!   nothing about the current log) makes the speed layer forget its states and re-read the log
-//!   from the lowest boundary of all views, since dropped epochs cannot come back otherwise. Until
-//!   it has caught up again, answers miss the re-read events (`meta.speed.next_offsets` shows it,
-//!   and `meta.complete` is false).
+//! - one whose boundary is *lower* on some partition (a rollback; a version of an older offset
+//!   generation, whose boundary says nothing about the current log) makes the speed layer forget
+//!   its states and re-read the log from the lowest boundary of all views, since dropped epochs
+//!   cannot come back otherwise. Until it has caught up again, answers miss the re-read events
+//!   (`meta.speed.next_offsets` shows it, and `meta.complete` is false).
+//!
+//! **Blue/green.** A view whose live version was computed under another definition than the
+//! configured one keeps answering under that old definition ([`Served`]), from its version and the
+//! speed layer's states of the old definition, while the speed layer also aggregates the
+//! configured one from the same start. When the recompute publishes the first version under the
+//! configured definition (its boundary is at or above the old one's), the view switches in the
+//! same step as any swap: the new definition's speed epochs below the new boundary are dropped,
+//! the old definition's states retired, and nothing re-reads the log. A view with no version at
+//! all while the speed layer starts above the log's beginning (one added to a lake with history)
+//! is [`Pinned::short`]: the query layer answers it `view_building` rather than short.
 //!
 //! A pin also copies the speed layer's progress against the broker's end, so an answer says
 //! whether it is complete: within `[serving] ready_max_lag` messages of the log on every
@@ -23,6 +32,7 @@ use std::sync::{Arc, RwLock};
 
 use arrow::array::RecordBatch;
 use tributary_schemas::config::ViewDef;
+use tributary_schemas::event::EventSchema;
 use tributary_schemas::lake::{Boundary, Lake, LakeError, Manifest};
 use tributary_schemas::layers::speed::{PartitionHealth, SpeedSnapshot, SpeedView};
 
@@ -61,10 +71,30 @@ impl BatchVersion {
     }
 }
 
+/// What answers one view: its live batch version under the definition the version was computed
+/// with, and the speed layer's states of that definition.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub version: Option<Arc<BatchVersion>>,
+    /// The configured definition, or, while the configured one is being built (a changed view's
+    /// first version under it is not published yet), the one its live version was computed under.
+    pub definition: Arc<ViewDef>,
+    /// The speed layer's index of `definition`'s states.
+    pub speed_index: usize,
+}
+
 /// What one query merges for one view: a batch version (if any) and the speed rows above it.
 #[derive(Debug, Clone)]
 pub struct Pinned {
     pub version: Option<Arc<BatchVersion>>,
+    /// The definition the version and the speed rows are of (see [`Served::definition`]).
+    pub definition: Arc<ViewDef>,
+    /// `definition` is the configured one.
+    pub configured: bool,
+    /// No batch version of any definition and the speed layer started above the log's beginning:
+    /// the rows miss the history below where it started (a view added to a lake with history,
+    /// until its first version).
+    pub short: bool,
     pub speed: SpeedSnapshot,
     /// The boundary the speed rows start at.
     pub speed_from: Boundary,
@@ -80,6 +110,12 @@ pub struct Pinned {
 }
 
 impl Pinned {
+    /// Whether the view is being built under its configured definition: it answers under an old
+    /// definition, or not at all.
+    pub fn building(&self) -> bool {
+        !self.configured || self.short
+    }
+
     /// Per partition, the messages between the broker's end and what this answer counts.
     pub fn speed_lag(&self) -> BTreeMap<i32, u64> {
         (self.speed_health.iter())
@@ -120,6 +156,7 @@ impl Pinned {
     /// none that Kafka deleted unread (it is exact for the offsets it covers either way).
     pub fn complete(&self) -> bool {
         !self.speed_health.is_empty()
+            && !self.short
             && self.missing().is_empty()
             && self.speed_stalled().is_empty()
             && self
@@ -129,6 +166,121 @@ impl Pinned {
     }
 }
 
+/// Every view's live version at start, and the definitions the speed layer must aggregate.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Per configured view.
+    pub served: Vec<Served>,
+    /// Old definitions answering while their views' configured definitions build: the speed layer
+    /// aggregates them after the configured views ([`Self::speed_views`]).
+    pub legacy: Vec<ViewDef>,
+}
+
+impl Loaded {
+    /// No batch version at all (a new lake; tests of the speed layer alone).
+    pub fn none(views: &[ViewDef]) -> Self {
+        let served = (views.iter().enumerate())
+            .map(|(index, view)| Served {
+                version: None,
+                definition: Arc::new(view.clone()),
+                speed_index: index,
+            })
+            .collect();
+        Self {
+            served,
+            legacy: Vec::new(),
+        }
+    }
+
+    /// Loads every view's live version. A version computed under another definition than the
+    /// configured one is served under its own (from its manifest's `definition`) while the
+    /// configured one builds, when `events` still reads every field it uses with the same types;
+    /// otherwise the view has no version until its first one under the configured definition.
+    pub async fn load(
+        lake: &Lake,
+        topic: &str,
+        events: &EventSchema,
+        views: &[ViewDef],
+        budget_bytes: usize,
+    ) -> Result<Self, LiveError> {
+        let generation = lake.generations(topic).await?.current;
+        let mut loaded = Self::none(views);
+        for (index, view) in views.iter().enumerate() {
+            let Some(number) = lake.current(&view.name).await? else {
+                continue;
+            };
+            let Some(manifest) = live_manifest(lake, &view.name, number).await? else {
+                continue;
+            };
+            let definition = if manifest.definition_hash == view.definition_hash() {
+                view.clone()
+            } else {
+                match old_definition(&manifest, events, view) {
+                    Some(old) => {
+                        tracing::info!(
+                            view = view.name,
+                            version = number,
+                            "the view's definition changed: its live version answers under the definition it was computed with until the next recompute publishes one under the new definition"
+                        );
+                        loaded.served[index].speed_index = views.len() + loaded.legacy.len();
+                        loaded.legacy.push(old.clone());
+                        old
+                    }
+                    None => {
+                        tracing::warn!(
+                            view = view.name,
+                            version = number,
+                            "the live version was computed under another definition the event schema no longer reads: the view is building until the next recompute"
+                        );
+                        continue;
+                    }
+                }
+            };
+            let version =
+                make_version(lake, &definition, manifest, generation, budget_bytes).await?;
+            loaded.served[index].version = Some(Arc::new(version));
+            loaded.served[index].definition = Arc::new(definition);
+        }
+        Ok(loaded)
+    }
+
+    /// The definitions the speed layer aggregates, by the indices [`Served::speed_index`] names.
+    pub fn speed_views(&self, views: &[ViewDef]) -> Vec<ViewDef> {
+        views.iter().chain(&self.legacy).cloned().collect()
+    }
+
+    /// Where the speed layer reads from: the lowest boundary of the live versions (the log's
+    /// beginning when there is none).
+    pub fn speed_start(&self) -> Boundary {
+        speed_start(&self.served)
+    }
+}
+
+/// The lowest boundary of the served versions; views without one do not pull it down (they are
+/// building: see [`Pinned::short`]), unless no view has a version.
+fn speed_start(served: &[Served]) -> Boundary {
+    (served.iter())
+        .filter_map(|s| s.version.as_ref())
+        .map(|v| v.speed_boundary.clone())
+        .reduce(|low, boundary| lowest(&low, &boundary))
+        .unwrap_or_default()
+}
+
+/// The definition `manifest` was computed under, rebuilt over today's `events`, when it still
+/// means what it meant (the same hash: every field it reads has the same type).
+fn old_definition(manifest: &Manifest, events: &EventSchema, view: &ViewDef) -> Option<ViewDef> {
+    let spec = manifest.definition.as_ref()?;
+    let old = ViewDef::from_spec(spec, events, view.late_after()).ok()?;
+    (old.definition_hash() == manifest.definition_hash).then_some(old)
+}
+
+#[derive(Debug)]
+struct State {
+    served: Vec<Served>,
+    /// Where the speed layer last (re)started reading.
+    start: Boundary,
+}
+
 /// The live versions of every view, kept in step with the speed layer.
 #[derive(Debug)]
 pub struct Live {
@@ -136,61 +288,30 @@ pub struct Live {
     topic: String,
     views: Vec<ViewDef>,
     budget_bytes: usize,
-    versions: RwLock<Vec<Option<Arc<BatchVersion>>>>,
+    state: RwLock<State>,
     speed: Arc<dyn SpeedView>,
 }
 
 impl Live {
-    /// Loads every view's live version. Call before the speed layer starts:
-    /// [`Self::speed_start`] says where it must begin.
-    pub async fn load_versions(
-        lake: &Lake,
-        topic: &str,
-        views: &[ViewDef],
-        budget_bytes: usize,
-    ) -> Result<Vec<Option<Arc<BatchVersion>>>, LiveError> {
-        let generation = lake.generations(topic).await?.current;
-        let mut versions = Vec::with_capacity(views.len());
-        for view in views {
-            let version = match lake.current(&view.name).await? {
-                Some(number) => load(lake, view, number, generation, budget_bytes).await?,
-                None => None,
-            };
-            versions.push(version.map(Arc::new));
-        }
-        Ok(versions)
-    }
-
-    /// The lowest boundary of all views: where the speed layer reads from.
-    pub fn speed_start(versions: &[Option<Arc<BatchVersion>>]) -> Boundary {
-        let mut start: Option<Boundary> = None;
-        for version in versions {
-            let boundary = version
-                .as_ref()
-                .map(|v| v.speed_boundary.clone())
-                .unwrap_or_default();
-            start = Some(match start {
-                None => boundary,
-                Some(low) => lowest(&low, &boundary),
-            });
-        }
-        start.unwrap_or_default()
-    }
-
+    /// `speed` aggregates `loaded.speed_views(&views)`, from `loaded.speed_start()`.
     pub fn new(
         lake: Lake,
         topic: String,
         views: Vec<ViewDef>,
         budget_bytes: usize,
-        versions: Vec<Option<Arc<BatchVersion>>>,
+        loaded: Loaded,
         speed: Arc<dyn SpeedView>,
     ) -> Self {
+        let start = loaded.speed_start();
         Self {
             lake,
             topic,
             views,
             budget_bytes,
-            versions: RwLock::new(versions),
+            state: RwLock::new(State {
+                served: loaded.served,
+                start,
+            }),
             speed,
         }
     }
@@ -207,27 +328,34 @@ impl Live {
         &self.lake
     }
 
-    /// The live version of every view (for status pages; queries use [`Self::pin`]).
-    pub fn versions(&self) -> Vec<Option<Arc<BatchVersion>>> {
-        self.versions
+    /// What answers each view (for status pages; queries use [`Self::pin`]).
+    pub fn served(&self) -> Vec<Served> {
+        self.state
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .served
             .clone()
+    }
+
+    /// The live version of every view.
+    pub fn versions(&self) -> Vec<Option<Arc<BatchVersion>>> {
+        self.served().into_iter().map(|s| s.version).collect()
     }
 
     /// Pins view `view`'s live version with the speed rows above its boundary.
     pub fn pin(&self, view: usize) -> Result<Pinned, LiveError> {
-        let versions = self.versions.read().unwrap_or_else(|e| e.into_inner());
-        let version = versions[view].clone();
-        let speed_from = version
-            .as_ref()
-            .map(|v| v.speed_boundary.clone())
-            .unwrap_or_default();
-        let speed = self.speed.pin(view, &speed_from);
-        drop(versions);
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let served = state.served[view].clone();
+        let short = served.version.is_none() && state.start.0.values().any(|&w| w > 0);
+        let speed_from = boundary_of(served.version.as_ref());
+        let speed = self.speed.pin(served.speed_index, &speed_from);
+        drop(state);
         let speed = speed?;
         Ok(Pinned {
-            version,
+            version: served.version,
+            configured: served.speed_index == view,
+            definition: served.definition,
+            short,
             speed: speed.snapshot,
             speed_from,
             speed_next: speed.next_offsets,
@@ -239,15 +367,19 @@ impl Live {
 
     /// Checks every view's `_current` and makes newly published versions live. Returns the views
     /// whose version changed.
+    ///
+    /// A view answering under an old definition switches to the configured one when its first
+    /// version under it is published: in the same step as any swap, and the old definition's
+    /// speed states go.
     pub async fn refresh(&self) -> Result<Vec<String>, LiveError> {
         let lake = &self.lake;
         let generation = lake.generations(&self.topic).await?.current;
-        let current = self.versions();
+        let current = self.served();
         let mut loaded = Vec::new();
         for (index, view) in self.views.iter().enumerate() {
-            let live = current[index].as_ref();
+            let served = &current[index];
             let number = lake.current(&view.name).await?;
-            let unchanged = match (live, number) {
+            let unchanged = match (served.version.as_ref(), number) {
                 (Some(live), Some(number)) => {
                     live.manifest.version == number
                         && live.current_generation == (live.manifest.generation == generation)
@@ -258,42 +390,82 @@ impl Live {
             if unchanged {
                 continue;
             }
-            let version = match number {
-                Some(number) => load(lake, view, number, generation, self.budget_bytes).await?,
+            let manifest = match number {
+                Some(number) => live_manifest(lake, &view.name, number).await?,
                 None => None,
             };
-            loaded.push((index, version.map(Arc::new)));
+            // The configured definition's version, or one more of the old definition still served.
+            let definition = manifest.as_ref().and_then(|manifest| {
+                [(view, index), (&served.definition, served.speed_index)]
+                    .into_iter()
+                    .find(|(def, _)| def.definition_hash() == manifest.definition_hash)
+                    .map(|(def, speed_index)| (def.clone(), speed_index))
+            });
+            let next = match (manifest, definition) {
+                (Some(manifest), Some((definition, speed_index))) => {
+                    let version =
+                        make_version(lake, &definition, manifest, generation, self.budget_bytes)
+                            .await?;
+                    Served {
+                        version: Some(Arc::new(version)),
+                        definition: Arc::new(definition),
+                        speed_index,
+                    }
+                }
+                (manifest, _) => {
+                    if let Some(manifest) = manifest {
+                        tracing::warn!(
+                            view = view.name,
+                            version = manifest.version,
+                            "the live version was computed under another definition: the view is building until the next recompute"
+                        );
+                    }
+                    Served {
+                        version: None,
+                        definition: Arc::new(view.clone()),
+                        speed_index: index,
+                    }
+                }
+            };
+            loaded.push((index, next));
         }
         if loaded.is_empty() {
             return Ok(Vec::new());
         }
-        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut restart = false;
         let mut changed = Vec::new();
-        for (index, version) in loaded {
-            let old = boundary_of(versions[index].as_ref());
-            let new = boundary_of(version.as_ref());
-            restart |= (old.0.keys()).any(|&p| new.get(p) < old.get(p));
+        for (index, served) in loaded {
+            let old = &state.served[index];
+            let old_boundary = boundary_of(old.version.as_ref());
+            let new = boundary_of(served.version.as_ref());
+            restart |= (old_boundary.0.keys()).any(|&p| new.get(p) < old_boundary.get(p));
             tracing::info!(
                 view = self.views[index].name,
-                version = version.as_ref().map(|v| v.manifest.version),
+                version = served.version.as_ref().map(|v| v.manifest.version),
                 boundary = ?new.0,
-                in_memory = version.as_ref().map(|v| v.in_memory()),
+                in_memory = served.version.as_ref().map(|v| v.in_memory()),
+                switched = old.speed_index != served.speed_index,
                 "batch version live"
             );
-            if !restart {
-                self.speed.drop_below(index, &new);
+            if old.speed_index != served.speed_index {
+                // The old definition answered until now; nothing pins it any more.
+                self.speed.retire(old.speed_index);
             }
-            versions[index] = version;
+            if !restart {
+                self.speed.drop_below(served.speed_index, &new);
+            }
+            state.served[index] = served;
             changed.push(self.views[index].name.clone());
         }
         if restart {
-            let start = Self::speed_start(&versions);
+            let start = speed_start(&state.served);
             tracing::warn!(
                 boundary = ?start.0,
-                "a live version's boundary went down (rollback, definition change or new offset generation): the speed layer re-reads the log from there"
+                "a live version's boundary went down (a rollback or a new offset generation): the speed layer re-reads the log from there"
             );
-            self.speed.restart_at(start);
+            self.speed.restart_at(start.clone());
+            state.start = start;
         }
         Ok(changed)
     }
@@ -316,38 +488,39 @@ fn lowest(a: &Boundary, b: &Boundary) -> Boundary {
     )
 }
 
-/// Loads version `number` of `view`, or `None` when it cannot be served: no manifest (being
-/// written or collected) or built under another definition (the next recompute replaces it).
-async fn load(
+/// Version `number`'s manifest, or `None` (said in the log) when `_current` names a version
+/// without one (being written or collected).
+async fn live_manifest(
     lake: &Lake,
-    view: &ViewDef,
+    view: &str,
     number: u64,
-    generation: u32,
-    budget_bytes: usize,
-) -> Result<Option<BatchVersion>, LiveError> {
-    let Some(manifest) = lake.manifest(&view.name, number).await? else {
+) -> Result<Option<Manifest>, LiveError> {
+    let manifest = lake.manifest(view, number).await?;
+    if manifest.is_none() {
         tracing::warn!(
-            view = view.name,
+            view,
             version = number,
             "_current names a version without a manifest"
         );
-        return Ok(None);
-    };
-    if manifest.definition_hash != view.definition_hash() {
-        tracing::warn!(
-            view = view.name,
-            version = number,
-            "the live version was computed under another definition of the view; serving the speed layer only until the next recompute"
-        );
-        return Ok(None);
     }
+    Ok(manifest)
+}
+
+/// The version `manifest` describes, read under `view` (the definition it was computed with).
+async fn make_version(
+    lake: &Lake,
+    view: &ViewDef,
+    manifest: Manifest,
+    generation: u32,
+    budget_bytes: usize,
+) -> Result<BatchVersion, LiveError> {
     let current_generation = manifest.generation == generation;
     let speed_boundary = if current_generation {
         manifest.boundary.clone()
     } else {
         tracing::warn!(
             view = view.name,
-            version = number,
+            version = manifest.version,
             "the live version covers an older offset generation; the speed layer reads the current log from its start"
         );
         Boundary::default()
@@ -358,12 +531,12 @@ async fn load(
         true => read_parts(lake, view, &files, budget_bytes).await?,
         false => None,
     };
-    Ok(Some(BatchVersion {
+    Ok(BatchVersion {
         manifest,
         speed_boundary,
         current_generation,
         data: data.map_or(BatchData::Parquet(files), BatchData::Memory),
-    }))
+    })
 }
 
 /// Decodes the parts, or `None` once they pass `budget_bytes` in memory.
@@ -386,6 +559,13 @@ async fn read_parts(
         }
     }
     Ok(Some(batches))
+}
+
+/// The default configuration's first view, for unit tests' pins.
+#[cfg(test)]
+pub(crate) fn default_view() -> Arc<ViewDef> {
+    let config = tributary_schemas::config::Config::from_sources(None, []).unwrap();
+    Arc::new(config.views[0].clone())
 }
 
 #[cfg(test)]
@@ -416,6 +596,9 @@ mod tests {
         });
         Pinned {
             version,
+            definition: default_view(),
+            configured: true,
+            short: false,
             speed: SpeedSnapshot::default(),
             speed_from: Boundary::default(),
             speed_next: BTreeMap::new(),

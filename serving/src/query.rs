@@ -90,6 +90,10 @@ pub enum QueryError {
         "{limit} queries are running, as many as [serving] max_concurrent_queries allows; try again shortly"
     )]
     Busy { limit: usize },
+    /// The view is being built under its configured definition and cannot give what was asked
+    /// yet (HTTP 503 `view_building`, with `Retry-After`).
+    #[error(transparent)]
+    Building(#[from] ViewBuilding),
     /// The query's operators needed more memory than `[serving] query_memory_mb` (a 4xx).
     #[error(
         "the query needs more memory than [serving] query_memory_mb ({mb} MB) allows: narrow its time range or filters, group more coarsely, or add a LIMIT"
@@ -106,10 +110,109 @@ impl QueryError {
     }
 }
 
+/// What a view being built under its configured definition cannot answer yet: all of it (a view
+/// with no batch version in a lake with history), or what only the configured definition has
+/// while the old one answers the rest (ARCHITECTURE.md §11).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "view {view} is being built under its configured definition: {what}; it is answered once the batch layer publishes the view's first version under that definition (its progress is in GET /v1/views)"
+)]
+pub struct ViewBuilding {
+    pub view: String,
+    pub what: String,
+}
+
+impl ViewBuilding {
+    /// How long a client should wait before asking again (seconds).
+    pub const RETRY_AFTER_SECS: u64 = 30;
+
+    /// Whether `pinned` gives the `columns` (time, dimensions and metrics by name) of
+    /// `configured` as configured.
+    pub fn check<'c>(
+        configured: &ViewDef,
+        pinned: &Pinned,
+        columns: impl IntoIterator<Item = &'c str>,
+    ) -> Result<(), ViewBuilding> {
+        let building = |what: String| ViewBuilding {
+            view: configured.name.clone(),
+            what,
+        };
+        if pinned.short {
+            return Err(building(
+                "it has no batch version yet, and the speed layer holds only what arrived since it started".to_owned(),
+            ));
+        }
+        if pinned.configured {
+            return Ok(());
+        }
+        let old = &pinned.definition;
+        let mut pending = configured.not_answered_by(old);
+        if old.granularity != configured.granularity {
+            pending.push(tributary_schemas::config::TIME_COLUMN);
+        }
+        let mut waiting: Vec<&str> = columns
+            .into_iter()
+            .filter(|c| pending.contains(c))
+            .collect();
+        waiting.sort_unstable();
+        waiting.dedup();
+        match waiting.is_empty() {
+            true => Ok(()),
+            false => Err(building(format!(
+                "{} {} only in the new definition ({} answered now under the old one)",
+                waiting.join(", "),
+                if waiting.len() == 1 { "is" } else { "are" },
+                shared(configured, old),
+            ))),
+        }
+    }
+
+    /// A query that the old definition a view answers under cannot plan: `why`.
+    pub fn unplannable(configured: &ViewDef, why: impl std::fmt::Display) -> Self {
+        ViewBuilding {
+            view: configured.name.clone(),
+            what: format!("the old definition answering meanwhile cannot: {why}"),
+        }
+    }
+
+    /// The building error in a DataFusion error's chain (raised by a scan).
+    fn find(error: &DataFusionError) -> Option<ViewBuilding> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(error) = source {
+            if let Some(building) = error.downcast_ref::<ViewBuilding>() {
+                return Some(building.clone());
+            }
+            if let Some(DataFusionError::External(inner)) = error.downcast_ref::<DataFusionError>()
+                && let Some(building) = inner.downcast_ref::<ViewBuilding>()
+            {
+                return Some(building.clone());
+            }
+            source = error.source();
+        }
+        None
+    }
+}
+
+/// The metrics `configured` and `old` both have as they are, for the message.
+fn shared(configured: &ViewDef, old: &ViewDef) -> String {
+    let pending = configured.not_answered_by(old);
+    let metrics: Vec<&str> = (configured.metrics.iter())
+        .map(|m| m.name.as_str())
+        .filter(|m| !pending.contains(m))
+        .collect();
+    match metrics.is_empty() {
+        true => "no metric is".to_owned(),
+        false => format!("{} are", metrics.join(", ")),
+    }
+}
+
 /// A DataFusion error of a plan Tributary built from a checked request: a failed store is
 /// outside, anything else is ours (the request was validated before planning).
 impl From<DataFusionError> for QueryError {
     fn from(error: DataFusionError) -> Self {
+        if let Some(building) = ViewBuilding::find(&error) {
+            return QueryError::Building(building);
+        }
         if matches!(error.find_root(), DataFusionError::ResourcesExhausted(_)) {
             return QueryError::TooBig { mb: 0 };
         }
@@ -124,6 +227,9 @@ impl QueryError {
     /// A DataFusion error of a query the caller wrote (SQL): the caller's errors become a 400
     /// with DataFusion's message.
     fn of_sql(error: DataFusionError) -> Self {
+        if let Some(building) = ViewBuilding::find(&error) {
+            return QueryError::Building(building);
+        }
         if matches!(error.find_root(), DataFusionError::ResourcesExhausted(_)) {
             // Without a memory limit configured, this is the machine's: say 0 (unbounded).
             return QueryError::TooBig { mb: 0 };
@@ -353,14 +459,28 @@ impl Engine {
     ) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let (index, view) = self.view(&request.view)?;
-        let mut plan = QueryPlan::check(view, request, self.max_rows)?;
+        let configured = QueryPlan::check(view, request, self.max_rows)?;
         let _admitted = self.admit()?;
-        if let Some(allowed) = self.row_filters(caller).swap_remove(index) {
-            plan.before.insert(0, allowed);
-        }
+        let allowed = self.row_filters(caller).swap_remove(index);
         let snapshot =
             (self.snapshots).open(request.snapshot.as_deref(), self.live.views().len())?;
         let pinned = snapshot.pin(index, || self.pin(index))?;
+        let mut plan = match pinned.building() {
+            false => configured,
+            true => {
+                // The caller's row filter must hold under the definition that answers.
+                let filtered = (allowed.iter().flat_map(|a| a.column_refs()))
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>();
+                ViewBuilding::check(view, &pinned, configured.columns().chain(filtered))?;
+                configured
+                    .under(&pinned.definition, request, self.max_rows)
+                    .map_err(|why| ViewBuilding::unplannable(view, why))?
+            }
+        };
+        if let Some(allowed) = allowed {
+            plan.before.insert(0, allowed);
+        }
         let run = self.run_query(&plan, &pinned);
         let (schema, batches, truncated) = tokio::time::timeout(self.timeout, run)
             .await

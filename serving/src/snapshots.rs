@@ -155,6 +155,9 @@ mod tests {
         let column: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows as i64));
         Pinned {
             version: None,
+            definition: crate::live::default_view(),
+            configured: true,
+            short: false,
             speed: SpeedSnapshot {
                 parts: vec![SpeedPart {
                     partition: 0,

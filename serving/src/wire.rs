@@ -806,7 +806,12 @@ fn wire_error(error: &QueryError) -> PgWireError {
         QueryError::Invalid {
             code: "sql_failed", ..
         } => "22000",
+        QueryError::Invalid {
+            code: "unknown_view",
+            ..
+        } => "42P01",
         QueryError::Invalid { .. } => "42000",
+        QueryError::Building(_) => "55000",
         QueryError::Timeout(_) => "57014",
         QueryError::SnapshotExpired(_) => "40001",
         QueryError::Busy { .. } => "53000",

@@ -180,12 +180,14 @@ async fn query_answers_with_what_it_merged() {
 #[tokio::test]
 async fn query_errors_say_what_to_fix() {
     let api = default_api();
+    // A view the configuration does not have (never had, or removed): not found.
+    let reply = post(&api, "/v1/query", json!({"view": "nope"})).await;
+    let message = error(&reply, StatusCode::NOT_FOUND, "unknown_view");
+    assert!(
+        message.contains("the views are: pageviews, traffic"),
+        "{message}"
+    );
     let cases = [
-        (
-            json!({"view": "nope"}),
-            "unknown_view",
-            "the views are: pageviews, traffic",
-        ),
         (
             json!({"view": "pageviews", "metrics": ["clicks"]}),
             "unknown_metric",
@@ -354,7 +356,7 @@ async fn batch_run_needs_the_batch_role_and_a_known_view() {
         "an empty lake: {reply}"
     );
     let reply = post(&api, "/v1/batch/run", json!({"view": "nope"})).await;
-    error(&reply, StatusCode::BAD_REQUEST, "unknown_view");
+    error(&reply, StatusCode::NOT_FOUND, "unknown_view");
     let (status, text) = call(&api, Method::POST, "/v1/batch/run", "[").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
 }

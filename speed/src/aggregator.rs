@@ -74,6 +74,8 @@ pub struct ViewStates {
     defining: Vec<usize>,
     /// Per metric, the index of its state in a row.
     sources: Vec<usize>,
+    /// No longer aggregated: an old definition whose replacement went live (blue/green).
+    retired: bool,
 }
 
 /// [`ViewStates::defining`] and [`ViewStates::sources`] of `metrics`.
@@ -112,6 +114,7 @@ impl ViewStates {
             hasher: Default::default(),
             defining,
             sources,
+            retired: false,
         }
     }
 
@@ -279,6 +282,17 @@ impl ViewStates {
         self.epochs.clear();
     }
 
+    /// Stops aggregating this view and forgets its states: the old definition of a view whose new
+    /// definition's first version is live, so nothing answers from these states any more.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        self.epochs.clear();
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired
+    }
+
     pub fn epochs(&self) -> &BTreeMap<(i32, i64), EpochStates> {
         &self.epochs
     }
@@ -393,6 +407,9 @@ impl Aggregator {
             None
         };
         for (view, filter) in self.views.iter_mut().zip(&self.filters) {
+            if view.retired {
+                continue;
+            }
             let keep = match (filter, &batch) {
                 (Some(filter), Some(batch)) => {
                     Some(filter.evaluate(batch)?.into_array(batch.num_rows())?)

@@ -189,6 +189,14 @@ impl SpeedLayer {
         }
     }
 
+    /// Stops aggregating view `view` and forgets its states ([`ViewStates::retire`]).
+    pub fn retire(&self, view: usize) {
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(view) = states.views_mut().get_mut(view) {
+            view.retire();
+        }
+    }
+
     /// Reads the states (a query's snapshot is taken under this read lock).
     pub fn with_views<T>(&self, f: impl FnOnce(&[ViewStates]) -> T) -> T {
         let states = self.states.read().unwrap_or_else(|e| e.into_inner());

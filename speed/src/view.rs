@@ -36,6 +36,10 @@ impl SpeedView for SpeedLayer {
         SpeedLayer::restart_at(self, boundary);
     }
 
+    fn retire(&self, view: usize) {
+        SpeedLayer::retire(self, view);
+    }
+
     fn restarts(&self) -> u64 {
         SpeedLayer::restarts(self)
     }

@@ -23,6 +23,7 @@ use tributary_schemas::event::{EventSchema, timestamp_type};
 use tributary_schemas::functions;
 use tributary_schemas::lake::{LAKE_URL, Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
 
+use super::building::Building;
 use super::parts::PartWriter;
 use super::plan::{self, Input, InputFile, TimeRange};
 use super::pool::PeakPool;
@@ -52,7 +53,26 @@ pub(super) struct ViewJob {
 }
 
 impl ViewJob {
-    pub(super) async fn run(self) -> Result<ViewRun, BatchError> {
+    pub(super) async fn run(mut self) -> Result<ViewRun, BatchError> {
+        // A first version under the configured definition: its progress goes to the lake too.
+        let live_hash =
+            (self.lake.live_manifest(&self.view.name).await?).map(|m| m.definition_hash);
+        let definition_hash = self.view.definition_hash();
+        let building = match live_hash == Some(definition_hash.clone()) {
+            true => None,
+            false => Some(Building::start(&self.lake, &self.view.name, &definition_hash).await),
+        };
+        if let Some(building) = &building {
+            self.progress = building.sink(Arc::clone(&self.progress));
+        }
+        let run = self.run_once().await;
+        if let Some(building) = building {
+            building.finish().await;
+        }
+        run
+    }
+
+    async fn run_once(self) -> Result<ViewRun, BatchError> {
         let started = Instant::now();
         let lake = &self.lake;
         let name = self.view.name.clone();

@@ -212,6 +212,23 @@ impl ViewDef {
     pub fn metric(&self, name: &str) -> Option<&MetricDef> {
         self.metrics.iter().find(|m| m.name == name)
     }
+
+    /// The dimensions and metrics of `self` that `old` does not have as they are here (absent,
+    /// another type or another expression): while `self` is being built, `old` answers the
+    /// others and these wait for `self`'s first version.
+    pub fn not_answered_by(&self, old: &ViewDef) -> Vec<&str> {
+        let dimensions = (self.dimensions.iter())
+            .filter(|d| {
+                !old.dimensions
+                    .iter()
+                    .any(|o| o.name == d.name && o.ty == d.ty)
+            })
+            .map(|d| d.name.as_str());
+        let metrics = (self.metrics.iter())
+            .filter(|m| old.metric(&m.name) != Some(m))
+            .map(|m| m.name.as_str());
+        dimensions.chain(metrics).collect()
+    }
 }
 
 /// View and metric names: lowercase identifiers, usable unquoted in SQL and as lake path segments.

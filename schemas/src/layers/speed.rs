@@ -73,8 +73,9 @@ pub struct SpeedPin {
     pub restarts: u64,
 }
 
-/// The speed layer as the serving layer uses it. Views are addressed by their index in the
-/// configuration's view list, which both layers were built from.
+/// The speed layer as the serving layer uses it. Views are addressed by their index in the list
+/// both layers were built from: the configuration's views, then the old definitions still answering
+/// while their replacements build (`Loaded::speed_views` in the serving layer).
 pub trait SpeedView: StatusSource {
     /// View `view`'s states in the epochs at or above `from` (a batch version's boundary).
     fn pin(&self, view: usize, from: &Boundary) -> Result<SpeedPin, ArrowError>;
@@ -87,6 +88,10 @@ pub trait SpeedView: StatusSource {
     /// is lower than what the states start at (a rollback, a definition change, a new offset
     /// generation), since dropped epochs cannot come back otherwise.
     fn restart_at(&self, boundary: Boundary);
+
+    /// Stops aggregating view `view` and forgets its states: an old definition kept while its
+    /// replacement was built (blue/green), once the replacement's first version is live.
+    fn retire(&self, view: usize);
 
     /// How many times the states were forgotten ([`Self::restart_at`]): sealed epochs read after a
     /// restart may belong to another log, so caches key on this.

@@ -75,7 +75,7 @@ pub async fn run_batch(
         }
         Err(RecomputeError::UnknownView(error)) => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::NOT_FOUND,
                 "unknown_view",
                 error.to_string(),
             ));

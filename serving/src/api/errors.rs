@@ -9,7 +9,7 @@ use serde_json::json;
 use tributary_schemas::blame::chain;
 
 use crate::ingest::IngestError;
-use crate::query::QueryError;
+use crate::query::{QueryError, ViewBuilding};
 
 /// An error reply.
 #[derive(Debug)]
@@ -76,8 +76,21 @@ impl IntoResponse for ApiError {
 impl From<QueryError> for ApiError {
     fn from(error: QueryError) -> Self {
         match error {
+            QueryError::Invalid {
+                code: code @ "unknown_view",
+                message,
+            } => ApiError::new(StatusCode::NOT_FOUND, code, message),
             QueryError::Invalid { code, message } => {
                 ApiError::new(StatusCode::BAD_REQUEST, code, message)
+            }
+            building @ QueryError::Building(_) => {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "view_building",
+                    building.to_string(),
+                );
+                error.retry_after = Some(ViewBuilding::RETRY_AFTER_SECS);
+                error
             }
             timeout @ QueryError::Timeout(_) => ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,

@@ -12,6 +12,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tributary_schemas::config::ViewDef;
+use tributary_schemas::lake::BuildProgress;
 
 use super::{ApiError, App, Caller, parse};
 use crate::audit::Answered;
@@ -45,19 +46,61 @@ pub(super) async fn views(State(app): State<Arc<App>>) -> Result<axum::Json<Valu
             .pin(index)
             .map_err(|e| ApiError::internal("reading the views", &e))?;
         let mut entry = view_json(view);
-        // `building` until the view has a batch version under its current definition (a new
-        // view, or a changed one): its answers come from the speed layer alone until then, and
-        // `complete` says whether that still covers everything (see `meta.speed.missing`).
-        entry["state"] = json!(match pinned.version {
-            Some(_) => "live",
-            None => "building",
-        });
+        // `building` until the view has a batch version under its configured definition (a new
+        // view, or a changed one), with what answers meanwhile and the build's progress.
+        let building = pinned.version.is_none() || !pinned.configured;
+        entry["state"] = json!(if building { "building" } else { "live" });
+        if building {
+            let progress = (live.lake().build_progress(&view.name).await)
+                .map_err(|e| ApiError::unavailable("reading the build's progress", &e))?
+                .filter(|p| p.definition_hash == view.definition_hash());
+            entry["building"] = building_json(view, &pinned, progress.as_ref());
+        }
         entry["complete"] = json!(pinned.complete());
         entry["batch"] = batch_meta(&pinned);
         entry["freshness"] = freshness(&pinned);
         out.push(entry);
     }
     Ok(axum::Json(json!({"views": out})))
+}
+
+/// How long a build's progress may go unwritten (it is written every second) before the build is
+/// shown as not running: killed, or waiting for the next scheduled run.
+const BUILD_HEARTBEAT: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
+
+/// What answers a building view meanwhile, what waits for its first version, and the progress of
+/// the run building it (`null` when none is running).
+fn building_json(view: &ViewDef, pinned: &Pinned, progress: Option<&BuildProgress>) -> Value {
+    let (answering, waiting): (&str, Vec<&str>) = match (pinned.short, pinned.configured) {
+        (true, _) => (
+            "nothing",
+            view.metrics.iter().map(|m| m.name.as_str()).collect(),
+        ),
+        (false, true) => ("speed_layer", Vec::new()),
+        (false, false) => ("old_definition", view.not_answered_by(&pinned.definition)),
+    };
+    let progress = progress.map(|p| {
+        json!({
+            "running": Utc::now() - p.updated_at < BUILD_HEARTBEAT,
+            "started_at": p.started_at,
+            "updated_at": p.updated_at,
+            "files_done": p.files_done,
+            "files_total": p.files_total,
+            "rows_done": p.rows_done,
+            "rows_total": p.rows_total,
+            "fraction": p.fraction(),
+        })
+    });
+    // Buckets finer than the old definition's wait too.
+    let old_granularity = (answering == "old_definition"
+        && pinned.definition.granularity != view.granularity)
+        .then(|| pinned.definition.granularity.to_string());
+    json!({
+        "answering": answering,
+        "waiting": waiting,
+        "old_granularity": old_granularity,
+        "progress": progress,
+    })
 }
 
 fn batch_meta(pinned: &Pinned) -> Value {
@@ -94,6 +137,9 @@ fn merged_meta(view: &str, pinned: &Pinned) -> Value {
     json!({
         "view": view,
         "complete": pinned.complete(),
+        // Answered under the definition the live version was computed with, while the
+        // configured one builds (the metrics both share).
+        "previous_definition": !pinned.configured,
         "batch": batch_meta(pinned),
         "speed": {
             "from": pinned.speed_from.0,

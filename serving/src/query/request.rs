@@ -75,6 +75,8 @@ pub(super) struct QueryPlan<'v> {
     pub(super) after: Vec<Expr>,
     pub(super) order: Vec<SortExpr>,
     pub(super) limit: usize,
+    /// The view's definition hash: rows of another definition never share a cache entry.
+    definition: String,
 }
 
 impl<'v> QueryPlan<'v> {
@@ -234,14 +236,45 @@ impl<'v> QueryPlan<'v> {
             after,
             order,
             limit,
+            definition: view.definition_hash(),
         })
     }
 
-    /// What decides [`Self::part`] of immutable rows: which rows (`source`) and the query's shape.
+    /// The view's columns the query reads: the metrics, and the dimensions it groups by or
+    /// filters on (its time buckets are checked by [`Self::under`]).
+    pub(super) fn columns(&self) -> impl Iterator<Item = &str> {
+        let dimensions = (self.before.iter().flat_map(|e| e.column_refs()))
+            .map(|c| c.name.as_str())
+            .filter(|name| *name != TIME_COLUMN);
+        (self.metrics.iter().map(|m| m.name.as_str()))
+            .chain(self.group_by.iter().map(String::as_str))
+            .chain(dimensions)
+    }
+
+    /// This plan (checked against the configured definition) as `old`, the definition a view
+    /// answers under while the configured one builds, answers it: the same metrics, and the
+    /// buckets of the configured granularity when the request leaves it to the view. The reason
+    /// when `old` cannot (its buckets are coarser than asked).
+    pub(super) fn under<'o>(
+        &self,
+        old: &'o ViewDef,
+        request: &QueryRequest,
+        max_rows: usize,
+    ) -> Result<QueryPlan<'o>, QueryError> {
+        let mut request = request.clone();
+        request.metrics = self.metrics.iter().map(|m| m.name.clone()).collect();
+        if request.granularity.is_none() && old.granularity != self.view.granularity {
+            request.granularity = Some(self.view.granularity.to_string());
+        }
+        QueryPlan::check(old, &request, max_rows)
+    }
+
+    /// What decides [`Self::part`] of immutable rows: which rows (`source`, of this definition)
+    /// and the query's shape.
     pub(super) fn cache_key(&self, source: &str) -> String {
         format!(
-            "{}/{source}/{:?}/{:?}/{:?}",
-            self.view.name, self.bucket, self.group_by, self.before
+            "{}/{}/{source}/{:?}/{:?}/{:?}",
+            self.view.name, self.definition, self.bucket, self.group_by, self.before
         )
     }
 }

@@ -25,7 +25,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, Result};
+use datafusion::common::{Column, DataFusionError, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, TableType, provider_as_source, source_as_provider};
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -40,6 +40,7 @@ use tributary_schemas::config::ViewDef;
 use tributary_schemas::functions::merge;
 use tributary_schemas::functions::state::{Phase, StateUdaf};
 
+use super::ViewBuilding;
 use super::plan::batch_states;
 use super::tables::{Kind, Reads, ViewTable};
 use crate::cache::PartialCache;
@@ -318,8 +319,17 @@ impl TableProvider for Rollup {
         let (state, reads) = Reads::of(session, &self.view.name)?;
         let pinned = reads.pin(self.index)?;
         let allowed = reads.row_filter(self.index);
+        // While the view builds, the old definition answers what it has as configured.
+        let read = (self.keys.iter().chain(&self.predicate).chain(allowed))
+            .flat_map(|e| e.column_refs())
+            .map(|c| c.name.as_str())
+            .chain(self.columns.iter().map(String::as_str));
+        ViewBuilding::check(&self.view, &pinned, read)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // Parts of another definition never share a cache entry.
+        let definition = pinned.definition.definition_hash();
         let ctx = SessionContext::new_with_state(state.clone());
-        let schema = self.view.state_schema();
+        let schema = pinned.definition.state_schema();
         // Rows that may still change (open epochs): merged per query.
         let open: Vec<RecordBatch> = (pinned.speed.parts.iter())
             .filter(|p| !p.sealed)
@@ -334,7 +344,7 @@ impl TableProvider for Rollup {
         let mut immutable = Vec::new();
         for part in pinned.speed.parts.iter().filter(|p| p.sealed) {
             let name = format!(
-                "speed/{}/{}/{}",
+                "{definition}/speed/{}/{}/{}",
                 pinned.speed_restarts, part.partition, part.epoch
             );
             let rows = ctx.read_batch(part.batch.clone())?;
@@ -342,8 +352,11 @@ impl TableProvider for Rollup {
         }
         if let Some(version) = &pinned.version {
             let manifest = &version.manifest;
-            let name = format!("batch/{}/{}", manifest.version, manifest.generation);
-            let rows = batch_states(&ctx, &self.view, version).await?;
+            let name = format!(
+                "{definition}/batch/{}/{}",
+                manifest.version, manifest.generation
+            );
+            let rows = batch_states(&ctx, &pinned.definition, version).await?;
             immutable.extend(self.cached(&name, rows, allowed).await?.iter().cloned());
         }
         partitions.push(immutable);

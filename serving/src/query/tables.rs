@@ -31,8 +31,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use tributary_schemas::config::{TIME_COLUMN, ViewDef};
 
-use super::Merged;
 use super::plan::{finalize, group, names, states, states_table, view_metrics};
+use super::{Merged, ViewBuilding};
 use crate::live::{Live, Pinned};
 use crate::snapshots::Snapshot;
 
@@ -212,8 +212,23 @@ impl TableProvider for ViewTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (state, reads) = Reads::of(session, &self.view.name)?;
         let pinned = reads.pin(self.index)?;
+        let fields = self.schema.fields();
+        let columns: Vec<&str> = match projection {
+            Some(projection) => projection
+                .iter()
+                .map(|&i| fields[i].name().as_str())
+                .collect(),
+            None => fields.iter().map(|f| f.name().as_str()).collect(),
+        };
+        // While the view builds, the old definition answers what it has as configured.
+        let filtered = (filters.iter().chain(reads.row_filter(self.index)))
+            .flat_map(|f| f.column_refs())
+            .map(|c| c.name.as_str());
+        ViewBuilding::check(&self.view, &pinned, columns.iter().copied().chain(filtered))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let view = &pinned.definition;
         let ctx = SessionContext::new_with_state(state.clone());
-        let mut rows = states(&ctx, &self.view, &pinned).await?;
+        let mut rows = states(&ctx, view, &pinned).await?;
         // The caller's row filter first: nothing the statement says comes before it.
         if let Some(allowed) = reads.row_filter(self.index) {
             rows = rows.filter(allowed.clone())?;
@@ -221,13 +236,9 @@ impl TableProvider for ViewTable {
         if let Some(predicate) = filters.iter().cloned().reduce(Expr::and) {
             rows = rows.filter(predicate)?;
         }
-        let mut table = self.kind.rows(&self.view, rows)?;
-        if let Some(projection) = projection {
-            let columns = projection
-                .iter()
-                .map(|&i| ident(self.schema.field(i).name()));
-            table = table.select(columns.collect::<Vec<_>>())?;
-        }
+        let mut table = self.kind.rows(view, rows)?;
+        // By name: under an old definition the columns are the shared ones, in its order.
+        table = table.select(columns.into_iter().map(ident).collect::<Vec<_>>())?;
         table.create_physical_plan().await
     }
 }

@@ -14,7 +14,7 @@ use tributary_serving::api::App;
 use tributary_serving::audit::Audit;
 use tributary_serving::auth::Auth;
 use tributary_serving::ingest::Ingest;
-use tributary_serving::live::Live;
+use tributary_serving::live::{Live, Loaded};
 use tributary_serving::metrics::Metrics;
 use tributary_serving::query::Engine;
 use tributary_speed::aggregator::Aggregator;
@@ -80,13 +80,12 @@ pub fn app(setup: Setup) -> (Arc<App>, tempfile::TempDir) {
         },
     };
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
-    let versions = config.views.iter().map(|_| None).collect();
     let live = Live::new(
         store.clone(),
         "events".to_owned(),
         config.views.clone(),
         64 << 20,
-        versions,
+        Loaded::none(&config.views),
         speed,
     );
     let recompute = setup.with_batch.then(|| {
