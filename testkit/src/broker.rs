@@ -64,7 +64,12 @@ pub struct Broker {
     child: Mutex<Child>,
     address: SocketAddr,
     dir: TempDir,
+    /// tansu's `--storage-engine` URL.
+    storage: String,
 }
+
+/// Where tansu keeps its data (in its working directory, see the module docs).
+const STORAGE: &str = "sqlite://tansu.db";
 
 /// The tansu binary: `$TANSU_BIN`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
 fn tansu_binary() -> Option<PathBuf> {
@@ -93,7 +98,7 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Starts tansu on `address` with its data in `dir`, under the watchdog.
-fn spawn(dir: &Path, address: SocketAddr) -> Result<Child, HarnessError> {
+fn spawn(dir: &Path, address: SocketAddr, storage: &str) -> Result<Child, HarnessError> {
     let binary = tansu_binary().ok_or(HarnessError::TansuMissing)?;
     let url = format!("tcp://{address}");
     let log = std::fs::OpenOptions::new()
@@ -103,7 +108,7 @@ fn spawn(dir: &Path, address: SocketAddr) -> Result<Child, HarnessError> {
         .map_err(HarnessError::Spawn)?;
     let watchdog = r#"
         "$TANSU_BIN_PATH" broker --listener-url "$URL" --advertised-listener-url "$URL" \
-            --storage-engine sqlite://tansu.db --cluster-id tributary-test &
+            --storage-engine "$STORAGE" --cluster-id tributary-test &
         broker=$!
         trap 'kill $broker 2>/dev/null; wait $broker; exit 0' TERM INT
         while kill -0 "$OWNER" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done
@@ -120,6 +125,7 @@ fn spawn(dir: &Path, address: SocketAddr) -> Result<Child, HarnessError> {
         .env("URL", &url)
         .env("OWNER", std::process::id().to_string())
         .env("DATA_DIR", dir)
+        .env("STORAGE", storage)
         .env_remove("STORAGE_ENGINE")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(HarnessError::Spawn)?)
@@ -141,17 +147,31 @@ impl Broker {
 
     /// Starts a private broker, stopped when dropped.
     pub fn start() -> Result<Broker, HarnessError> {
+        Self::start_on(STORAGE.to_owned())
+    }
+
+    /// Starts a private broker that applies topics' retention (`cleanup.policy = "delete"`,
+    /// `retention.ms`, by record timestamp) every `every`, as Kafka deletes old segments.
+    pub fn start_with_retention(every: Duration) -> Result<Broker, HarnessError> {
+        Self::start_on(format!(
+            "{STORAGE}?maintenance_interval={}ms",
+            every.as_millis()
+        ))
+    }
+
+    fn start_on(storage: String) -> Result<Broker, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("tansu-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
         let port = free_port().map_err(HarnessError::Spawn)?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let child = spawn(dir.path(), address)?;
+        let child = spawn(dir.path(), address, &storage)?;
         let broker = Broker {
             child: Mutex::new(child),
             address,
             dir,
+            storage,
         };
         broker.wait_until_ready()?;
         Ok(broker)
@@ -192,7 +212,7 @@ impl Broker {
     /// Starts the broker again on the same address over the same data (topics and logs survive).
     pub fn restart(&self) -> Result<(), HarnessError> {
         *self.child.lock().unwrap_or_else(|e| e.into_inner()) =
-            spawn(self.dir.path(), self.address)?;
+            spawn(self.dir.path(), self.address, &self.storage)?;
         self.wait_until_ready()
     }
 
@@ -281,6 +301,21 @@ impl Broker {
             .collect()
     }
 
+    /// The low watermark (first offset still held) of partitions `0..partitions` of `topic`.
+    pub fn low_watermarks(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<BTreeMap<i32, i64>, HarnessError> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        (0..partitions)
+            .map(|p| {
+                let (low, _) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+                Ok((p, low))
+            })
+            .collect()
+    }
+
     /// Every message of partitions `0..partitions` of `topic` up to their current end, as
     /// `(offset, payload)` per partition.
     pub fn read_topic(&self, topic: &str, partitions: i32) -> Result<Messages, HarnessError> {
@@ -333,8 +368,21 @@ impl Broker {
         topic: &str,
         partitions: i32,
     ) -> Result<(), HarnessError> {
+        self.create_topic_with(topic, partitions, &[]).await
+    }
+
+    /// Creates `topic` with topic `configs` (e.g. `("retention.ms", "20000")`).
+    pub async fn create_topic_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), HarnessError> {
         let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (key, value) in configs {
+            new_topic = new_topic.set(key, value);
+        }
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics([&new_topic], &options).await? {
             result.map_err(|(topic, code)| HarnessError::CreateTopic {

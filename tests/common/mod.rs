@@ -478,6 +478,17 @@ pub fn check(service: &Service, truth: &Truth, query: &Query, when: &str) -> Jso
 /// Asserts rows (`time` in RFC 3339 unless the query is over all time, then a column per group-by
 /// dimension and per metric) equal the truth.
 pub fn check_rows(rows: &[Json], truth: &Truth, query: &Query, when: &str) {
+    check_metrics(rows, truth, query, None, when);
+}
+
+/// [`check_rows`] of the `only` metrics of the truth's view (all of them with `None`).
+pub fn check_metrics(
+    rows: &[Json],
+    truth: &Truth,
+    query: &Query,
+    only: Option<&[&str]>,
+    when: &str,
+) {
     let view = truth.view(query.view);
     let expected = truth.states(query);
     let mut seen = BTreeSet::new();
@@ -495,6 +506,9 @@ pub fn check_rows(rows: &[Json], truth: &Truth, query: &Query, when: &str) {
             .get(&key)
             .unwrap_or_else(|| panic!("{when}: {} has a row {key:?} no event makes", query.view));
         for (metric, state) in view.metrics.iter().zip(states) {
+            if only.is_some_and(|only| !only.contains(&metric.name.as_str())) {
+                continue;
+            }
             let got = &row[&metric.name];
             let ok = match metric.finalize(state) {
                 Finalized::Null => got.is_null(),
