@@ -3,9 +3,10 @@
 //! `tributary_schemas::lake::schemas`), and per view whether it keeps answering, is rebuilt, is
 //! new or goes away.
 //!
-//! It describes Tributary as it behaves today: a view whose definition changed is not answered
-//! from its old batch versions (their states mean something else); until the next recompute
-//! publishes its first version under the new definition, answers come from the speed layer alone.
+//! A view whose definition changed is rebuilt by the next batch run while its old definition keeps
+//! answering what both share (blue/green, ARCHITECTURE.md §11), when the old definition still reads
+//! under the new event schema; what only the new definition has answers 503 `view_building` until
+//! the first version under it is published.
 
 use std::fmt::Write;
 
@@ -47,8 +48,8 @@ pub fn diff(old: &Config, new: &Config) -> (String, bool) {
     }
     for view in &new.views {
         let line = match old.view(&view.name) {
-            None => "new: built from the whole lake by the next batch run; until then answered by the speed layer alone".to_owned(),
-            Some(before) => view_change(before, view),
+            None => "new: built from the whole lake by the next batch run; until it publishes, queries of it answer 503 view_building (on a lake with no versions yet, the speed layer answers it)".to_owned(),
+            Some(before) => view_change(before, view, new),
         };
         let _ = writeln!(out, "view {}: {line}", view.name);
     }
@@ -64,7 +65,7 @@ pub fn diff(old: &Config, new: &Config) -> (String, bool) {
     (out, compatible)
 }
 
-fn view_change(before: &ViewDef, after: &ViewDef) -> String {
+fn view_change(before: &ViewDef, after: &ViewDef, new: &Config) -> String {
     if before.definition_hash() != after.definition_hash() {
         let mut what = Vec::new();
         if before.granularity != after.granularity {
@@ -108,8 +109,9 @@ fn view_change(before: &ViewDef, after: &ViewDef) -> String {
             what.push("field types".to_owned());
         }
         return format!(
-            "REBUILT ({}): recomputed from the whole lake by the next batch run; until it publishes, its answers come from the speed layer alone and miss what the batch layer covered",
-            what.join(", ")
+            "REBUILT ({}): recomputed from the whole lake by the next batch run; until it publishes, {}",
+            what.join(", "),
+            meanwhile(before, after, new)
         );
     }
     if before.retention != after.retention {
@@ -121,6 +123,44 @@ fn view_change(before: &ViewDef, after: &ViewDef) -> String {
         );
     }
     "unchanged: keeps answering from its versions".to_owned()
+}
+
+/// What a rebuilt view answers until its first version under `after` is published: the old
+/// definition, read under the new event schema, answers what both share, when it still means
+/// what it meant (the same hash: every field it reads keeps its type).
+fn meanwhile(before: &ViewDef, after: &ViewDef, new: &Config) -> String {
+    let old = ViewDef::from_spec(&before.spec(), &new.events, after.late_after())
+        .ok()
+        .filter(|old| old.definition_hash() == before.definition_hash());
+    let Some(old) = old else {
+        return "every query of it answers 503 view_building: its old versions do not read under the new event schema".to_owned();
+    };
+    let waiting = after.not_answered_by(&old);
+    let shared: Vec<&str> = (after.metrics.iter())
+        .map(|m| m.name.as_str())
+        .filter(|m| !waiting.contains(m))
+        .collect();
+    let mut line = format!(
+        "the old definition answers {} exactly",
+        match shared.is_empty() {
+            true => "no metric".to_owned(),
+            false => shared.join(", "),
+        }
+    );
+    let mut pausing: Vec<String> = waiting.iter().map(|w| w.to_string()).collect();
+    if old.granularity != after.granularity {
+        match old.granularity.divides(after.granularity) {
+            true => pausing.push("SQL reads of its time column".to_owned()),
+            false => pausing.push(format!("buckets finer than {}", old.granularity)),
+        }
+    }
+    if !pausing.is_empty() {
+        line.push_str(&format!(
+            "; {} answer 503 view_building",
+            pausing.join(", ")
+        ));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -157,6 +197,19 @@ mod tests {
         assert!(report.contains("view pageviews: unchanged"), "{report}");
         assert!(
             report.contains("view traffic: REBUILT (dimensions [device, referrer] → [device])"),
+            "{report}"
+        );
+        assert!(
+            report.contains("every query of it answers 503 view_building: its old versions do not read under the new event schema"),
+            "bytes is read as float64 now, so the old sum(bytes) cannot answer: {report}"
+        );
+        let added = config(&DEFAULT_CONFIG.replace(
+            "bytes = \"sum(bytes)\"",
+            "bytes = \"sum(bytes)\"\nreferrals = \"count_distinct(referrer)\"",
+        ));
+        let (report, _) = diff(&old, &added);
+        assert!(
+            report.contains("REBUILT (metric referrals added): recomputed from the whole lake by the next batch run; until it publishes, the old definition answers events, sessions, bytes, latency_p50, latency_p99, late exactly; referrals answer 503 view_building"),
             "{report}"
         );
         let (same, compatible) = diff(&old, &old);

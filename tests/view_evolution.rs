@@ -197,6 +197,37 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
         )
         .unwrap();
     assert_building(&sql, "amount is only in the new definition");
+    // On the Postgres wire too: SQLSTATE 55000 (object not in prerequisite state), the shared
+    // metrics answered.
+    let pg = service.server.pg_address;
+    let refused = runtime.block_on(async {
+        let client = tributary_testkit::pg::connect(pg, "e2e", "tributary")
+            .await
+            .unwrap();
+        client
+            .query("SELECT device, amount FROM traffic", &[])
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(
+        refused.code().map(|c| c.code()),
+        Some("55000"),
+        "{refused:?}"
+    );
+    let psql = tributary_testkit::pg::psql(pg, "tributary", &["-c", "SELECT amount FROM traffic"]);
+    assert!(
+        psql.as_ref()
+            .is_err_and(|e| e.contains("amount is only in the new definition")),
+        "{psql:?}"
+    );
+    let events = tributary_testkit::pg::psql(
+        pg,
+        "tributary",
+        &["-t", "-c", "SELECT sum(events) FROM traffic"],
+    )
+    .unwrap();
+    let produced = truth.payloads.len() as i64;
+    assert_eq!(events.trim().parse::<i64>().unwrap(), produced, "{events}");
 
     // The rebuild reads the raw files of both schemas; every shared metric is sampled meanwhile.
     let address = service.server.address;
@@ -335,7 +366,7 @@ fn changed_dimensions_and_filter_switch_in_one_step_while_events_flow() {
     // definition it says it was answered under, over exactly the offsets it says it counted.
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (stop, sent, topic) = (Arc::clone(&stop), Arc::clone(&sent), topic.clone());
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
         std::thread::spawn(move || {
             let mut n = 3000;
             while !stop.load(Ordering::SeqCst) {
@@ -349,7 +380,7 @@ fn changed_dimensions_and_filter_switch_in_one_step_while_events_flow() {
         })
     };
     let config = Config::from_sources(None, []).unwrap();
-    let decoder = Decoder::new(config.events.clone());
+    let decoder = Decoder::new(config.events);
     let address = service.server.address;
     let sampler = {
         let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
@@ -486,7 +517,7 @@ fn assert_complete_per_country(
     when: &str,
 ) {
     let config = Config::from_sources(None, []).unwrap();
-    let decoder = Decoder::new(config.events.clone());
+    let decoder = Decoder::new(config.events);
     let body = per_group("pageviews", "country", &["views"]);
     let reply = service.json("POST", "/v1/query", Some(&body));
     let meta = &reply["meta"];

@@ -17,7 +17,9 @@
 //!    version never looks complete).
 //!
 //! 5. after every view, the raw master dataset's upkeep ([`maintenance`]): compaction of small
-//!    files and `[lake] raw_retention`, both only below what every kept version covers.
+//!    files and `[lake] raw_retention`, both only below what every kept version covers; and after
+//!    a run of every view, the versions of views the configuration no longer has, deleted
+//!    `keep_versions` runs after they left it.
 //!
 //! Steps 1-2 are [`job`] (with [`parts`], the part writer), steps 3-4 [`publish`], step 5
 //! [`maintenance`]; this file holds the service that runs them (one run at a time, cancellation,
@@ -426,19 +428,20 @@ impl RecomputeService {
             }
         }
         if failure.is_none() {
-            self.upkeep().await;
+            self.upkeep(only.is_none()).await;
         }
         lock.release_or_let_expire().await;
         failure.map_or(Ok(runs), Err)
     }
 
-    /// Step 5 (see the module docs), under the run lock. It never fails the run: the views are
-    /// published, and the next run tries again.
-    async fn upkeep(&self) {
+    /// Step 5 (see the module docs), under the run lock; after a run of every view, also the
+    /// versions of views no longer configured ([`maintenance::collect_removed`]). It never fails
+    /// the run: the views are published, and the next run tries again.
+    async fn upkeep(&self, every_view: bool) {
         let (lake, settings) = (self.lake.clone(), self.settings.clone());
         let (views, time_field) = (self.views.clone(), self.events.time_field.clone());
         let upkeep = async move {
-            maintenance::upkeep(
+            let done = maintenance::upkeep(
                 &lake,
                 &settings.topic,
                 &views,
@@ -446,7 +449,11 @@ impl RecomputeService {
                 settings.raw_retention,
                 &time_field,
             )
-            .await
+            .await?;
+            if every_view {
+                maintenance::collect_removed(&lake, &views, settings.keep_versions).await?;
+            }
+            Ok::<_, BatchError>(done)
         };
         let runtime = self
             .runtime

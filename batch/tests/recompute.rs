@@ -906,6 +906,72 @@ fn versions_are_kept_rolled_back_and_collected() {
     assert_eq!(published(&runs[0]).version, 5);
 }
 
+/// A view removed from the configuration keeps its versions for `keep_versions` runs of every
+/// view (configured again meanwhile, it keeps them for good); then they are deleted.
+#[test]
+fn a_removed_view_keeps_its_versions_for_keep_versions_runs() {
+    let config = defaults();
+    let rt = runtime();
+    let (_lake_dir, store) = empty_lake();
+    let service = |views: Vec<ViewDef>| {
+        RecomputeService::new(
+            settings("events", 100, 2),
+            config.events.clone(),
+            views,
+            store.clone(),
+        )
+        .unwrap()
+    };
+    let both = service(config.views.clone());
+    let pageviews_only = service(vec![config.view("pageviews").unwrap().clone()]);
+    let full = random_stream(11, 2, 1200, &config);
+    let mut round = 0;
+    let more = |round: &mut usize| {
+        *round += 1;
+        let prefix: Stream = (full.iter())
+            .map(|(&p, events)| (p, events[..200 * *round].to_vec()))
+            .collect();
+        rt.block_on(write_raw(&store, "events", &config, &prefix, 200));
+    };
+    more(&mut round);
+    rt.block_on(both.run(None, quiet())).unwrap();
+    let traffic = rt.block_on(store.current("traffic")).unwrap();
+    assert_eq!(traffic, Some(1));
+
+    // Removed for one run, then configured again: nothing is lost, the count starts over.
+    more(&mut round);
+    rt.block_on(pageviews_only.run(None, quiet())).unwrap();
+    let removed = rt.block_on(store.removed("traffic")).unwrap().unwrap();
+    assert_eq!(removed.runs, 1);
+    more(&mut round);
+    rt.block_on(both.run(None, quiet())).unwrap();
+    assert_eq!(rt.block_on(store.removed("traffic")).unwrap(), None);
+    assert_eq!(rt.block_on(store.current("traffic")).unwrap(), Some(2));
+
+    // Removed for good: kept through two runs (a run of one view does not count), gone at the third.
+    for runs in 1..=2 {
+        more(&mut round);
+        rt.block_on(pageviews_only.run(None, quiet())).unwrap();
+        rt.block_on(pageviews_only.run(Some("pageviews"), quiet()))
+            .unwrap();
+        assert_eq!(
+            rt.block_on(store.removed("traffic")).unwrap().unwrap().runs,
+            runs
+        );
+        assert_eq!(rt.block_on(store.versions("traffic")).unwrap(), [1, 2]);
+    }
+    more(&mut round);
+    rt.block_on(pageviews_only.run(None, quiet())).unwrap();
+    assert_eq!(rt.block_on(store.current("traffic")).unwrap(), None);
+    assert!(rt.block_on(store.versions("traffic")).unwrap().is_empty());
+    assert!(
+        !rt.block_on(store.view_names())
+            .unwrap()
+            .contains(&"traffic".to_owned())
+    );
+    assert_eq!(rt.block_on(store.current("pageviews")).unwrap(), Some(6));
+}
+
 /// Shutdown cancels a running recompute: it stops, publishes nothing, releases the lake's lock at
 /// once (not after its lease), refuses further runs, and the next process's run collects its files.
 #[test]

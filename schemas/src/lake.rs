@@ -8,6 +8,7 @@
 //! views/<view>/<version>/manifest.json                 what the version covers
 //! views/<view>/_current                                the live version, replaced atomically
 //! views/<view>/_building                               progress of a build under a new definition
+//! views/<view>/_removed                                a view no longer configured, runs since
 //! views/_lock                                          the recompute's run lock (a lease)
 //! ```
 //!
@@ -28,7 +29,7 @@ mod rooted;
 mod store;
 mod versions;
 
-pub use building::BuildProgress;
+pub use building::{BuildProgress, Removed};
 pub use manifest::{Boundary, CurrentPointer, MANIFEST_FORMAT, Manifest, ManifestFile};
 pub use parquet::ParquetRows;
 pub use rooted::Rooted;

@@ -29,7 +29,7 @@ use datafusion::prelude::SessionContext;
 use tributary_schemas::config::ViewDef;
 use tributary_schemas::lake::generations::generation_topic;
 use tributary_schemas::lake::history::RawHistory;
-use tributary_schemas::lake::{Area, Boundary, Lake, OffsetRange};
+use tributary_schemas::lake::{Area, Boundary, Lake, OffsetRange, Removed};
 
 use super::BatchError;
 use super::plan::InputFile;
@@ -323,6 +323,39 @@ pub async fn upkeep(
         }
     }
     Ok(done)
+}
+
+/// Views the configuration no longer has (a removed view answers 404 at once, ARCHITECTURE.md
+/// §11): each run over every view counts one more on their `_removed`, and past `keep` such runs
+/// (`[batch] keep_versions`) their versions are deleted. A view configured again before that keeps
+/// them. Returns the views deleted.
+pub async fn collect_removed(
+    lake: &Lake,
+    views: &[ViewDef],
+    keep: usize,
+) -> Result<Vec<String>, BatchError> {
+    let mut deleted = Vec::new();
+    for name in lake.view_names().await? {
+        if views.iter().any(|v| v.name == name) {
+            continue;
+        }
+        let mut removed = (lake.removed(&name).await?).unwrap_or(Removed {
+            since: Utc::now(),
+            runs: 0,
+        });
+        removed.runs += 1;
+        if removed.runs as usize > keep {
+            lake.forget_view(&name).await?;
+            tracing::info!(view = name, since = %removed.since, runs = keep, "the view left the configuration that many runs ago: its versions are deleted");
+            deleted.push(name);
+        } else {
+            lake.put_removed(&name, &removed).await?;
+        }
+    }
+    for view in views {
+        lake.clear_removed(&view.name).await?;
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
