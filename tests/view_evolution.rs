@@ -284,21 +284,71 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
         status["speed"]["restarts"], 0,
         "the switch re-read nothing: {status}"
     );
+
+    // A finer granularity (1h → 1m): what the old 1h buckets roll up to is answered, 1m waits.
+    let status = service.server.terminate();
+    assert!(status.success(), "{status}");
+    let finer = config_file(
+        &service,
+        "finer.toml",
+        &[
+            ("bytes = \"int64\"", "bytes = \"int64\"\namount = \"int64\""),
+            (
+                "bytes = \"sum(bytes)\"",
+                "bytes = \"sum(bytes)\"\namount = \"sum(amount)\"",
+            ),
+            ("granularity = \"1h\"", "granularity = \"1m\""),
+        ],
+    );
+    service.server.env("TRIBUTARY_CONFIG", finer);
+    service.start(256);
+    service.wait_for_read();
+    let traffic = view_entry(&service, "traffic");
+    assert_eq!(traffic["state"], "building", "{traffic}");
+    assert_eq!(traffic["building"]["old_granularity"], "1h", "{traffic}");
+    assert_eq!(traffic["building"]["waiting"], json!([]), "{traffic}");
+    let per_minute = json!({"view": "traffic", "group_by": ["device"], "metrics": ["events"]});
+    assert_building(&post(&service, &per_minute), "stores 1h buckets");
+    let daily = service.json("POST", "/v1/query", Some(&QUERIES[3].body()));
+    assert_eq!(daily["meta"]["previous_definition"], true, "{daily}");
+    check_metrics(
+        daily["rows"].as_array().unwrap(),
+        &truth,
+        &QUERIES[3],
+        None,
+        "1d from 1h",
+    );
+    let sql = |text: &str| {
+        let body = json!({ "sql": text }).to_string();
+        service.server.call("POST", "/v1/sql", Some(&body)).unwrap()
+    };
+    assert_building(
+        &sql("SELECT time, events FROM traffic"),
+        "time (in 1m buckets, the old definition's are 1h) is only in the new definition",
+    );
+    let total = sql("SELECT sum(events) AS events FROM traffic");
+    assert_eq!(total.status, 200, "{}", total.body);
+    let run = service.json("POST", "/v1/batch/run", Some(&json!({"view": "traffic"})));
+    assert_eq!(run["views"][0]["outcome"], "published", "{run}");
+    service.wait_for("traffic to switch to 1m", |s| {
+        view_entry(s, "traffic")["state"] == "live"
+    });
+    let minutes = service.json("POST", "/v1/query", Some(&per_minute));
+    assert_eq!(minutes["meta"]["previous_definition"], false, "{minutes}");
+    check_all(&service, &truth, "after the switch to 1m");
 }
 
-/// The ground truth of `pageviews` per country under a filter, over the events the answer counted:
-/// offsets below `counted` per partition.
+/// The ground truth of `pageviews` per country under a filter, over the events the answer counted
+/// (by partition and offset).
 fn views_per_country(
     sent: &[Sent],
     decoder: &Decoder,
-    counted: &BTreeMap<i32, i64>,
+    counted: impl Fn(i32, i64) -> bool,
     keep: impl Fn(&Json) -> bool,
 ) -> BTreeMap<String, (i64, f64)> {
     let mut truth: BTreeMap<String, (i64, f64)> = BTreeMap::new();
     for sent in sent {
-        if sent.offset >= counted.get(&sent.partition).copied().unwrap_or(0)
-            || decoder.decode(&sent.payload).is_err()
-        {
+        if !counted(sent.partition, sent.offset) || decoder.decode(&sent.payload).is_err() {
             continue;
         }
         let event: Json = serde_json::from_slice(&sent.payload).unwrap();
@@ -312,6 +362,11 @@ fn views_per_country(
         entry.1 += event["latency_ms"].as_f64().unwrap();
     }
     truth
+}
+
+/// Whether `offset` of `partition` is below `ends`'s.
+fn below(ends: &BTreeMap<i32, i64>) -> impl Fn(i32, i64) -> bool + '_ {
+    |partition, offset| offset < ends.get(&partition).copied().unwrap_or(0)
 }
 
 /// Per partition, the offsets an answer counted: below the batch boundary and the speed layer's
@@ -415,10 +470,12 @@ fn changed_dimensions_and_filter_switch_in_one_step_while_events_flow() {
                     "answered under the old definition after the switch: {reply}"
                 );
                 let truth = match previous {
-                    true => views_per_country(&sent, &decoder, &counted, |e| !e["page"].is_null()),
-                    false => {
-                        views_per_country(&sent, &decoder, &counted, |e| e["device"] != "tablet")
-                    }
+                    true => views_per_country(&sent, &decoder, below(&counted), |e| {
+                        !e["page"].is_null()
+                    }),
+                    false => views_per_country(&sent, &decoder, below(&counted), |e| {
+                        e["device"] != "tablet"
+                    }),
                 };
                 let got: BTreeMap<String, (i64, f64)> = (reply["rows"].as_array().unwrap())
                     .iter()
@@ -516,16 +573,26 @@ fn assert_complete_per_country(
     previous: bool,
     when: &str,
 ) {
+    let meta = assert_per_country(service, sent, |_, _| true, keep, when);
+    assert_eq!(meta["complete"], true, "{when}: {meta}");
+    assert_eq!(meta["previous_definition"], previous, "{when}: {meta}");
+    assert_eq!(meta["speed"]["missing"], json!([]), "{when}: {meta}");
+}
+
+/// Asserts `pageviews` per country equals the truth of `keep` over the events `counted` says;
+/// returns the answer's `meta`.
+fn assert_per_country(
+    service: &Service,
+    sent: &[Sent],
+    counted: impl Fn(i32, i64) -> bool,
+    keep: impl Fn(&Json) -> bool,
+    when: &str,
+) -> Json {
     let config = Config::from_sources(None, []).unwrap();
     let decoder = Decoder::new(config.events);
     let body = per_group("pageviews", "country", &["views"]);
     let reply = service.json("POST", "/v1/query", Some(&body));
-    let meta = &reply["meta"];
-    assert_eq!(meta["complete"], true, "{when}: {meta}");
-    assert_eq!(meta["previous_definition"], previous, "{when}: {meta}");
-    assert_eq!(meta["speed"]["missing"], json!([]), "{when}: {meta}");
-    let everything: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, i64::MAX)).collect();
-    let truth = views_per_country(sent, &decoder, &everything, keep);
+    let truth = views_per_country(sent, &decoder, counted, keep);
     let got: BTreeMap<String, (i64, f64)> = (reply["rows"].as_array().unwrap().iter())
         .map(|row| {
             let country = row["country"].as_str().unwrap().to_owned();
@@ -536,10 +603,16 @@ fn assert_complete_per_country(
         .map(|(c, (views, _))| (c, (views, 0.0)))
         .collect();
     assert_eq!(got, truth, "{when}: views per country: {reply}");
+    reply["meta"].clone()
 }
 
+/// Kafka's retention deletes what the lake already has. A rollback below the speed layer's start
+/// then re-reads a log with a hole: the answer says it is incomplete, naming the offsets it misses,
+/// until a batch run covers them. A definition change needs no read below the live boundary: its
+/// answers stay complete throughout.
 #[test]
-fn a_definition_change_is_complete_from_the_lake_once_kafka_deleted_the_history() {
+fn after_kafka_deleted_the_history_a_rollback_says_what_it_misses_and_a_definition_change_is_complete()
+ {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // A broker of its own that applies retention every second, as Kafka deletes old segments.
     let broker: &'static Broker = Box::leak(Box::new(
@@ -551,12 +624,16 @@ fn a_definition_change_is_complete_from_the_lake_once_kafka_deleted_the_history(
     let mut service = Service::new(broker, topic);
     service.start(256);
 
-    // History stamped now: Kafka deletes it 15 s later, after the lake has it.
+    // History stamped now, in two versions: Kafka deletes it 15 s later, after the lake has it.
     let mut rng = tributary_testkit::rng::Rng(0x7e7e_0001);
-    let history: Vec<Vec<u8>> = (0..3000).map(|n| common::event(&mut rng, n)).collect();
-    let mut sent = send_stamped(broker, topic, 0, history, |_| now_ms());
-    service.wait_for_log();
-    common::run_batch(&service);
+    let mut sent = Vec::new();
+    for half in [0..1500, 1500..3000] {
+        let first = half.start;
+        let history: Vec<Vec<u8>> = half.map(|n| common::event(&mut rng, n)).collect();
+        sent.extend(send_stamped(broker, topic, first, history, |_| now_ms()));
+        service.wait_for_log();
+        common::run_batch(&service);
+    }
     // Then events Kafka keeps (stamped an hour ahead), which mark where the log starts.
     let recent: Vec<Vec<u8>> = (3000..3300).map(|n| common::event(&mut rng, n)).collect();
     sent.extend(send_stamped(broker, topic, 3000, recent, |_| {
@@ -568,7 +645,55 @@ fn a_definition_change_is_complete_from_the_lake_once_kafka_deleted_the_history(
     });
     service.wait_for_log();
     let page_kept = |e: &Json| !e["page"].is_null();
-    assert_complete_per_country(&service, &sent, page_kept, false, "before the change");
+    assert_complete_per_country(&service, &sent, page_kept, false, "before the rollback");
+
+    // Back to the first version, below where the speed layer started: the re-read finds a hole.
+    let rollback = (service
+        .server
+        .command(&["batch", "rollback", "pageviews", "1"]))
+    .output()
+    .unwrap();
+    assert!(rollback.status.success(), "{rollback:?}");
+    let low = broker.low_watermarks(topic, PARTITIONS).unwrap();
+    service.wait_for("the re-read to reach the log's end", |s| {
+        let reply = s.json(
+            "POST",
+            "/v1/query",
+            Some(&per_group("pageviews", "country", &["views"])),
+        );
+        let meta = &reply["meta"];
+        meta["batch"]["version"] == 1 && counted(meta).iter().all(|(p, &next)| next >= low[p] + 100)
+    });
+    let version_1 = service.json(
+        "POST",
+        "/v1/query",
+        Some(&per_group("pageviews", "country", &["views"])),
+    );
+    let boundary: BTreeMap<i32, i64> = counted(&json!({"batch": version_1["meta"]["batch"]}));
+    let outside_the_hole = |p: i32, offset: i64| offset < boundary[&p] || offset >= low[&p];
+    let meta = assert_per_country(&service, &sent, outside_the_hole, page_kept, "in the hole");
+    assert_eq!(meta["complete"], false, "{meta}");
+    let missing: BTreeMap<i64, (i64, i64)> = (meta["speed"]["missing"].as_array().unwrap().iter())
+        .map(|m| {
+            let (from, to) = (m["from"].as_i64().unwrap(), m["to"].as_i64().unwrap());
+            (m["partition"].as_i64().unwrap(), (from, to))
+        })
+        .collect();
+    let hole: BTreeMap<i64, (i64, i64)> = (0..PARTITIONS)
+        .map(|p| (p as i64, (boundary[&p], low[&p] - 1)))
+        .collect();
+    assert_eq!(missing, hole, "{meta}");
+    let run = service.json("POST", "/v1/batch/run", Some(&json!({"view": "pageviews"})));
+    assert_eq!(run["views"][0]["outcome"], "published", "{run}");
+    service.wait_for("a version covering the hole", |s| {
+        let reply = s.json(
+            "POST",
+            "/v1/query",
+            Some(&per_group("pageviews", "country", &["views"])),
+        );
+        reply["meta"]["batch"]["version"] == 3
+    });
+    assert_complete_per_country(&service, &sent, page_kept, false, "covered again");
 
     // The change: answered complete under the old definition while the new one builds from the
     // lake, then complete under the new one, with no read below the live boundary.

@@ -150,9 +150,15 @@ impl ViewBuilding {
         if old.granularity != configured.granularity {
             pending.push(tributary_schemas::config::TIME_COLUMN);
         }
-        let mut waiting: Vec<&str> = columns
-            .into_iter()
+        let mut waiting: Vec<String> = (columns.into_iter())
             .filter(|c| pending.contains(c))
+            .map(|c| match c == tributary_schemas::config::TIME_COLUMN {
+                true => format!(
+                    "time (in {} buckets, the old definition's are {})",
+                    configured.granularity, old.granularity
+                ),
+                false => c.to_owned(),
+            })
             .collect();
         waiting.sort_unstable();
         waiting.dedup();
