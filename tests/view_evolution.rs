@@ -178,6 +178,12 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
     assert_eq!(traffic["state"], "building", "{traffic}");
     assert_eq!(traffic["building"]["answering"], "old_definition");
     assert_eq!(traffic["building"]["waiting"], json!(["amount"]));
+    let metrics = service.server.call("GET", "/metrics", None).unwrap().body;
+    assert!(
+        metrics.contains("tributary_view_building{view=\"traffic\"} 1")
+            && metrics.contains("tributary_view_building{view=\"pageviews\"} 0"),
+        "{metrics}"
+    );
     assert_eq!(view_entry(&service, "pageviews")["state"], "live");
     let asked = per_group("traffic", "device", &["events", "amount"]);
     assert_building(

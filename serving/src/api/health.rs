@@ -55,9 +55,20 @@ pub(super) async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         "gauge",
         "live batch version per view (0: none)",
     );
+    out.family(
+        "tributary_view_building",
+        "gauge",
+        "1 while a view has no batch version under its configured definition (a new or changed view: see GET /v1/views)",
+    );
     for (index, view) in live.views().iter().enumerate() {
         if let Ok(pinned) = live.pin(index) {
             let labels = [("view", view.name.clone())];
+            let building = pinned.version.is_none() || !pinned.configured;
+            out.sample(
+                "tributary_view_building",
+                &labels,
+                f64::from(u8::from(building)),
+            );
             if let Some(newest) = pinned.speed.newest_event_ms {
                 let age = (Utc::now().timestamp_millis() - newest) as f64 / 1e3;
                 out.sample("tributary_freshness_seconds", &labels, age);

@@ -115,9 +115,10 @@ function showFailure(failure) {
   }
   const banner = $("general-error");
   banner.hidden = false;
+  const kind = (f) => f.code === "view_building" ? "not available yet" : f.status >= 500 ? "server error" : "request refused";
   banner.textContent =
     failure instanceof ApiFailure
-      ? `${failure.status >= 500 ? "server error" : "request refused"} (${failure.code}): ${failure.message}`
+      ? `${kind(failure)} (${failure.code}): ${failure.message}`
       : String(failure.message || failure);
   document.body.dataset.state = "error";
 }
@@ -498,8 +499,20 @@ function renderViews() {
       el("button", { type: "button", text: v.name, onclick: () => { chooseView(v.name); refresh(); } }),
       el("span", { class: "muted", text: ` every ${v.granularity}; by ${v.dimensions.map((d) => d.name).join(", ") || "nothing"}${v.filter ? "; where " + v.filter : ""}` }),
       el("div", { class: "muted", text: v.metrics.map((m) => `${m.name} = ${m.expression}`).join(" · ") }),
-      el("div", { class: "muted", text: v.batch ? `batch v${v.batch.version}, ${v.batch.rows} rows` : "no batch version yet" }))),
+      el("div", { class: "muted", text: v.batch ? `batch v${v.batch.version}, ${v.batch.rows} rows` : "no batch version yet" }),
+      v.building ? el("div", { class: "muted", "data-building": v.name, text: building(v.building) }) : null)),
   );
+}
+
+// A view being rebuilt under a changed definition: what answers meanwhile and how far the run is.
+function building(b) {
+  const answering = { old_definition: "the previous definition answers what both share", speed_layer: "answered by the speed layer", nothing: "not answered yet" }[b.answering] || b.answering;
+  const waiting = b.waiting.length ? `; waiting: ${b.waiting.join(", ")}` : "";
+  const p = b.progress;
+  const progress = !p ? "; waiting for the next batch run"
+    : !p.running ? "; its last run stopped (the next batch run resumes it)"
+    : p.fraction !== null && p.fraction !== undefined ? `; ${Math.round(p.fraction * 100)}% built` : "; building";
+  return `rebuilding: ${answering}${waiting}${progress}`;
 }
 
 function table(headers, rows) {
