@@ -156,13 +156,48 @@ impl TestServer {
     }
 
     /// Starts `serve` with `args` and waits until `/readyz` says ready.
+    ///
+    /// A port is only known free when the harness is made; between a test's restarts any socket
+    /// may take it, an outgoing connection's ephemeral port among them. A process that exits
+    /// because its port is taken is started again on new ports (at most twice).
     pub fn start(&mut self, args: &[&str]) {
-        self.spawn(args);
+        for _ in 0..2 {
+            let logged = self.log_text().len();
+            self.spawn(args);
+            let ready = |server: &Self| {
+                (server.call("GET", "/readyz", None)).is_some_and(|reply| reply.status == 200)
+            };
+            let deadline = Instant::now() + WAIT;
+            while !ready(self) && self.running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let taken =
+                !self.running() && self.log_text()[logged..].contains("Address already in use");
+            if !taken {
+                break;
+            }
+            self.new_ports();
+        }
         self.wait_for("ready", |server| {
             server
                 .call("GET", "/readyz", None)
                 .is_some_and(|reply| reply.status == 200)
         });
+    }
+
+    /// Moves the HTTP and Postgres-wire listeners to new free ports.
+    fn new_ports(&mut self) {
+        let free = || SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().expect("a free port")));
+        let old = [self.address, self.pg_address];
+        self.address = std::iter::repeat_with(free)
+            .find(|a| !old.contains(a))
+            .expect("a free port");
+        self.pg_address = std::iter::repeat_with(free)
+            .find(|a| !old.contains(a) && *a != self.address)
+            .expect("a second free port");
+        let (http, pg) = (self.address.to_string(), self.pg_address.to_string());
+        self.env("TRIBUTARY_SERVING__LISTEN", http)
+            .env("TRIBUTARY_SERVING__PG_LISTEN", pg);
     }
 
     /// Whether the spawned process is still running.
