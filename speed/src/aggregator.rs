@@ -76,6 +76,8 @@ pub struct ViewStates {
     sources: Vec<usize>,
     /// No longer aggregated: an old definition whose replacement went live (blue/green).
     retired: bool,
+    /// The highest boundary the epochs were dropped below, per partition (since the last clear).
+    dropped: Boundary,
 }
 
 /// [`ViewStates::defining`] and [`ViewStates::sources`] of `metrics`.
@@ -115,6 +117,7 @@ impl ViewStates {
             defining,
             sources,
             retired: false,
+            dropped: Boundary::default(),
         }
     }
 
@@ -178,6 +181,15 @@ impl ViewStates {
         self.epochs.retain(|&(partition, epoch), _| {
             epoch >= first_speed_epoch(boundary.get(partition), self.epoch_size)
         });
+        for (&partition, &offset) in &boundary.0 {
+            let dropped = self.dropped.0.entry(partition).or_default();
+            *dropped = (*dropped).max(offset);
+        }
+    }
+
+    /// The highest boundary the epochs were dropped below since the states were last cleared.
+    pub fn dropped(&self) -> &Boundary {
+        &self.dropped
     }
 
     /// Rows of the epochs above `boundary`, read back from [`Self::snapshot_parts`], the one form a
@@ -280,6 +292,7 @@ impl ViewStates {
     /// Forgets every epoch (before the consumer re-reads the log from a lower boundary).
     pub fn clear(&mut self) {
         self.epochs.clear();
+        self.dropped = Boundary::default();
     }
 
     /// Stops aggregating this view and forgets its states: the old definition of a view whose new

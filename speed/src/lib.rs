@@ -16,5 +16,6 @@
 
 pub mod aggregator;
 pub mod consumer;
+pub mod export;
 pub mod health;
 pub mod view;

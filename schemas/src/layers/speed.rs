@@ -42,7 +42,7 @@ impl SpeedSnapshot {
 }
 
 /// One partition of the speed layer as status pages show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionHealth {
     /// Where consumption (re)started from the boundary.
     pub start: i64,

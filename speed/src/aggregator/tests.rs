@@ -361,3 +361,52 @@ fn metrics_with_equal_states_share_one_and_each_still_reads_its_own() {
     }
     assert_equivalent(&merged(rows), &want);
 }
+
+/// What a speed node sends a serving node (issue 32): the view of a definition, all its parts
+/// above where its states start, and that start after a new version dropped the epochs below it.
+#[test]
+fn an_export_carries_a_views_parts_and_where_its_states_start() {
+    use crate::consumer::{SpeedLayer, SpeedSettings};
+    use crate::export::decode;
+    use std::collections::BTreeSet;
+
+    let config = defaults();
+    let all = messages(9_000, 3);
+    let mut aggregator = Aggregator::new(&config.events, &config.views, 500).unwrap();
+    apply_in_polls(&mut aggregator, &all);
+    let start = Boundary([(0, 500)].into());
+    let speed = SpeedLayer::new(SpeedSettings::from_config(&config), aggregator, start);
+    let view = &config.views[1];
+    let hash = view.definition_hash();
+    let bytes = speed.export(&hash, &BTreeSet::new()).unwrap().unwrap();
+    let (head, parts) = decode(&bytes, &view.state_schema()).unwrap();
+    assert_eq!(head.definition_hash, hash);
+    assert_eq!(head.next_offsets, [(0, 3000), (1, 3000), (2, 3000)].into());
+    assert_eq!(head.held_from, Boundary([(0, 500)].into()));
+    let local = speed.read(|a| a.views()[1].snapshot_parts(&Boundary::default(), &a.next_offsets));
+    let local = local.unwrap();
+    assert_eq!(parts.len(), local.parts.len());
+    for (got, want) in parts.iter().zip(&local.parts) {
+        assert_eq!(
+            (got.partition, got.epoch, got.sealed),
+            (want.partition, want.epoch, want.sealed)
+        );
+        assert_eq!(got.batch, want.batch);
+    }
+    assert_eq!(head.events, local.events);
+
+    // A version covering offsets below 1500 of partition 1: those epochs go, and the head says so.
+    speed.drop_below(1, &Boundary([(1, 1500)].into()));
+    let have: BTreeSet<(i32, i64)> = parts.iter().map(|p| (p.partition, p.epoch)).collect();
+    let bytes = speed.export(&hash, &have).unwrap().unwrap();
+    let (head, parts) = decode(&bytes, &view.state_schema()).unwrap();
+    assert_eq!(head.held_from, Boundary([(0, 500), (1, 1500)].into()));
+    assert!(
+        parts.is_empty(),
+        "every part is sealed and held: {:?}",
+        head.parts
+    );
+    assert_eq!(speed.export("another definition", &have).unwrap(), None);
+    speed.retire(1);
+    assert_eq!(speed.export(&hash, &have).unwrap(), None, "retired");
+}
