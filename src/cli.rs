@@ -40,6 +40,11 @@ enum Command {
         /// Roles to run, comma-separated: archiver, speed, serving, batch.
         #[arg(long, value_delimiter = ',', default_values_t = Role::ALL)]
         roles: Vec<Role>,
+        /// The Kafka partitions the speed layer reads, e.g. `0-5` or `0,2,4-7` (default: all): a
+        /// speed node of a split speed layer, whose states serving nodes read from
+        /// `GET /v1/speed/{definition}`; its own answers say which partitions they miss.
+        #[arg(long, value_parser = parse_partitions)]
+        partitions: Option<Partitions>,
     },
     /// Batch views: recompute now, list versions, roll back.
     #[command(subcommand)]
@@ -156,9 +161,9 @@ impl Cli {
                 write!(out, "{}", tributary_schemas::config::DEFAULT_CONFIG)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Serve { roles } => {
+            Command::Serve { roles, partitions } => {
                 let config = Config::load(self.config.as_deref())?;
-                serve::serve(&config, &roles)?;
+                serve::serve(&config, &roles, partitions.map(|p| p.0))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Batch(command) => {
@@ -281,4 +286,51 @@ fn summary(config: &Config) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// `serve --partitions`: ascending, each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions(pub Vec<i32>);
+
+/// `0-5`, `3` or `0,2,4-7`.
+fn parse_partitions(text: &str) -> Result<Partitions, String> {
+    let mut partitions = std::collections::BTreeSet::new();
+    for item in text.split(',').map(str::trim) {
+        let number = |n: &str| {
+            (n.trim().parse::<i32>().ok().filter(|p| *p >= 0))
+                .ok_or_else(|| format!("{n:?} is not a partition number (0 or more)"))
+        };
+        let (first, last) = match item.split_once('-') {
+            Some((first, last)) => (number(first)?, number(last)?),
+            None => (number(item)?, number(item)?),
+        };
+        if first > last {
+            return Err(format!("{item:?}: a range goes up (e.g. 0-5)"));
+        }
+        partitions.extend(first..=last);
+    }
+    Ok(Partitions(partitions.into_iter().collect()))
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::parse_partitions;
+
+    #[test]
+    fn partitions_are_ranges_and_numbers() {
+        assert_eq!(parse_partitions("0-5").unwrap().0, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(parse_partitions("4-5, 0,2").unwrap().0, [0, 2, 4, 5]);
+        assert_eq!(parse_partitions("3").unwrap().0, [3]);
+        assert!(
+            parse_partitions("5-2")
+                .unwrap_err()
+                .contains("a range goes up")
+        );
+        assert!(
+            parse_partitions("x")
+                .unwrap_err()
+                .contains("not a partition number")
+        );
+        assert!(parse_partitions("-1").is_err());
+    }
 }

@@ -122,6 +122,7 @@ pub fn run(mut config: Config, own_config: bool, args: &DemoArgs) -> anyhow::Res
     let served = serve::serve_until(
         &config,
         &Role::ALL,
+        None,
         serve::wait_for_shutdown_signal(),
         |address| {
             print_welcome(address, &config);

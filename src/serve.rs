@@ -55,9 +55,17 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// Serves until SIGTERM or SIGINT.
-pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
-    serve_until(config, roles, wait_for_shutdown_signal(), |_| {})
+/// Serves until SIGTERM or SIGINT. With `partitions`, the speed layer reads only those (a speed
+/// node of a split speed layer, issue 32): its own answers say they miss the others, and
+/// `GET /v1/speed/{definition}` gives its states to serving nodes.
+pub fn serve(config: &Config, roles: &[Role], partitions: Option<Vec<i32>>) -> anyhow::Result<()> {
+    serve_until(
+        config,
+        roles,
+        partitions,
+        wait_for_shutdown_signal(),
+        |_| {},
+    )
 }
 
 /// Serves until `shutdown` completes. `started` is called with the HTTP address once the server
@@ -65,6 +73,7 @@ pub fn serve(config: &Config, roles: &[Role]) -> anyhow::Result<()> {
 pub fn serve_until(
     config: &Config,
     roles: &[Role],
+    partitions: Option<Vec<i32>>,
     shutdown: impl Future<Output = ()>,
     started: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
@@ -126,6 +135,7 @@ pub fn serve_until(
     if serving {
         let (app, speed) = runtime.block_on(start_serving(
             config,
+            partitions,
             &lake,
             batch.clone().map(|batch| batch as Arc<dyn Recompute>),
             archiver_stats.map(|stats| stats as Arc<dyn StatusSource>),
@@ -305,6 +315,7 @@ fn check_exposure(config: &Config) -> anyhow::Result<()> {
 /// Returns the app and the speed layer, for its thread to run.
 async fn start_serving(
     config: &Config,
+    partitions: Option<Vec<i32>>,
     lake: &Lake,
     recompute: Option<Arc<dyn Recompute>>,
     archiver: Option<Arc<dyn StatusSource>>,
@@ -320,7 +331,10 @@ async fn start_serving(
     let speed_views = loaded.speed_views(&config.views);
     let aggregator = Aggregator::new(&config.events, &speed_views, config.batch.epoch_size)
         .context("planning the view filters for the speed layer")?;
-    let settings = SpeedSettings::from_config(config);
+    let settings = SpeedSettings {
+        partitions,
+        ..SpeedSettings::from_config(config)
+    };
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, loaded.speed_start()));
     let live = Live::new(
         lake.clone(),

@@ -183,6 +183,7 @@ fn speed_layer(config: &Config) -> SpeedLayer {
             ready_max_lag: config.serving.ready_max_lag,
             stall_after: config.serving.stall_after,
         },
+        partitions: None,
     };
     SpeedLayer::new(settings, aggregator, Boundary([(0, BOUNDARY)].into()))
 }

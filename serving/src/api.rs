@@ -13,6 +13,7 @@ mod errors;
 mod events;
 mod health;
 mod query;
+mod speed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sql", post(query::sql))
         .route("/v1/batch/run", post(batch::batch_run))
         .route("/v1/status", get(health::status))
+        .route("/v1/speed/{definition}", get(speed::states))
         .route("/metrics", get(health::metrics))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -98,6 +100,7 @@ async fn count_requests(State(app): State<Arc<App>>, request: Request, next: Nex
         Some("/v1/sql") => "/v1/sql",
         Some("/v1/batch/run") => "/v1/batch/run",
         Some("/v1/status") => "/v1/status",
+        Some("/v1/speed/{definition}") => "/v1/speed",
         Some("/metrics") => "/metrics",
         Some("/livez") => "/livez",
         Some("/readyz") => "/readyz",
@@ -131,7 +134,7 @@ fn scope_of(app: &App, route: &str) -> Option<Scope> {
         "/" | "/views" | "/dashboard.js" | "/dashboard.css" => None,
         "/metrics" => app.auth.metrics_need_token().then_some(Scope::Read),
         "/v1/events" => Some(Scope::Ingest),
-        "/v1/batch/run" => Some(Scope::Admin),
+        "/v1/batch/run" | "/v1/speed/{definition}" => Some(Scope::Admin),
         _ => Some(Scope::Read),
     }
 }

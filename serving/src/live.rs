@@ -104,6 +104,9 @@ pub struct Pinned {
     pub speed_restarts: u64,
     /// The speed layer's progress against the broker's end when pinned.
     pub speed_health: BTreeMap<i32, PartitionHealth>,
+    /// The topic's partitions the speed layer does not read (a speed node of a split speed
+    /// layer): the answer misses their events above the batch boundary.
+    pub speed_unread: Vec<i32>,
     /// `[serving] ready_max_lag`: the most messages per partition an answer may miss and still
     /// be complete.
     pub ready_max_lag: u64,
@@ -157,6 +160,7 @@ impl Pinned {
     pub fn complete(&self) -> bool {
         !self.speed_health.is_empty()
             && !self.short
+            && self.speed_unread.is_empty()
             && self.missing().is_empty()
             && self.speed_stalled().is_empty()
             && self
@@ -361,6 +365,7 @@ impl Live {
             speed_next: speed.next_offsets,
             speed_restarts: speed.restarts,
             speed_health: self.speed.partitions(),
+            speed_unread: self.speed.unread(),
             ready_max_lag: self.speed.ready_max_lag(),
         })
     }
@@ -604,6 +609,7 @@ mod tests {
             speed_next: BTreeMap::new(),
             speed_restarts: 0,
             speed_health: BTreeMap::from([(0, health)]),
+            speed_unread: Vec::new(),
             ready_max_lag: 10,
         }
     }

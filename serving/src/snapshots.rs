@@ -171,6 +171,7 @@ mod tests {
             speed_next: Default::default(),
             speed_restarts: 0,
             speed_health: Default::default(),
+            speed_unread: Vec::new(),
             ready_max_lag: 0,
         }
     }

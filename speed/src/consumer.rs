@@ -62,6 +62,15 @@ pub enum SpeedError {
     Topic(#[from] TopicError),
     #[error("cannot evaluate a view filter")]
     Filter(#[from] datafusion::error::DataFusionError),
+    #[error(
+        "--partitions names partition {partition}, but topic {topic:?} has {partitions} (0 to {})",
+        .partitions.saturating_sub(1)
+    )]
+    NoSuchPartition {
+        partition: i32,
+        topic: String,
+        partitions: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +83,9 @@ pub struct SpeedSettings {
     pub poll_wait: Duration,
     /// When the speed layer counts as behind or stalled.
     pub health: HealthSettings,
+    /// The partitions this node reads (`serve --partitions`, a speed node of a split speed
+    /// layer); `None`: every partition of the topic.
+    pub partitions: Option<Vec<i32>>,
 }
 
 impl SpeedSettings {
@@ -89,6 +101,7 @@ impl SpeedSettings {
                 ready_max_lag: config.serving.ready_max_lag,
                 stall_after: config.serving.stall_after,
             },
+            partitions: None,
         }
     }
 }
@@ -105,6 +118,8 @@ pub struct SpeedLayer {
     restarts: AtomicU64,
     /// Offsets deleted by retention before the speed layer read them (and not in the batch view).
     pub lost_offsets: AtomicU64,
+    /// The topic's partitions this node does not read (`partitions`), once it has started.
+    unread: RwLock<Vec<i32>>,
 }
 
 impl SpeedLayer {
@@ -118,7 +133,13 @@ impl SpeedLayer {
             boundary: RwLock::new(boundary),
             restarts: AtomicU64::new(0),
             lost_offsets: AtomicU64::new(0),
+            unread: RwLock::default(),
         }
+    }
+
+    /// The topic's partitions this node does not read (see [`SpeedSettings::partitions`]).
+    pub fn unread(&self) -> Vec<i32> {
+        self.unread.read().map(|u| u.clone()).unwrap_or_default()
     }
 
     /// The boundary the consumer seeks to: what the speed layer's states start at.
@@ -219,7 +240,24 @@ impl SpeedLayer {
     /// watermark watcher on another, for as long as it runs).
     pub fn run(&self, stop: &Shutdown) -> Result<(), SpeedError> {
         let watcher = self.client()?;
-        let partitions = topic_partitions(&watcher, &self.settings.topic)?;
+        let all = topic_partitions(&watcher, &self.settings.topic)?;
+        let partitions = match &self.settings.partitions {
+            None => all.clone(),
+            Some(wanted) => {
+                if let Some(&absent) = wanted.iter().find(|p| !all.contains(p)) {
+                    return Err(SpeedError::NoSuchPartition {
+                        partition: absent,
+                        topic: self.settings.topic.clone(),
+                        partitions: all.len(),
+                    });
+                }
+                wanted.clone()
+            }
+        };
+        *self.unread.write().unwrap_or_else(|e| e.into_inner()) = all
+            .into_iter()
+            .filter(|p| !partitions.contains(p))
+            .collect();
         let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| self.watch(&watcher, &partitions, stop, &done));

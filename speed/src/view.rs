@@ -55,6 +55,18 @@ impl SpeedView for SpeedLayer {
     fn ready_max_lag(&self) -> u64 {
         self.health_settings().ready_max_lag
     }
+
+    fn unread(&self) -> Vec<i32> {
+        SpeedLayer::unread(self)
+    }
+
+    fn export(
+        &self,
+        definition_hash: &str,
+        have: &std::collections::BTreeSet<(i32, i64)>,
+    ) -> Result<Option<Vec<u8>>, ArrowError> {
+        SpeedLayer::export(self, definition_hash, have)
+    }
 }
 
 impl StatusSource for SpeedLayer {

@@ -71,6 +71,7 @@ fn speed_layer(
             poll_batch: 500,
             poll_wait: Duration::from_millis(20),
             health,
+            partitions: None,
         },
         Aggregator::new(&config.events, &config.views, 500).unwrap(),
         boundary,

@@ -107,4 +107,21 @@ pub trait SpeedView: StatusSource {
     /// `[serving] ready_max_lag`: the most messages per partition an answer may miss and still be
     /// complete.
     fn ready_max_lag(&self) -> u64;
+
+    /// The topic's partitions this speed layer does not read (a speed node of a split speed
+    /// layer): its answers miss them.
+    fn unread(&self) -> Vec<i32> {
+        Vec::new()
+    }
+
+    /// The states of the view of `definition_hash` for another process (a serving node), without
+    /// the sealed `(partition, epoch)` parts it holds; `None` when no view has that definition.
+    fn export(
+        &self,
+        definition_hash: &str,
+        have: &std::collections::BTreeSet<(i32, i64)>,
+    ) -> Result<Option<Vec<u8>>, ArrowError> {
+        let _ = (definition_hash, have);
+        Ok(None)
+    }
 }

@@ -147,6 +147,8 @@ fn merged_meta(view: &str, pinned: &Pinned) -> Value {
             "lag": pinned.speed_lag(),
             "stalled": pinned.speed_stalled(),
             "missing": missing,
+            // A speed node of a split speed layer: partitions it does not read.
+            "unread": pinned.speed_unread,
             "events": pinned.speed.events,
             "rows": pinned.speed.rows(),
             "sealed_epochs": pinned.speed.parts.iter().filter(|p| p.sealed).count(),

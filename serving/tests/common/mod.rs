@@ -78,6 +78,7 @@ pub fn app(setup: Setup) -> (Arc<App>, tempfile::TempDir) {
             ready_max_lag: config.serving.ready_max_lag,
             stall_after: config.serving.stall_after,
         },
+        partitions: None,
     };
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let live = Live::new(
