@@ -401,8 +401,11 @@ async fn status_metrics_health_and_the_api_description() {
         for method in methods.as_object().unwrap().keys() {
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, text) = call(&api, method.clone(), path, "{}").await;
+            // A routed path may answer 404 for what it names (`unknown_definition`), never the
+            // router's own `not_found`.
+            let unrouted = text.contains("\"code\":\"not_found\"");
             assert!(
-                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                !unrouted && status != StatusCode::METHOD_NOT_ALLOWED,
                 "documented {method} {path} is not routed: {status} {text}"
             );
         }
