@@ -150,7 +150,7 @@ fn meanwhile(before: &ViewDef, after: &ViewDef, new: &Config) -> String {
     let mut pausing: Vec<String> = waiting.iter().map(|w| w.to_string()).collect();
     if old.granularity != after.granularity {
         match old.granularity.divides(after.granularity) {
-            true => pausing.push("SQL reads of its time column".to_owned()),
+            true => pausing.push(format!("SQL reads of time in {}_states", after.name)),
             false => pausing.push(format!("buckets finer than {}", old.granularity)),
         }
     }

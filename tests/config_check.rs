@@ -127,7 +127,7 @@ fn config_diff_says_what_a_deploy_will_do_and_refuses_what_the_lake_cannot_follo
             && text.contains("field \"plan\" (string) added")
             && text.contains("view pageviews: unchanged")
             && text.contains("view traffic: REBUILT (granularity 1h → 1d)")
-            && text.contains("the old definition answers events, sessions, bytes, latency_p50, latency_p99, late exactly; SQL reads of its time column answer 503 view_building"),
+            && text.contains("the old definition answers events, sessions, bytes, latency_p50, latency_p99, late exactly; SQL reads of time in traffic_states answer 503 view_building"),
         "{text}"
     );
     let retyped = write(

@@ -100,6 +100,12 @@ fn post(service: &Service, body: &Json) -> Reply {
         .expect("the server answers")
 }
 
+/// `POST /v1/sql` of `text`.
+fn sql(service: &Service, text: &str) -> Reply {
+    let body = json!({ "sql": text }).to_string();
+    service.server.call("POST", "/v1/sql", Some(&body)).unwrap()
+}
+
 fn view_entry(service: &Service, name: &str) -> Json {
     let views = service.json("GET", "/v1/views", None);
     (views["views"].as_array().unwrap().iter())
@@ -194,15 +200,8 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
         &post(&service, &json!({"view": "traffic"})),
         "events, sessions, bytes, latency_p50, latency_p99, late are answered now",
     );
-    let sql = service
-        .server
-        .call(
-            "POST",
-            "/v1/sql",
-            Some(&json!({"sql": "SELECT device, amount FROM traffic"}).to_string()),
-        )
-        .unwrap();
-    assert_building(&sql, "amount is only in the new definition");
+    let amounts_sql = sql(&service, "SELECT device, amount FROM traffic");
+    assert_building(&amounts_sql, "amount is only in the new definition");
     // On the Postgres wire too: SQLSTATE 55000 (object not in prerequisite state), the shared
     // metrics answered.
     let pg = service.server.pg_address;
@@ -324,15 +323,11 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
         None,
         "1d from 1h",
     );
-    let sql = |text: &str| {
-        let body = json!({ "sql": text }).to_string();
-        service.server.call("POST", "/v1/sql", Some(&body)).unwrap()
-    };
     assert_building(
-        &sql("SELECT time, events FROM traffic"),
+        &sql(&service, "SELECT time, events FROM traffic"),
         "time (in 1m buckets, the old definition's are 1h) is only in the new definition",
     );
-    let total = sql("SELECT sum(events) AS events FROM traffic");
+    let total = sql(&service, "SELECT sum(events) AS events FROM traffic");
     assert_eq!(total.status, 200, "{}", total.body);
     let run = service.json("POST", "/v1/batch/run", Some(&json!({"view": "traffic"})));
     assert_eq!(run["views"][0]["outcome"], "published", "{run}");
@@ -342,6 +337,53 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
     let minutes = service.json("POST", "/v1/query", Some(&per_minute));
     assert_eq!(minutes["meta"]["previous_definition"], false, "{minutes}");
     check_all(&service, &truth, "after the switch to 1m");
+
+    // Coarser again (1m → 1h): the old minutes roll up, SQL's finalized table included.
+    let status = service.server.terminate();
+    assert!(status.success(), "{status}");
+    let coarser = config_file(
+        &service,
+        "coarser.toml",
+        &[
+            ("bytes = \"int64\"", "bytes = \"int64\"\namount = \"int64\""),
+            (
+                "bytes = \"sum(bytes)\"",
+                "bytes = \"sum(bytes)\"\namount = \"sum(amount)\"",
+            ),
+        ],
+    );
+    service.server.env("TRIBUTARY_CONFIG", coarser);
+    service.start(256);
+    service.wait_for_read();
+    assert_eq!(view_entry(&service, "traffic")["state"], "building");
+    let hourly = sql(
+        &service,
+        "SELECT time, sum(events) AS events FROM traffic GROUP BY time ORDER BY time",
+    );
+    assert_eq!(hourly.status, 200, "{}", hourly.body);
+    let hourly: Json = serde_json::from_str(&hourly.body).unwrap();
+    let rows = hourly["rows"].as_array().unwrap();
+    let hours: Vec<i64> = (rows.iter())
+        .map(|r| chrono::DateTime::parse_from_rfc3339(r["time"].as_str().unwrap()).unwrap())
+        .map(|t| t.timestamp_millis())
+        .collect();
+    assert!(
+        hours.iter().all(|t| t % 3_600_000 == 0),
+        "hourly buckets: {hours:?}"
+    );
+    let events: i64 = rows.iter().map(|r| r["events"].as_i64().unwrap()).sum();
+    assert_eq!(events, truth.payloads.len() as i64, "{hourly}");
+    let answer = service.json("POST", "/v1/query", Some(&per_minute));
+    assert_eq!(answer["meta"]["previous_definition"], true, "{answer}");
+    let daily = service.json("POST", "/v1/query", Some(&QUERIES[3].body()));
+    assert_eq!(daily["meta"]["previous_definition"], true, "{daily}");
+    check_metrics(
+        daily["rows"].as_array().unwrap(),
+        &truth,
+        &QUERIES[3],
+        None,
+        "1d from 1m",
+    );
 }
 
 /// The ground truth of `pageviews` per country under a filter, over the events the answer counted

@@ -127,11 +127,13 @@ impl ViewBuilding {
     pub const RETRY_AFTER_SECS: u64 = 30;
 
     /// Whether `pinned` gives the `columns` (time, dimensions and metrics by name) of
-    /// `configured` as configured.
+    /// `configured` as configured. With `rolls_up`, the reader merges the old definition's
+    /// buckets into the configured ones, which it can when the old granularity divides them.
     pub fn check<'c>(
         configured: &ViewDef,
         pinned: &Pinned,
         columns: impl IntoIterator<Item = &'c str>,
+        rolls_up: bool,
     ) -> Result<(), ViewBuilding> {
         let building = |what: String| ViewBuilding {
             view: configured.name.clone(),
@@ -147,7 +149,8 @@ impl ViewBuilding {
         }
         let old = &pinned.definition;
         let mut pending = configured.not_answered_by(old);
-        if old.granularity != configured.granularity {
+        let rolled = rolls_up && old.granularity.divides(configured.granularity);
+        if old.granularity != configured.granularity && !rolled {
             pending.push(tributary_schemas::config::TIME_COLUMN);
         }
         let mut waiting: Vec<String> = (columns.into_iter())
@@ -478,7 +481,8 @@ impl Engine {
                 let filtered = (allowed.iter().flat_map(|a| a.column_refs()))
                     .map(|c| c.name.as_str())
                     .collect::<Vec<_>>();
-                ViewBuilding::check(view, &pinned, configured.columns().chain(filtered))?;
+                // Its buckets are checked by `under`, which rolls them up.
+                ViewBuilding::check(view, &pinned, configured.columns().chain(filtered), false)?;
                 configured
                     .under(&pinned.definition, request, self.max_rows)
                     .map_err(|why| ViewBuilding::unplannable(view, why))?

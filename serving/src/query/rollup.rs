@@ -324,7 +324,7 @@ impl TableProvider for Rollup {
             .flat_map(|e| e.column_refs())
             .map(|c| c.name.as_str())
             .chain(self.columns.iter().map(String::as_str));
-        ViewBuilding::check(&self.view, &pinned, read)
+        ViewBuilding::check(&self.view, &pinned, read, false)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         // Parts of another definition never share a cache entry.
         let definition = pinned.definition.definition_hash();

@@ -32,9 +32,11 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use tributary_schemas::config::{TIME_COLUMN, ViewDef};
 
 use super::plan::{finalize, group, names, states, states_table, view_metrics};
+use super::request::Bucket;
 use super::{Merged, ViewBuilding};
 use crate::live::{Live, Pinned};
 use crate::snapshots::Snapshot;
+use tributary_schemas::duration::Granularity;
 
 /// What one statement reads: the snapshot it pins views from, the caller's row filters, and the
 /// views it pinned (for the answer's `meta`). A statement's session carries it as a config
@@ -119,11 +121,17 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    /// The table's rows over a view's state rows.
-    fn rows(self, view: &ViewDef, states: DataFrame) -> Result<DataFrame> {
+    /// The table's rows over a view's state rows; `bucket` merges them into coarser buckets
+    /// (finalized rows only: state rows stay at the grain they are stored at).
+    fn rows(
+        self,
+        view: &ViewDef,
+        states: DataFrame,
+        bucket: Option<Granularity>,
+    ) -> Result<DataFrame> {
         match self {
             Kind::Finalized => {
-                let merged = group(states, view, None, &names(view))?;
+                let merged = group(states, view, bucket.map(Bucket::Every), &names(view))?;
                 finalize(view, view_metrics(view), merged)
             }
             Kind::States => states_table(view, states),
@@ -149,7 +157,7 @@ impl ViewTable {
         kind: Kind,
     ) -> Result<Self> {
         let none = MemTable::try_new(view.state_schema(), vec![vec![]])?;
-        let rows = kind.rows(view, ctx.read_table(Arc::new(none))?)?;
+        let rows = kind.rows(view, ctx.read_table(Arc::new(none))?, None)?;
         Ok(Self {
             index,
             view: view.clone(),
@@ -224,8 +232,14 @@ impl TableProvider for ViewTable {
         let filtered = (filters.iter().chain(reads.row_filter(self.index)))
             .flat_map(|f| f.column_refs())
             .map(|c| c.name.as_str());
-        ViewBuilding::check(&self.view, &pinned, columns.iter().copied().chain(filtered))
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let rolls_up = self.kind == Kind::Finalized;
+        ViewBuilding::check(
+            &self.view,
+            &pinned,
+            columns.iter().copied().chain(filtered),
+            rolls_up,
+        )
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let view = &pinned.definition;
         let ctx = SessionContext::new_with_state(state.clone());
         let mut rows = states(&ctx, view, &pinned).await?;
@@ -236,7 +250,9 @@ impl TableProvider for ViewTable {
         if let Some(predicate) = filters.iter().cloned().reduce(Expr::and) {
             rows = rows.filter(predicate)?;
         }
-        let mut table = self.kind.rows(view, rows)?;
+        // An old definition of finer buckets: merged into the configured ones.
+        let bucket = (view.granularity != self.view.granularity).then_some(self.view.granularity);
+        let mut table = self.kind.rows(view, rows, bucket)?;
         // By name: under an old definition the columns are the shared ones, in its order.
         table = table.select(columns.into_iter().map(ident).collect::<Vec<_>>())?;
         table.create_physical_plan().await
