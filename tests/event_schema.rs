@@ -6,19 +6,9 @@
 mod common;
 
 use common::{PARTITIONS, Service, Truth, check_all};
-use tributary_schemas::config::DEFAULT_CONFIG;
 use tributary_schemas::event::FieldType;
 use tributary_schemas::lake::Lake;
 use tributary_testkit::Broker;
-
-/// The defaults with the line `from` replaced by `to`, as a file in the test's directory.
-fn config_with(service: &Service, name: &str, from: &str, to: &str) -> String {
-    let text = DEFAULT_CONFIG.replace(from, to);
-    assert_ne!(text, DEFAULT_CONFIG);
-    let path = service.server.dir().join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
 
 #[test]
 fn a_field_added_on_restart_is_recorded_and_an_incompatible_type_is_refused() {
@@ -38,16 +28,10 @@ fn a_field_added_on_restart_is_recorded_and_an_incompatible_type_is_refused() {
     check_all(&service, &truth, "before the change");
 
     // A field added: recorded from the archiver's progress on; old and new files read together.
-    let status = service.server.terminate();
-    assert!(status.success(), "{status}");
-    let added = config_with(
-        &service,
+    service.restart_with(
         "added.toml",
-        "bytes = \"int64\"",
-        "bytes = \"int64\"\nplan = \"string\"",
+        &[("bytes = \"int64\"", "bytes = \"int64\"\nplan = \"string\"")],
     );
-    service.server.env("TRIBUTARY_CONFIG", added);
-    service.start(256);
     truth.produce(broker, &topic, 1800);
     service.wait_for_log();
     let history = runtime.block_on(lake.schema_history(&topic)).unwrap();
@@ -70,11 +54,12 @@ fn a_field_added_on_restart_is_recorded_and_an_incompatible_type_is_refused() {
     check_all(&service, &truth, "after a field was added");
 
     // A second process whose schema the raw files cannot follow is refused, naming the field.
-    let changed = config_with(
-        &service,
+    let changed = service.config_file(
         "changed.toml",
-        "user_id = \"string\"",
-        "user_id = \"int64\"\nplan = \"string\"",
+        &[(
+            "user_id = \"string\"",
+            "user_id = \"int64\"\nplan = \"string\"",
+        )],
     );
     let refused = service
         .server

@@ -14,23 +14,26 @@ use std::time::{Duration, Instant};
 use common::{PARTITIONS, QUERIES, Query, Service, Truth, check_all, check_metrics};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value as Json, json};
-use tributary_schemas::config::{Config, DEFAULT_CONFIG};
+use tributary_schemas::config::Config;
 use tributary_schemas::decode::Decoder;
 use tributary_testkit::Broker;
 use tributary_testkit::http::{Reply, request};
 use tributary_testkit::stream::kafka_stamp;
 
-/// The defaults with each `(from, to)` replaced, as a file in the test's directory.
-fn config_file(service: &Service, name: &str, changes: &[(&str, &str)]) -> String {
-    let mut text = DEFAULT_CONFIG.to_owned();
-    for (from, to) in changes {
-        assert!(text.contains(from), "{from}");
-        text = text.replacen(from, to, 1);
-    }
-    let path = service.server.dir().join(name);
-    std::fs::write(&path, &text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
+/// `amount`, an int64 field, and traffic's `sum(amount)` over it.
+const AMOUNT: [(&str, &str); 2] = [
+    ("bytes = \"int64\"", "bytes = \"int64\"\namount = \"int64\""),
+    (
+        "bytes = \"sum(bytes)\"",
+        "bytes = \"sum(bytes)\"\namount = \"sum(amount)\"",
+    ),
+];
+
+/// pageviews: [page, country] where page IS NOT NULL → [country, device] without tablets.
+const PAGEVIEWS_CHANGED: (&str, &str) = (
+    "dimensions = [\"page\", \"country\"]\nfilter = \"page IS NOT NULL\"",
+    "dimensions = [\"country\", \"device\"]\nfilter = \"device <> 'tablet'\"",
+);
 
 /// Sends `payloads` (event `n` to partition `n % PARTITIONS`), each with the Kafka timestamp
 /// `stamp` gives its JSON, and returns where each landed.
@@ -146,21 +149,7 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
     check_all(&service, &truth, "before the change");
 
     // `amount` added to the events, and `traffic` gets a metric over it.
-    let status = service.server.terminate();
-    assert!(status.success(), "{status}");
-    let added = config_file(
-        &service,
-        "added.toml",
-        &[
-            ("bytes = \"int64\"", "bytes = \"int64\"\namount = \"int64\""),
-            (
-                "bytes = \"sum(bytes)\"",
-                "bytes = \"sum(bytes)\"\namount = \"sum(amount)\"",
-            ),
-        ],
-    );
-    service.server.env("TRIBUTARY_CONFIG", added);
-    service.start(256);
+    service.restart_with("added.toml", &AMOUNT);
     // Half the new events carry the field; the truth's decoder (the old schema) skips it.
     let first = truth.produced;
     let mut amounts: BTreeMap<String, i64> = BTreeMap::new();
@@ -291,22 +280,12 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
     );
 
     // A finer granularity (1h → 1m): what the old 1h buckets roll up to is answered, 1m waits.
-    let status = service.server.terminate();
-    assert!(status.success(), "{status}");
-    let finer = config_file(
-        &service,
-        "finer.toml",
-        &[
-            ("bytes = \"int64\"", "bytes = \"int64\"\namount = \"int64\""),
-            (
-                "bytes = \"sum(bytes)\"",
-                "bytes = \"sum(bytes)\"\namount = \"sum(amount)\"",
-            ),
-            ("granularity = \"1h\"", "granularity = \"1m\""),
-        ],
-    );
-    service.server.env("TRIBUTARY_CONFIG", finer);
-    service.start(256);
+    let finer = [
+        AMOUNT[0],
+        AMOUNT[1],
+        ("granularity = \"1h\"", "granularity = \"1m\""),
+    ];
+    service.restart_with("finer.toml", &finer);
     service.wait_for_read();
     let traffic = view_entry(&service, "traffic");
     assert_eq!(traffic["state"], "building", "{traffic}");
@@ -339,21 +318,7 @@ fn a_field_and_a_metric_over_it_are_added_while_every_other_metric_stays_exact()
     check_all(&service, &truth, "after the switch to 1m");
 
     // Coarser again (1m → 1h): the old minutes roll up, SQL's finalized table included.
-    let status = service.server.terminate();
-    assert!(status.success(), "{status}");
-    let coarser = config_file(
-        &service,
-        "coarser.toml",
-        &[
-            ("bytes = \"int64\"", "bytes = \"int64\"\namount = \"int64\""),
-            (
-                "bytes = \"sum(bytes)\"",
-                "bytes = \"sum(bytes)\"\namount = \"sum(amount)\"",
-            ),
-        ],
-    );
-    service.server.env("TRIBUTARY_CONFIG", coarser);
-    service.start(256);
+    service.restart_with("coarser.toml", &AMOUNT);
     service.wait_for_read();
     assert_eq!(view_entry(&service, "traffic")["state"], "building");
     let hourly = sql(
@@ -444,19 +409,7 @@ fn changed_dimensions_and_filter_switch_in_one_step_while_events_flow() {
     service.wait_for_log();
     common::run_batch(&service);
 
-    // pageviews: [page, country] where page IS NOT NULL → [country, device] without tablets.
-    let status = service.server.terminate();
-    assert!(status.success(), "{status}");
-    let changed = config_file(
-        &service,
-        "changed.toml",
-        &[(
-            "dimensions = [\"page\", \"country\"]\nfilter = \"page IS NOT NULL\"",
-            "dimensions = [\"country\", \"device\"]\nfilter = \"device <> 'tablet'\"",
-        )],
-    );
-    service.server.env("TRIBUTARY_CONFIG", &changed);
-    service.start(256);
+    let changed = service.restart_with("changed.toml", &[PAGEVIEWS_CHANGED]);
     let pageviews = view_entry(&service, "pageviews");
     assert_eq!(pageviews["state"], "building", "{pageviews}");
     assert_eq!(pageviews["building"]["waiting"], json!(["device"]));
@@ -745,18 +698,7 @@ fn after_kafka_deleted_the_history_a_rollback_says_what_it_misses_and_a_definiti
 
     // The change: answered complete under the old definition while the new one builds from the
     // lake, then complete under the new one, with no read below the live boundary.
-    let status = service.server.terminate();
-    assert!(status.success(), "{status}");
-    let changed = config_file(
-        &service,
-        "changed.toml",
-        &[(
-            "dimensions = [\"page\", \"country\"]\nfilter = \"page IS NOT NULL\"",
-            "dimensions = [\"country\", \"device\"]\nfilter = \"device <> 'tablet'\"",
-        )],
-    );
-    service.server.env("TRIBUTARY_CONFIG", &changed);
-    service.start(256);
+    service.restart_with("changed.toml", &[PAGEVIEWS_CHANGED]);
     service.wait_for_read();
     assert_complete_per_country(&service, &sent, page_kept, true, "while building");
     let run = service.json("POST", "/v1/batch/run", Some(&json!({"view": "pageviews"})));

@@ -119,6 +119,12 @@ impl Pinned {
         !self.configured || self.short
     }
 
+    /// Whether a batch version under the configured definition answers (`/v1/views` state
+    /// `live`); otherwise the view is being built.
+    pub fn live(&self) -> bool {
+        self.configured && self.version.is_some()
+    }
+
     /// Per partition, the messages between the broker's end and what this answer counts.
     pub fn speed_lag(&self) -> BTreeMap<i32, u64> {
         (self.speed_health.iter())

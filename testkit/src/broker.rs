@@ -288,17 +288,7 @@ impl Broker {
         topic: &str,
         partitions: i32,
     ) -> Result<BTreeMap<i32, i64>, HarnessError> {
-        let consumer: BaseConsumer = self.client_config().create()?;
-        (0..partitions)
-            .map(|p| {
-                Ok((
-                    p,
-                    consumer
-                        .fetch_watermarks(topic, p, Duration::from_secs(5))?
-                        .1,
-                ))
-            })
-            .collect()
+        self.watermarks(topic, partitions, |(_, high)| high)
     }
 
     /// The low watermark (first offset still held) of partitions `0..partitions` of `topic`.
@@ -307,11 +297,21 @@ impl Broker {
         topic: &str,
         partitions: i32,
     ) -> Result<BTreeMap<i32, i64>, HarnessError> {
+        self.watermarks(topic, partitions, |(low, _)| low)
+    }
+
+    /// `which` of the `(low, high)` watermarks of partitions `0..partitions` of `topic`.
+    fn watermarks(
+        &self,
+        topic: &str,
+        partitions: i32,
+        which: fn((i64, i64)) -> i64,
+    ) -> Result<BTreeMap<i32, i64>, HarnessError> {
         let consumer: BaseConsumer = self.client_config().create()?;
         (0..partitions)
             .map(|p| {
-                let (low, _) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
-                Ok((p, low))
+                let marks = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+                Ok((p, which(marks)))
             })
             .collect()
     }

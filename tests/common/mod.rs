@@ -197,6 +197,30 @@ impl Service {
         });
     }
 
+    /// The built-in defaults with each `(from, to)` replaced (each `from` must be there), as a
+    /// configuration file in the test's directory; its path.
+    pub fn config_file(&self, name: &str, changes: &[(&str, &str)]) -> String {
+        let mut text = tributary_schemas::config::DEFAULT_CONFIG.to_owned();
+        for (from, to) in changes {
+            assert!(text.contains(from), "the defaults have no {from:?}");
+            text = text.replacen(from, to, 1);
+        }
+        let path = self.server.dir().join(name);
+        std::fs::write(&path, &text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// Stops the service cleanly (SIGTERM) and starts it again with [`Self::config_file`] of
+    /// `changes`; returns the file's path.
+    pub fn restart_with(&mut self, name: &str, changes: &[(&str, &str)]) -> String {
+        let status = self.server.terminate();
+        assert!(status.success(), "{status}");
+        let config = self.config_file(name, changes);
+        self.server.env("TRIBUTARY_CONFIG", &config);
+        self.start(256);
+        config
+    }
+
     /// kill -9.
     pub fn kill(&mut self) {
         self.server.kill();

@@ -54,32 +54,35 @@ pub(super) struct ViewJob {
 
 impl ViewJob {
     pub(super) async fn run(mut self) -> Result<ViewRun, BatchError> {
-        // A first version under the configured definition: its progress goes to the lake too.
-        let live_hash =
-            (self.lake.live_manifest(&self.view.name).await?).map(|m| m.definition_hash);
+        let live = self.lake.live_manifest(&self.view.name).await?;
         let definition_hash = self.view.definition_hash();
-        let building = match live_hash == Some(definition_hash.clone()) {
+        // A first version under the configured definition: its progress goes to the lake too.
+        let building = match live.as_ref().map(|l| &l.definition_hash) == Some(&definition_hash) {
             true => None,
             false => Some(Building::start(&self.lake, &self.view.name, &definition_hash).await),
         };
         if let Some(building) = &building {
             self.progress = building.sink(Arc::clone(&self.progress));
         }
-        let run = self.run_once().await;
+        let run = self.run_once(live, definition_hash).await;
         if let Some(building) = building {
             building.finish().await;
         }
         run
     }
 
-    async fn run_once(self) -> Result<ViewRun, BatchError> {
+    /// The run over `live`, the view's live version when it started (read once, under the run
+    /// lock nothing else publishes), for the configured `definition_hash`.
+    async fn run_once(
+        self,
+        live: Option<Manifest>,
+        definition_hash: String,
+    ) -> Result<ViewRun, BatchError> {
         let started = Instant::now();
         let lake = &self.lake;
         let name = self.view.name.clone();
         let input =
             plan::select_input(lake, &self.settings.topic, self.settings.epoch_size).await?;
-        let live = lake.live_manifest(&name).await?;
-        let definition_hash = self.view.definition_hash();
         let known_groups = live
             .as_ref()
             .filter(|live| live.definition_hash == definition_hash)

@@ -63,7 +63,7 @@ pub(super) async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     for (index, view) in live.views().iter().enumerate() {
         if let Ok(pinned) = live.pin(index) {
             let labels = [("view", view.name.clone())];
-            let building = pinned.version.is_none() || !pinned.configured;
+            let building = !pinned.live();
             out.sample(
                 "tributary_view_building",
                 &labels,

@@ -48,7 +48,7 @@ pub(super) async fn views(State(app): State<Arc<App>>) -> Result<axum::Json<Valu
         let mut entry = view_json(view);
         // `building` until the view has a batch version under its configured definition (a new
         // view, or a changed one), with what answers meanwhile and the build's progress.
-        let building = pinned.version.is_none() || !pinned.configured;
+        let building = !pinned.live();
         entry["state"] = json!(if building { "building" } else { "live" });
         if building {
             let progress = (live.lake().build_progress(&view.name).await)
