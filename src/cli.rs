@@ -37,7 +37,9 @@ enum Command {
     Config(ConfigCommand),
     /// Run the service: every role in one process by default (ARCHITECTURE.md §7).
     Serve {
-        /// Roles to run, comma-separated: archiver, speed, serving, batch.
+        /// Roles to run, comma-separated: archiver, speed, serving, batch. A split speed layer
+        /// runs speed nodes (`--roles speed --partitions 0-5`) and serving nodes (`--roles
+        /// serving` with `[serving] speed_nodes`).
         #[arg(long, value_delimiter = ',', default_values_t = Role::ALL)]
         roles: Vec<Role>,
         /// The Kafka partitions the speed layer reads, e.g. `0-5` or `0,2,4-7` (default: all): a

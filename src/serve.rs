@@ -2,9 +2,13 @@
 //! cleanly: the HTTP server and the Postgres wire stop accepting and let in-flight requests and
 //! statements finish, the archiver writes
 //! what it has buffered (nothing is half-written) and a running recompute is cancelled before it
-//! publishes (its files are collected by the next run). The speed and serving roles run together:
-//! queries merge the speed layer's in-memory states. If a role
-//! fails, the process stops with its error so that a supervisor restarts it.
+//! publishes (its files are collected by the next run). If a role fails, the process stops with
+//! its error so that a supervisor restarts it.
+//!
+//! Queries merge a speed layer's in-memory states, so the serving role runs either with the
+//! speed role (`--roles speed,serving`: this process reads Kafka), or alone as a serving node of
+//! a split speed layer reading `[serving] speed_nodes`. A speed node (`--roles speed`, usually
+//! with `--partitions`) listens too: serving nodes read its states from its HTTP API.
 
 use std::sync::Arc;
 use std::thread;
@@ -19,6 +23,7 @@ use tributary_schemas::decode::Decoder;
 use tributary_schemas::lake::Lake;
 use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::recompute::Recompute;
+use tributary_schemas::layers::speed::SpeedView;
 use tributary_schemas::shutdown::Shutdown;
 use tributary_serving::api::{self, App};
 use tributary_serving::audit::Audit;
@@ -30,6 +35,7 @@ use tributary_serving::query::{DATABASE, Engine};
 use tributary_serving::{tls, wire};
 use tributary_speed::aggregator::Aggregator;
 use tributary_speed::consumer::{SpeedLayer, SpeedSettings};
+use tributary_speed::remote::{RemoteSettings, RemoteSpeed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -77,12 +83,28 @@ pub fn serve_until(
     shutdown: impl Future<Output = ()>,
     started: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
-    let serving = roles.contains(&Role::Serving);
-    if serving != roles.contains(&Role::Speed) {
-        bail!(
-            "the speed and serving roles run together: queries merge the speed layer's in-memory states, so run `--roles speed,serving` (with archiver and batch as you like)"
-        );
+    let speed_nodes = !config.serving.speed_nodes.is_empty();
+    let (speed, serving) = (roles.contains(&Role::Speed), roles.contains(&Role::Serving));
+    match (speed, serving, speed_nodes) {
+        (true, true, true) => bail!(
+            "[serving] speed_nodes is set: this process reads the speed layer from those speed nodes, so drop the speed role (`--roles serving`), or empty speed_nodes to read Kafka here"
+        ),
+        (false, true, false) => bail!(
+            "the serving role merges a speed layer: run `--roles speed,serving` (with archiver and batch as you like), or list the speed nodes to read in [serving] speed_nodes"
+        ),
+        (true, false, true) => bail!(
+            "[serving] speed_nodes is for serving nodes; a speed node (`--roles speed`) reads Kafka itself"
+        ),
+        _ => {}
     }
+    if speed_nodes && partitions.is_some() {
+        bail!("--partitions is for speed nodes; this serving node reads [serving] speed_nodes");
+    }
+    // A speed node alone still listens: serving nodes read its states over HTTP
+    // (`GET /v1/speed/...`), and it answers queries with the partitions it reads, scanning batch
+    // versions from Parquet rather than holding them in memory.
+    let speed_node = speed && !serving;
+    let serving = serving || speed;
     if serving {
         check_exposure(config)?;
     }
@@ -136,26 +158,39 @@ pub fn serve_until(
         let (app, speed) = runtime.block_on(start_serving(
             config,
             partitions,
+            speed_node,
             &lake,
             batch.clone().map(|batch| batch as Arc<dyn Recompute>),
             archiver_stats.map(|stats| stats as Arc<dyn StatusSource>),
             Arc::clone(&metrics),
         ))?;
-        let (stop, failed) = (roles_stop.clone(), failed_tx.clone());
-        workers.push(
-            thread::Builder::new()
-                .name("speed".to_owned())
-                .spawn(move || {
-                    if let Err(error) = speed.run(&stop) {
-                        let _ = failed
-                            .send(anyhow::Error::new(error).context("the speed layer stopped"));
-                    }
-                })
-                .context("starting the speed layer thread")?,
-        );
+        let behind = match speed {
+            Speed::Local(speed) => {
+                let (stop, failed) = (roles_stop.clone(), failed_tx.clone());
+                workers.push(
+                    thread::Builder::new()
+                        .name("speed".to_owned())
+                        .spawn(move || {
+                            if let Err(error) = speed.run(&stop) {
+                                let _ = failed.send(
+                                    anyhow::Error::new(error).context("the speed layer stopped"),
+                                );
+                            }
+                        })
+                        .context("starting the speed layer thread")?,
+                );
+                None
+            }
+            Speed::Remote(remote) => {
+                let behind = remote.behind();
+                runtime.spawn(remote.run(roles_stop.clone()));
+                Some(behind)
+            }
+        };
         runtime.spawn(follow_versions(
             Arc::clone(app.engine.live()),
             config.serving.refresh,
+            behind,
         ));
         // A certificate that does not load stops the process: never plaintext in its place.
         let tls = match &config.serving.tls {
@@ -311,38 +346,59 @@ fn check_exposure(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The speed layer a serving process merges.
+enum Speed {
+    /// Read from Kafka here (its thread runs it).
+    Local(Arc<SpeedLayer>),
+    /// Read from the speed nodes of `[serving] speed_nodes` (its task polls them).
+    Remote(Arc<RemoteSpeed>),
+}
+
 /// Loads the live versions, builds the speed layer at their boundary, and the HTTP app over both.
-/// Returns the app and the speed layer, for its thread to run.
+/// Returns the app and the speed layer, for its thread or task to run.
 async fn start_serving(
     config: &Config,
     partitions: Option<Vec<i32>>,
+    speed_node: bool,
     lake: &Lake,
     recompute: Option<Arc<dyn Recompute>>,
     archiver: Option<Arc<dyn StatusSource>>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(Arc<App>, Arc<SpeedLayer>)> {
+) -> anyhow::Result<(Arc<App>, Speed)> {
     let serving = &config.serving;
-    let budget = serving.memory_budget_mb << 20;
+    let budget = if speed_node {
+        0
+    } else {
+        serving.memory_budget_mb << 20
+    };
     let topic = &config.kafka.topic;
     let loaded = Loaded::load(lake, topic, &config.events, &config.views, budget)
         .await
         .context("loading the live batch versions")?;
     // The configured views, then the old definitions answering while their replacements build.
     let speed_views = loaded.speed_views(&config.views);
-    let aggregator = Aggregator::new(&config.events, &speed_views, config.batch.epoch_size)
-        .context("planning the view filters for the speed layer")?;
-    let settings = SpeedSettings {
-        partitions,
-        ..SpeedSettings::from_config(config)
+    let (speed, view): (Speed, Arc<dyn SpeedView>) = if serving.speed_nodes.is_empty() {
+        let aggregator = Aggregator::new(&config.events, &speed_views, config.batch.epoch_size)
+            .context("planning the view filters for the speed layer")?;
+        let settings = SpeedSettings {
+            partitions,
+            ..SpeedSettings::from_config(config)
+        };
+        let speed = Arc::new(SpeedLayer::new(settings, aggregator, loaded.speed_start()));
+        (Speed::Local(Arc::clone(&speed)), speed)
+    } else {
+        tracing::info!(nodes = ?serving.speed_nodes, "reading the speed layer from speed nodes");
+        let settings = RemoteSettings::from_config(config);
+        let remote = Arc::new(RemoteSpeed::new(settings, &speed_views));
+        (Speed::Remote(Arc::clone(&remote)), remote)
     };
-    let speed = Arc::new(SpeedLayer::new(settings, aggregator, loaded.speed_start()));
     let live = Live::new(
         lake.clone(),
         topic.clone(),
         config.views.clone(),
         budget,
         loaded,
-        Arc::clone(&speed) as _,
+        view,
     );
     let engine = Engine::with_limits(
         Arc::new(live),
@@ -374,12 +430,22 @@ async fn start_serving(
     Ok((Arc::new(app), speed))
 }
 
-/// Checks for newly published versions every `every` (the recompute may run in another process).
-async fn follow_versions(live: Arc<Live>, every: std::time::Duration) {
+/// Checks for newly published versions every `every` (the recompute may run in another process),
+/// and at once when `behind` is notified (a speed node already dropped what the live version
+/// needs: it has seen a newer one).
+async fn follow_versions(
+    live: Arc<Live>,
+    every: std::time::Duration,
+    behind: Option<Arc<tokio::sync::Notify>>,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let behind = behind.unwrap_or_default();
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = behind.notified() => {}
+        }
         if let Err(error) = live.refresh().await {
             tracing::warn!(
                 "cannot check for new batch versions (retrying): {:#}",

@@ -147,13 +147,28 @@ fn kill_9(s3: Option<&S3Server>) {
 }
 
 #[test]
-fn serve_runs_speed_and_serving_only_together() {
-    let server = TestServer::without_broker(env!("CARGO_BIN_EXE_tributary"));
-    let output = server.run(&["serve", "--roles", "archiver,speed"]);
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("the speed and serving roles run together"),
-        "{stderr}"
+fn serving_runs_with_a_speed_layer_here_or_on_speed_nodes() {
+    let mut server = TestServer::without_broker(env!("CARGO_BIN_EXE_tributary"));
+    let refused = |server: &TestServer, args: &[&str], says: &str| {
+        let output = server.run(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    refused(
+        &server,
+        &["serve", "--roles", "archiver,serving"],
+        "the serving role merges a speed layer: run `--roles speed,serving`",
+    );
+    server.env("TRIBUTARY_SERVING__SPEED_NODES", "http://127.0.0.1:9");
+    refused(
+        &server,
+        &["serve", "--roles", "speed,serving"],
+        "[serving] speed_nodes is set: this process reads the speed layer from those speed nodes",
+    );
+    refused(
+        &server,
+        &["serve", "--roles", "serving", "--partitions", "0"],
+        "--partitions is for speed nodes",
     );
 }

@@ -1,15 +1,18 @@
-//! Speed nodes of a split speed layer (issue 32, in progress): `serve --partitions` reads only
-//! those partitions, its own answers say which they miss, and `GET /v1/speed/{definition}` gives
-//! its states (Arrow IPC) at the seam of the live batch version: together, two nodes' states count
-//! every event above the boundary exactly once. (The serving node that merges them is next.)
+//! The speed layer split by partitions (issue 32): speed nodes (`serve --partitions`) read only
+//! their partitions, say which they miss, and give their states (Arrow IPC over
+//! `GET /v1/speed/{definition}`) at the seam of the live batch version; a serving node
+//! (`--roles serving`, `[serving] speed_nodes`) merges them with the batch version, exact against
+//! the ground truth across batch runs and swaps, and says which partitions a dead node leaves out.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use common::{PARTITIONS, Service, Truth};
+use common::{PARTITIONS, QUERIES, Service, Truth};
 use serde_json::{Value as Json, json};
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::Boundary;
@@ -206,4 +209,188 @@ fn speed_nodes_read_their_partitions_and_export_their_states_at_the_seam() {
     assert_eq!(bad.status, 404, "{}", bad.body);
     let bad = (b.server.call("GET", "/v1/speed/x?have=1:9-2", None)).unwrap();
     assert_eq!(bad.status, 400, "{}", bad.body);
+}
+
+/// The `views` of `pageviews` over every event of the log below `counted` per partition (a
+/// partition not named: none of it), read back from the broker.
+fn views_below(broker: &Broker, topic: &str, truth: &Truth, counted: &BTreeMap<i32, i64>) -> i64 {
+    let mut views = 0;
+    for (partition, messages) in broker.read_topic(topic, PARTITIONS).unwrap() {
+        let end = counted.get(&partition).copied().unwrap_or(0);
+        for (offset, payload) in messages {
+            let Ok(event) = truth.decoder.decode(&payload) else {
+                continue;
+            };
+            let page = common::value(&event, &truth.config.events, "page");
+            views += i64::from(offset < end && page != "null");
+        }
+    }
+    views
+}
+
+/// Per partition, the offsets an answer counted: below the batch boundary and the speed
+/// offsets it merged.
+fn counted(meta: &Json) -> BTreeMap<i32, i64> {
+    let mut counted: BTreeMap<i32, i64> = BTreeMap::new();
+    for source in [&meta["batch"]["boundary"], &meta["speed"]["next_offsets"]] {
+        for (partition, offset) in source.as_object().into_iter().flatten() {
+            let entry = counted.entry(partition.parse().unwrap()).or_default();
+            *entry = (*entry).max(offset.as_i64().unwrap());
+        }
+    }
+    counted
+}
+
+/// Every partition served by the node that reads it.
+fn assert_served_by(meta: &Json, a: &Service, b: &Service) {
+    let (a, b) = (
+        format!("http://{}", a.server.address),
+        format!("http://{}", b.server.address),
+    );
+    assert_eq!(
+        meta["speed"]["nodes"],
+        json!({"0": a, "1": b, "2": b}),
+        "{meta}"
+    );
+    assert_eq!(meta["complete"], true, "{meta}");
+    assert_eq!(meta["speed"]["unread"], json!([]), "{meta}");
+}
+
+#[test]
+fn a_serving_node_merges_two_speed_nodes_exactly_and_names_the_partitions_of_a_dead_one() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = Broker::shared();
+    let topic = runtime.block_on(broker.create_topic(PARTITIONS)).unwrap();
+    // Speed node A reads partition 0, B partitions 1 and 2; the serving node S archives, runs
+    // the batch layer and merges both nodes' states. One lake.
+    let mut a = Service::new(broker, &topic);
+    a.server
+        .start(&["serve", "--roles", "speed", "--partitions", "0"]);
+    let lake = a.server.lake().display().to_string();
+    let mut b = Service::new(broker, &topic);
+    b.server.env("TRIBUTARY_LAKE__URL", &lake);
+    b.server
+        .start(&["serve", "--roles", "speed", "--partitions", "1-2"]);
+    let mut s = Service::new(broker, &topic);
+    let nodes = format!("http://{},http://{}", a.server.address, b.server.address);
+    s.server
+        .env("TRIBUTARY_LAKE__URL", &lake)
+        .env("TRIBUTARY_SERVING__SPEED_NODES", nodes)
+        .env("TRIBUTARY_SERVING__SPEED_NODE_TIMEOUT", "1s");
+    s.server
+        .start(&["serve", "--roles", "archiver,serving,batch"]);
+
+    // The speed layer alone.
+    let mut truth = Truth::new();
+    truth.produce(broker, &topic, 3000);
+    s.wait_for_read();
+    let meta = common::check_all(&s, &truth, "speed nodes only");
+    assert_served_by(&meta, &a, &b);
+    assert!(meta["batch"].is_null(), "{meta}");
+
+    // After a batch run, with late events above it.
+    s.wait_for_log();
+    common::run_batch(&s);
+    truth.produce(broker, &topic, 1500);
+    s.wait_for_read();
+    let meta = common::check_all(&s, &truth, "after a batch run");
+    assert_served_by(&meta, &a, &b);
+    assert!(meta["batch"]["version"].as_u64() >= Some(1), "{meta}");
+
+    // During a swap: every answer exact and complete while a version goes live on the three
+    // processes at their own pace, and the nodes drop what it covers (speed_drop_after later).
+    truth.produce(broker, &topic, 1500);
+    s.wait_for_log();
+    let stop = AtomicBool::new(false);
+    let samples = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = 0;
+            while !stop.load(Ordering::SeqCst) {
+                for query in &QUERIES {
+                    let meta = common::check(&s, &truth, query, "during a swap");
+                    assert_eq!(meta["complete"], true, "during a swap: {meta}");
+                    samples += 1;
+                }
+            }
+            samples
+        });
+        let version = common::run_batch(&s)["views"][0]["version"].clone();
+        // Past the nodes' speed_drop_after (5 s) after S and both nodes load the version.
+        std::thread::sleep(Duration::from_secs(7));
+        stop.store(true, Ordering::SeqCst);
+        let samples = sampler.join().unwrap();
+        let meta = common::check(&s, &truth, &QUERIES[0], "after the swap");
+        assert_eq!(meta["batch"]["version"], version, "{meta}");
+        samples
+    });
+    assert!(
+        samples >= 8,
+        "only {samples} answers sampled during the swap"
+    );
+    let held = |node: &Service| {
+        let status = node.json("GET", "/v1/status", None);
+        status["speed"]["partitions"].clone()
+    };
+    assert_eq!(
+        held(&s).as_array().unwrap().len(),
+        3,
+        "status: {}",
+        held(&s)
+    );
+
+    // B dies: answers still count every partition below the boundary and A's above it, and say
+    // they lack B's partitions; S is not ready.
+    b.kill();
+    truth.produce(broker, &topic, 1500);
+    s.wait_for("an answer without B's partitions", |s| {
+        let reply = s.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+        reply["meta"]["speed"]["unread"] == json!([1, 2])
+    });
+    let heads = broker.high_watermarks(&topic, PARTITIONS).unwrap();
+    s.wait_for("A to read partition 0 to its end", |s| {
+        let reply = s.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+        reply["meta"]["speed"]["next_offsets"]["0"].as_i64() >= heads.get(&0).copied()
+    });
+    let reply = s.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+    let meta = &reply["meta"];
+    assert_eq!(meta["complete"], false, "{meta}");
+    assert_eq!(
+        meta["speed"]["nodes"],
+        json!({"0": format!("http://{}", a.server.address)}),
+        "{meta}"
+    );
+    let counted = counted(meta);
+    let got = reply["rows"][0]["views"].as_i64().unwrap();
+    assert_eq!(got, views_below(broker, &topic, &truth, &counted), "{meta}");
+    assert!(
+        got < views_below(broker, &topic, &truth, &heads),
+        "the answer lacks B's new events and says so"
+    );
+    let status = s.json("GET", "/v1/status", None);
+    assert_eq!(
+        status["speed"]["missing_partitions"],
+        json!([1, 2]),
+        "{status}"
+    );
+    let node_b = &status["speed"]["nodes"][1];
+    assert_eq!(node_b["up"], false, "{status}");
+    let ready = s.server.call("GET", "/readyz", None).unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let metrics = s.server.call("GET", "/metrics", None).unwrap().body;
+    let down = format!(
+        "tributary_speed_node_up{{node=\"http://{}\"}} 0",
+        b.server.address
+    );
+    assert!(metrics.contains(&down), "{metrics}");
+
+    // B is back: complete and exact again.
+    b.server
+        .start(&["serve", "--roles", "speed", "--partitions", "1-2"]);
+    s.wait_for("answers to be complete again", |s| {
+        let reply = s.json("POST", "/v1/query", Some(&QUERIES[0].body()));
+        reply["meta"]["complete"] == true
+    });
+    s.wait_for_read();
+    let meta = common::check_all(&s, &truth, "B restarted");
+    assert_served_by(&meta, &a, &b);
 }

@@ -130,6 +130,19 @@ pub struct ServingConfig {
     pub query_memory_mb: usize,
     /// Queries (structured, SQL, the wire) running at once; past it new ones get a 429.
     pub max_concurrent_queries: usize,
+    /// The speed nodes of a split speed layer (`http://host:port`, ARCHITECTURE.md §8): when set,
+    /// this serving node merges their states instead of reading Kafka itself.
+    pub speed_nodes: Vec<String>,
+    /// How often a serving node asks each speed node for what changed.
+    pub speed_poll: Duration,
+    /// A speed node not answered for this long is down: its partitions are missing from answers.
+    pub speed_node_timeout: Duration,
+    /// The bearer token a serving node sends to the speed nodes (scope `admin` there when their
+    /// `[auth]` is on; "" sends none).
+    pub speed_token: String,
+    /// How long the speed layer keeps the epochs a new batch version covers after it went live
+    /// here, so serving nodes loading that version later still find them on a speed node.
+    pub speed_drop_after: Duration,
 }
 
 /// A validated configuration.
@@ -327,6 +340,13 @@ fn overlay_env(
                 .map(Toml::Boolean)
                 .map_err(|_| format!("{value:?} is not true or false")),
             Some(Toml::String(_)) => Ok(Toml::String(value)),
+            // A list from the environment: comma-separated.
+            Some(Toml::Array(_)) => Ok(Toml::Array(
+                (value.split(',').map(str::trim))
+                    .filter(|item| !item.is_empty())
+                    .map(|item| Toml::String(item.to_owned()))
+                    .collect(),
+            )),
             Some(_) => Err(format!(
                 "{section}.{key} cannot be set from the environment"
             )),
@@ -454,6 +474,31 @@ impl<'a> Section<'a> {
                 None
             }
         }
+    }
+
+    fn string_list(
+        &mut self,
+        key: &'static str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Vec<String>> {
+        let list = match self.get(key) {
+            Some(Toml::Array(items)) => items,
+            Some(_) => {
+                problem(problems, self.key(key), "must be a list of strings");
+                return None;
+            }
+            None => {
+                problem(problems, self.key(key), "is missing");
+                return None;
+            }
+        };
+        let strings: Option<Vec<String>> = (list.iter())
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect();
+        if strings.is_none() {
+            problem(problems, self.key(key), "must be a list of strings");
+        }
+        strings
     }
 
     fn duration(&mut self, key: &'static str, problems: &mut Vec<Problem>) -> Option<Duration> {
@@ -668,7 +713,38 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
     let snapshot_max_mb = section.non_negative_integer("snapshot_max_mb", problems);
     let query_memory_mb = section.positive_integer("query_memory_mb", problems);
     let max_concurrent_queries = section.positive_integer("max_concurrent_queries", problems);
+    let speed_nodes = section.string_list("speed_nodes", problems);
+    let speed_poll = section.duration("speed_poll", problems);
+    let speed_node_timeout = section.duration("speed_node_timeout", problems);
+    let speed_token = section.string("speed_token", problems);
+    let speed_drop_after = section.duration("speed_drop_after", problems);
     section.finish(problems);
+    if speed_poll.is_some_and(|p| p < Duration::from_millis(10)) {
+        problem(problems, "serving.speed_poll", "must be at least 10ms");
+    }
+    if let (Some(poll), Some(timeout)) = (speed_poll, speed_node_timeout)
+        && timeout <= poll
+    {
+        problem(
+            problems,
+            "serving.speed_node_timeout",
+            format!("must be longer than speed_poll ({})", format_duration(poll)),
+        );
+    }
+    let speed_nodes = speed_nodes.and_then(|nodes| {
+        let bad: Vec<&String> = (nodes.iter())
+            .filter(|n| !(n.starts_with("http://") || n.starts_with("https://")) || n.len() < 10)
+            .collect();
+        if bad.is_empty() {
+            return Some(nodes);
+        }
+        problem(
+            problems,
+            "serving.speed_nodes",
+            format!("{bad:?}: a speed node is a URL such as http://10.0.0.5:8080"),
+        );
+        None
+    });
     if stall_after.is_some_and(|t| t < Duration::from_secs(1)) {
         problem(
             problems,
@@ -733,6 +809,11 @@ fn validate_serving(merged: &Table, problems: &mut Vec<Problem>) -> Option<Servi
             snapshot_max_mb: usize::try_from(snapshot_max_mb?).ok()?,
             query_memory_mb: usize::try_from(query_memory_mb?).ok()?,
             max_concurrent_queries: usize::try_from(max_concurrent_queries?).ok()?,
+            speed_nodes: speed_nodes?,
+            speed_poll: speed_poll?,
+            speed_node_timeout: speed_node_timeout?,
+            speed_token: speed_token?,
+            speed_drop_after: speed_drop_after?,
         }),
         Err(_) => {
             problem(

@@ -184,6 +184,7 @@ fn speed_layer(config: &Config) -> SpeedLayer {
             stall_after: config.serving.stall_after,
         },
         partitions: None,
+        drop_after: Duration::ZERO,
     };
     SpeedLayer::new(settings, aggregator, Boundary([(0, BOUNDARY)].into()))
 }

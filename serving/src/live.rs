@@ -104,9 +104,11 @@ pub struct Pinned {
     pub speed_restarts: u64,
     /// The speed layer's progress against the broker's end when pinned.
     pub speed_health: BTreeMap<i32, PartitionHealth>,
-    /// The topic's partitions the speed layer does not read (a speed node of a split speed
-    /// layer): the answer misses their events above the batch boundary.
+    /// The topic's partitions whose events above the batch boundary the answer misses: a speed
+    /// node does not read them, or no speed node up holds them for a serving node (`SpeedPin::unread`).
     pub speed_unread: Vec<i32>,
+    /// The speed node each partition was taken from (a serving node of a split speed layer).
+    pub speed_nodes: BTreeMap<i32, String>,
     /// `[serving] ready_max_lag`: the most messages per partition an answer may miss and still
     /// be complete.
     pub ready_max_lag: u64,
@@ -370,8 +372,9 @@ impl Live {
             speed_from,
             speed_next: speed.next_offsets,
             speed_restarts: speed.restarts,
-            speed_health: self.speed.partitions(),
-            speed_unread: self.speed.unread(),
+            speed_health: speed.partitions,
+            speed_unread: speed.unread,
+            speed_nodes: speed.nodes,
             ready_max_lag: self.speed.ready_max_lag(),
         })
     }
@@ -616,6 +619,7 @@ mod tests {
             speed_restarts: 0,
             speed_health: BTreeMap::from([(0, health)]),
             speed_unread: Vec::new(),
+            speed_nodes: BTreeMap::new(),
             ready_max_lag: 10,
         }
     }

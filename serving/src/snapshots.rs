@@ -144,6 +144,7 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use arrow::array::{ArrayRef, Int64Array, RecordBatch};
@@ -164,6 +165,8 @@ mod tests {
                     epoch: 0,
                     sealed: false,
                     batch: RecordBatch::try_from_iter([("n", column)]).unwrap(),
+                    events: rows as u64,
+                    newest_event_ms: None,
                 }],
                 ..SpeedSnapshot::default()
             },
@@ -172,6 +175,7 @@ mod tests {
             speed_restarts: 0,
             speed_health: Default::default(),
             speed_unread: Vec::new(),
+            speed_nodes: BTreeMap::new(),
             ready_max_lag: 0,
         }
     }

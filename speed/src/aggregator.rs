@@ -234,8 +234,6 @@ impl ViewStates {
             if epoch < first_speed_epoch(boundary.get(partition), self.epoch_size) {
                 continue;
             }
-            snapshot.events += states.events;
-            snapshot.newest_event_ms = snapshot.newest_event_ms.max(states.newest_event_ms);
             let end = (epoch + 1).saturating_mul(self.epoch_size as i64);
             let sealed = next_offsets
                 .get(&partition)
@@ -249,11 +247,13 @@ impl ViewStates {
                 }
                 (false, _) => self.encode(states)?,
             };
-            snapshot.parts.push(SpeedPart {
+            snapshot.push(SpeedPart {
                 partition,
                 epoch,
                 sealed,
                 batch,
+                events: states.events,
+                newest_event_ms: states.newest_event_ms,
             });
         }
         Ok(snapshot)

@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -86,6 +86,10 @@ pub struct SpeedSettings {
     /// The partitions this node reads (`serve --partitions`, a speed node of a split speed
     /// layer); `None`: every partition of the topic.
     pub partitions: Option<Vec<i32>>,
+    /// How long after a new batch version went live the epochs it covers are kept
+    /// (`[serving] speed_drop_after`): serving nodes reading this node's states load the version
+    /// at their own pace and still find the epochs meanwhile.
+    pub drop_after: Duration,
 }
 
 impl SpeedSettings {
@@ -102,6 +106,7 @@ impl SpeedSettings {
                 stall_after: config.serving.stall_after,
             },
             partitions: None,
+            drop_after: config.serving.speed_drop_after,
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct SpeedLayer {
     pub lost_offsets: AtomicU64,
     /// The topic's partitions this node does not read (`partitions`), once it has started.
     unread: RwLock<Vec<i32>>,
+    /// Drops waiting for [`SpeedSettings::drop_after`]: when due, view, boundary.
+    pending_drops: Mutex<Vec<(Instant, usize, Boundary)>>,
 }
 
 impl SpeedLayer {
@@ -134,6 +141,7 @@ impl SpeedLayer {
             restarts: AtomicU64::new(0),
             lost_offsets: AtomicU64::new(0),
             unread: RwLock::default(),
+            pending_drops: Mutex::default(),
         }
     }
 
@@ -195,23 +203,52 @@ impl SpeedLayer {
             view.clear();
         }
         states.next_offsets.clear();
+        self.pending_drops().clear();
         *self.boundary.write().unwrap_or_else(|e| e.into_inner()) = boundary;
         // Not ready until the consumer has started again from the new boundary.
         self.health_mut().restart(&BTreeMap::new(), Instant::now());
         self.restarts.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Drops one view's epochs below `boundary` (its new live version covers them); the consumer's
-    /// position is unchanged.
+    /// Drops one view's epochs below `boundary` (its new live version covers them), at once or
+    /// [`SpeedSettings::drop_after`] later; the consumer's position is unchanged.
     pub fn drop_below(&self, view: usize, boundary: &Boundary) {
+        if self.settings.drop_after.is_zero() {
+            self.drop_now(view, boundary);
+        } else {
+            let due = Instant::now() + self.settings.drop_after;
+            self.pending_drops().push((due, view, boundary.clone()));
+        }
+    }
+
+    fn drop_now(&self, view: usize, boundary: &Boundary) {
         let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         if let Some(view) = states.views_mut().get_mut(view) {
             view.drop_below(boundary);
         }
     }
 
+    fn pending_drops(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, usize, Boundary)>> {
+        self.pending_drops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies the delayed drops that are due (the consume loop calls it every step).
+    pub fn drop_due(&self) {
+        let now = Instant::now();
+        let due: Vec<(Instant, usize, Boundary)> = {
+            let mut pending = self.pending_drops();
+            let (due, waiting) = pending.drain(..).partition(|(at, _, _)| *at <= now);
+            *pending = waiting;
+            due
+        };
+        for (_, view, boundary) in due {
+            self.drop_now(view, &boundary);
+        }
+    }
+
     /// Stops aggregating view `view` and forgets its states ([`ViewStates::retire`]).
     pub fn retire(&self, view: usize) {
+        self.pending_drops().retain(|(_, v, _)| *v != view);
         let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         if let Some(view) = states.views_mut().get_mut(view) {
             view.retire();
@@ -315,6 +352,7 @@ impl SpeedLayer {
         let mut resume = false;
         let mut connected_at = Instant::now();
         while !stop.is_stopping() {
+            self.drop_due();
             let current = self.restarts.load(Ordering::SeqCst);
             if current != restarts {
                 (restarts, resume, consumer) = (current, false, None);
@@ -458,5 +496,62 @@ impl SpeedLayer {
             health.missing(partition, from, to);
         }
         Ok(consumer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tributary_schemas::event::raw_rows::KafkaPosition;
+    use tributary_testkit::stream::mixed_event;
+
+    use super::*;
+
+    #[test]
+    fn epochs_a_new_version_covers_go_drop_after_later_and_never_after_a_restart() {
+        let config = Config::from_sources(None, []).unwrap();
+        let mut aggregator = Aggregator::new(&config.events, &config.views, 100).unwrap();
+        let messages: Vec<(KafkaPosition, Vec<u8>)> = (0..300)
+            .map(|n| {
+                let position = KafkaPosition {
+                    partition: 0,
+                    offset: n as i64,
+                    timestamp_ms: None,
+                };
+                (position, mixed_event(n).0)
+            })
+            .collect();
+        let batch: Vec<(KafkaPosition, &[u8])> =
+            messages.iter().map(|(p, m)| (*p, m.as_slice())).collect();
+        aggregator.apply(&batch).unwrap();
+        let settings = SpeedSettings {
+            drop_after: Duration::from_millis(200),
+            ..SpeedSettings::from_config(&config)
+        };
+        let speed = SpeedLayer::new(settings, aggregator, Boundary::default());
+        let held = |speed: &SpeedLayer| {
+            speed.read(|a| {
+                let parts = a.views()[1].snapshot_parts(&Boundary::default(), &a.next_offsets);
+                parts
+                    .unwrap()
+                    .parts
+                    .iter()
+                    .map(|p| p.epoch)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(held(&speed), [0, 1, 2]);
+        speed.drop_below(1, &Boundary([(0, 200)].into()));
+        speed.drop_due();
+        assert_eq!(held(&speed), [0, 1, 2], "kept for drop_after");
+        std::thread::sleep(Duration::from_millis(250));
+        speed.drop_due();
+        assert_eq!(held(&speed), [2]);
+
+        // A drop still waiting when the states are forgotten does not apply to the new ones.
+        speed.drop_below(1, &Boundary([(0, 300)].into()));
+        speed.restart_at(Boundary::default());
+        std::thread::sleep(Duration::from_millis(250));
+        speed.drop_due();
+        assert!(speed.pending_drops().is_empty());
     }
 }

@@ -30,9 +30,18 @@ use crate::consumer::SpeedLayer;
 pub struct ExportHead {
     /// The definition the parts are of (`ViewDef::definition_hash`).
     pub definition_hash: String,
+    /// Drawn when the node's process started: sealed parts held from another process's exports
+    /// are not sent again by this one, so a caller forgets them.
+    pub instance: u64,
     /// How many times the node's states were forgotten and re-read: sealed parts held from before
     /// another count may be of another log.
     pub restarts: u64,
+    /// The node's speed layer is ready (caught up with the backlog present when it (re)started,
+    /// within `ready_max_lag` and not stalled on every partition it reads).
+    pub ready: bool,
+    /// Events and malformed messages the node aggregated over every view since it started.
+    pub events_total: u64,
+    pub malformed_total: u64,
     /// Per partition, the next offset the node will read: everything below it is counted.
     pub next_offsets: BTreeMap<i32, i64>,
     /// Per partition the node reads, its progress against the broker's end.
@@ -52,6 +61,8 @@ pub struct PartHead {
     pub partition: i32,
     pub epoch: i64,
     pub sealed: bool,
+    pub events: u64,
+    pub newest_event_ms: Option<i64>,
     pub bytes: usize,
 }
 
@@ -89,6 +100,8 @@ pub fn encode(
             partition: part.partition,
             epoch: part.epoch,
             sealed: part.sealed,
+            events: part.events,
+            newest_event_ms: part.newest_event_ms,
             bytes: bytes.len(),
         });
         bodies.push(bytes);
@@ -129,6 +142,8 @@ pub fn decode(
             epoch: part.epoch,
             sealed: part.sealed,
             batch: RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?,
+            events: part.events,
+            newest_event_ms: part.newest_event_ms,
         });
     }
     if at != bytes.len() {
@@ -136,6 +151,13 @@ pub fn decode(
     }
     Ok((head, parts))
 }
+
+/// This process's [`ExportHead::instance`].
+static INSTANCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    use std::hash::{BuildHasher, RandomState};
+    let started = std::time::SystemTime::now();
+    RandomState::new().hash_one((started, std::process::id()))
+});
 
 impl SpeedLayer {
     /// The states of the view defined by `definition_hash` for another process, without the
@@ -149,6 +171,7 @@ impl SpeedLayer {
         let start = self.boundary();
         let restarts = self.restarts();
         let partitions = self.partitions();
+        let ready = self.ready();
         self.read(|aggregator| {
             let Some(view) = (aggregator.views().iter())
                 .find(|v| !v.retired() && v.view().definition_hash() == definition_hash)
@@ -164,7 +187,11 @@ impl SpeedLayer {
             );
             let head = ExportHead {
                 definition_hash: definition_hash.to_owned(),
+                instance: *INSTANCE,
                 restarts,
+                ready,
+                events_total: aggregator.totals.events,
+                malformed_total: aggregator.totals.malformed,
                 next_offsets,
                 partitions,
                 held_from,
@@ -193,13 +220,19 @@ mod tests {
             epoch,
             sealed,
             batch: RecordBatch::try_from_iter([("n", column)]).unwrap(),
+            events: values.len() as u64,
+            newest_event_ms: values.last().copied(),
         }
     }
 
     fn head() -> ExportHead {
         ExportHead {
             definition_hash: "h".to_owned(),
+            instance: 9,
             restarts: 2,
+            ready: true,
+            events_total: 600,
+            malformed_total: 1,
             next_offsets: BTreeMap::from([(0, 1500), (3, 40)]),
             partitions: BTreeMap::from([(
                 0,
@@ -249,6 +282,9 @@ mod tests {
         );
         let rows: Vec<usize> = read.iter().map(|p| p.batch.num_rows()).collect();
         assert_eq!(rows, [1, 0, 2]);
+        let events: Vec<(u64, Option<i64>)> =
+            read.iter().map(|p| (p.events, p.newest_event_ms)).collect();
+        assert_eq!(events, [(1, Some(4)), (0, None), (2, Some(6))]);
         assert_eq!(
             read[2].batch.column(0).as_ref(),
             parts[3].batch.column(0).as_ref()

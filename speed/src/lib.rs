@@ -12,10 +12,14 @@
 //!   broker's ends;
 //! - [`view`]: the speed layer as the serving layer sees it (`SpeedView` and `StatusSource` of
 //!   `tributary_schemas::layers`): pins per query, drops and restarts when a batch version goes
-//!   live, and its own status section and Prometheus samples.
+//!   live, and its own status section and Prometheus samples;
+//! - [`export`] and [`remote`]: the speed layer split by partitions (ARCHITECTURE.md §8): a speed
+//!   node's states as serving nodes read them, and the serving node's side, which merges every
+//!   node's partitions and says which it lacks.
 
 pub mod aggregator;
 pub mod consumer;
 pub mod export;
 pub mod health;
+pub mod remote;
 pub mod view;

@@ -24,6 +24,9 @@ impl SpeedView for SpeedLayer {
                 snapshot,
                 next_offsets: next_offsets.clone(),
                 restarts: SpeedLayer::restarts(self),
+                partitions: SpeedLayer::partitions(self),
+                unread: SpeedLayer::unread(self),
+                nodes: BTreeMap::new(),
             })
         })
     }

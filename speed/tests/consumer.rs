@@ -72,6 +72,7 @@ fn speed_layer(
             poll_wait: Duration::from_millis(20),
             health,
             partitions: None,
+            drop_after: Duration::ZERO,
         },
         Aggregator::new(&config.events, &config.views, 500).unwrap(),
         boundary,

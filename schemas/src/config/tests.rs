@@ -500,3 +500,45 @@ fn auth_problems_name_their_key() {
         );
     }
 }
+
+#[test]
+fn speed_nodes_are_urls_from_a_file_or_a_comma_separated_variable() {
+    let config = load(
+        "[serving]\nspeed_nodes = [\"http://10.0.0.5:8080\", \"https://speed-1:8443\"]",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.serving.speed_nodes,
+        ["http://10.0.0.5:8080", "https://speed-1:8443"]
+    );
+    let config = load(
+        "",
+        &[(
+            "TRIBUTARY_SERVING__SPEED_NODES",
+            "http://a:8080, http://b:8080,",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        config.serving.speed_nodes,
+        ["http://a:8080", "http://b:8080"]
+    );
+    assert!(
+        Config::from_sources(None, [])
+            .unwrap()
+            .serving
+            .speed_nodes
+            .is_empty()
+    );
+    let wrong = problems("[serving]\nspeed_nodes = [\"10.0.0.5:8080\"]");
+    assert!(wrong[0].starts_with("serving.speed_nodes: "), "{wrong:?}");
+    assert!(wrong[0].contains("http://"), "{wrong:?}");
+    let wrong = problems("[serving]\nspeed_nodes = \"http://a:8080\"");
+    assert_eq!(wrong, ["serving.speed_nodes: must be a list of strings"]);
+    let wrong = problems("[serving]\nspeed_poll = \"2s\"\nspeed_node_timeout = \"1s\"");
+    assert_eq!(
+        wrong,
+        ["serving.speed_node_timeout: must be longer than speed_poll (2s)"]
+    );
+}

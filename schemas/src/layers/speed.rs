@@ -2,7 +2,7 @@
 //! (one Arrow part per `(partition, epoch)`, ARCHITECTURE.md §5), the consumer's progress against
 //! the broker's end, and the two calls a newly live batch version makes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
@@ -19,6 +19,10 @@ pub struct SpeedPart {
     /// Every offset of the epoch has been read: its rows never change again.
     pub sealed: bool,
     pub batch: RecordBatch,
+    /// Events counted in the epoch (after the view's filter).
+    pub events: u64,
+    /// Largest event time counted in the epoch, epoch ms.
+    pub newest_event_ms: Option<i64>,
 }
 
 /// A view's speed rows above a boundary, one part per epoch, ready to be merged with batch rows.
@@ -38,6 +42,13 @@ impl SpeedSnapshot {
 
     pub fn batches(&self) -> Vec<RecordBatch> {
         self.parts.iter().map(|p| p.batch.clone()).collect()
+    }
+
+    /// Adds one part, with its events and newest event time.
+    pub fn push(&mut self, part: SpeedPart) {
+        self.events += part.events;
+        self.newest_event_ms = self.newest_event_ms.max(part.newest_event_ms);
+        self.parts.push(part);
     }
 }
 
@@ -71,6 +82,14 @@ pub struct SpeedPin {
     pub next_offsets: BTreeMap<i32, i64>,
     /// [`SpeedView::restarts`] when pinned.
     pub restarts: u64,
+    /// Per partition counted, its progress against the broker's end.
+    pub partitions: BTreeMap<i32, PartitionHealth>,
+    /// The topic's partitions the rows lack above the boundary: not read by this speed layer (a
+    /// speed node), or, on a serving node of a split speed layer, with no speed node up that
+    /// holds their epochs from the boundary on.
+    pub unread: Vec<i32>,
+    /// On a serving node of a split speed layer, the speed node each partition was taken from.
+    pub nodes: BTreeMap<i32, String>,
 }
 
 /// The speed layer as the serving layer uses it. Views are addressed by their index in the list
@@ -119,9 +138,71 @@ pub trait SpeedView: StatusSource {
     fn export(
         &self,
         definition_hash: &str,
-        have: &std::collections::BTreeSet<(i32, i64)>,
+        have: &BTreeSet<(i32, i64)>,
     ) -> Result<Option<Vec<u8>>, ArrowError> {
         let _ = (definition_hash, have);
         Ok(None)
+    }
+}
+
+/// `have` as the export's query parameter: per partition, epochs or inclusive ranges of them
+/// (`0:0-41,2:3-9,2:12`).
+pub fn format_have(have: &BTreeSet<(i32, i64)>) -> String {
+    let mut ranges: Vec<(i32, i64, i64)> = Vec::new();
+    for &(partition, epoch) in have {
+        match ranges.last_mut() {
+            Some((p, _, last)) if *p == partition && *last + 1 == epoch => *last = epoch,
+            _ => ranges.push((partition, epoch, epoch)),
+        }
+    }
+    let items: Vec<String> = (ranges.into_iter())
+        .map(|(partition, first, last)| match first == last {
+            true => format!("{partition}:{first}"),
+            false => format!("{partition}:{first}-{last}"),
+        })
+        .collect();
+    items.join(",")
+}
+
+/// Reads [`format_have`]'s form back; the message says what is wrong.
+pub fn parse_have(text: &str) -> Result<BTreeSet<(i32, i64)>, String> {
+    let mut have = BTreeSet::new();
+    for item in text.split(',').filter(|i| !i.is_empty()) {
+        let bad = || format!("have: {item:?} is not partition:epoch or partition:first-last");
+        let (partition, epochs) = item.split_once(':').ok_or_else(bad)?;
+        let partition: i32 = partition.parse().map_err(|_| bad())?;
+        let (first, last) = epochs.split_once('-').unwrap_or((epochs, epochs));
+        let (first, last): (i64, i64) = (
+            first.parse().map_err(|_| bad())?,
+            last.parse().map_err(|_| bad())?,
+        );
+        if first > last || last - first > 1_000_000 {
+            return Err(bad());
+        }
+        have.extend((first..=last).map(|epoch| (partition, epoch)));
+    }
+    Ok(have)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_parts_read_back_as_partitions_with_epochs_and_ranges() {
+        let have = parse_have("0:0-2,2:7").unwrap();
+        assert_eq!(
+            have.iter().copied().collect::<Vec<_>>(),
+            [(0, 0), (0, 1), (0, 2), (2, 7)]
+        );
+        assert_eq!(format_have(&have), "0:0-2,2:7");
+        let gaps = BTreeSet::from([(1, 4), (1, 5), (1, 7), (3, 0)]);
+        assert_eq!(format_have(&gaps), "1:4-5,1:7,3:0");
+        assert_eq!(parse_have(&format_have(&gaps)).unwrap(), gaps);
+        assert!(parse_have("").unwrap().is_empty());
+        assert_eq!(format_have(&BTreeSet::new()), "");
+        for bad in ["0", "x:1", "0:3-1", "0:a-b"] {
+            assert!(parse_have(bad).is_err(), "{bad}");
+        }
     }
 }

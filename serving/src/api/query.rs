@@ -149,6 +149,8 @@ fn merged_meta(view: &str, pinned: &Pinned) -> Value {
             "missing": missing,
             // A speed node of a split speed layer: partitions it does not read.
             "unread": pinned.speed_unread,
+            // A serving node of a split speed layer: the speed node each partition came from.
+            "nodes": pinned.speed_nodes,
             "events": pinned.speed.events,
             "rows": pinned.speed.rows(),
             "sealed_epochs": pinned.speed.parts.iter().filter(|p| p.sealed).count(),

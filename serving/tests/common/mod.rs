@@ -79,6 +79,7 @@ pub fn app(setup: Setup) -> (Arc<App>, tempfile::TempDir) {
             stall_after: config.serving.stall_after,
         },
         partitions: None,
+        drop_after: Duration::ZERO,
     };
     let speed = Arc::new(SpeedLayer::new(settings, aggregator, Default::default()));
     let live = Live::new(
