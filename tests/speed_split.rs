@@ -297,9 +297,18 @@ fn a_serving_node_merges_two_speed_nodes_exactly_and_names_the_partitions_of_a_d
     assert_served_by(&meta, &a, &b);
     assert!(meta["batch"]["version"].as_u64() >= Some(1), "{meta}");
 
+    // A snapshot answers from the same states and offsets after more events arrived.
+    let taken = s.json("POST", "/v1/query", Some(&QUERIES[1].body()));
+    let mut in_snapshot = QUERIES[1].body();
+    in_snapshot["snapshot"] = taken["meta"]["snapshot"].clone();
+
     // During a swap: every answer exact and complete while a version goes live on the three
     // processes at their own pace, and the nodes drop what it covers (speed_drop_after later).
     truth.produce(broker, &topic, 1500);
+    s.wait_for_read();
+    let again = s.json("POST", "/v1/query", Some(&in_snapshot));
+    assert_eq!(again["rows"], taken["rows"]);
+    assert_eq!(again["meta"]["speed"], taken["meta"]["speed"]);
     s.wait_for_log();
     let stop = AtomicBool::new(false);
     let samples = std::thread::scope(|scope| {
