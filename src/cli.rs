@@ -66,6 +66,42 @@ enum Command {
     /// Access tokens for `[auth]`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A Ballista cluster for `[batch] engine = "ballista"`: its scheduler and executors, with
+    /// Tributary's functions and this configuration's lake.
+    #[command(subcommand)]
+    Ballista(BallistaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BallistaCommand {
+    /// The scheduler: recomputes submit their slices to it (`[batch] ballista_scheduler =
+    /// "df://ADDR"`), executors register with it.
+    Scheduler {
+        /// Where it listens (gRPC).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+        /// The host executors and clients reach it at (default: the bind address).
+        #[arg(long)]
+        external_host: Option<String>,
+    },
+    /// An executor: runs slices of recomputes; each task slot has `[batch] memory_limit_mb`.
+    Executor {
+        /// The scheduler's address.
+        #[arg(long)]
+        scheduler: std::net::SocketAddr,
+        /// Where it serves its results (Arrow Flight).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: std::net::SocketAddr,
+        /// Where it takes tasks from the scheduler (gRPC).
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// The host the scheduler and clients reach it at (default: the bind address).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Slices it runs at once (default: its cores).
+        #[arg(long)]
+        slots: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +224,36 @@ impl Cli {
                         batch::rollback(&config, &view, version)
                     }
                 }
+            }
+            Command::Ballista(command) => {
+                let config = Config::load(self.config.as_deref())?;
+                match command {
+                    BallistaCommand::Scheduler {
+                        bind,
+                        external_host,
+                    } => crate::ballista::scheduler(&config, bind, external_host)?,
+                    BallistaCommand::Executor {
+                        scheduler,
+                        bind,
+                        grpc_port,
+                        external_host,
+                        slots,
+                    } => {
+                        let slots = slots.unwrap_or_else(|| {
+                            std::thread::available_parallelism().map_or(1, |n| n.get())
+                        });
+                        let settings = tributary_batch::ballista::ExecutorSettings {
+                            scheduler,
+                            bind,
+                            grpc_port,
+                            external_host,
+                            slots,
+                            memory_per_slot: config.batch.memory_limit_mb << 20,
+                        };
+                        crate::ballista::executor(&config, settings)?;
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
             }
             Command::Backfill { files } => {
                 let config = Config::load(self.config.as_deref())?;

@@ -5,6 +5,7 @@
 //! and rolls back batch views, generates a synthetic clickstream (`gen`) and runs the local demo.
 //! Configuration is loaded once here and passed explicitly to whatever runs.
 
+mod ballista;
 mod batch;
 mod cli;
 mod config_diff;

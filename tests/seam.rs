@@ -137,6 +137,7 @@ fn batch_below_the_boundary_plus_speed_above_it_counts_every_event_once() {
             raw_file_rows: 500_000,
             raw_retention: None,
             max_deltas: 24,
+            engine: tributary_schemas::config::BatchEngine::Local,
         },
         config.events.clone(),
         config.views.clone(),

@@ -6,6 +6,8 @@
 //! - [`recompute`]: DataFusion recomputes each view from the master dataset below the boundary
 //!   into a new immutable version (Parquet parts + manifest), published by replacing `_current`;
 //!   versions are kept for rollback and garbage-collected; one run at a time per lake.
+//! - [`ballista`]: the recompute's slices on an Apache DataFusion Ballista cluster, and the
+//!   scheduler and executor `tributary ballista ...` runs with Tributary's functions.
 //! - [`backfill`]: adds history that never went through Kafka to the master dataset, as a closed
 //!   generation of its own, decoded and quarantined like the archiver's events.
 //!
@@ -14,5 +16,6 @@
 
 pub mod archiver;
 pub mod backfill;
+pub mod ballista;
 pub mod parquet_io;
 pub mod recompute;

@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use datafusion::common::DataFusionError;
 use parquet::errors::ParquetError;
-use tributary_schemas::config::{Config, ViewDef};
+use tributary_schemas::config::{BatchEngine, Config, ViewDef};
 use tributary_schemas::event::EventSchema;
 use tributary_schemas::lake::{Lake, LakeError, Manifest};
 use tributary_schemas::shutdown::Shutdown;
@@ -90,6 +90,8 @@ pub struct BatchSettings {
     /// Delta part sets before an extension folds its version's parts into one row per key
     /// ([`job::MAX_DELTAS`]; tests set fewer).
     pub max_deltas: u32,
+    /// `[batch] engine`: where the slices' plans run (see [`crate::ballista`]).
+    pub engine: BatchEngine,
 }
 
 pub use tributary_schemas::layers::recompute::RunOptions;
@@ -118,6 +120,7 @@ impl BatchSettings {
             raw_file_rows: config.archiver.max_file_rows,
             raw_retention: config.lake.raw_retention,
             max_deltas: job::MAX_DELTAS,
+            engine: config.batch.engine.clone(),
         }
     }
 }

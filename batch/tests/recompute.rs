@@ -365,6 +365,7 @@ fn settings(topic: &str, epoch_size: u64, keep_versions: usize) -> BatchSettings
         raw_file_rows: 500_000,
         raw_retention: None,
         max_deltas: 24,
+        engine: tributary_schemas::config::BatchEngine::Local,
     }
 }
 

@@ -91,8 +91,22 @@ pub struct BatchConfig {
     /// DataFusion's memory pool for a recompute; past it, sorts and aggregations spill to disk.
     pub memory_limit_mb: usize,
     /// Threads of the recompute's own runtime; 0 means half the cores (at least one), so that a big
-    /// recompute never takes the cores the speed layer and HTTP server need.
+    /// recompute never takes the cores the speed layer and HTTP server need. With the Ballista
+    /// engine: the time slices submitted to the cluster at once.
     pub threads: usize,
+    /// Where the recompute's plans run.
+    pub engine: BatchEngine,
+}
+
+/// `[batch] engine`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchEngine {
+    /// DataFusion in the process running the recompute.
+    Local,
+    /// An Apache DataFusion Ballista cluster whose scheduler is at `scheduler`
+    /// (`df://host:port`, `[batch] ballista_scheduler`), its executors started by
+    /// `tributary ballista executor`.
+    Ballista { scheduler: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -680,10 +694,37 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
     let keep_versions = section.positive_integer("keep_versions", problems);
     let memory_limit_mb = section.positive_integer("memory_limit_mb", problems);
     let threads = section.non_negative_integer("threads", problems);
+    let engine = section.string("engine", problems);
+    let scheduler = section.string("ballista_scheduler", problems);
     section.finish(problems);
     if interval.is_some_and(|i| i < Duration::from_secs(1)) {
         problem(problems, "batch.interval", "must be at least 1s");
     }
+    let engine = match (engine?.as_str(), scheduler?) {
+        ("local", _) => BatchEngine::Local,
+        ("ballista", scheduler) => {
+            let valid = (scheduler.strip_prefix("df://"))
+                .and_then(|rest| rest.rsplit_once(':'))
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                problem(
+                    problems,
+                    "batch.ballista_scheduler",
+                    format!("{scheduler:?} is not a scheduler address such as df://10.0.0.7:50050"),
+                );
+                return None;
+            }
+            BatchEngine::Ballista { scheduler }
+        }
+        (other, _) => {
+            problem(
+                problems,
+                "batch.engine",
+                format!("{other:?} is not an engine (\"local\" or \"ballista\")"),
+            );
+            return None;
+        }
+    };
     Some(BatchConfig {
         interval: interval?,
         full_every: full_every?,
@@ -691,6 +732,7 @@ fn validate_batch(merged: &Table, problems: &mut Vec<Problem>) -> Option<BatchCo
         keep_versions: usize::try_from(keep_versions?).ok()?,
         memory_limit_mb: usize::try_from(memory_limit_mb?).ok()?,
         threads: usize::try_from(threads?).ok()?,
+        engine,
     })
 }
 

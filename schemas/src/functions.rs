@@ -20,11 +20,14 @@ pub mod time_bucket;
 
 pub use time_bucket::time_bucket;
 
+use datafusion::logical_expr::{AggregateUDF, AggregateUDFImpl, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
 use crate::aggregate::StateKind;
+use crate::duration::Granularity;
 use finalize::Finalize;
 use state::{Phase, StateUdaf};
+use time_bucket::TimeBucket;
 
 /// Registers every view function under its SQL name: `state_<kind>` and `merge_<kind>` for every
 /// state kind, `merge`, `finalize_avg` and `finalize_count_distinct`. (Quantiles and time buckets take their
@@ -40,9 +43,67 @@ pub fn register_all(ctx: &SessionContext) {
     ctx.register_udf(Finalize::count_distinct());
 }
 
+/// The scalar view function a plan names `name`, parameterized ones included
+/// (`time_bucket_<granularity>`, `finalize_quantile_<q>`): how a plan serialized in one process is
+/// read in another (a Ballista scheduler or executor), where no session registered them.
+pub fn scalar_by_name(name: &str) -> Option<ScalarUDF> {
+    if let Some(granularity) = name.strip_prefix("time_bucket_") {
+        let granularity = Granularity::parse(granularity).ok()?;
+        return Some(ScalarUDF::from(TimeBucket::new(granularity)));
+    }
+    if let Some(q) = name.strip_prefix("finalize_quantile_") {
+        return q.parse().ok().map(Finalize::quantile);
+    }
+    match name {
+        "finalize_avg" => Some(Finalize::avg()),
+        "finalize_count_distinct" => Some(Finalize::count_distinct()),
+        _ => None,
+    }
+}
+
+/// The aggregate view function named `name` (see [`scalar_by_name`]).
+pub fn aggregate_by_name(name: &str) -> Option<AggregateUDF> {
+    if name == "merge" {
+        return Some(merge::Merge::udaf());
+    }
+    (StateKind::ALL.into_iter())
+        .flat_map(|kind| [Phase::Update, Phase::Merge].map(|phase| StateUdaf::new(kind, phase)))
+        .find(|udaf| udaf.name() == name)
+        .map(AggregateUDF::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_function_is_found_again_by_the_name_a_plan_carries() {
+        let scalars = [
+            ScalarUDF::from(TimeBucket::new(Granularity::parse("15m").unwrap())),
+            ScalarUDF::from(TimeBucket::new(Granularity::parse("1d").unwrap())),
+            Finalize::quantile(0.95),
+            Finalize::avg(),
+            Finalize::count_distinct(),
+        ];
+        for udf in scalars {
+            assert_eq!(scalar_by_name(udf.name()), Some(udf));
+        }
+        for kind in StateKind::ALL {
+            for phase in [Phase::Update, Phase::Merge] {
+                let udaf = StateUdaf::udaf(kind, phase);
+                assert_eq!(aggregate_by_name(udaf.name()), Some(udaf));
+            }
+        }
+        assert_eq!(aggregate_by_name("merge"), Some(merge::Merge::udaf()));
+        for unknown in [
+            "time_bucket_7x",
+            "finalize_quantile_x",
+            "sum",
+            "state_nothing",
+        ] {
+            assert!(scalar_by_name(unknown).is_none() && aggregate_by_name(unknown).is_none());
+        }
+    }
 
     #[test]
     fn every_function_has_its_sql_name() {

@@ -18,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tributary_schemas::aggregate::StateKind;
 use tributary_schemas::blame::chain;
-use tributary_schemas::config::{TIME_COLUMN, ViewDef};
+use tributary_schemas::config::{BatchEngine, TIME_COLUMN, ViewDef};
 use tributary_schemas::event::{EventSchema, timestamp_type};
 use tributary_schemas::functions;
 use tributary_schemas::lake::{LAKE_URL, Lake, MANIFEST_FORMAT, Manifest, ManifestFile};
@@ -401,6 +401,26 @@ impl ViewJob {
         Ok((ctx, pool))
     }
 
+    /// Whether the slices run on a Ballista cluster.
+    fn remote(&self) -> bool {
+        matches!(self.settings.engine, BatchEngine::Ballista { .. })
+    }
+
+    /// The session the slices run in: [`Self::session`], or one whose plans run on the Ballista
+    /// cluster (the client keeps the local runtime: its object store reads the files' statistics).
+    async fn compute_session(&self) -> Result<(SessionContext, Arc<PeakPool>), BatchError> {
+        let (local, pool) = self.session()?;
+        match &self.settings.engine {
+            BatchEngine::Local => Ok((local, pool)),
+            BatchEngine::Ballista { scheduler } => {
+                let config = local.copied_config();
+                let remote =
+                    crate::ballista::remote_session(scheduler, config, local.runtime_env()).await?;
+                Ok((remote, pool))
+            }
+        }
+    }
+
     /// Runs the plan over the input's time slices (see [`slices`]) and writes the parts in time
     /// order. `known_groups`: the live version's rows, when it has this definition.
     async fn compute(
@@ -410,7 +430,7 @@ impl ViewJob {
         started: Instant,
         known_groups: Option<u64>,
     ) -> Result<Computed, BatchError> {
-        let (ctx, pool) = self.session()?;
+        let (ctx, pool) = self.compute_session().await?;
         let files: Vec<&InputFile> = input.files.iter().chain(&input.closed_files).collect();
         let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
         let file_spans =
@@ -435,6 +455,7 @@ impl ViewJob {
         };
         let mut slice = SliceProgress {
             started,
+            remote: self.remote(),
             files: &files,
             file_spans: file_spans.as_deref(),
             rows_total: input_rows,
@@ -511,8 +532,14 @@ impl ViewJob {
         parts: &mut PartWriter,
         progress: &mut SliceProgress<'_>,
     ) -> Result<Vec<SliceRun>, BatchError> {
-        let config = ctx.copied_config().with_target_partitions(1);
-        let single = SessionContext::new_with_config_rt(config, ctx.runtime_env());
+        // A Ballista session plans one partition already (and must keep its query planner).
+        let single = match self.remote() {
+            true => ctx.clone(),
+            false => {
+                let config = ctx.copied_config().with_target_partitions(1);
+                SessionContext::new_with_config_rt(config, ctx.runtime_env())
+            }
+        };
         let input = Arc::new(input.clone());
         let last = ranges.last().copied().unwrap_or_default();
         let tasks = ranges.into_iter().map(|range| {
@@ -542,7 +569,10 @@ impl ViewJob {
             for batch in collected.batches {
                 parts.push(batch, &self.lake).await?;
             }
-            progress.scanned += collected.scanned;
+            progress.scanned += match progress.remote {
+                true => progress.rows_in(collected.range),
+                false => collected.scanned,
+            };
             progress.passed = collected.range.to;
             let finished = collected.range == last;
             (self.progress)(&progress.report(&self.view.name, 0, finished));
@@ -592,7 +622,11 @@ impl ViewJob {
             plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(physical.as_ref()).indent(true),
             "recompute plan with metrics"
         );
-        progress.scanned += report(progress, true);
+        let scanned = report(progress, true);
+        progress.scanned += match progress.remote {
+            true => progress.rows_in(range),
+            false => scanned,
+        };
         progress.passed = range.to;
         Ok(SliceRun {
             groups,
@@ -604,6 +638,9 @@ impl ViewJob {
 /// What the progress of a sliced run counts.
 struct SliceProgress<'a> {
     started: Instant,
+    /// The slices run on a Ballista cluster, whose plans' scan counts stay there: a finished
+    /// slice counts the rows its files' statistics put in its range.
+    remote: bool,
     files: &'a [&'a InputFile],
     /// Per file, in `files` order; `None` without statistics.
     file_spans: Option<&'a [FileSpans]>,
@@ -627,6 +664,18 @@ impl SliceProgress<'_> {
             elapsed: self.started.elapsed(),
             finished,
         }
+    }
+
+    /// The rows of the file pages whose event times meet `range` (what a slice over it reads).
+    fn rows_in(&self, range: TimeRange) -> u64 {
+        let meets = |span: &&Span| {
+            range.from.is_none_or(|from| span.max >= from)
+                && range.to.is_none_or(|to| span.min < to)
+        };
+        (self.file_spans.into_iter().flatten())
+            .flat_map(|file| file.spans.iter().filter(meets))
+            .map(|span| span.rows)
+            .sum()
     }
 
     /// Files whose every event the finished slices have aggregated.
