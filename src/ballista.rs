@@ -38,7 +38,7 @@ pub fn scheduler(
 pub fn executor(config: &Config, settings: ExecutorSettings) -> anyhow::Result<()> {
     let lake = crate::batch::open_checked_lake(config)?;
     tracing::info!(
-        scheduler = %settings.scheduler,
+        scheduler = format!("{}:{}", settings.scheduler.0, settings.scheduler.1),
         bind = %settings.bind,
         slots = settings.slots,
         "Ballista executor for Tributary's recomputes"

@@ -86,9 +86,9 @@ enum BallistaCommand {
     },
     /// An executor: runs slices of recomputes; each task slot has `[batch] memory_limit_mb`.
     Executor {
-        /// The scheduler's address.
-        #[arg(long)]
-        scheduler: std::net::SocketAddr,
+        /// The scheduler's address, HOST:PORT (a name or an IP).
+        #[arg(long, value_parser = parse_host_port)]
+        scheduler: (String, u16),
         /// Where it serves its results (Arrow Flight).
         #[arg(long, default_value = "127.0.0.1:50051")]
         bind: std::net::SocketAddr,
@@ -354,6 +354,17 @@ fn summary(config: &Config) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// `HOST:PORT`, the host a name or an IP.
+fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{text:?} is not HOST:PORT (e.g. ballista-scheduler:50050)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// `serve --partitions`: ascending, each once.

@@ -47,8 +47,10 @@ fn the_compose_file_is_valid_compose() {
 }
 
 /// `TRIBUTARY_<SECTION>__<KEY>` settings in a file, with their values as written: `KEY: value`,
-/// `KEY=value` or Terraform's `{ name = "KEY", value = ... }` (interpolated values become a
-/// placeholder of the same kind).
+/// `KEY=value` or Terraform's `{ name = "KEY", value = ... }`. An interpolation inside a string
+/// (`df://${local.host}:50050`) becomes `host`; a value computed whole (`local.x`, `var.x`,
+/// `tostring(...)`) takes the key's built-in default, which fails the check when the key does not
+/// exist.
 fn settings(text: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
@@ -76,20 +78,53 @@ fn settings(text: &str) -> Vec<(String, String)> {
             .trim_end_matches(['}', ',', '\\'])
             .trim()
             .trim_matches('"');
-        let value =
-            if value.contains("${") || value.starts_with("local.") || value.starts_with("var.") {
-                "placeholder".to_owned()
-            } else {
-                value.to_owned()
-            };
+        let computed = value.starts_with("local.")
+            || value.starts_with("var.")
+            || value.split('(').next().is_some_and(|f| {
+                f.len() < value.len() && f.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
+        let value = match computed {
+            true => default_of(&key),
+            false => interpolated(value),
+        };
         found.push((key, value));
     }
     found
 }
 
+/// `value` with every `${...}` replaced by `host`.
+fn interpolated(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
+        out.push_str("host");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The built-in default of `TRIBUTARY_<SECTION>__<KEY>`, as text.
+fn default_of(variable: &str) -> String {
+    let defaults: toml::Table = tributary_schemas::config::DEFAULT_CONFIG.parse().unwrap();
+    let (section, key) = variable["TRIBUTARY_".len()..].split_once("__").unwrap();
+    let value = &defaults[&section.to_ascii_lowercase()][&key.to_ascii_lowercase()];
+    match value {
+        toml::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[test]
 fn every_variable_the_deployments_set_is_a_configuration_key() {
-    for file in ["docker-compose.yml", "Dockerfile", "infra/terraform/ecs.tf"] {
+    for file in [
+        "docker-compose.yml",
+        "Dockerfile",
+        "infra/terraform/ecs.tf",
+        "infra/terraform/ballista.tf",
+    ] {
         let text = std::fs::read_to_string(repo(file)).unwrap();
         let settings = settings(&text);
         assert!(settings.len() >= 3, "{file}: {settings:?}");

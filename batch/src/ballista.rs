@@ -243,8 +243,8 @@ pub async fn scheduler(
 /// What one executor runs with.
 #[derive(Debug, Clone)]
 pub struct ExecutorSettings {
-    /// The scheduler's gRPC address.
-    pub scheduler: SocketAddr,
+    /// The scheduler's gRPC address: host (a name or an IP) and port.
+    pub scheduler: (String, u16),
     /// Where it serves its results (Arrow Flight) and takes tasks (gRPC, `grpc_port`).
     pub bind: SocketAddr,
     pub grpc_port: u16,
@@ -279,8 +279,8 @@ pub async fn executor(
         port: settings.bind.port(),
         grpc_port: settings.grpc_port,
         external_host: settings.external_host,
-        scheduler_host: settings.scheduler.ip().to_string(),
-        scheduler_port: settings.scheduler.port(),
+        scheduler_host: settings.scheduler.0,
+        scheduler_port: settings.scheduler.1,
         scheduler_connect_timeout_seconds: 30,
         vcores: settings.slots.max(1),
         executor_heartbeat_interval_seconds: HEARTBEAT.as_secs(),

@@ -211,7 +211,7 @@ resource "aws_ecs_task_definition" "tributary" {
     command                = local.commands[each.key]
     essential              = true
     readonlyRootFilesystem = false
-    environment            = local.environment
+    environment            = each.key == "batch" ? concat(local.environment, local.ballista_environment) : local.environment
     secrets                = local.secrets
     portMappings           = each.key == "serving" ? [{ containerPort = 8080, protocol = "tcp" }] : []
     # SIGTERM drains HTTP, writes what the archiver buffered, cancels a recompute before it publishes.
@@ -368,7 +368,7 @@ resource "aws_scheduler_schedule" "batch" {
       launch_type         = "FARGATE"
       network_configuration {
         subnets          = var.private_subnet_ids
-        security_groups  = [aws_security_group.tasks.id]
+        security_groups  = concat([aws_security_group.tasks.id], aws_security_group.ballista[*].id)
         assign_public_ip = false
       }
     }

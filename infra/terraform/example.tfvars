@@ -10,3 +10,6 @@ lake_bucket_name   = "acme-analytics-lake"
 # config_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:tributary-config"
 serving_count  = 2
 batch_schedule = "rate(15 minutes)"
+
+# The recompute on a Ballista cluster: a scheduler and this many executors (0: inside the batch task).
+ballista_executors = 2

@@ -152,3 +152,25 @@ variable "log_kms_key_arn" {
   type        = string
   default     = ""
 }
+
+variable "ballista_executors" {
+  description = "Ballista executors the batch recompute runs its slices on ([batch] engine = \"ballista\", with one scheduler task); 0 runs the recompute inside the batch task."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.ballista_executors >= 0
+    error_message = "ballista_executors: 0 or more."
+  }
+}
+
+variable "ballista_executor_cpu" {
+  description = "CPU units of a Ballista executor task (its task slots: one per vCPU)."
+  type        = number
+  default     = 2048
+}
+
+variable "ballista_executor_memory" {
+  description = "Memory (MiB) of a Ballista executor task: [batch] memory_limit_mb per slot, plus headroom."
+  type        = number
+  default     = 4096
+}
