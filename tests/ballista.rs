@@ -131,10 +131,10 @@ fn rounded(x: f64) -> f64 {
 /// Every row of a version's parts, each as the bytes of all its columns (time, dimensions, every
 /// state), sorted: parts are sorted by time only, so rows of one bucket may come in another
 /// order. Floats (sums, and the sum in `avg` states) are taken to 12 significant digits: a float
-/// sum's last bits follow the order rows arrive in, and DataFusion lists a scan's files
-/// concurrently, so two runs on either engine may add a group's values in another order. Every
-/// other state (counts, integer sums, min, max, the HLL and DDSketch sketches) does not depend
-/// on the order and is compared byte for byte.
+/// sum's last bits follow the order a group's rows are added in, and an executor adds a slice's
+/// rows in another file order than the local plan (see ARCHITECTURE.md §8). Every other state
+/// (counts, integer sums, min, max, the HLL and DDSketch sketches) does not depend on the order and
+/// is compared byte for byte.
 fn rows(runtime: &tokio::runtime::Runtime, lake: &Lake, manifest: &Manifest) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     for file in &manifest.files {
