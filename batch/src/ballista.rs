@@ -194,8 +194,8 @@ pub async fn remote_session(
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext> {
     // One stage of one partition: Ballista's adaptive planner has nothing to adapt.
-    let config = with_codecs(config.with_target_partitions(1))
-        .with_ballista_adaptive_query_planner(false);
+    let config =
+        with_codecs(config.with_target_partitions(1)).with_ballista_adaptive_query_planner(false);
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
