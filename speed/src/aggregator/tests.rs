@@ -375,7 +375,12 @@ fn an_export_carries_a_views_parts_and_where_its_states_start() {
     let mut aggregator = Aggregator::new(&config.events, &config.views, 500).unwrap();
     apply_in_polls(&mut aggregator, &all);
     let start = Boundary([(0, 500)].into());
-    let speed = SpeedLayer::new(SpeedSettings::from_config(&config), aggregator, start);
+    // Drops at once: the delay serving nodes get (`drop_after`) is tested with the consumer.
+    let settings = SpeedSettings {
+        drop_after: std::time::Duration::ZERO,
+        ..SpeedSettings::from_config(&config)
+    };
+    let speed = SpeedLayer::new(settings, aggregator, start);
     let view = &config.views[1];
     let hash = view.definition_hash();
     let bytes = speed.export(&hash, &BTreeSet::new()).unwrap().unwrap();
