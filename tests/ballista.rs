@@ -102,12 +102,11 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// `batch run --full` with a pool of `memory_mb` and two slices at a time (two threads here,
-/// both executors busy on a cluster).
-fn batch_command(server: &TestServer, memory_mb: u32) -> std::process::Command {
+/// `batch run --full` with a pool of `memory_mb` and `threads` (on a cluster: slices at once).
+fn batch_command(server: &TestServer, memory_mb: u32, threads: u32) -> std::process::Command {
     let mut command = server.command(&["batch", "run", "--full"]);
     command
-        .env("TRIBUTARY_BATCH__THREADS", "2")
+        .env("TRIBUTARY_BATCH__THREADS", threads.to_string())
         .env("TRIBUTARY_BATCH__MEMORY_LIMIT_MB", memory_mb.to_string());
     command
 }
@@ -129,13 +128,21 @@ fn rounded(x: f64) -> f64 {
 }
 
 /// Every row of a version's parts, each as the bytes of all its columns (time, dimensions, every
-/// state), sorted: parts are sorted by time only, so rows of one bucket may come in another
-/// order. Floats (sums, and the sum in `avg` states) are taken to 12 significant digits: a float
-/// sum's last bits follow the order a group's rows are added in, and an executor adds a slice's
-/// rows in another file order than the local plan (see ARCHITECTURE.md §8). Every other state
-/// (counts, integer sums, min, max, the HLL and DDSketch sketches) does not depend on the order and
-/// is compared byte for byte.
+/// state), sorted: parts are sorted by time only, so rows of one bucket may come in another order.
 fn rows(runtime: &tokio::runtime::Runtime, lake: &Lake, manifest: &Manifest) -> Vec<Vec<u8>> {
+    row_bytes(runtime, lake, manifest, false)
+}
+
+/// [`rows`], with every float (sums, and the sum in `avg` states) to 12 significant digits when
+/// `spilled`: an aggregation that spilled merges partial float sums where its pool made it spill,
+/// so their last bits follow the pool. Every other state (counts, integer sums, min, max, the HLL
+/// and DDSketch sketches) does not depend on the order and stays byte for byte.
+fn row_bytes(
+    runtime: &tokio::runtime::Runtime,
+    lake: &Lake,
+    manifest: &Manifest,
+    spilled: bool,
+) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
     for file in &manifest.files {
         for batch in runtime
@@ -179,7 +186,10 @@ fn rows(runtime: &tokio::runtime::Runtime, lake: &Lake, manifest: &Manifest) -> 
             _ => Arc::clone(column),
         }
     };
-    let columns: Vec<ArrayRef> = batch.columns().iter().map(round).collect();
+    let columns: Vec<ArrayRef> = match spilled {
+        true => batch.columns().iter().map(round).collect(),
+        false => batch.columns().to_vec(),
+    };
     let fields = (batch.schema().fields().iter())
         .map(|f| SortField::new(f.data_type().clone()))
         .collect();
@@ -244,7 +254,7 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     let mut cluster = Cluster::start(&cluster_dir, 2);
     let url = cluster.url();
     let on_cluster = |memory_mb: u32| {
-        let mut command = batch_command(&server, memory_mb);
+        let mut command = batch_command(&server, memory_mb, 2);
         command
             .env("TRIBUTARY_LAKE__URL", &cluster_dir)
             .env("TRIBUTARY_BATCH__ENGINE", "ballista")
@@ -252,10 +262,14 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
         command
     };
     let mut remotes = Vec::new();
-    // Within the pool: one slice; then a small pool: several slices, planned up front from the
-    // live version's groups and run two at a time, on both executors (the aggregations spill).
-    for memory_mb in [1024, 16] {
-        let local = batch_command(&server, memory_mb).output().unwrap();
+    // Within the pool: one slice, every state byte for byte (locally one thread: with two,
+    // DataFusion splits the slice's scan in two partitions and merges their partial float sums,
+    // whose last bits then differ from the one pass over the rows that a slice on the cluster
+    // makes). Then a small pool: several slices, planned up front from the live version's groups
+    // and run two at a time (one partition each), on both executors; the aggregations spill, at
+    // points that follow each pool (here one pool shared by two slices, there one per slot).
+    for (memory_mb, threads, spilled) in [(1024, 1, false), (16, 2, true)] {
+        let local = batch_command(&server, memory_mb, threads).output().unwrap();
         assert!(local.status.success(), "{}", text(&local));
         let remote = on_cluster(memory_mb).output().unwrap();
         assert!(
@@ -279,9 +293,9 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
             assert_eq!(there.boundary, here.boundary, "{view}: the same input");
             assert_eq!(there.row_count, here.row_count, "{view}");
             assert_eq!(
-                rows(&runtime, &cluster_lake, &there),
-                rows(&runtime, &lake, &here),
-                "{view}: the cluster's parts hold the local run's rows"
+                row_bytes(&runtime, &cluster_lake, &there, spilled),
+                row_bytes(&runtime, &lake, &here, spilled),
+                "{view} ({memory_mb} MB): the cluster's parts hold the local run's rows"
             );
         }
         remotes.push(remote);
@@ -326,8 +340,8 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     if output.status.success() {
         assert_eq!(after.version, before.version + 1, "{}", text(&output));
         assert_eq!(
-            rows(&runtime, &cluster_lake, &after),
-            rows(&runtime, &cluster_lake, &before),
+            row_bytes(&runtime, &cluster_lake, &after, true),
+            row_bytes(&runtime, &cluster_lake, &before, true),
             "a run that finished without the killed executor is right"
         );
     } else {
@@ -353,8 +367,9 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
         live(&runtime, &cluster_lake, "traffic"),
         live(&runtime, &lake, "traffic"),
     );
+    // (The local version is the small pool's: floats to 12 digits.)
     assert_eq!(
-        rows(&runtime, &cluster_lake, &there),
-        rows(&runtime, &lake, &here)
+        row_bytes(&runtime, &cluster_lake, &there, true),
+        row_bytes(&runtime, &lake, &here, true)
     );
 }
