@@ -129,15 +129,11 @@ fn rounded(x: f64) -> f64 {
 
 /// Every row of a version's parts, each as the bytes of all its columns (time, dimensions, every
 /// state), sorted: parts are sorted by time only, so rows of one bucket may come in another order.
-fn rows(runtime: &tokio::runtime::Runtime, lake: &Lake, manifest: &Manifest) -> Vec<Vec<u8>> {
-    row_bytes(runtime, lake, manifest, false)
-}
-
-/// [`rows`], with every float (sums, and the sum in `avg` states) to 12 significant digits when
+/// Every float (sums, and the sum in `avg` states) is taken to 12 significant digits when
 /// `spilled`: an aggregation that spilled merges partial float sums where its pool made it spill,
 /// so their last bits follow the pool. Every other state (counts, integer sums, min, max, the HLL
 /// and DDSketch sketches) does not depend on the order and stays byte for byte.
-fn row_bytes(
+fn rows(
     runtime: &tokio::runtime::Runtime,
     lake: &Lake,
     manifest: &Manifest,
@@ -293,8 +289,8 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
             assert_eq!(there.boundary, here.boundary, "{view}: the same input");
             assert_eq!(there.row_count, here.row_count, "{view}");
             assert_eq!(
-                row_bytes(&runtime, &cluster_lake, &there, spilled),
-                row_bytes(&runtime, &lake, &here, spilled),
+                rows(&runtime, &cluster_lake, &there, spilled),
+                rows(&runtime, &lake, &here, spilled),
                 "{view} ({memory_mb} MB): the cluster's parts hold the local run's rows"
             );
         }
@@ -340,8 +336,8 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     if output.status.success() {
         assert_eq!(after.version, before.version + 1, "{}", text(&output));
         assert_eq!(
-            row_bytes(&runtime, &cluster_lake, &after, true),
-            row_bytes(&runtime, &cluster_lake, &before, true),
+            rows(&runtime, &cluster_lake, &after, true),
+            rows(&runtime, &cluster_lake, &before, true),
             "a run that finished without the killed executor is right"
         );
     } else {
@@ -369,7 +365,7 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     );
     // (The local version is the small pool's: floats to 12 digits.)
     assert_eq!(
-        row_bytes(&runtime, &cluster_lake, &there, true),
-        row_bytes(&runtime, &lake, &here, true)
+        rows(&runtime, &cluster_lake, &there, true),
+        rows(&runtime, &lake, &here, true)
     );
 }
