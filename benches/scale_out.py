@@ -25,6 +25,7 @@ on this machine). The time is the run's own (its report line), the rate its raw 
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -94,6 +95,7 @@ def recompute(args):
         finally:
             for child in reversed(started):
                 processes.stop(child)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.view}, {results[0][1]:,} raw rows, {os.cpu_count()} cores, "
           f"median of {args.rounds}:\n")
     print("| engine | slices | time | rows/s | rows/s per executor or thread | vs local 1 thread |")
@@ -211,6 +213,7 @@ def speed(args):
             print(f"| {label} | {p50:.1f} | {p99:.1f} |")
     finally:
         processes.stop_all()
+        shutil.rmtree(work, ignore_errors=True)  # the broker's log of the backlog: GBs
 
 
 def main():
