@@ -19,7 +19,7 @@ use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use tributary_schemas::lake::{Lake, Manifest};
 use tributary_testkit::stream::{Expected, produce_mixed};
-use tributary_testkit::{Broker, TestServer};
+use tributary_testkit::{Broker, TestServer, output_text};
 
 const PARTITIONS: i32 = 3;
 const WAIT: Duration = Duration::from_secs(120);
@@ -91,15 +91,6 @@ impl Cluster {
         }
         logs
     }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `batch run --full` with a pool of `memory_mb` and `threads` (on a cluster: slices at once).
@@ -266,20 +257,20 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     // points that follow each pool (here one pool shared by two slices, there one per slot).
     for (memory_mb, threads, spilled) in [(1024, 1, false), (16, 2, true)] {
         let local = batch_command(&server, memory_mb, threads).output().unwrap();
-        assert!(local.status.success(), "{}", text(&local));
+        assert!(local.status.success(), "{}", output_text(&local));
         let remote = on_cluster(memory_mb).output().unwrap();
         assert!(
             remote.status.success(),
             "{}\n{}",
-            text(&remote),
+            output_text(&remote),
             cluster.logs()
         );
         assert_eq!(
             slices(&remote),
             slices(&local),
             "{}\n{}",
-            text(&local),
-            text(&remote)
+            output_text(&local),
+            output_text(&remote)
         );
         for view in ["pageviews", "traffic"] {
             let (there, here) = (
@@ -296,7 +287,7 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
         }
         remotes.push(remote);
     }
-    assert!(slices(&remotes[1]) >= 2, "{}", text(&remotes[1]));
+    assert!(slices(&remotes[1]) >= 2, "{}", output_text(&remotes[1]));
     for (n, executor) in cluster.executors.iter().enumerate() {
         let log = executor.log_text();
         assert!(
@@ -334,7 +325,12 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     let output = child.wait_with_output().unwrap();
     let after = live(&runtime, &cluster_lake, "pageviews");
     if output.status.success() {
-        assert_eq!(after.version, before.version + 1, "{}", text(&output));
+        assert_eq!(
+            after.version,
+            before.version + 1,
+            "{}",
+            output_text(&output)
+        );
         assert_eq!(
             rows(&runtime, &cluster_lake, &after, true),
             rows(&runtime, &cluster_lake, &before, true),
@@ -356,7 +352,7 @@ fn a_ballista_cluster_publishes_the_parts_a_local_run_does_and_survives_a_dead_e
     assert!(
         again.status.success(),
         "{}\n{}",
-        text(&again),
+        output_text(&again),
         cluster.logs()
     );
     let (there, here) = (

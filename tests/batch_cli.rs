@@ -11,7 +11,7 @@ use tributary_batch::archiver::resume::partition_progress;
 use tributary_schemas::lake::{Lake, Manifest};
 use tributary_testkit::s3::S3Server;
 use tributary_testkit::stream::{Expected, produce_mixed};
-use tributary_testkit::{Broker, TestServer};
+use tributary_testkit::{Broker, TestServer, output_text};
 
 const PARTITIONS: i32 = 3;
 
@@ -33,15 +33,6 @@ fn run(server: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = server.command(args);
     command.envs(envs.iter().copied());
     command.output().expect("run tributary")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn terminate(server: &mut TestServer) {
@@ -157,7 +148,7 @@ fn recomputes(s3: Option<&S3Server>) {
         assert!(
             !crashed.status.success() && crashed.status.code().is_none(),
             "the crash hook must kill the process: {}",
-            text(&crashed)
+            output_text(&crashed)
         );
         let live = runtime
             .block_on(store.live_manifest("pageviews"))
@@ -188,17 +179,17 @@ fn recomputes(s3: Option<&S3Server>) {
         ))
         .unwrap();
     let refused = run(&server, &["batch", "run"], &[]);
-    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(3), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("a recompute is already running (lock held by "),
+        output_text(&refused).contains("a recompute is already running (lock held by "),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     runtime.block_on(lock.release()).unwrap();
 
     // 4. The next run succeeds and collects the crashed run's incomplete version.
     let ok = run(&server, &["batch", "run"], &[]);
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         stdout.contains("pageviews: published version 4 ("),
@@ -225,12 +216,12 @@ fn recomputes(s3: Option<&S3Server>) {
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("pageviews: unchanged, version 4"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
 
     // 5. Rollback, and a rollback to a version that does not exist.
     let rolled = run(&server, &["batch", "rollback", "pageviews", "1"], &[]);
-    assert!(rolled.status.success(), "{}", text(&rolled));
+    assert!(rolled.status.success(), "{}", output_text(&rolled));
     assert_eq!(
         runtime.block_on(store.current("pageviews")).unwrap(),
         Some(1)
@@ -241,10 +232,10 @@ fn recomputes(s3: Option<&S3Server>) {
     let missing = run(&server, &["batch", "rollback", "pageviews", "3"], &[]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(
-        text(&missing)
+        output_text(&missing)
             .contains("view \"pageviews\" has no version 3 with a manifest (versions: 1, 2, 4)"),
         "{}",
-        text(&missing)
+        output_text(&missing)
     );
 
     // 6. A full run checks the live version's incremental line: one that counts an event twice
@@ -265,11 +256,11 @@ fn recomputes(s3: Option<&S3Server>) {
         &["batch", "run", "--view", "pageviews", "--full"],
         &[],
     );
-    assert_eq!(checked.status.code(), Some(4), "{}", text(&checked));
+    assert_eq!(checked.status.code(), Some(4), "{}", output_text(&checked));
     assert!(
-        text(&checked).contains("counts other events"),
+        output_text(&checked).contains("counts other events"),
         "{}",
-        text(&checked)
+        output_text(&checked)
     );
     let now = runtime.block_on(store.current("pageviews")).unwrap();
     assert_eq!(now, Some(51), "the full version is live");

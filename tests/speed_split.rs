@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use common::{PARTITIONS, QUERIES, Service, Truth};
+use common::{PARTITIONS, QUERIES, Service, Truth, counted};
 use serde_json::{Value as Json, json};
 use tributary_schemas::config::Config;
 use tributary_schemas::lake::Boundary;
@@ -226,19 +226,6 @@ fn views_below(broker: &Broker, topic: &str, truth: &Truth, counted: &BTreeMap<i
         }
     }
     views
-}
-
-/// Per partition, the offsets an answer counted: below the batch boundary and the speed
-/// offsets it merged.
-fn counted(meta: &Json) -> BTreeMap<i32, i64> {
-    let mut counted: BTreeMap<i32, i64> = BTreeMap::new();
-    for source in [&meta["batch"]["boundary"], &meta["speed"]["next_offsets"]] {
-        for (partition, offset) in source.as_object().into_iter().flatten() {
-            let entry = counted.entry(partition.parse().unwrap()).or_default();
-            *entry = (*entry).max(offset.as_i64().unwrap());
-        }
-    }
-    counted
 }
 
 /// Every partition served by the node that reads it.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{PARTITIONS, QUERIES, Query, Service, Truth, check_all, check_metrics};
+use common::{PARTITIONS, QUERIES, Query, Service, Truth, check_all, check_metrics, counted};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value as Json, json};
 use tributary_schemas::config::Config;
@@ -380,19 +380,6 @@ fn views_per_country(
 /// Whether `offset` of `partition` is below `ends`'s.
 fn below(ends: &BTreeMap<i32, i64>) -> impl Fn(i32, i64) -> bool + '_ {
     |partition, offset| offset < ends.get(&partition).copied().unwrap_or(0)
-}
-
-/// Per partition, the offsets an answer counted: below the batch boundary and the speed layer's
-/// next offset.
-fn counted(meta: &Json) -> BTreeMap<i32, i64> {
-    let mut counted: BTreeMap<i32, i64> = BTreeMap::new();
-    for source in [&meta["batch"]["boundary"], &meta["speed"]["next_offsets"]] {
-        for (partition, offset) in source.as_object().into_iter().flatten() {
-            let entry = counted.entry(partition.parse().unwrap()).or_default();
-            *entry = (*entry).max(offset.as_i64().unwrap());
-        }
-    }
-    counted
 }
 
 #[test]

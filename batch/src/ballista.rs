@@ -53,6 +53,11 @@ use tributary_schemas::lake::{Lake, lake_url};
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tributary's function of the name a plan carries, or what Ballista's codec makes of it.
+fn ours_or<F>(ours: Option<F>, theirs: impl FnOnce() -> Result<Arc<F>>) -> Result<Arc<F>> {
+    ours.map_or_else(theirs, |function| Ok(Arc::new(function)))
+}
+
 /// Ballista's logical codec, plus Tributary's functions by name.
 #[derive(Debug, Default)]
 pub struct TributaryLogicalCodec {
@@ -109,17 +114,15 @@ impl LogicalExtensionCodec for TributaryLogicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        match functions::scalar_by_name(name) {
-            Some(udf) => Ok(Arc::new(udf)),
-            None => self.inner.try_decode_udf(name, buf),
-        }
+        ours_or(functions::scalar_by_name(name), || {
+            self.inner.try_decode_udf(name, buf)
+        })
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
-        match functions::aggregate_by_name(name) {
-            Some(udaf) => Ok(Arc::new(udaf)),
-            None => self.inner.try_decode_udaf(name, buf),
-        }
+        ours_or(functions::aggregate_by_name(name), || {
+            self.inner.try_decode_udaf(name, buf)
+        })
     }
 
     fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
@@ -154,17 +157,15 @@ impl PhysicalExtensionCodec for TributaryPhysicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        match functions::scalar_by_name(name) {
-            Some(udf) => Ok(Arc::new(udf)),
-            None => self.inner.try_decode_udf(name, buf),
-        }
+        ours_or(functions::scalar_by_name(name), || {
+            self.inner.try_decode_udf(name, buf)
+        })
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
-        match functions::aggregate_by_name(name) {
-            Some(udaf) => Ok(Arc::new(udaf)),
-            None => self.inner.try_decode_udaf(name, buf),
-        }
+        ours_or(functions::aggregate_by_name(name), || {
+            self.inner.try_decode_udaf(name, buf)
+        })
     }
 
     fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {

@@ -37,7 +37,7 @@ use tributary_schemas::lake::Boundary;
 use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::prometheus::Exposition;
 use tributary_schemas::layers::speed::{
-    PartitionHealth, SpeedPart, SpeedPin, SpeedSnapshot, SpeedView, format_have,
+    PartitionHealth, SpeedPart, SpeedPin, SpeedSnapshot, SpeedView, expose_progress, format_have,
 };
 use tributary_schemas::seam::first_speed_epoch;
 use tributary_schemas::shutdown::Shutdown;
@@ -643,8 +643,9 @@ impl StatusSource for RemoteSpeed {
             })
             .collect();
         let events: u64 = (self.nodes.iter())
-            .filter(|n| n.read().fresh(now, self.settings.node_timeout))
-            .map(|n| n.read().events_total)
+            .map(Node::read)
+            .filter(|state| state.fresh(now, self.settings.node_timeout))
+            .map(|state| state.events_total)
             .sum();
         json!({
             "mode": "speed_nodes",
@@ -690,23 +691,7 @@ impl StatusSource for RemoteSpeed {
             "the topic's partitions no speed node up serves",
             SpeedView::unread(self).len() as f64,
         );
-        out.family(
-            "tributary_speed_lag_messages",
-            "gauge",
-            "messages between the broker's end and the speed layer, per partition",
-        );
-        for (partition, health) in SpeedView::partitions(self) {
-            out.sample(
-                "tributary_speed_lag_messages",
-                &[("partition", partition.to_string())],
-                health.lag() as f64,
-            );
-        }
-        out.gauge(
-            "tributary_speed_ready",
-            "1 when the speed layer is ready: within ready_max_lag of the log and not stalled",
-            f64::from(u8::from(SpeedView::ready(self))),
-        );
+        expose_progress(out, &SpeedView::partitions(self), SpeedView::ready(self));
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tributary_schemas::lake::Boundary;
 use tributary_schemas::layers::StatusSource;
 use tributary_schemas::layers::prometheus::Exposition;
-use tributary_schemas::layers::speed::{PartitionHealth, SpeedPin, SpeedView};
+use tributary_schemas::layers::speed::{PartitionHealth, SpeedPin, SpeedView, expose_progress};
 
 use crate::consumer::SpeedLayer;
 
@@ -118,18 +118,6 @@ impl StatusSource for SpeedLayer {
             "offsets deleted by retention before the speed layer read them",
             self.lost_offsets.load(Ordering::Relaxed),
         );
-        out.family(
-            "tributary_speed_lag_messages",
-            "gauge",
-            "messages between the broker's end and the speed layer, per partition",
-        );
-        for (partition, health) in SpeedLayer::partitions(self) {
-            out.sample(
-                "tributary_speed_lag_messages",
-                &[("partition", partition.to_string())],
-                health.lag() as f64,
-            );
-        }
         out.counter(
             "tributary_speed_stalls_total",
             "times the watchdog recreated a speed-layer consumer that made no progress while behind",
@@ -140,10 +128,6 @@ impl StatusSource for SpeedLayer {
             "times the speed layer forgot its states to re-read the log from a lower boundary",
             SpeedLayer::restarts(self),
         );
-        out.gauge(
-            "tributary_speed_ready",
-            "1 when the speed layer is ready: within ready_max_lag of the log and not stalled",
-            f64::from(u8::from(SpeedLayer::ready(self))),
-        );
+        expose_progress(out, &SpeedLayer::partitions(self), SpeedLayer::ready(self));
     }
 }

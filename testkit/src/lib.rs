@@ -26,7 +26,7 @@ mod server;
 pub mod stream;
 
 pub use broker::{Broker, HarnessError, free_port};
-pub use server::TestServer;
+pub use server::{TestServer, output_text};
 
 /// A tool `scripts/setup` installs into the user's cache (`$XDG_CACHE_HOME`, else `~/.cache`) under
 /// `tributary/<path>` (a pinned virtualenv's program), or what the variable `overridden_by` names.

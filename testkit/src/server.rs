@@ -30,6 +30,16 @@ pub struct TestServer {
     child: Option<Child>,
 }
 
+/// A finished command's exit status, stdout and stderr, for assertion messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 impl TestServer {
     /// A harness for `binary` (a test's `env!("CARGO_BIN_EXE_tributary")`) reading `topic` of
     /// `broker`, with no DLQ topic, a fresh lake and a free HTTP port. Nothing runs yet.

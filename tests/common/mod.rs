@@ -716,6 +716,19 @@ pub fn meta_in_memory(service: &Service) -> Option<bool> {
     reply["meta"]["batch"]["in_memory"].as_bool()
 }
 
+/// Per partition, the offsets an answer counted: below its batch version's boundary and the
+/// speed layer's next offsets (`meta` of a `/v1/query` answer).
+pub fn counted(meta: &Json) -> BTreeMap<i32, i64> {
+    let mut counted: BTreeMap<i32, i64> = BTreeMap::new();
+    for source in [&meta["batch"]["boundary"], &meta["speed"]["next_offsets"]] {
+        for (partition, offset) in source.as_object().into_iter().flatten() {
+            let entry = counted.entry(partition.parse().unwrap()).or_default();
+            *entry = (*entry).max(offset.as_i64().unwrap());
+        }
+    }
+    counted
+}
+
 pub fn run_batch(service: &Service) -> Json {
     let reply = service.json("POST", "/v1/batch/run", None);
     for view in reply["views"].as_array().unwrap() {

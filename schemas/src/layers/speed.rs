@@ -73,6 +73,32 @@ impl PartitionHealth {
     }
 }
 
+/// The speed layer's lag per partition and readiness as Prometheus samples, the same whether the
+/// layer reads Kafka here or merges speed nodes.
+pub fn expose_progress(
+    out: &mut super::prometheus::Exposition,
+    partitions: &BTreeMap<i32, PartitionHealth>,
+    ready: bool,
+) {
+    out.family(
+        "tributary_speed_lag_messages",
+        "gauge",
+        "messages between the broker's end and the speed layer, per partition",
+    );
+    for (partition, health) in partitions {
+        out.sample(
+            "tributary_speed_lag_messages",
+            &[("partition", partition.to_string())],
+            health.lag() as f64,
+        );
+    }
+    out.gauge(
+        "tributary_speed_ready",
+        "1 when the speed layer is ready: within ready_max_lag of the log and not stalled",
+        f64::from(u8::from(ready)),
+    );
+}
+
 /// What one query takes from the speed layer, all read at one instant: the states agree with the
 /// offsets (a poll step applies under one lock).
 #[derive(Debug, Clone)]
