@@ -23,6 +23,20 @@ locals {
     "ballista-scheduler" = { cpu = 1024, memory = 2048 }
     "ballista-executor"  = { cpu = var.ballista_executor_cpu, memory = var.ballista_executor_memory }
   }
+  ballista_ports = {
+    "ballista-scheduler" = [50050]
+    "ballista-executor"  = [50051, 50052]
+  }
+  # What their containers set apart from the other roles' (ecs.tf): the image's HEALTHCHECK asks
+  # the HTTP API, which these roles do not serve.
+  ballista_containers = { for role in ["ballista-scheduler", "ballista-executor"] : role => {
+    healthCheck = {
+      command  = ["CMD-SHELL", "bash -c '</dev/tcp/127.0.0.1/${local.ballista_ports[role][0]}'"]
+      interval = 10
+      retries  = 3
+    }
+    stopTimeout = 30
+  } }
 }
 
 resource "aws_service_discovery_private_dns_namespace" "ballista" {
@@ -71,59 +85,11 @@ resource "aws_security_group" "ballista" {
   }
 }
 
-resource "aws_cloudwatch_log_group" "ballista" {
-  for_each          = toset(local.ballista_roles)
-  name              = "/${var.name}/${each.key}"
-  retention_in_days = var.log_retention_days
-  kms_key_id        = var.log_kms_key_arn == "" ? null : var.log_kms_key_arn
-}
-
-resource "aws_ecs_task_definition" "ballista" {
-  for_each                 = toset(local.ballista_roles)
-  family                   = "${var.name}-${each.key}"
-  requires_compatibilities = ["FARGATE"]
-  network_mode             = "awsvpc"
-  cpu                      = local.ballista_sizes[each.key].cpu
-  memory                   = local.ballista_sizes[each.key].memory
-  execution_role_arn       = aws_iam_role.execution.arn
-  task_role_arn            = aws_iam_role.task.arn
-  runtime_platform {
-    operating_system_family = "LINUX"
-    cpu_architecture        = "X86_64"
-  }
-  container_definitions = jsonencode([{
-    name                   = each.key
-    image                  = var.image
-    command                = local.ballista_commands[each.key]
-    essential              = true
-    readonlyRootFilesystem = false
-    environment            = local.environment
-    secrets                = local.secrets
-    portMappings = [for port in(each.key == "ballista-scheduler" ? [50050] : [50051, 50052]) :
-    { containerPort = port, protocol = "tcp" }]
-    # The image's HEALTHCHECK asks the HTTP API, which these roles do not serve.
-    healthCheck = {
-      command  = ["CMD-SHELL", "bash -c '</dev/tcp/127.0.0.1/${each.key == "ballista-scheduler" ? 50050 : 50051}'"]
-      interval = 10
-      retries  = 3
-    }
-    stopTimeout = 30
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = aws_cloudwatch_log_group.ballista[each.key].name
-        awslogs-region        = data.aws_region.current.name
-        awslogs-stream-prefix = each.key
-      }
-    }
-  }])
-}
-
 resource "aws_ecs_service" "ballista_scheduler" {
   count           = local.ballista ? 1 : 0
   name            = "${var.name}-ballista-scheduler"
   cluster         = aws_ecs_cluster.this.id
-  task_definition = aws_ecs_task_definition.ballista["ballista-scheduler"].arn
+  task_definition = aws_ecs_task_definition.tributary["ballista-scheduler"].arn
   desired_count   = 1
   launch_type     = "FARGATE"
   # One scheduler: the old task stops before the new one starts (a run in flight then fails and
@@ -144,7 +110,7 @@ resource "aws_ecs_service" "ballista_executors" {
   count           = local.ballista ? 1 : 0
   name            = "${var.name}-ballista-executors"
   cluster         = aws_ecs_cluster.this.id
-  task_definition = aws_ecs_task_definition.ballista["ballista-executor"].arn
+  task_definition = aws_ecs_task_definition.tributary["ballista-executor"].arn
   desired_count   = var.ballista_executors
   launch_type     = "FARGATE"
   network_configuration {

@@ -6,7 +6,8 @@ data "aws_vpc" "this" {
 }
 
 locals {
-  roles = ["archiver", "serving", "batch"]
+  # The Ballista roles (ballista.tf) share the task definition and log groups below.
+  roles = concat(["archiver", "serving", "batch"], local.ballista_roles)
   environment = [
     { name = "TRIBUTARY_KAFKA__BROKERS", value = local.kafka_brokers },
     { name = "TRIBUTARY_KAFKA__TOPIC", value = var.kafka_topic },
@@ -18,16 +19,17 @@ locals {
   secrets = var.config_secret_arn == "" ? [] : [
     { name = "TRIBUTARY_CONFIG_TOML", valueFrom = var.config_secret_arn },
   ]
-  commands = {
+  commands = merge({
     archiver = ["serve", "--roles", "archiver"]
     serving  = ["serve", "--roles", "speed,serving"]
     batch    = ["batch", "run"]
-  }
-  sizes = {
+  }, local.ballista_commands)
+  sizes = merge({
     archiver = { cpu = 1024, memory = 2048 }
     serving  = { cpu = var.serving_cpu, memory = var.serving_memory }
     batch    = { cpu = var.batch_cpu, memory = var.batch_memory }
-  }
+  }, local.ballista_sizes)
+  ports = merge({ serving = [8080] }, local.ballista_ports)
 }
 
 resource "aws_cloudwatch_log_group" "tributary" {
@@ -205,7 +207,7 @@ resource "aws_ecs_task_definition" "tributary" {
     operating_system_family = "LINUX"
     cpu_architecture        = "X86_64"
   }
-  container_definitions = jsonencode([{
+  container_definitions = jsonencode([merge({
     name                   = each.key
     image                  = var.image
     command                = local.commands[each.key]
@@ -213,7 +215,7 @@ resource "aws_ecs_task_definition" "tributary" {
     readonlyRootFilesystem = false
     environment            = each.key == "batch" ? concat(local.environment, local.ballista_environment) : local.environment
     secrets                = local.secrets
-    portMappings           = each.key == "serving" ? [{ containerPort = 8080, protocol = "tcp" }] : []
+    portMappings           = [for port in lookup(local.ports, each.key, []) : { containerPort = port, protocol = "tcp" }]
     # SIGTERM drains HTTP, writes what the archiver buffered, cancels a recompute before it publishes.
     stopTimeout = 60
     logConfiguration = {
@@ -224,7 +226,7 @@ resource "aws_ecs_task_definition" "tributary" {
         awslogs-stream-prefix = each.key
       }
     }
-  }])
+  }, lookup(local.ballista_containers, each.key, {}))])
 }
 
 resource "aws_ecs_service" "archiver" {
